@@ -1,0 +1,84 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Health(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_UNKNOWN: _ClassVar[Health]
+    STARTING: _ClassVar[Health]
+    HEALTHY: _ClassVar[Health]
+    UNHEALTHY: _ClassVar[Health]
+    DRAINING: _ClassVar[Health]
+HEALTH_UNKNOWN: Health
+STARTING: Health
+HEALTHY: Health
+UNHEALTHY: Health
+DRAINING: Health
+
+class Endpoint(_message.Message):
+    __slots__ = ("dal", "listener", "address", "port", "health", "message")
+    DAL_FIELD_NUMBER: _ClassVar[int]
+    LISTENER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    dal: str
+    listener: str
+    address: str
+    port: int
+    health: Health
+    message: str
+    def __init__(self, dal: _Optional[str] = ..., listener: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class NodeReport(_message.Message):
+    __slots__ = ("shard", "node_id", "endpoints", "registrations", "host_address", "status")
+    class StatusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    HOST_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    node_id: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    registrations: _containers.RepeatedScalarFieldContainer[str]
+    host_address: str
+    status: _containers.ScalarMap[str, str]
+    def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., registrations: _Optional[_Iterable[str]] = ..., host_address: _Optional[str] = ..., status: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ReportAck(_message.Message):
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("shard", "node_id")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    node_id: str
+    def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ShardConfig(_message.Message):
+    __slots__ = ("shard", "version", "yaml")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    version: str
+    yaml: str
+    def __init__(self, shard: _Optional[str] = ..., version: _Optional[str] = ..., yaml: _Optional[str] = ...) -> None: ...
