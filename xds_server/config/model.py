@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # Defaults live here, next to the models (STYLE.md: one place per program).
 DEFAULT_HEALTHCHECK_INTERVAL = "30s"
@@ -53,7 +53,26 @@ def _port(value: int | str) -> int:
     return value
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+def _checked_port(value: int | str) -> int | str:
+    _port(value)
+    return value
+
+
+def _scalar_env(value: object) -> object:
+    if isinstance(value, (dict, list)):
+        kind = "a mapping" if isinstance(value, dict) else "a list"
+        raise ValueError(f"an env value must be a string, number or boolean, not {kind}")
+    return value
+
+
+def _command_words(value: object) -> object:
+    # YAML reads `[CMD, true]` as a boolean; a command word is always text.
+    if isinstance(value, list):
+        return [str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v for v in value]
+    return value
+
+
+PortValue = Annotated[int | str, AfterValidator(_checked_port)]
 
 
 class ListenAddress(_Strict):
@@ -110,7 +129,7 @@ class ProxyConfig(_Strict):
 class Healthcheck(_Strict):
     """docker-compose's healthcheck block: run by Docker (or the process runtime)."""
 
-    test: list[str] | str
+    test: Annotated[list[str] | str, BeforeValidator(_command_words)]
     interval: str = DEFAULT_HEALTHCHECK_INTERVAL
     timeout: str = DEFAULT_HEALTHCHECK_TIMEOUT
     retries: int = Field(default=DEFAULT_HEALTHCHECK_RETRIES, ge=0)
@@ -143,7 +162,7 @@ class Healthcheck(_Strict):
         return ["CMD-SHELL", self.test] if isinstance(self.test, str) else list(self.test)
 
 
-EnvValue = Union[str, int, float, bool, None]
+EnvValue = Annotated[Union[str, int, float, bool, None], BeforeValidator(_scalar_env)]
 
 
 class ContainerDal(_Strict):
@@ -151,17 +170,16 @@ class ContainerDal(_Strict):
 
     image: str | None = None
     container_cmd: str | list[str] | None = None
-    container_listeners: dict[str, int | str] = Field(default_factory=dict)
+    container_listeners: dict[str, PortValue] = Field(default_factory=dict)
     env: dict[str, EnvValue] = Field(default_factory=dict)
     healthcheck: Healthcheck | None = None
 
     @field_validator("container_listeners")
     @classmethod
     def _ports(cls, v: dict[str, int | str]) -> dict[str, int | str]:
-        for name, port in v.items():
+        for name in v:
             if not re.match(_NAME, name):
                 raise ValueError(f"listener name {name!r} must match {_NAME}")
-            _port(port)
         return v
 
     def listener_ports(self) -> dict[str, int]:

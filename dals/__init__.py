@@ -1,0 +1,1 @@
+"""Sample data access layers (DALs) used by the demo and the tests."""
