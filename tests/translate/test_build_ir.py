@@ -1,0 +1,177 @@
+"""build_ir: what the proxy must do, said in the platform's words."""
+
+from __future__ import annotations
+
+import pytest
+
+from xds_server.config import ConfigError, RuntimeConfig, load_shard_text
+from xds_server.translate import GatewayIR, TranslateOptions, build_ir
+from xds_server.translate.ir import (
+    Backend,
+    HostPort,
+    Listener,
+    Mirror,
+    UnixSocket,
+    Upstream,
+)
+
+
+def _cfg(text: str) -> RuntimeConfig:
+    return load_shard_text(text, "t.yaml", env={})
+
+
+def _listener(ir: GatewayIR, name: str) -> Listener:
+    return {lst.name: lst for lst in ir.listeners}[name]
+
+
+KV = """
+proxy_config:
+  public_listeners:
+    secure_grpc: {mode: grpc, path: 8980}
+    secure_http: {mode: http, path: /run/dgw/http.sock}
+container_dals:
+  kv:
+    container_listeners: {secure_grpc: 8980, secure_http: 8443, admin: 8081}
+"""
+
+
+def test_one_dal_behind_grpc_http_and_an_internal_listener() -> None:
+    assert build_ir(_cfg(KV)) == GatewayIR(
+        listeners=(
+            Listener(
+                name="internal.admin", listener="admin", exposure="internal", protocol="tcp",
+                bind=HostPort("127.0.0.1", 8081),
+                backends=(Backend("dal.kv.admin", 10_000),),
+            ),
+            Listener(
+                name="public.secure_grpc", listener="secure_grpc", exposure="public",
+                protocol="grpc", bind=HostPort("127.0.0.1", 8980),
+                backends=(Backend("dal.kv.secure_grpc", 10_000),), route="route.secure_grpc",
+            ),
+            Listener(
+                name="public.secure_http", listener="secure_http", exposure="public",
+                protocol="http", bind=UnixSocket("/run/dgw/http.sock"),
+                backends=(Backend("dal.kv.secure_http", 10_000),), route="route.secure_http",
+            ),
+        ),
+        upstreams=(
+            Upstream("dal.kv.admin", "kv", "admin", "tcp", "reported", 1.0),
+            Upstream("dal.kv.secure_grpc", "kv", "secure_grpc", "grpc", "reported", 1.0),
+            Upstream("dal.kv.secure_http", "kv", "secure_http", "http", "reported", 1.0),
+        ),
+    )
+
+
+def test_options_set_the_public_address_and_connect_timeout() -> None:
+    ir = build_ir(_cfg(KV), TranslateOptions(public_address="0.0.0.0", connect_timeout_s=0.25))
+    assert _listener(ir, "public.secure_grpc").bind == HostPort("0.0.0.0", 8980)
+    assert _listener(ir, "public.secure_http").bind == UnixSocket("/run/dgw/http.sock")
+    assert _listener(ir, "internal.admin").bind == HostPort("127.0.0.1", 8081)
+    assert {u.connect_timeout_s for u in ir.upstreams} == {0.25}
+
+
+def _wired(wiring: str, mode: str = "grpc") -> GatewayIR:
+    return build_ir(_cfg(f"""
+proxy_config:
+  public_listeners:
+    api: {{mode: {mode}, path: 18080}}
+container_dals:
+  old:
+    container_listeners: {{api: 8080, admin: 8081}}
+  new:
+    container_listeners: {{api: 8080, admin: 8081}}
+wiring:
+  old: {wiring}
+"""))
+
+
+def test_full_shadow_copies_every_request_without_a_runtime_key() -> None:
+    api = _listener(_wired("{mode: shadow, target: new}"), "public.api")
+    assert api.backends == (Backend("dal.old.api", 10_000),)
+    assert api.mirrors == (Mirror("dal.new.api", 10_000, None),)
+
+
+def test_partial_shadow_keeps_fractions_and_names_a_runtime_key() -> None:
+    api = _listener(_wired("{mode: shadow, target: new, percent: 0.25}"), "public.api")
+    assert api.mirrors == (Mirror("dal.new.api", 25, "dgw.shadow.old.new"),)
+
+
+def test_shadow_does_not_reach_internal_listeners() -> None:
+    admin = _listener(_wired("{mode: shadow, target: new}"), "internal.admin")
+    assert admin.backends == (Backend("dal.old.admin", 10_000),)
+    assert admin.mirrors == ()
+
+
+@pytest.mark.parametrize("mode", ["http", "tcp"])
+def test_split_shares_public_and_internal_listeners(mode: str) -> None:
+    ir = _wired("{mode: split, target: new, percent: 12.5}", mode)
+    for name in ("public.api", "internal.admin"):
+        listener = _listener(ir, name)
+        upstreams = [b.upstream for b in listener.backends]
+        assert [b.share for b in listener.backends] == [8750, 1250], name
+        assert upstreams == [f"dal.old.{listener.listener}", f"dal.new.{listener.listener}"]
+
+
+@pytest.mark.parametrize(("percent", "only"), [(0, "dal.old.api"), (100, "dal.new.api")])
+def test_split_leaves_out_a_backend_with_no_share(percent: int, only: str) -> None:
+    api = _listener(_wired(f"{{mode: split, target: new, percent: {percent}}}", "http"), "public.api")
+    assert api.backends == (Backend(only, 10_000),)
+
+
+def test_network_dal_is_reached_at_its_url_with_the_scheme_default_port() -> None:
+    ir = build_ir(_cfg("""
+proxy_config:
+  public_listeners:
+    pg: {mode: tcp, path: 15432}
+network_dals:
+  rds:
+    listeners: {pg: "postgresql://db.example.com"}
+    mode: strict_dns
+"""))
+    assert ir.upstreams == (
+        Upstream("net.rds.pg", "rds", "pg", "tcp", "strict_dns", 1.0, HostPort("db.example.com", 5432)),
+    )
+    assert _listener(ir, "public.pg").route is None
+
+
+SECURE = """
+proxy_config:
+  public_listeners:
+    a: {mode: grpc, path: 8980, tls_creds: metatron}
+    b: {mode: tcp, path: 5432, authz: gandalf}
+container_dals:
+  kv:
+    container_listeners: {a: 8980, b: 5432}
+"""
+
+
+def test_tls_and_authz_are_refused_all_at_once_at_their_keys() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_ir(_cfg(SECURE), TranslateOptions(file="shard.yaml"))
+    problems = caught.value.problems
+    assert [(p.file, p.path) for p in problems] == [
+        ("shard.yaml", "proxy_config.public_listeners.a.tls_creds"),
+        ("shard.yaml", "proxy_config.public_listeners.b.authz"),
+    ]
+    assert "tls_creds 'metatron' is not supported yet" in problems[0].message
+    assert "remove tls_creds to serve plaintext" in problems[0].message
+    assert "authz 'gandalf' is not supported yet" in problems[1].message
+
+
+def test_an_unchecked_config_is_refused_with_every_reason() -> None:
+    cfg = RuntimeConfig.model_validate({
+        "proxy_config": {"public_listeners": {"a": {"mode": "grpc", "path": 8980, "tls_creds": "m"}}},
+        "container_dals": {"kv": {"container_listeners": {"a": 8980}}},
+        "wiring": {"kv": {"mode": "shadow", "target": "nobody"}},
+    })
+    with pytest.raises(ConfigError) as caught:
+        build_ir(cfg)
+    assert [p.path for p in caught.value.problems] == [
+        "wiring.kv.target",
+        "proxy_config.public_listeners.a.tls_creds",
+    ]
+    assert {p.file for p in caught.value.problems} == {"<config>"}
+
+
+def test_same_config_same_ir() -> None:
+    assert build_ir(_cfg(KV)) == build_ir(_cfg(KV))

@@ -1,0 +1,218 @@
+"""Runtime config → gateway IR: the first, pure stage of translation.
+
+Who serves a listener is decided once, by ``listener_topology``; this stage only
+names what follows from it (listeners, upstreams, traffic shares, mirrors) and
+refuses what the proxy cannot do yet, reporting every reason at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xds_server.config import (
+    ConfigError,
+    ListenerTopology,
+    Problem,
+    RuntimeConfig,
+    listener_topology,
+    parse_network_url,
+)
+from xds_server.config.model import PublicListener
+from xds_server.config.semantics import check_runtime
+
+from .ir import (
+    FULL_SHARE,
+    Backend,
+    GatewayIR,
+    HostPort,
+    Listener,
+    Mirror,
+    Protocol,
+    UnixSocket,
+    Upstream,
+)
+
+# Internal listeners are for callers on this host only (a DAL's health check, an
+# operator's curl): they must never be reachable from the network.
+LOOPBACK = "127.0.0.1"
+
+_SECURITY_LATER = "TLS and authorization arrive with the security issue"
+
+_Names = dict[tuple[str, str], str]  # (DAL, listener) → upstream name
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """What a translation needs besides the config; the defaults are safe for tests."""
+
+    public_address: str = LOOPBACK  # production binds public listeners on 0.0.0.0
+    file: str = "<config>"  # names the config in every Problem
+    connect_timeout_s: float = 1.0
+
+
+def build_ir(cfg: RuntimeConfig, options: TranslateOptions = TranslateOptions()) -> GatewayIR:
+    """The gateway IR of ``cfg``; ConfigError lists everything that cannot be translated."""
+    names = _upstream_names(cfg)
+    problems = (
+        check_runtime(cfg, options.file)
+        + _unsupported_security(cfg, options.file)
+        + _name_clashes(cfg, names, options.file)
+    )
+    if problems:
+        raise ConfigError(problems)
+    listeners = [_listener(cfg, t, names, options) for t in listener_topology(cfg).values()]
+    return GatewayIR(
+        listeners=tuple(sorted(listeners, key=lambda lst: lst.name)),
+        upstreams=_upstreams(cfg, names, options),
+    )
+
+
+def _upstream_names(cfg: RuntimeConfig) -> _Names:
+    names: _Names = {}
+    for dal, cdal in cfg.container_dals.items():
+        for lname in cdal.container_listeners:
+            names[(dal, lname)] = f"dal.{dal}.{lname}"
+    for dal, ndal in cfg.network_dals.items():
+        for lname in ndal.listeners:
+            names[(dal, lname)] = f"net.{dal}.{lname}"
+    return names
+
+
+def _unsupported_security(cfg: RuntimeConfig, file: str) -> list[Problem]:
+    """Serving plaintext where TLS or authorization was asked for would be a silent
+    security hole, so these keys are refused until they can be honoured."""
+    problems: list[Problem] = []
+    for lname, public in sorted(cfg.proxy_config.public_listeners.items()):
+        key = f"proxy_config.public_listeners.{lname}"
+        if public.tls_creds is not None:
+            problems.append(Problem(
+                file,
+                f"{key}.tls_creds",
+                f"tls_creds {public.tls_creds!r} is not supported yet: {_SECURITY_LATER}; "
+                "remove tls_creds to serve plaintext",
+            ))
+        if public.authz is not None:
+            problems.append(Problem(
+                file,
+                f"{key}.authz",
+                f"authz {public.authz!r} is not supported yet: {_SECURITY_LATER}; "
+                "remove authz to serve without authorization",
+            ))
+    return problems
+
+
+def _name_clashes(cfg: RuntimeConfig, names: _Names, file: str) -> list[Problem]:
+    """Dots are allowed in DAL and listener names, so two pairs can read alike
+    (``a.b`` + ``c`` and ``a`` + ``b.c``); Envoy would merge their clusters."""
+    problems: list[Problem] = []
+    owner: dict[str, tuple[str, str]] = {}
+    for (dal, lname), name in sorted(names.items()):
+        if name not in owner:
+            owner[name] = (dal, lname)
+            continue
+        other_dal, other_lname = owner[name]
+        key = (
+            f"container_dals.{dal}.container_listeners.{lname}"
+            if dal in cfg.container_dals
+            else f"network_dals.{dal}.listeners.{lname}"
+        )
+        problems.append(Problem(
+            file,
+            key,
+            f"its cluster would be named {name!r} like that of DAL {other_dal!r} listener "
+            f"{other_lname!r}; rename the DAL or the listener so the names differ",
+        ))
+    return problems
+
+
+def _protocol(cfg: RuntimeConfig, lname: str) -> Protocol:
+    public = cfg.proxy_config.public_listeners.get(lname)
+    return public.mode if public else "tcp"
+
+
+def _upstreams(cfg: RuntimeConfig, names: _Names, options: TranslateOptions) -> tuple[Upstream, ...]:
+    upstreams = [
+        Upstream(
+            name=names[(dal, lname)],
+            dal=dal,
+            listener=lname,
+            protocol=_protocol(cfg, lname),
+            discovery="reported",
+            connect_timeout_s=options.connect_timeout_s,
+        )
+        for dal, cdal in cfg.container_dals.items()
+        for lname in cdal.container_listeners
+    ]
+    for dal, ndal in cfg.network_dals.items():
+        for lname, url in ndal.listeners.items():
+            target = parse_network_url(url)
+            upstreams.append(Upstream(
+                name=names[(dal, lname)],
+                dal=dal,
+                listener=lname,
+                protocol=_protocol(cfg, lname),
+                discovery=ndal.mode,
+                connect_timeout_s=options.connect_timeout_s,
+                target=HostPort(target.host, target.port),
+            ))
+    return tuple(sorted(upstreams, key=lambda u: u.name))
+
+
+def _listener(
+    cfg: RuntimeConfig, topo: ListenerTopology, names: _Names, options: TranslateOptions
+) -> Listener:
+    primary = topo.primary
+    assert primary is not None, "check_runtime refuses a listener without one primary"
+    public = cfg.proxy_config.public_listeners.get(topo.name)
+    if public is None:
+        # Envoy cannot mirror a TCP stream, so shadow targets get no copy here;
+        # split wiring still applies, as on a public tcp listener.
+        port = cfg.container_dals[primary].listener_ports()[topo.name]
+        return Listener(
+            name=f"internal.{topo.name}",
+            listener=topo.name,
+            exposure="internal",
+            protocol="tcp",
+            bind=HostPort(LOOPBACK, port),
+            backends=_backends(topo, primary, names),
+        )
+    http = public.mode != "tcp"
+    return Listener(
+        name=f"public.{topo.name}",
+        listener=topo.name,
+        exposure="public",
+        protocol=public.mode,
+        bind=_public_bind(public, options),
+        backends=_backends(topo, primary, names),
+        mirrors=_mirrors(topo, primary, names) if http else (),
+        route=f"route.{topo.name}" if http else None,
+    )
+
+
+def _public_bind(public: PublicListener, options: TranslateOptions) -> HostPort | UnixSocket:
+    address = public.address
+    if address.unix_path:
+        return UnixSocket(address.unix_path)
+    return HostPort(options.public_address, address.port or 0)
+
+
+def _share(percent: float) -> int:
+    return round(percent * FULL_SHARE / 100)
+
+
+def _backends(topo: ListenerTopology, primary: str, names: _Names) -> tuple[Backend, ...]:
+    """Primary first, then split targets; a zero share is left out because Envoy's
+    tcp_proxy refuses a zero weight and a lone backend needs no weights at all."""
+    splits = [Backend(names[(target, topo.name)], _share(p)) for target, p in topo.splits]
+    rest = FULL_SHARE - sum(b.share for b in splits)
+    backends = [Backend(names[(primary, topo.name)], rest), *splits]
+    return tuple(b for b in backends if b.share > 0)
+
+
+def _mirrors(topo: ListenerTopology, primary: str, names: _Names) -> tuple[Mirror, ...]:
+    mirrors = []
+    for target, percent in topo.shadows:
+        share = _share(percent)
+        runtime_key = None if share == FULL_SHARE else f"dgw.shadow.{primary}.{target}"
+        mirrors.append(Mirror(names[(target, topo.name)], share, runtime_key))
+    return tuple(mirrors)

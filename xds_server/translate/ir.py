@@ -1,0 +1,96 @@
+"""The gateway IR: what one gateway instance's proxy must do, in the platform's words.
+
+``build.py`` makes it from a runtime config and ``envoy.py`` turns it into Envoy
+resources. Everything here is frozen and ordered, so the IR of a config is one value
+that tests can compare and the Envoy stage can walk without sorting again. Resource
+names are decided here, once, because Envoy links resources by name and the names
+must never change between two translations of the same config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Protocol = Literal["grpc", "http", "tcp"]
+
+# "reported": a container DAL on this host; the sidecar reports its endpoints (EDS).
+# The others are network DALs, resolved by Envoy itself from the configured host.
+Discovery = Literal["reported", "logical_dns", "strict_dns", "static"]
+
+Exposure = Literal["public", "internal"]
+
+# Traffic shares are in basis points (1/100 of a percent), so a percent such as
+# 12.5 or 0.25 survives exactly as an integer weight.
+FULL_SHARE = 10_000
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UnixSocket:
+    path: str
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One DAL serving one listener: an Envoy cluster."""
+
+    name: str
+    dal: str
+    listener: str
+    protocol: Protocol
+    discovery: Discovery
+    connect_timeout_s: float
+    target: HostPort | None = None  # network DALs only: where Envoy connects
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An upstream that takes ``share`` of a listener's traffic."""
+
+    upstream: str
+    share: int
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """An upstream that gets a copy of ``share`` of a listener's requests.
+
+    ``runtime_key`` lets an operator turn the share up or down on a running Envoy
+    during a migration without a config change; None when every request is copied.
+    """
+
+    upstream: str
+    share: int
+    runtime_key: str | None
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where the proxy accepts connections for one listener name, and who serves them.
+
+    ``backends`` share the traffic (primary first; their shares add up to
+    ``FULL_SHARE``). ``route`` names the HTTP route table of grpc and http listeners.
+    """
+
+    name: str
+    listener: str
+    exposure: Exposure
+    protocol: Protocol
+    bind: HostPort | UnixSocket
+    backends: tuple[Backend, ...]
+    mirrors: tuple[Mirror, ...] = ()
+    route: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayIR:
+    """Listeners and upstreams of one gateway instance, each sorted by name."""
+
+    listeners: tuple[Listener, ...]
+    upstreams: tuple[Upstream, ...]
