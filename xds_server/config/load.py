@@ -62,6 +62,20 @@ def load_shard_text(text: str, file: str, env: Mapping[str, str] | None = None) 
     return shard
 
 
+def load_served_config(text: str, source: str) -> ShardFile:
+    """A config as the xds_server serves it to sidecars: already interpolated, so a
+    ``${VAR}`` left in it (from ``$${VAR}``) is for the DAL's shell, not for us."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([Problem(source, "", f"not valid YAML: {e}")]) from None
+    shard = validate_model(ShardFile, data, source)
+    problems = check_runtime(shard, source)
+    if problems:
+        raise ConfigError(problems)
+    return shard
+
+
 def load_shard(path: str | Path, env: Mapping[str, str] | None = None) -> ShardFile:
     return load_shard_text(_read(path), str(path), env)
 

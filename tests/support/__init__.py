@@ -1,0 +1,1 @@
+"""Helpers for integration tests: free loopback ports, child processes, real Envoy."""

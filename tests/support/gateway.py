@@ -1,0 +1,64 @@
+"""A real ``dgw server`` child process with its config dir, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from .procs import Child, free_port, port_open, wait_for
+
+
+class XdsServerProcess:
+    def __init__(self, workdir: Path):
+        self.config_dir = workdir / "shards"
+        self.config_dir.mkdir(exist_ok=True)
+        self.xds_port = free_port()
+        self.admin_port = free_port()
+        self.workdir = workdir
+        self.child: Child | None = None
+
+    def start(self) -> "XdsServerProcess":
+        self.child = Child(
+            [sys.executable, "-m", "dgw.cli", "server", "--config-dir", str(self.config_dir),
+             "--xds", f"127.0.0.1:{self.xds_port}", "--admin", f"127.0.0.1:{self.admin_port}"],
+            log=self.workdir / "xds_server.log",
+        )
+        wait_for(lambda: port_open(self.admin_port) or not self.child.alive(), 20, what="xds_server admin")
+        assert self.child.alive(), self.child.log()
+        return self
+
+    def stop(self) -> None:
+        if self.child:
+            self.child.stop()
+
+    def write_shard(self, shard: str, config: dict | str) -> None:
+        text = config if isinstance(config, str) else yaml.safe_dump(config)
+        path = self.config_dir / f"{shard}.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(path)  # atomic, like a careful operator's editor
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=3) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}", data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=3) as r:
+            return json.loads(r.read())
+
+    def report(self, shard: str, node_id: str, endpoints: list[dict]) -> None:
+        self.post("/v1/reports", {"shard": shard, "node_id": node_id, "endpoints": endpoints})
+
+    def shard(self, shard: str) -> dict:
+        return self.get(f"/v1/shards/{shard}")
+
+    def log(self) -> str:
+        return self.child.log() if self.child else ""

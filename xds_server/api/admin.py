@@ -1,0 +1,111 @@
+"""The admin HTTP API (aiohttp): shard and node status, reports, discovery.
+
+Read-mostly for now; the live operations API (wiring edits, history, auth) grows
+here. Every handler is a thin view of ``ShardRegistry`` and the snapshot cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from dgw.v1 import gateway_pb2
+from xds_server.shards import ShardRegistry
+
+REGISTRY = web.AppKey("registry", ShardRegistry)
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(_jsonable(data), status=status, dumps=lambda d: json.dumps(d, indent=1))
+
+
+def _shard_summary(registry: ShardRegistry, name: str) -> dict:
+    shard = registry.shards.get(name)
+    rejection = registry.rejections.get(name)
+    return {
+        "shard": name,
+        "config_version": shard.config_version if shard else None,
+        "source": shard.source if shard else None,
+        "accepted_at": shard.accepted_at if shard else None,
+        "nodes": sorted(shard.nodes) if shard else [],
+        "xds_versions": registry.cache.shard_versions(name) if shard else {},
+        "rejected": dataclasses.asdict(rejection) if rejection else None,
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_shards(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    names = sorted(set(registry.shards) | set(registry.rejections))
+    return _json({"shards": [_shard_summary(registry, n) for n in names]})
+
+
+async def get_shard(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    name = request.match_info["shard"]
+    if name not in registry.shards and name not in registry.rejections:
+        return _json({"error": f"no shard {name!r}"}, status=404)
+    summary = _shard_summary(registry, name)
+    shard = registry.shards.get(name)
+    summary["config"] = shard.config_yaml if shard else None
+    summary["reports"] = {
+        node_id: {
+            "generation": node.generation,
+            "received_at": node.received_at,
+            "report": json_format.MessageToDict(node.report, preserving_proto_field_name=True),
+        }
+        for node_id, node in sorted((shard.nodes if shard else {}).items())
+    }
+    return _json(summary)
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    return _json({"nodes": request.app[REGISTRY].cache.node_status()})
+
+
+async def post_report(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        report = json_format.ParseDict(body, gateway_pb2.NodeReport())
+    except (ValueError, json_format.ParseError) as e:
+        return _json({"error": f"not a NodeReport: {e}"}, status=400)
+    try:
+        generation = request.app[REGISTRY].report(report)
+    except ValueError as e:
+        return _json({"error": str(e)}, status=400)
+    return _json({"generation": generation})
+
+
+async def discovery(request: web.Request) -> web.Response:
+    address = request.match_info["address"]
+    return _json({"address": address, "instances": request.app[REGISTRY].discovery(address)})
+
+
+def make_app(registry: ShardRegistry) -> web.Application:
+    app = web.Application()
+    app[REGISTRY] = registry
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/shards", list_shards)
+    app.router.add_get("/v1/shards/{shard}", get_shard)
+    app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_post("/v1/reports", post_report)
+    app.router.add_get("/v1/discovery/{address}", discovery)
+    return app

@@ -1,0 +1,107 @@
+"""The Envoy bootstrap of a gateway instance: who it is and where its xds_server is.
+
+Everything else (listeners, routes, clusters, endpoints) arrives over ADS, so the
+bootstrap is small and the same for every instance of a shard but for ``node.id``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+XDS_CLUSTER = "dgw_xds"
+DEFAULT_ADMIN = "127.0.0.1:9901"
+# Envoy retries a broken ADS stream with jittered backoff from this base.
+XDS_CONNECT_TIMEOUT = "1s"
+
+
+def split_host_port(value: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` → (host, port); ValueError names what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:18000)")
+    host = host.strip("[]")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{what} {value!r}: port must be 0-65535")
+    return host, number
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def make_bootstrap(
+    shard: str,
+    node_id: str,
+    xds: str,
+    admin: str | None = DEFAULT_ADMIN,
+    delta: bool = False,
+) -> dict:
+    """An Envoy v3 bootstrap (as a dict ready for YAML/JSON) that gets all of its
+    configuration from the xds_server at ``xds`` over one ADS stream."""
+    xds_host, xds_port = split_host_port(xds, "--xds")
+    config: dict = {
+        "node": {"id": node_id, "cluster": shard},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STATIC" if _is_ip(xds_host) else "LOGICAL_DNS",
+                    "connect_timeout": XDS_CONNECT_TIMEOUT,
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": xds_host,
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+        # Shadow percentages are runtime fractions; an admin-writable layer lets an
+        # operator adjust them on one host while debugging.
+        "layered_runtime": {
+            "layers": [
+                {"name": "static", "static_layer": {}},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
+    }
+    if admin:
+        admin_host, admin_port = split_host_port(admin, "--admin")
+        config["admin"] = {
+            "address": {"socket_address": {"address": admin_host, "port_value": admin_port}}
+        }
+    return config

@@ -1,0 +1,102 @@
+"""The xds_server process: config dir → registry (translate) → cache → ADS.
+
+One asyncio loop carries the gRPC server (ADS for Envoys, ``dgw.v1.Gateway`` for
+sidecars), the admin HTTP API and the config dir watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from aiohttp import web
+
+from xds_server.ads import AdsServer
+from xds_server.api import admin, gateway
+from xds_server.bootstrap import split_host_port
+from xds_server.cache import SnapshotCache
+from xds_server.settings import ServerSettings
+from xds_server.shards import ShardRegistry
+from xds_server.sources.config_dir import ConfigDir
+from xds_server.translate import TranslateOptions
+
+log = logging.getLogger("xds_server.server")
+
+# Many Envoys each hold one long-lived stream; keepalives find dead peers.
+GRPC_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 100_000),
+)
+
+
+class XdsServer:
+    """The running server; ``start()`` binds, ``stop()`` releases everything."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.cache = SnapshotCache()
+        self.registry = ShardRegistry(
+            self.cache, TranslateOptions(public_address=settings.public_address)
+        )
+        self.config_dir = ConfigDir(settings.config_dir, self.registry)
+        self.grpc_server: grpc.aio.Server | None = None
+        self.admin_runner: web.AppRunner | None = None
+        self.xds_port = 0
+        self.admin_port = 0
+        self._watch_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.config_dir.load_all()
+        self.grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
+        AdsServer(self.cache).register(self.grpc_server)
+        gateway.register(self.grpc_server, self.registry)
+        host, port = split_host_port(self.settings.xds, "--xds")
+        self.xds_port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        if self.xds_port == 0:
+            raise OSError(f"cannot bind the xDS address {self.settings.xds}: is it in use?")
+        await self.grpc_server.start()
+
+        self.admin_runner = web.AppRunner(admin.make_app(self.registry), access_log=None)
+        await self.admin_runner.setup()
+        ahost, aport = split_host_port(self.settings.admin, "--admin")
+        site = web.TCPSite(self.admin_runner, ahost, aport)
+        await site.start()
+        self.admin_port = site._server.sockets[0].getsockname()[1]  # port 0 → the bound one
+
+        if self.settings.watch:
+            self._watch_task = asyncio.create_task(self.config_dir.watch(), name="config-dir-watch")
+        log.info(
+            "event=started xds=%s:%d admin=%s:%d config_dir=%s shards=%d rejected=%d",
+            host, self.xds_port, ahost, self.admin_port, self.settings.config_dir,
+            len(self.registry.shards), len(self.registry.rejections),
+        )
+
+    async def stop(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self.grpc_server:
+            await self.grpc_server.stop(grace=0.5)
+        if self.admin_runner:
+            await self.admin_runner.cleanup()
+        log.info("event=stopped")
+
+
+async def run(settings: ServerSettings) -> None:
+    server = XdsServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

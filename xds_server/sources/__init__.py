@@ -1,0 +1,1 @@
+"""Where shard configurations come from (a directory of YAML files, for now)."""
