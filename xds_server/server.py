@@ -70,7 +70,9 @@ class XdsServer:
         self.admin_port = site._server.sockets[0].getsockname()[1]  # port 0 → the bound one
 
         if self.settings.watch:
-            self._watch_task = asyncio.create_task(self.config_dir.watch(), name="config-dir-watch")
+            watching = asyncio.Event()
+            self._watch_task = asyncio.create_task(self.config_dir.watch(watching), name="config-dir-watch")
+            await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
             "event=started xds=%s:%d admin=%s:%d config_dir=%s shards=%d rejected=%d",
             host, self.xds_port, ahost, self.admin_port, self.settings.config_dir,

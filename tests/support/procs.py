@@ -31,6 +31,8 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.
             value = check()
             if value:
                 return value
+        except AssertionError:
+            raise
         except Exception as e:  # the thing polled is not up yet
             last_error = e
         time.sleep(interval)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -19,6 +20,8 @@ REGISTRY = web.AppKey("registry", ShardRegistry)
 
 
 def _jsonable(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
     if dataclasses.is_dataclass(value):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
     if hasattr(value, "to_dict"):
