@@ -14,7 +14,7 @@ import signal
 import grpc
 from aiohttp import web
 
-from xds_server.ads import AdsServer
+from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.api import admin, gateway
 from xds_server.bootstrap import split_host_port
 from xds_server.cache import SnapshotCache
@@ -25,13 +25,13 @@ from xds_server.translate import TranslateOptions
 
 log = logging.getLogger("xds_server.server")
 
-# Many Envoys each hold one long-lived stream; keepalives find dead peers.
-GRPC_OPTIONS = (
+# Each Envoy holds one long-lived stream; keepalives find peers that vanished without
+# closing, so their per-node state is freed.
+KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_concurrent_streams", 100_000),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 
@@ -53,7 +53,7 @@ class XdsServer:
 
     async def start(self) -> None:
         self.config_dir.load_all()
-        self.grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS)
         AdsServer(self.cache).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry)
         host, port = split_host_port(self.settings.xds, "--xds")

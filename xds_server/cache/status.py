@@ -1,0 +1,90 @@
+"""What each connected node has been sent, has ACKed and has rejected.
+
+The ADS streams record events here; the admin API and the benchmarks read
+``NodeStatus`` copies. A ``StreamStatus`` lives exactly as long as its stream: the
+cache drops it on disconnect, so the table never outgrows the connected fleet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+StreamKind = Literal["sotw", "delta"]
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """The last response a node rejected for one type, with Envoy's own message."""
+
+    version: str
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    """One type on one stream.
+
+    ``acked_version`` is what the node last accepted (or reported having when it
+    connected). For types requested by name (EDS, RDS, SDS) over state of the world, a
+    version covers the requested resources only, so it matches ``shard_versions()``
+    only when the node requests every resource of the type.
+    """
+
+    type_url: str
+    sent_version: str | None = None
+    acked_version: str | None = None
+    last_nack: Nack | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One connected stream of one node (a node may briefly hold two while reconnecting)."""
+
+    shard: str
+    node_id: str
+    stream: StreamKind
+    connected_since: datetime
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def type_status(self, type_url: str) -> TypeStatus:
+        """The status of one type (empty if the node has not asked for it)."""
+        return self.types.get(type_url) or TypeStatus(type_url)
+
+
+class StreamStatus:
+    """The mutable record one stream keeps while it is connected."""
+
+    __slots__ = ("shard", "node_id", "kind", "connected_since", "_types")
+
+    def __init__(self, shard: str, node_id: str, kind: StreamKind) -> None:
+        self.shard = shard
+        self.node_id = node_id
+        self.kind: StreamKind = kind
+        self.connected_since = datetime.now(timezone.utc)
+        self._types: dict[str, TypeStatus] = {}
+
+    def _get(self, type_url: str) -> TypeStatus:
+        return self._types.get(type_url) or TypeStatus(type_url)
+
+    # TypeStatus is frozen: each event swaps in a new one, so a NodeStatus handed out
+    # earlier never changes under its reader.
+    def record_sent(self, type_url: str, version: str) -> None:
+        s = self._get(type_url)
+        self._types[type_url] = TypeStatus(type_url, version, s.acked_version, s.last_nack)
+
+    def record_ack(self, type_url: str, version: str) -> None:
+        s = self._get(type_url)
+        self._types[type_url] = TypeStatus(type_url, s.sent_version, version, s.last_nack)
+
+    def record_nack(self, type_url: str, version: str, message: str) -> None:
+        s = self._get(type_url)
+        nack = Nack(version, message, datetime.now(timezone.utc))
+        self._types[type_url] = TypeStatus(type_url, s.sent_version, s.acked_version, nack)
+
+    def snapshot(self) -> NodeStatus:
+        return NodeStatus(
+            self.shard, self.node_id, self.kind, self.connected_since, dict(self._types)
+        )
