@@ -132,17 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_bootstrap)
 
-    _add_agent_commands(sub)
-    return parser
+    from bench import cli as bench_cli
+    from sidecar import cli as sidecar_cli
 
+    from . import up
 
-def _add_agent_commands(sub) -> None:
-    """The sidecar's subcommands, if the sidecar package is installed with us."""
-    try:
-        from sidecar import cli as sidecar_cli
-    except ImportError:
-        return
     sidecar_cli.add_commands(sub)
+    up.add_command(sub)
+    bench_cli.add_commands(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

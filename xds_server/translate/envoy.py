@@ -104,6 +104,10 @@ def _cluster(upstream: ir.Upstream) -> cluster_pb2.Cluster:
     )
     if upstream.target is None:
         cluster.eds_cluster_config.eds_config.CopyFrom(_ADS)
+        # A DAL cluster has one host per gateway (its own DAL). Envoy's default panic
+        # mode would route to that host while it is reported starting or unhealthy;
+        # a client must get a fast 503 instead.
+        cluster.common_lb_config.healthy_panic_threshold.value = 0.0
     else:
         if upstream.discovery != "static":
             # Envoy's AUTO tries IPv6 first, which hosts without a v6 route cannot reach.

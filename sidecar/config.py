@@ -1,0 +1,101 @@
+"""The sidecar's settings and their defaults (one place, next to the model)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_SERVER = "127.0.0.1:18000"
+DEFAULT_STATE_DIR = Path(".work/sidecar")
+DEFAULT_DAL_PORTS = (20000, 29999)  # below Linux's ephemeral range (32768-60999)
+
+# Reconcile loop: a timer pass even when nothing happened, so drift is always caught.
+DEFAULT_RESYNC_S = 5.0
+# Restart backoff: the first restart is immediate, then base·2^(n-1) up to max; a DAL
+# that stays healthy for reset_after forgets its failures (Docker's restart policy).
+DEFAULT_BACKOFF_BASE_S = 0.5
+DEFAULT_BACKOFF_MAX_S = 30.0
+DEFAULT_BACKOFF_RESET_S = 10.0
+# Docker marks a container unhealthy after `retries` failed checks but never acts on
+# it; the agent restarts one that stays unhealthy this long.
+DEFAULT_UNHEALTHY_GRACE_S = 5.0
+DEFAULT_STOP_GRACE_S = 5.0
+# Control channel: reconnect backoff and a periodic re-report (the server may restart).
+DEFAULT_RECONNECT_BASE_S = 0.25
+DEFAULT_RECONNECT_MAX_S = 5.0
+DEFAULT_REPORT_EVERY_S = 10.0
+DEFAULT_RPC_TIMEOUT_S = 3.0
+# Envoy: how long to drain on shutdown, and its restart backoff.
+DEFAULT_DRAIN_S = 1.0
+DEFAULT_ENVOY_BACKOFF_MAX_S = 10.0
+DEFAULT_CRASH_LOG_LINES = 20
+
+RuntimeName = Literal["auto", "docker", "process"]
+NetworkMode = Literal["host", "bridge"]
+
+
+def _host_port(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:18000)")
+    return value
+
+
+class SidecarSettings(BaseModel):
+    """Everything ``dgw sidecar`` is told on its command line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: str = DEFAULT_SERVER
+    shard: str
+    node_id: str = Field(default_factory=socket.gethostname)
+    runtime: RuntimeName = "auto"
+    network_mode: NetworkMode = "host"
+    # Where Envoy and the DALs' host ports live; DALs bind here in host mode.
+    bind_address: str = "127.0.0.1"
+    # The address registered in discovery: where clients reach this host's gateway.
+    host_address: str = "127.0.0.1"
+    state_dir: Path = DEFAULT_STATE_DIR
+    dal_ports: tuple[int, int] = DEFAULT_DAL_PORTS
+    envoy: bool = True
+    envoy_binary: str | None = None
+    envoy_admin_port: int = 0  # 0: pick a free loopback port
+    envoy_log_level: str = "warning"
+    delta_xds: bool = False
+    stop_dals_on_exit: bool = False
+
+    resync_s: float = DEFAULT_RESYNC_S
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+    backoff_reset_s: float = DEFAULT_BACKOFF_RESET_S
+    unhealthy_grace_s: float = DEFAULT_UNHEALTHY_GRACE_S
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S
+    reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S
+    reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S
+    report_every_s: float = DEFAULT_REPORT_EVERY_S
+    rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S
+    drain_s: float = DEFAULT_DRAIN_S
+    envoy_backoff_max_s: float = DEFAULT_ENVOY_BACKOFF_MAX_S
+    crash_log_lines: int = DEFAULT_CRASH_LOG_LINES
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        return _host_port(v, "--server")
+
+    @field_validator("shard", "node_id")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} must be a non-empty name without spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _ports(self) -> "SidecarSettings":
+        low, high = self.dal_ports
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"dal_ports {low}-{high} is not a port range within 1-65535")
+        return self

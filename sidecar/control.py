@@ -1,0 +1,128 @@
+"""The agent's channel to the xds_server (``dgw.v1.Gateway``): watch config, report.
+
+``watch`` follows the shard's runtime config for as long as the agent runs: it
+reconnects with jittered exponential backoff whenever the stream breaks, and tells
+the caller so (the host keeps its last config meanwhile). ``report`` sends one
+``NodeReport``; the caller resends the latest when a send fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from dgw.v1 import gateway_pb2, gateway_pb2_grpc
+
+from .log import EventLog
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The watch stream is (re)established; the server may have lost our report."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    error: str
+    retry_in: float
+
+
+WatchEvent = gateway_pb2.ShardConfig | Connected | Disconnected
+
+
+class Backoff:
+    """Jittered exponential delays: base, 2·base, … up to max; reset on success."""
+
+    def __init__(self, base_s: float, max_s: float, rng: random.Random | None = None):
+        self._base, self._max = base_s, max_s
+        self._rng = rng or random.Random()
+        self.attempts = 0
+
+    def next(self) -> float:
+        delay = min(self._base * 2**self.attempts, self._max)
+        self.attempts += 1
+        return delay * (0.5 + self._rng.random() / 2)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class ControlClient:
+    def __init__(
+        self,
+        server: str,
+        *,
+        shard: str,
+        node_id: str,
+        reconnect_base_s: float,
+        reconnect_max_s: float,
+        rpc_timeout_s: float,
+        log: EventLog,
+    ):
+        self._server = server
+        self._shard = shard
+        self._node = node_id
+        self._rpc_timeout = rpc_timeout_s
+        self._log = log
+        self._backoff = Backoff(reconnect_base_s, reconnect_max_s)
+        max_ms = int(reconnect_max_s * 1000)
+        self._channel = grpc.aio.insecure_channel(
+            server,
+            options=[
+                # gRPC's own reconnect backoff (1 s up to 120 s by default) would hide
+                # a returning server from us for minutes: keep it within ours.
+                ("grpc.initial_reconnect_backoff_ms", int(reconnect_base_s * 1000)),
+                ("grpc.min_reconnect_backoff_ms", int(reconnect_base_s * 1000)),
+                ("grpc.max_reconnect_backoff_ms", max_ms),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+
+    async def watch(self) -> AsyncIterator[WatchEvent]:
+        """The shard's config, then every change; connection changes in between."""
+        request = gateway_pb2.WatchRequest(shard=self._shard, node_id=self._node)
+        down_since: float | None = None
+        while True:
+            call = self._stub.WatchConfig(request)
+            try:
+                first = True
+                async for msg in call:
+                    if first:
+                        first = False
+                        self._backoff.reset()
+                        self._log.info(
+                            "control_connected", server=self._server,
+                            down_s=None if down_since is None else time.monotonic() - down_since,
+                        )
+                        down_since = None
+                        yield Connected()
+                    yield msg
+                error = "the server ended the stream"
+            except grpc.aio.AioRpcError as e:
+                error = f"{e.code().name}: {e.details()}"
+            finally:
+                call.cancel()
+            delay = self._backoff.next()
+            # One warning per outage; the retries in between are debug noise.
+            emit = self._log.warning if down_since is None else self._log.debug
+            emit("control_disconnected", server=self._server, error=error, retry_in=delay)
+            if down_since is None:
+                down_since = time.monotonic()
+            yield Disconnected(error, delay)
+            await asyncio.sleep(delay)
+
+    async def report(self, report: gateway_pb2.NodeReport) -> int:
+        """Send a report; returns its generation. Raises grpc.aio.AioRpcError."""
+        ack = await self._stub.Report(report, timeout=self._rpc_timeout)
+        return ack.generation
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,122 @@
+"""Wire the agent together and run it until SIGTERM/SIGINT.
+
+``run_sidecar(settings)`` is the entry point (``dgw sidecar`` calls it through
+``run``): pick the runtime, start Envoy, follow the xds_server, reconcile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+from xds_server.bootstrap import make_bootstrap
+
+from .agent import Agent
+from .config import SidecarSettings
+from .control import ControlClient
+from .envoy_child import EnvoyChild, EnvoyNotFound, find_envoy
+from .errors import SidecarError
+from .log import EventLog
+from .runtimes.base import Runtime, RuntimeUnavailable
+from .runtimes.docker import DockerRuntime, connect
+from .runtimes.process import ProcessRuntime
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+async def select_runtime(settings: SidecarSettings, state_dir: Path, log: EventLog) -> Runtime:
+    """Docker when asked for or reachable; the process runtime otherwise."""
+    if settings.runtime in ("auto", "docker"):
+        try:
+            client = await asyncio.to_thread(connect)
+        except RuntimeUnavailable as e:
+            if settings.runtime == "docker":
+                raise SidecarError(
+                    f"--runtime docker: {e}; start the engine (deploy/docker/start-engine.sh) "
+                    "or use --runtime process"
+                ) from None
+            log.info("runtime_selected", runtime="process", reason=str(e))
+        else:
+            log.info("runtime_selected", runtime="docker", network_mode=settings.network_mode,
+                     reason="requested" if settings.runtime == "docker" else "engine reachable")
+            return DockerRuntime(
+                client,
+                shard=settings.shard,
+                node=settings.node_id,
+                network_mode=settings.network_mode,
+                bind_address=settings.bind_address,
+                stop_grace_s=settings.stop_grace_s,
+                log=log,
+            )
+    else:
+        log.info("runtime_selected", runtime="process", reason="requested")
+    return ProcessRuntime(state_dir, stop_grace_s=settings.stop_grace_s, log=log)
+
+
+async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop`` is set, or SIGTERM/SIGINT when none is given."""
+    log = EventLog("dgw.sidecar", shard=settings.shard, node=settings.node_id)
+    state_dir = settings.state_dir / _UNSAFE.sub("_", f"{settings.shard}-{settings.node_id}")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log.info("starting", server=settings.server, state_dir=str(state_dir))
+    runtime = await select_runtime(settings, state_dir, log)
+    envoy = None
+    if settings.envoy:
+        try:
+            binary = find_envoy(settings.envoy_binary)
+            admin = f"127.0.0.1:{settings.envoy_admin_port}"
+            bootstrap = make_bootstrap(
+                settings.shard, settings.node_id, settings.server, admin, settings.delta_xds
+            )
+        except (EnvoyNotFound, ValueError) as e:
+            await runtime.close()
+            raise SidecarError(str(e)) from None
+        envoy = EnvoyChild(
+            binary=binary,
+            bootstrap=bootstrap,
+            state_dir=state_dir,
+            log_level=settings.envoy_log_level,
+            backoff_max_s=settings.envoy_backoff_max_s,
+            crash_log_lines=settings.crash_log_lines,
+            log=log.bind(component="envoy"),
+        )
+    control = ControlClient(
+        settings.server,
+        shard=settings.shard,
+        node_id=settings.node_id,
+        reconnect_base_s=settings.reconnect_base_s,
+        reconnect_max_s=settings.reconnect_max_s,
+        rpc_timeout_s=settings.rpc_timeout_s,
+        log=log,
+    )
+    agent = Agent(settings, runtime, control, envoy, state_dir, log)
+
+    own_stop = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if own_stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.run(stop)
+    finally:
+        if own_stop:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dgw sidecar``: settings from the parsed arguments, then run until signalled."""
+    from .cli import settings_from_args
+
+    try:
+        settings = settings_from_args(args)
+        asyncio.run(run_sidecar(settings))
+    except SidecarError as e:
+        print(f"dgw sidecar: {e}", file=sys.stderr)
+        return 2
+    return 0

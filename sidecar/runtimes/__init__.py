@@ -1,0 +1,1 @@
+"""Where DALs run: Docker containers (``docker``) or local processes (``process``)."""

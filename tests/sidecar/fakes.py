@@ -1,0 +1,124 @@
+"""In-memory stand-ins for the agent's collaborators: a runtime and a Gateway server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import grpc
+
+from dgw.v1 import gateway_pb2, gateway_pb2_grpc
+from sidecar.plan import Health, Observed, State
+from sidecar.runtimes.base import DalRunError, Notify, Runtime
+from sidecar.spec import DalSpec
+
+
+class FakeRuntime(Runtime):
+    """Instances are records; tests make them die or turn unhealthy."""
+
+    name = "fake"
+    network_mode = "host"
+
+    def __init__(self, instances: list[Observed] = ()):
+        self.instances: dict[str, Observed] = {o.dal: o for o in instances}
+        self.calls: list[tuple[str, str]] = []
+        self.fail_create: dict[str, str] = {}
+        self.notify: Notify = lambda reason: None
+        self._serial = 0
+
+    async def start(self, notify: Notify) -> None:
+        self.notify = notify
+
+    async def observe(self) -> list[Observed]:
+        return list(self.instances.values())
+
+    def _run(self, spec: DalSpec) -> None:
+        self._serial += 1
+        self.instances[spec.name] = Observed(
+            dal=spec.name, ref=f"{spec.name}-{self._serial}", spec_hash=spec.spec_hash,
+            state=State.RUNNING, health=Health.HEALTHY, ports=spec.host_ports,
+            started_at=time.time(),
+        )
+
+    async def create(self, spec: DalSpec) -> None:
+        self.calls.append(("create", spec.name))
+        if spec.name in self.fail_create:
+            raise DalRunError(self.fail_create[spec.name])
+        self._run(spec)
+
+    async def start_instance(self, observed: Observed, spec: DalSpec) -> None:
+        self.calls.append(("start", spec.name))
+        self._run(spec)
+
+    async def restart(self, observed: Observed, spec: DalSpec) -> None:
+        self.calls.append(("restart", spec.name))
+        self._run(spec)
+
+    async def remove(self, observed: Observed) -> None:
+        self.calls.append(("remove", observed.dal))
+        self.instances.pop(observed.dal, None)
+
+    async def logs(self, observed: Observed, lines: int) -> list[str]:
+        return ["last words"]
+
+    async def close(self) -> None:
+        pass
+
+    def kill(self, dal: str, code: int = 137) -> None:
+        self.instances[dal] = replace(self.instances[dal], state=State.EXITED, exit_code=code)
+        self.notify(f"killed {dal}")
+
+    def set_health(self, dal: str, health: Health) -> None:
+        self.instances[dal] = replace(self.instances[dal], health=health)
+        self.notify(f"health {dal}")
+
+
+class FakeGateway(gateway_pb2_grpc.GatewayServicer):
+    """A ``dgw.v1.Gateway`` holding one shard config and every report it got."""
+
+    def __init__(self):
+        self.reports: list[gateway_pb2.NodeReport] = []
+        self.config: gateway_pb2.ShardConfig | None = None
+        self.watchers = 0
+        self._changed = asyncio.Event()
+
+    def set_config(self, shard: str, version: str, text: str) -> None:
+        self.config = gateway_pb2.ShardConfig(shard=shard, version=version, yaml=text)
+        self._changed.set()
+
+    async def Report(self, request, context):
+        self.reports.append(request)
+        return gateway_pb2.ReportAck(generation=len(self.reports))
+
+    async def WatchConfig(self, request, context):
+        self.watchers += 1
+        sent = None
+        while True:
+            if self.config is not None and self.config.version != sent:
+                sent = self.config.version
+                yield self.config
+            self._changed.clear()
+            await self._changed.wait()
+
+    @property
+    def last(self) -> gateway_pb2.NodeReport | None:
+        return self.reports[-1] if self.reports else None
+
+
+async def serve(gateway: FakeGateway, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+async def until(check, timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``check`` (sync) until truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
