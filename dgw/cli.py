@@ -64,10 +64,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from xds_server.bootstrap import make_bootstrap
+    from xds_server.bootstrap import make_bootstrap, make_client_bootstrap
 
     try:
-        config = make_bootstrap(args.shard, args.node_id, args.xds, args.admin, args.delta)
+        if args.client:
+            config = make_client_bootstrap(args.node_id, args.xds, args.client, args.listen, args.admin, args.delta)
+        elif not args.shard:
+            raise ValueError("give --shard (a gateway instance) or --client ADDRESS/LISTENER (a client-side proxy)")
+        else:
+            config = make_bootstrap(args.shard, args.node_id, args.xds, args.admin, args.delta)
     except ValueError as e:
         print(f"dgw bootstrap: {e}", file=sys.stderr)
         return 2
@@ -123,12 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where Envoys bind public listeners (0.0.0.0 in production)")
     p.set_defaults(func=cmd_server)
 
-    p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for one gateway instance")
-    p.add_argument("--shard", required=True)
+    p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")
+    p.add_argument("--shard", help="the gateway instance's shard")
     p.add_argument("--node-id", required=True)
     p.add_argument("--xds", required=True, help="the xds_server's gRPC HOST:PORT")
     p.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
+    p.add_argument("--client", metavar="ADDRESS/LISTENER",
+                   help="a client-side forward proxy to the hosts registered under ADDRESS, for LISTENER")
+    p.add_argument("--listen", default="127.0.0.1:15000", help="with --client: where the proxy listens")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_bootstrap)
 

@@ -105,3 +105,60 @@ def make_bootstrap(
             "address": {"socket_address": {"address": admin_host, "port_value": admin_port}}
         }
     return config
+
+
+def make_client_bootstrap(
+    node_id: str,
+    xds: str,
+    target: str,
+    listen: str,
+    admin: str | None = None,
+    delta: bool = False,
+) -> dict:
+    """A client-side forward proxy: ``listen`` → the gateway hosts registered under
+    ``target`` (``ADDRESS/LISTENER``), found over EDS from the xds_server.
+
+    It forwards the byte stream (tcp_proxy), so it serves HTTP, gRPC and database
+    protocols alike.
+    """
+    from xds_server.translate import DISCOVERY_SHARD
+
+    address, sep, listener = target.partition("/")
+    if not sep or not address or not listener:
+        raise ValueError(f"--client {target!r} is not ADDRESS/LISTENER (e.g. shard.dgwkv/secure_grpc)")
+    listen_host, listen_port = split_host_port(listen, "--listen")
+    config = make_bootstrap(DISCOVERY_SHARD, node_id, xds, admin, delta)
+    del config["dynamic_resources"]["lds_config"]
+    del config["dynamic_resources"]["cds_config"]
+    config["static_resources"]["clusters"].append(
+        {
+            "name": "gateway",
+            "type": "EDS",
+            "connect_timeout": "1s",
+            "eds_cluster_config": {
+                "service_name": target,
+                "eds_config": {"ads": {}, "resource_api_version": "V3"},
+            },
+        }
+    )
+    config["static_resources"]["listeners"] = [
+        {
+            "name": "client",
+            "address": {"socket_address": {"address": listen_host, "port_value": listen_port}},
+            "filter_chains": [
+                {
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.tcp_proxy",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                "stat_prefix": "client",
+                                "cluster": "gateway",
+                            },
+                        }
+                    ]
+                }
+            ],
+        }
+    ]
+    return config

@@ -27,8 +27,8 @@ class Stack:
         self.dals[name] = child
         return child
 
-    def envoy(self, shard: str, node_id: str = "node-1") -> Envoy:
-        envoy = Envoy(shard, node_id, self.server.xds_port, self.workdir, self.delta)
+    def envoy(self, shard: str, node_id: str = "node-1", client: tuple[str, int] | None = None) -> Envoy:
+        envoy = Envoy(shard, node_id, self.server.xds_port, self.workdir, self.delta, client)
         self.envoys.append(envoy)
         return envoy
 

@@ -204,3 +204,30 @@ def test_rejected_config_is_a_nack_and_traffic_keeps_flowing(stack):
             assert answered_by(api, f"/after-nack/{i}") == "kv"
     finally:
         blocker.close()
+
+
+def test_registered_hosts_reach_client_side_proxies_over_eds(stack):
+    api, dal_port, client_port = free_port(), free_port(), free_port()
+    stack.server.write_shard("kv", {
+        "proxy_config": {"public_listeners": {"api": {"mode": "http", "path": api}}},
+        "container_dals": {"kv": {"container_listeners": {"api": dal_port}}},
+        "registrations": [{"address": "kv.dgw,kv.alias"}],
+    })
+    stack.dal("kv", {"api": dal_port})
+    stack.envoy("kv")
+    client = stack.envoy("", "app-1", client=("kv.dgw/api", client_port))
+
+    # Not registered yet: the client proxy has nowhere to send the request.
+    stack.server.report("kv", "node-1", [healthy("kv", "api", dal_port)])
+    assert answered_by(client_port) is None
+
+    stack.server.post("/v1/reports", {
+        "shard": "kv", "node_id": "node-1", "host_address": "127.0.0.1",
+        "registrations": ["kv.dgw", "kv.alias"], "endpoints": [healthy("kv", "api", dal_port)],
+    })
+    assert stack.server.get("/v1/discovery/kv.dgw")["instances"][0]["ports"] == {"api": api}
+    wait_for(lambda: answered_by(client_port) == "kv", 10, what="client proxy → gateway → DAL")
+
+    # Deregistered (the host turned unhealthy): the client proxy stops sending.
+    stack.server.report("kv", "node-1", [])
+    wait_for(lambda: client.stat("cluster.gateway.membership_total") == 0, 10, what="host removed from the client's EDS")

@@ -125,3 +125,26 @@ async def test_watch_config_yields_now_and_after_each_change(registry):
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0)
+
+
+def test_registrations_are_published_as_discovery_eds(registry):
+    from xds_server.translate import DISCOVERY_SHARD
+
+    registry.apply("kv", load_shard_text(GOOD, "kv.yaml"), "kv.yaml")
+    declared = registry.cache.shard_versions(DISCOVERY_SHARD)
+    assert ENDPOINT in declared, "discovery names are published as soon as the config declares them"
+
+    registry.report(report("n1"))
+    assert registry.cache.shard_versions(DISCOVERY_SHARD)[ENDPOINT] != declared[ENDPOINT]
+    assert registry.discovery("kv.discovery") == [
+        {"shard": "kv", "node_id": "n1", "address": "127.0.0.1", "ports": {"api": 18080}}
+    ]
+    registry.report(report("n1", registrations=()))
+    assert registry.cache.shard_versions(DISCOVERY_SHARD)[ENDPOINT] == declared[ENDPOINT]
+
+
+def test_registration_needs_an_ip_host_address(registry):
+    bad = report("n1")
+    bad.host_address = "gateway.local"
+    with pytest.raises(ValueError, match="host_address"):
+        registry.report(bad)

@@ -8,7 +8,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from xds_server.bootstrap import make_bootstrap
+from xds_server.bootstrap import make_bootstrap, make_client_bootstrap
 
 from .procs import Child, free_port, wait_for
 
@@ -21,10 +21,17 @@ def envoy_binary() -> str:
 
 
 class Envoy:
-    def __init__(self, shard: str, node_id: str, xds_port: int, workdir: Path, delta: bool = False):
+    def __init__(self, shard: str, node_id: str, xds_port: int, workdir: Path, delta: bool = False,
+                 client: tuple[str, int] | None = None):
+        """A gateway Envoy of ``shard``; or, with ``client=(ADDRESS/LISTENER, port)``, a
+        client-side proxy on ``port`` to the hosts registered under that address."""
         self.admin_port = free_port()
         self.bootstrap = workdir / f"envoy-{node_id}.json"
-        config = make_bootstrap(shard, node_id, f"127.0.0.1:{xds_port}", f"127.0.0.1:{self.admin_port}", delta)
+        xds, admin = f"127.0.0.1:{xds_port}", f"127.0.0.1:{self.admin_port}"
+        if client:
+            config = make_client_bootstrap(node_id, xds, client[0], f"127.0.0.1:{client[1]}", admin, delta)
+        else:
+            config = make_bootstrap(shard, node_id, xds, admin, delta)
         self.bootstrap.write_text(json.dumps(config))
         self.child = Child(
             [envoy_binary(), "-c", str(self.bootstrap), "--use-dynamic-base-id",

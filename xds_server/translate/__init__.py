@@ -9,6 +9,8 @@ from xds_server.config import RuntimeConfig
 from xds_server.resources import Resources
 
 from .build import TranslateOptions, build_ir
+from .discovery import DISCOVERY_SHARD, RegisteredHost, discovery_assignments
+from .discovery import resource_name as discovery_name
 from .endpoints import endpoints_for
 from .envoy import to_resources
 from .ir import GatewayIR
@@ -21,6 +23,10 @@ def translate(cfg: RuntimeConfig, options: TranslateOptions = TranslateOptions()
 
 
 __all__ = [
+    "DISCOVERY_SHARD",
+    "RegisteredHost",
+    "discovery_assignments",
+    "discovery_name",
     "GatewayIR",
     "TranslateOptions",
     "build_ir",
