@@ -10,6 +10,7 @@ all call into it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -117,7 +118,7 @@ class ShardRegistry:
     def apply(self, shard: str, config: ShardFile, source: str) -> bool:
         """Translate and install a validated config. Raises ConfigError (and changes
         nothing) when it cannot be translated. Returns True if the config changed."""
-        options = TranslateOptions(**{**self.options.__dict__, "file": source})
+        options = dataclasses.replace(self.options, file=source)
         started = time.perf_counter()
         try:
             ir = build_ir(config.runtime(), options)

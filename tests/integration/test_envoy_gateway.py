@@ -113,7 +113,12 @@ def test_shadow_target_down_or_slow_does_not_touch_the_client(stack):
     assert grpc_echo(rpc, b"d") == b"thrift:d"
 
 
-def test_tcp_listener_passes_a_postgresql_session_through(stack):
+@pytest.mark.postgres
+@pytest.mark.parametrize("url, mode", [
+    ("postgresql://127.0.0.1:5432", "static"),
+    ("postgresql://localhost", "logical_dns"),  # the seed's shape: a DNS name, default port
+])
+def test_tcp_listener_passes_a_postgresql_session_through(stack, url, mode):
     asyncpg = pytest.importorskip("asyncpg")
     if not port_open(5432):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (this test needs it)")
@@ -122,7 +127,7 @@ def test_tcp_listener_passes_a_postgresql_session_through(stack):
         "proxy_config": {"public_listeners": {"secure_postgres": {"mode": "tcp", "path": str(db)}}},
         "container_dals": {},
         "network_dals": {"rds": {
-            "listeners": {"secure_postgres": "postgresql://127.0.0.1:5432"}, "mode": "static",
+            "listeners": {"secure_postgres": url}, "mode": mode,
         }},
     })
     stack.envoy("rds")
