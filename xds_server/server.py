@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import resource
 import signal
 
 import grpc
@@ -33,6 +35,34 @@ KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+
+# Python's cyclic collector, tuned for a heap of long-lived per-shard and per-stream
+# objects. A collection runs when tracked objects *outnumber* those freed by so many;
+# an edit to a shard of 5,000 nodes briefly holds some 40,000 more (each push's
+# futures and gRPC operations), so with the default of 700 every edit set off dozens
+# of young collections and, every edit or two, a full one (0.3-0.5 s with the loop
+# stopped: about half of the edit's CPU). At 200,000 an edit sets off none, while a
+# fleet connecting still does; each older generation is collected after 10 of the
+# younger. What startup loaded is frozen out of every collection. Garbage without
+# cycles is freed at once by reference counting, whatever these say.
+GC_THRESHOLDS = (200_000, 10, 10)
+
+
+def settle_heap() -> None:
+    """Once the startup load is done: collect, freeze the survivors, collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def raise_open_files_limit() -> int:
+    """Every node holds a connection: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("event=open_files_limit from=%d to=%d", soft, hard)
+    return hard
 
 
 class XdsServer:
@@ -92,8 +122,10 @@ class XdsServer:
 
 
 async def run(settings: ServerSettings) -> None:
+    raise_open_files_limit()
     server = XdsServer(settings)
     await server.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,115 @@
+"""``dgw bench FIGURE``: the operator-facing performance checks.
+
+Each figure prints a table (``--json``: one JSON object on stdout), keeps its JSON
+(and a PNG where a curve says more) under ``bench/results/``, and exits 1 if a target
+it checks is missed, like ``etcdctl check perf``. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.procs import BenchError
+from bench.report import RESULTS
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be a positive number")
+    return values
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: bench/results)")
+    p.add_argument("--name", help="result file name (default: derived from the figure and options)")
+    p.add_argument("--no-save", dest="save", action="store_false", help="print only, keep no files")
+
+
+def _run(figure):
+    def run(args: argparse.Namespace) -> int:
+        import sys
+
+        try:
+            return figure(args)
+        except BenchError as e:
+            print(f"dgw bench: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from bench import fleet
+
+    return fleet.main(args)
+
+
+def cmd_translate_scale(args: argparse.Namespace) -> int:
+    from bench import translate_scale
+
+    return translate_scale.main(args)
+
+
+def cmd_data_path(args: argparse.Namespace) -> int:
+    from bench import data_path
+
+    return data_path.main(args)
+
+
+def cmd_sidecar_recovery(args: argparse.Namespace) -> int:
+    from bench import sidecar_recovery
+
+    return sidecar_recovery.main(args)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its figures to the ``dgw`` command."""
+    bench = sub.add_parser("bench", help="performance checks (see bench/README.md)")
+    figures = bench.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+
+    p = figures.add_parser("xds-fleet", help="edit → every node ACKed, CPU, memory per node, bytes")
+    p.add_argument("--nodes", type=_sizes, default=[1000], help="fleet sizes, e.g. 1000,5000,10000 (a fresh server each)")
+    p.add_argument("--shards", type=int, default=1, help="shards the nodes are spread over (node i → shard i mod S)")
+    p.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
+    p.add_argument("--envoys", type=int, default=2, help="real Envoys that join the fleet (0-3)")
+    p.add_argument("--edits", type=int, default=5, help="wiring edits, one after another")
+    p.add_argument("--edit-shards", type=int, help="shards each edit rewrites (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="load generator processes (1-2)")
+    p.add_argument("--streams-per-channel", type=int, default=1,
+                   help="nodes sharing one HTTP/2 connection (1: each node its own, as Envoy)")
+    p.add_argument("--edit-timeout", type=float, default=30.0, help="seconds an edit may take to converge")
+    p.add_argument("--deadline", type=float, default=600.0, help="hard limit for each fleet size, seconds")
+    p.add_argument("--nack-nodes", type=int, default=0, help="nodes that NACK every route update (harness check)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs, shard files)")
+    p.add_argument("--server-log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _common(p)
+    p.set_defaults(func=_run(cmd_fleet))
+
+    p = figures.add_parser("translate-scale", help="cost of one single-shard edit at 10 … 10,000 shards")
+    p.add_argument("--sizes", type=_sizes, default=[10, 1000, 10000], help="shards held, e.g. 10,1000,10000")
+    p.add_argument("--edits", type=int, default=50, help="edits measured at each size")
+    _common(p)
+    p.set_defaults(func=_run(cmd_translate_scale))
+
+    p = figures.add_parser("data-path", help="latency and rate through Envoy vs direct, with shadow wiring")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per case and protocol")
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second offered (open loop)")
+    p.add_argument("--concurrency", type=int, default=16, help="in-flight limit of the throughput run")
+    p.add_argument("--slow-ms", type=float, default=200.0, help="response delay of the slow shadow target")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (noise control)")
+    p.add_argument("--pin", action="store_true",
+                   help="run the shadow targets on the last CPU, everything else on the others")
+    _common(p)
+    p.set_defaults(func=_run(cmd_data_path))
+
+    p = figures.add_parser("sidecar-recovery", help="DAL killed → healthy and routed again")
+    p.add_argument("--kills", type=int, default=3, help="times the DAL is killed")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds one recovery may take")
+    _common(p)
+    p.set_defaults(func=_run(cmd_sidecar_recovery))

@@ -1,0 +1,451 @@
+"""``dgw bench xds-fleet``: N Envoy-like nodes and a few real Envoys on one ``dgw server``.
+
+Method (see ``bench/README.md``):
+
+1. A ``dgw server`` child loads S shard files (two DALs behind an HTTP and a gRPC
+   listener, shadow wiring). Its RSS is read before anything connects.
+2. 1-2 worker processes (``bench.fleet_worker``) open N ADS streams, node i in shard
+   i mod S, each node on its own connection; a few real Envoys join (shards 0, 1, ...).
+   Every node has synced when it has ACKed the versions the shard's content hashes to
+   (computed here with the server's own translator and cache, and checked against the
+   server's admin API afterwards). RSS again: (RSS_N − RSS_0) / nodes.
+3. Edits, one at a time: rewrite the wiring of the edited shards' files (atomic
+   rename, as an operator's editor does), stamping ``t0 = time.time()`` just before
+   the first write. An edit has converged when every fleet node of those shards has
+   ACKed the new versions (its ACK time on the same clock) and every real Envoy has
+   applied them (Envoy's ``update_time``) and the server's node status shows the
+   Envoys' ACKs. Per node: last ACK − t0. Server CPU (utime+stime) and response
+   bytes are counted across each edit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.envoys import EnvoyChild, start_envoys
+from bench.fleet_worker import WorkerSpec, worker_main
+from bench.procs import BenchError, ServerChild, cpu_seconds, free_port, rss_kib, wait_for
+from bench.report import note, percentile
+from xds_server.cache import build_snapshot
+from xds_server.config import load_shard_text
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.translate import TranslateOptions, translate
+
+SUBSCRIBED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+# The operator's series of wiring edits, applied in turn (each changes the routes).
+WIRINGS: tuple[str, ...] = (
+    "{thrift: {mode: shadow, target: cql}}",
+    "{thrift: {mode: split, target: cql, percent: 10}}",
+    "{thrift: {mode: split, target: cql, percent: 50}}",
+    "{thrift: {mode: shadow, target: cql, percent: 25}}",
+    "{thrift: {mode: split, target: cql, percent: 90}}",
+)
+
+_SHARD = """\
+# xds-fleet benchmark shard: two DALs behind an HTTP and a gRPC listener.
+proxy_config:
+  public_listeners:
+    api: {{mode: http, path: {http}}}
+    secure_grpc: {{mode: grpc, path: {grpc}}}
+container_dals:
+  thrift:
+    container_listeners: {{api: 8081, secure_grpc: 8981}}
+  cql:
+    container_listeners: {{api: 8081, secure_grpc: 8981}}
+wiring: {wiring}
+"""
+
+
+@dataclass
+class FleetOptions:
+    nodes: int
+    shards: int = 1
+    delta: bool = False
+    envoys: int = 2
+    edits: int = 5
+    edit_shards: int | None = None  # shards each edit rewrites; None: all of them
+    workers: int = 2
+    streams_per_channel: int = 1
+    edit_timeout: float = 30.0
+    deadline: float = 600.0  # the whole run, hard
+    quiet: float = 0.3
+    nack_nodes: int = 0  # fleet nodes that NACK route updates (tests the harness)
+    keep: bool = False
+    server_log_level: str = "INFO"  # the server's default: every edit and connect is logged
+
+
+@dataclass
+class EditResult:
+    edit: int
+    wiring: str
+    nodes: int
+    converged: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    envoy_ms: list[float]
+    detect_ms: float  # t0 → the server accepted the new config (file watch + load + translate)
+    cpu_s: float
+    generator_cpu_s: float
+    bytes: int
+    responses: int
+    nacks: int
+    missing: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # every node's, ms
+
+
+def shard_text(wiring: str, http_port: int, grpc_port: int) -> str:
+    return _SHARD.format(wiring=wiring, http=http_port, grpc=grpc_port)
+
+
+def expected_versions(text: str, file: str = "bench.yaml") -> dict[str, str]:
+    """The per-type versions the server will serve for ``text``: same translator, same
+    content hashes (nodes request every EDS/RDS resource, so by-name versions match)."""
+    config = load_shard_text(text, file, env={})
+    snapshot = build_snapshot(translate(config.runtime(), TranslateOptions(public_address="127.0.0.1", file=file)))
+    return {t: snapshot[t].version for t in SUBSCRIBED}
+
+
+def shard_name(i: int) -> str:
+    return f"fleet-{i:04d}"
+
+
+class _Workers:
+    """The load-generator processes and their pipes."""
+
+    def __init__(self, specs: list[WorkerSpec]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for i, spec in enumerate(specs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, spec), name=f"fleet-worker-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        self.pool = ThreadPoolExecutor(max_workers=len(specs) + 8)
+
+    def ask(self, command: str, args: dict, timeout: float) -> list[dict]:
+        """Send ``command`` to every worker; their answers, or BenchError at ``timeout``."""
+        for conn in self.conns:
+            conn.send((command, args))
+        return [self._answer(i, timeout) for i in range(len(self.conns))]
+
+    def _answer(self, i: int, timeout: float) -> dict:
+        conn, proc = self.conns[i], self.procs[i]
+        deadline = time.monotonic() + timeout
+        while not conn.poll(0.05):
+            if not proc.is_alive():
+                raise BenchError(f"load generator worker {i} (pid {proc.pid}) died: exit {proc.exitcode}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"load generator worker {i} did not answer within {timeout:.0f}s")
+        return conn.recv()
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs if p.is_alive())
+
+    def stop(self) -> None:
+        for i, conn in enumerate(self.conns):
+            try:
+                conn.send(("stop", {}))
+                self._answer(i, 20)
+            except (BenchError, OSError, EOFError):
+                pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()  # by its own PID
+                proc.join(5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_fleet(options: FleetOptions) -> dict:
+    """Run one fleet of ``options.nodes`` nodes; a dict of its figures."""
+    hard_deadline = time.monotonic() + options.deadline
+    workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-fleet-"))
+    server = ServerChild(workdir, options.server_log_level)
+    envoys: list[EnvoyChild] = []
+    workers: _Workers | None = None
+    ok = False
+    http_port, grpc_port = free_port(), free_port()
+    shards = [shard_name(i) for i in range(options.shards)]
+    edited = shards[: options.edit_shards or len(shards)]
+
+    def left() -> float:
+        remaining = hard_deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"the run passed its {options.deadline:.0f}s deadline")
+        return remaining
+
+    try:
+        texts = [shard_text(w, http_port, grpc_port) for w in WIRINGS]
+        versions = [expected_versions(t) for t in texts]
+        for shard in shards:
+            server.write_shard(shard, texts[0])
+        server.start()
+        wait_for(lambda: len(server.get("/v1/shards")["shards"]) == len(shards), min(60, left()), "every shard loaded")
+        _check_server_versions(server, shards[:1], versions[0])
+        time.sleep(1.0)
+        rss_before = rss_kib(server.pid)
+        cpu_start = cpu_seconds(server.pid)
+
+        connect_started = time.monotonic()
+        note(f"{options.nodes} nodes over {len(shards)} shards ({'delta' if options.delta else 'sotw'}), "
+             f"{options.envoys} real Envoys; server pid {server.pid}")  # fmt: skip
+        envoys = start_envoys([shards[i % len(shards)] for i in range(options.envoys)], server.xds, workdir,
+                              options.delta, timeout=min(60, left()))  # fmt: skip
+        for envoy in envoys:
+            envoy.wait_applied(versions[0], min(30, left()))
+        workers = _Workers(_specs(options, server.xds, shards))
+        initial = {s: versions[0] for s in shards}
+        answers = workers.ask("connect", {"targets": initial, "timeout": min(240, left())}, left())
+        failed = sum(a["failed_count"] for a in answers)
+        if failed:
+            raise BenchError(f"{failed} nodes did not sync; e.g. {answers[0]['failed'][:5]} {answers[0]['errors'][:3]}")
+        connect_s = time.monotonic() - connect_started
+        time.sleep(2.0)  # let the server's allocator settle after the connect burst
+        connected = options.nodes + len(envoys)
+        rss_after = rss_kib(server.pid)
+        cpu_connected = cpu_seconds(server.pid)
+        note(f"synced in {connect_s:.1f}s; server RSS {rss_before / 1024:.0f} → {rss_after / 1024:.0f} MiB")
+
+        results: list[EditResult] = []
+        for k in range(1, options.edits + 1):
+            step = k % len(WIRINGS)
+            results.append(_edit(k, WIRINGS[step], texts[step], versions[step], edited, server, workers, envoys,
+                                 options, left))  # fmt: skip
+            note(f"edit {k}: p50 {results[-1].p50_ms:.0f} ms, p99 {results[-1].p99_ms:.0f} ms, "
+                 f"converged {results[-1].converged}/{results[-1].nodes}")  # fmt: skip
+            time.sleep(0.2)
+        counters = workers.ask("counters", {}, 30)
+        latencies = [ms for r in results for ms in r.latencies]
+        nodes_per_edit = results[0].nodes if results else 0
+        summary = {
+            "nodes": options.nodes,
+            "shards": options.shards,
+            "mode": "delta" if options.delta else "sotw",
+            "real_envoys": len(envoys),
+            "edits": len(results),
+            "edited_shards": len(edited),
+            "nodes_per_edit": nodes_per_edit,
+            "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99),
+            "max_ms": max(latencies) if latencies else float("nan"),
+            "envoy_max_ms": max((ms for r in results for ms in r.envoy_ms), default=float("nan")),
+            "detect_ms": percentile([r.detect_ms for r in results], 50),
+            "cpu_s_per_edit": sum(r.cpu_s for r in results) / max(1, len(results)),
+            "generator_cpu_s_per_edit": sum(r.generator_cpu_s for r in results) / max(1, len(results)),
+            "rss_kib_per_node": (rss_after - rss_before) / connected,
+            "rss_mib_baseline": rss_before / 1024,
+            "rss_mib_connected": rss_after / 1024,
+            "bytes_per_edit": sum(r.bytes for r in results) / max(1, len(results)),
+            "connect_s": connect_s,
+            "connect_cpu_s": cpu_connected - cpu_start,
+            "generator_cpu_s": sum(c["cpu_s"] for c in counters),
+            "errors": sum(c["error_count"] for c in counters) + sum(len(r.missing) for r in results),
+            "nacks": sum(c["nacks"] for c in counters),
+            "per_edit": [_public(r) for r in results],
+            "cdf_ms": [percentile(latencies, q) for q in range(0, 101)],  # q-th percentile at [q]
+        }
+        ok = True
+        return summary
+    finally:
+        if workers is not None:
+            workers.stop()
+        for envoy in envoys:
+            envoy.stop()
+        server.stop()
+        if ok and not options.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            note(f"logs kept in {workdir}")
+
+
+def _public(r: EditResult) -> dict:
+    data = asdict(r)
+    del data["latencies"]
+    data["missing"] = data["missing"][:10]
+    return data
+
+
+def _specs(options: FleetOptions, address: str, shards: list[str]) -> list[WorkerSpec]:
+    workers = max(1, min(options.workers, options.nodes))
+    nodes = [(f"node-{i:05d}", shards[i % len(shards)]) for i in range(options.nodes)]
+    nack = frozenset(node_id for node_id, _ in nodes[: options.nack_nodes])
+    return [
+        WorkerSpec(address, nodes[w::workers], options.delta, options.streams_per_channel, nack_nodes=nack)
+        for w in range(workers)
+    ]
+
+
+def _check_server_versions(server: ServerChild, shards: list[str], expected: dict[str, str]) -> float:
+    """The server serves what we computed; returns the newest ``accepted_at``."""
+    newest = 0.0
+    for shard in shards:
+        summary = server.get(f"/v1/shards/{shard}")
+        served = {t: summary["xds_versions"].get(t) for t in expected}
+        if served != expected:
+            raise BenchError(f"shard {shard}: the server serves {served}, the bench expected {expected}")
+        newest = max(newest, summary["accepted_at"])
+    return newest
+
+
+def _edit(k, wiring, text, target, edited, server, workers, envoys, options, left) -> EditResult:
+    targets = {s: target for s in edited}
+    cpu_before = cpu_seconds(server.pid)
+    generator_before = workers.cpu_seconds()
+    t0 = time.time()
+    for shard in edited:
+        server.write_shard(shard, text)
+    timeout = min(options.edit_timeout, left())
+    pool = workers.pool
+    fleet = pool.submit(workers.ask, "converge", {"targets": targets, "timeout": timeout, "quiet": options.quiet},
+                        timeout + 30)  # fmt: skip
+    envoy_done = [pool.submit(e.wait_applied, target, timeout) if e.shard in edited else None for e in envoys]
+    answers = fleet.result()
+    envoy_at = [f.result() for f in envoy_done if f is not None]
+    cpu_after = cpu_seconds(server.pid)
+    generator_after = workers.cpu_seconds()
+
+    accepted_at = _check_server_versions(server, edited, target)
+    _check_envoy_acks(server, [e for e in envoys if e.shard in edited], target)
+    acks = {node: at for a in answers for node, at in a["acks"].items()}
+    missing = [n for a in answers for n in a["missing"]]
+    latencies = [(at - t0) * 1000 for at in acks.values()]
+    envoy_ms = [(at - t0) * 1000 for at in envoy_at]
+    everything = latencies + envoy_ms
+    result = EditResult(
+        edit=k, wiring=wiring, nodes=len(acks) + len(missing) + len(envoy_ms), converged=len(acks) + len(envoy_ms),
+        p50_ms=percentile(everything, 50), p99_ms=percentile(everything, 99),
+        max_ms=max(everything) if everything else float("nan"), envoy_ms=envoy_ms,
+        detect_ms=(accepted_at - t0) * 1000, cpu_s=cpu_after - cpu_before,
+        generator_cpu_s=generator_after - generator_before,
+        bytes=sum(a["bytes"] for a in answers), responses=sum(a["responses"] for a in answers),
+        nacks=sum(a["nacks"] for a in answers), missing=missing, latencies=everything,
+    )  # fmt: skip
+    return result
+
+
+def _check_envoy_acks(server: ServerChild, envoys: list[EnvoyChild], target: dict[str, str]) -> None:
+    """The server's own node status shows every real Envoy's ACK of ``target``."""
+    if not envoys:
+        return
+    wanted = {e.node_id for e in envoys}
+
+    def acked() -> bool:
+        seen = set()
+        for status in server.get("/v1/nodes", timeout=60)["nodes"]:
+            if status["node_id"] in wanted:
+                types = status["types"]
+                if all(types.get(t, {}).get("acked_version") == v for t, v in target.items()):
+                    seen.add(status["node_id"])
+        return seen == wanted
+
+    wait_for(acked, 30, "the server's node status to show the real Envoys' ACKs", interval=0.2)
+
+
+# -- the figure ----------------------------------------------------------------------
+
+# Issue 4's targets: edit → every node ACKed p99, by fleet size; memory per node.
+P99_TARGET_MS = ((1000, 250.0), (5000, 1000.0))
+RSS_TARGET_KIB = 50.0
+
+COLUMNS = ["nodes", "mode", "shards", "nodes_per_edit", "p50_ms", "p99_ms", "max_ms", "envoy_max_ms",
+           "detect_ms", "cpu_s_per_edit", "generator_cpu_s_per_edit", "rss_kib_per_node", "bytes_per_edit", "connect_s", "errors"]  # fmt: skip
+
+
+def targets_for(run: dict) -> list[dict]:
+    """The targets that apply to one run, each with its verdict."""
+    checks = []
+    for limit_nodes, limit_ms in P99_TARGET_MS:
+        if run["nodes"] <= limit_nodes:
+            checks.append({"target": f"p99 ≤ {limit_ms:.0f} ms at {limit_nodes:,} nodes",
+                           "value": run["p99_ms"], "ok": run["p99_ms"] <= limit_ms})  # fmt: skip
+            break
+    checks.append({"target": "no errors, every node converged", "value": run["errors"], "ok": run["errors"] == 0})
+    checks.append({"target": f"RSS ≤ {RSS_TARGET_KIB:.0f} KiB per node", "value": run["rss_kib_per_node"],
+                   "ok": run["rss_kib_per_node"] <= RSS_TARGET_KIB})  # fmt: skip
+    return checks
+
+
+def main(args) -> int:
+    from bench.report import emit, machine, save_json, table
+
+    runs = []
+    for nodes in args.nodes:
+        options = FleetOptions(
+            nodes=nodes, shards=args.shards, delta=args.delta, envoys=args.envoys, edits=args.edits,
+            edit_shards=args.edit_shards, workers=args.workers, streams_per_channel=args.streams_per_channel,
+            edit_timeout=args.edit_timeout, deadline=args.deadline, nack_nodes=args.nack_nodes,
+            keep=args.keep, server_log_level=args.server_log_level,
+        )  # fmt: skip
+        run = run_fleet(options)
+        run["targets"] = targets_for(run)
+        runs.append(run)
+    mode = "delta" if args.delta else "sotw"
+    name = args.name or f"xds-fleet-{mode}-s{args.shards}"
+    result = {
+        "figure": "xds-fleet",
+        "command": "dgw bench xds-fleet " + _argv(args),
+        "machine": machine(),
+        "note": "load generator (2 processes) and real Envoys share the machine's cores with the server",
+        "runs": runs,
+    }
+    if args.save:
+        save_json(name, result, args.out)
+        plot(runs, args.out / f"{name}.png", f"xds-fleet ({mode}, {args.shards} shard{'s' if args.shards > 1 else ''})")
+        result["saved"] = str(args.out / f"{name}.json")
+    lines = [table(runs, COLUMNS, f"xds-fleet: edit → every node ACKed ({mode})")]
+    for run in runs:
+        for check in run["targets"]:
+            lines.append(f"  {run['nodes']:>6,} nodes  {'PASS' if check['ok'] else 'FAIL'}  {check['target']}"
+                         f"  (measured {check['value']:.4g})")  # fmt: skip
+    emit(result, "\n".join(lines), args.json)
+    return 0 if all(c["ok"] for r in runs for c in r["targets"]) else 1
+
+
+def _argv(args) -> str:
+    parts = ["--nodes " + ",".join(str(n) for n in args.nodes), f"--shards {args.shards}"]
+    if args.delta:
+        parts.append("--delta")
+    if args.edit_shards:
+        parts.append(f"--edit-shards {args.edit_shards}")
+    if args.envoys != 2:
+        parts.append(f"--envoys {args.envoys}")
+    if args.edits != 5:
+        parts.append(f"--edits {args.edits}")
+    if args.streams_per_channel != 1:
+        parts.append(f"--streams-per-channel {args.streams_per_channel}")
+    return " ".join(parts)
+
+
+def plot(runs: list[dict], path: Path, title: str) -> None:
+    """Each run's CDF of edit → node ACKed (from its ``cdf_ms``), with the targets."""
+    from bench.report import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in runs:
+        xs = run["cdf_ms"]
+        ax.plot(xs, [q / 100 for q in range(len(xs))], label=f"{run['nodes']:,} nodes (p99 {run['p99_ms']:.0f} ms)")
+    for limit_nodes, limit_ms in P99_TARGET_MS:
+        ax.axvline(limit_ms, linestyle=":", color="grey")
+        ax.text(limit_ms, 0.55, f" target at {limit_nodes:,} nodes", color="grey", fontsize=8, rotation=90)
+    ax.set_xlabel("edit → node ACKed (ms)")
+    ax.set_ylabel("fraction of nodes")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
