@@ -11,6 +11,9 @@ import pytest
 
 from bench.translate_scale import measure
 
+# Each figure runs `dgw bench` in a child process with a server and a fleet: seconds each.
+pytestmark = pytest.mark.slow
+
 
 def dgw_bench(*args: str, timeout: float = 120) -> tuple[int, dict]:
     done = subprocess.run(

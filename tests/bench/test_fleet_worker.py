@@ -120,6 +120,7 @@ async def test_an_edit_reports_every_node_of_the_shard_and_only_those(server, de
         await fleet.close()
 
 
+@pytest.mark.slow  # waits out the fleet's convergence deadline for the NACKing node
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_a_nacking_node_is_reported_missing_and_keeps_its_version(server, delta: bool) -> None:
     cache, address = server
