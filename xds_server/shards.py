@@ -18,23 +18,12 @@ import time
 from dataclasses import dataclass, field
 
 import yaml
-from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from dgw.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, ShardFile
-from xds_server.resources import ENDPOINT, Resources
-from xds_server.translate import (
-    DISCOVERY_SHARD,
-    GatewayIR,
-    RegisteredHost,
-    TranslateOptions,
-    build_ir,
-    discovery_assignments,
-    discovery_name,
-    endpoints_for,
-    to_resources,
-)
+from xds_server.discovery import Discovery
+from xds_server.translate import GatewayIR, TranslateOptions, build_ir, endpoints_for, to_resources
 
 log = logging.getLogger("xds_server.shards")
 
@@ -108,10 +97,7 @@ class ShardRegistry:
         # Reports can arrive before their shard's config does; keep them until it does.
         self._early_reports: dict[str, dict[str, NodeState]] = {}
         self._config_changed: dict[str, asyncio.Event] = {}
-        # Discovery address → (shard, node) → host: kept incrementally so that a
-        # registration change rebuilds only the addresses it touches.
-        self._registered: dict[str, dict[tuple[str, str], RegisteredHost]] = {}
-        self._discovery: dict[str, ClusterLoadAssignment] = {}
+        self._discovery = Discovery(cache)
 
     # --- configuration -------------------------------------------------------
 
@@ -137,8 +123,8 @@ class ShardRegistry:
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)
         self.shards[shard] = state
-        self._declare_discovery(config)
-        self._register_nodes(shard, nodes.values())
+        self._discovery.declare(config)
+        self._register(state, nodes.values())
         self.rejections.pop(shard, None)
         self._wake(shard)
         log.info(
@@ -162,10 +148,7 @@ class ShardRegistry:
             return
         self.cache.remove_shard(shard)
         self.rejections.pop(shard, None)
-        touched = [a for a, hosts in self._registered.items() if any(k[0] == shard for k in hosts)]
-        for address in touched:
-            self._registered[address] = {k: h for k, h in self._registered[address].items() if k[0] != shard}
-        self._publish_discovery(touched)
+        self._discovery.drop_shard(shard)
         self._wake(shard)
         log.info("event=shard_removed shard=%s", shard)
 
@@ -182,7 +165,7 @@ class ShardRegistry:
         nodes[report.node_id] = NodeState(report, generation, time.time())
         if shard is not None:
             self._install_endpoints(shard, report.node_id, report)
-            self._register_nodes(report.shard, [nodes[report.node_id]])
+            self._register(shard, [nodes[report.node_id]])
         log.info(
             "event=report shard=%s node=%s generation=%d endpoints=%s registrations=%s",
             report.shard, report.node_id, generation,
@@ -199,66 +182,15 @@ class ShardRegistry:
 
     def discovery(self, address: str) -> list[dict]:
         """The hosts registered under a discovery name (only healthy ones register)."""
-        hosts = self._registered.get(address, {})
-        return [
-            {"shard": h.shard, "node_id": h.node_id, "address": h.address, "ports": dict(h.ports)}
-            for _, h in sorted(hosts.items())
-        ]
+        return self._discovery.hosts(address)
 
-    def _register_nodes(self, shard_name: str, nodes) -> None:
-        """Re-index the registrations of ``nodes`` and republish what changed."""
-        shard = self.shards[shard_name]
+    def _register(self, shard: Shard, nodes) -> None:
         ports = {
             name: lst.address.port
             for name, lst in shard.config.proxy_config.public_listeners.items()
             if lst.address.port
         }
-        touched: set[str] = set()
-        for node in nodes:
-            key = (shard_name, node.report.node_id)
-            wanted = set(node.report.registrations)
-            for address, hosts in self._registered.items():
-                if key in hosts and address not in wanted:
-                    del hosts[key]
-                    touched.add(address)
-            for address in wanted:
-                host = RegisteredHost(shard_name, node.report.node_id, node.report.host_address, ports)
-                if self._registered.setdefault(address, {}).get(key) != host:
-                    self._registered[address][key] = host
-                    touched.add(address)
-        self._publish_discovery(touched)
-
-    def _declare_discovery(self, config: ShardFile) -> None:
-        """Publish the config's discovery names at once, empty until a host registers,
-        so that a client proxy starting first is answered instead of left waiting."""
-        names = [
-            discovery_name(address, listener)
-            for reg in config.registrations
-            for address in reg.addresses()
-            for listener in config.proxy_config.public_listeners
-        ]
-        missing = [n for n in names if n not in self._discovery]
-        for name in missing:
-            self._discovery[name] = ClusterLoadAssignment(cluster_name=name)
-        if missing:
-            self.cache.set_shard(DISCOVERY_SHARD, Resources({ENDPOINT: dict(self._discovery)}))
-
-    def _publish_discovery(self, addresses) -> None:
-        if not addresses:
-            return
-        for address in addresses:
-            prefix = f"{address}/"
-            previous = [n for n in self._discovery if n.startswith(prefix)]
-            hosts = self._registered.get(address) or {}
-            current = discovery_assignments({address: hosts.values()})
-            # A name that lost its last host stays, empty: a client proxy must learn
-            # that nobody serves it (EDS never treats absence as removal).
-            for name in previous:
-                self._discovery[name] = current.get(name) or ClusterLoadAssignment(cluster_name=name)
-            self._discovery.update(current)
-            if not hosts:
-                self._registered.pop(address, None)
-        self.cache.set_shard(DISCOVERY_SHARD, Resources({ENDPOINT: dict(self._discovery)}))
+        self._discovery.update(shard.name, ports, [node.report for node in nodes])
 
     # --- config watch (sidecars) --------------------------------------------
 
