@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -152,12 +153,18 @@ def parse_ports_label(value: str | None) -> dict[str, int]:
 
 
 def command_of(dal: ContainerDal) -> tuple[str, ...] | None:
-    """A string command runs through the shell, a list is exec'd as is."""
+    """The argv to exec. A string is split like docker-compose's ``command`` (no shell):
+    the DAL itself is then PID 1 of its container and gets the stop signal, where a
+    shell would swallow it and Docker would kill the DAL after its grace period. Write
+    ``[sh, -c, "..."]`` for shell features."""
     cmd = dal.container_cmd
     if cmd is None:
         return None
     if isinstance(cmd, str):
-        return ("/bin/sh", "-c", cmd)
+        try:
+            return tuple(shlex.split(cmd))
+        except ValueError as e:
+            raise SpecError(f"container_cmd {cmd!r} cannot be split into words: {e}") from None
     return tuple(cmd)
 
 

@@ -205,7 +205,7 @@ def test_bad_inputs_are_clear_errors_and_the_other_dals_are_unaffected(host: Hos
             missing = "image dgw-no-such-image:1 not found locally; build or load it (docker images)"
         else:
             config["container_dals"]["noimage"] = host.dal("taken", container_cmd="no-such-command-x")
-            missing = "exited with code 127"
+            missing = "cannot run 'no-such-command-x': no such file or directory"
         host.write(config)
         host.start_sidecar()
         host.wait_healthy("cql", "thrift")

@@ -102,14 +102,14 @@ def test_labels_carry_identity_hash_and_ports():
     assert parse_ports_label("not json") == {} and parse_ports_label(None) == {}
 
 
-def test_command_string_runs_through_the_shell_list_is_execd():
+def test_command_string_is_split_like_compose_list_is_execd():
     cfg = RuntimeConfig.model_validate(
         {"container_dals": {
             "s": {"container_cmd": "python -m dals.sample", "container_listeners": {"http": 1}},
             "l": {"container_cmd": ["python", "-m", "dals.sample"], "container_listeners": {"http": 1}},
         }}
     )
-    assert spec(cfg, "s", {"http": 2}, mode="process").command == ("/bin/sh", "-c", "python -m dals.sample")
+    assert spec(cfg, "s", {"http": 2}, mode="process").command == ("python", "-m", "dals.sample")
     assert spec(cfg, "l", {"http": 2}, mode="process").command == ("python", "-m", "dals.sample")
 
 
