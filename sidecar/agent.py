@@ -509,7 +509,7 @@ class Agent:
         while True:
             try:
                 await asyncio.wait_for(self._report_dirty.wait(), self.settings.report_every_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._report_dirty.clear()
             report = self.report
@@ -608,7 +608,7 @@ class Agent:
 async def _accepts(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT_S)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True

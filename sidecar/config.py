@@ -94,7 +94,7 @@ class SidecarSettings(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _ports(self) -> "SidecarSettings":
+    def _ports(self) -> SidecarSettings:
         low, high = self.dal_ports
         if not 1 <= low <= high <= 65535:
             raise ValueError(f"dal_ports {low}-{high} is not a port range within 1-65535")

@@ -206,7 +206,7 @@ class EnvoyChild:
                 stats = await r.json(content_type=None)
             async with self._session.get(f"{base}/listeners", params={"format": "json"}) as r:
                 listeners = await r.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             return EnvoyStatus(running=True, message=f"envoy admin {admin} not answering: {e}")
         counts = {
             s["name"]: int(s.get("value", 0)) for s in stats.get("stats", []) if "name" in s
@@ -245,7 +245,7 @@ class EnvoyChild:
         try:
             async with self._session.post(f"http://{admin}/drain_listeners?graceful"):
                 pass
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
 
     async def stop(self) -> None:
@@ -260,7 +260,7 @@ class EnvoyChild:
                 try:
                     await asyncio.wait_for(proc.wait(), _STOP_WAIT_S)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
         if self._task is not None:
             self._task.cancel()

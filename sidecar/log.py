@@ -36,7 +36,7 @@ class EventLog:
         self._log = logging.getLogger(logger) if isinstance(logger, str) else logger
         self._bound = bound
 
-    def bind(self, **more: Any) -> "EventLog":
+    def bind(self, **more: Any) -> EventLog:
         return EventLog(self._log, **{**self._bound, **more})
 
     def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ class HealthSpec:
     start_period_s: float
 
     @classmethod
-    def from_config(cls, hc: Healthcheck | None) -> "HealthSpec | None":
+    def from_config(cls, hc: Healthcheck | None) -> HealthSpec | None:
         if hc is None or hc.disable:
             return None
         test = hc.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import docker
@@ -300,7 +300,7 @@ def _epoch(stamp: str | None) -> float | None:
         return None
     main, _, frac = stamp.rstrip("Z").partition(".")
     try:
-        base = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+        base = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     except ValueError:
         return None
     return base.timestamp() + (float(f"0.{frac[:9]}") if frac.isdigit() else 0.0)

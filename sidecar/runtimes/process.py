@@ -351,7 +351,7 @@ async def _probe(hc: HealthSpec, env: dict[str, str]) -> tuple[bool, str]:
         return False, f"cannot run health check {hc.argv()[0]!r}: {e.strerror or e}"
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), hc.timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _killpg_quietly(proc.pid)
         await proc.wait()
         return False, f"health check timed out after {hc.timeout_s:g}s"

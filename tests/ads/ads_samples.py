@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import address_pb2, config_source_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2 as ep
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3.listener_pb2 import Listener

@@ -21,7 +21,7 @@ class XdsServerProcess:
         self.workdir = workdir
         self.child: Child | None = None
 
-    def start(self) -> "XdsServerProcess":
+    def start(self) -> XdsServerProcess:
         self.child = Child(
             [sys.executable, "-m", "dgw.cli", "server", "--config-dir", str(self.config_dir),
              "--xds", f"127.0.0.1:{self.xds_port}", "--admin", f"127.0.0.1:{self.admin_port}"],

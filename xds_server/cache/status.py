@@ -8,7 +8,7 @@ cache drops it on disconnect, so the table never outgrows the connected fleet.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Literal
 
 StreamKind = Literal["sotw", "delta"]
@@ -63,7 +63,7 @@ class StreamStatus:
         self.shard = shard
         self.node_id = node_id
         self.kind: StreamKind = kind
-        self.connected_since = datetime.now(timezone.utc)
+        self.connected_since = datetime.now(UTC)
         self._types: dict[str, TypeStatus] = {}
 
     def _get(self, type_url: str) -> TypeStatus:
@@ -81,7 +81,7 @@ class StreamStatus:
 
     def record_nack(self, type_url: str, version: str, message: str) -> None:
         s = self._get(type_url)
-        nack = Nack(version, message, datetime.now(timezone.utc))
+        nack = Nack(version, message, datetime.now(UTC))
         self._types[type_url] = TypeStatus(type_url, s.sent_version, s.acked_version, nack)
 
     def snapshot(self) -> NodeStatus:

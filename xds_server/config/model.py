@@ -228,7 +228,7 @@ class Wiring(_Strict):
     percent: float | None = Field(default=None, ge=0, le=100)
 
     @model_validator(mode="after")
-    def _split_needs_percent(self) -> "Wiring":
+    def _split_needs_percent(self) -> Wiring:
         if self.mode == "split" and self.percent is None:
             raise ValueError("split wiring needs percent (0-100): the share sent to the target")
         return self
@@ -277,7 +277,7 @@ class Interval(_Strict):
     high: float = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Interval":
+    def _ordered(self) -> Interval:
         if not self.low <= self.mid <= self.high:
             raise ValueError("an interval needs low <= mid <= high")
         return self
@@ -306,7 +306,7 @@ class Artifact(_Strict):
     sha: str | None = None
 
     @model_validator(mode="after")
-    def _has_ref(self) -> "Artifact":
+    def _has_ref(self) -> Artifact:
         if not (self.value or self.sha):
             raise ValueError("an artifact needs value (a branch, tag or version) or sha")
         return self
