@@ -101,6 +101,7 @@ class Agent:
         self._logged_waits: dict[str, float] = {}
         self._logged_errors: dict[str, str] = {}
         self._busy: dict[str, asyncio.Task] = {}  # dal → its actions in flight
+        self._acted_since_observe: set[str] = set()
         self._owner = f"{settings.shard}/{settings.node_id}"
         self._wake = asyncio.Event()
         self._wake_at: float | None = None
@@ -183,7 +184,10 @@ class Agent:
         now = self.clock()
         if self.envoy is not None:
             self.envoy_status = await self.envoy.status()
+        busy_while_observing = set(self._busy)
+        self._acted_since_observe.clear()
         observed = await self._readiness(await self.runtime.observe())
+        busy_while_observing |= self._acted_since_observe
         observed, self._unhealthy_since = with_unhealthy_since(
             observed, self._unhealthy_since, now
         )
@@ -200,8 +204,14 @@ class Agent:
             if o.live and o.health in (Health.HEALTHY, Health.NONE):
                 self._action_errors.pop(o.dal, None)
         # A DAL whose last actions are still running (a slow create, a stop waiting
-        # for its grace) is left out of this pass; the others go ahead meanwhile.
-        changes = [a for a in the_plan.changes() if a.dal not in self._busy]
+        # for its grace) is left out of this pass; the others go ahead meanwhile. So
+        # is one whose actions ran while we observed: what we saw of it may predate
+        # them (a create finishing mid-observe would otherwise be done twice). Its
+        # completion wakes a fresh pass.
+        changes = [
+            a for a in the_plan.changes()
+            if a.dal not in self._busy and a.dal not in busy_while_observing
+        ]
         # Report what was observed before acting, with every live instance about to
         # be stopped as draining: Envoy routes around a DAL while it is replaced.
         going = {
@@ -227,6 +237,7 @@ class Agent:
 
     def _acted(self, dal: str) -> None:
         self._busy.pop(dal, None)
+        self._acted_since_observe.add(dal)
         # Look again at once: what was just done changed what there is to observe.
         self.wake(f"actions on {dal} done")
 

@@ -191,3 +191,39 @@ async def test_lost_server_is_retried_with_backoff_and_gets_the_report_again(har
     text = caplog.text
     assert text.count("event=control_disconnected") == 1  # one warning per outage
     assert "event=control_connected" in text and "down_s=" in text
+
+
+class CreateFinishesMidObserve(FakeRuntime):
+    """Creates finish only while a later pass is observing, so that pass's view of
+    the host predates them (as a slow ``docker create`` can)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending: list[asyncio.Event] = []
+
+    async def create(self, spec) -> None:
+        gate = asyncio.Event()
+        self.pending.append(gate)
+        await gate.wait()
+        await super().create(spec)
+
+    async def observe(self):
+        seen = list(self.instances.values())
+        while self.pending:
+            self.pending.pop().set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+        return seen
+
+
+async def test_a_create_finishing_while_observing_is_not_done_twice(tmp_path):
+    gateway = FakeGateway()
+    server, port = await serve(gateway)
+    h = Harness(tmp_path, gateway, port, CreateFinishesMidObserve()).start()
+    try:
+        push(gateway, CONFIG, "v1")
+        await until(lambda: gateway.last and list(gateway.last.registrations), what="registration")
+        assert sorted(h.runtime.calls) == [("create", "cql"), ("create", "thrift")]
+    finally:
+        await h.close()
+        await server.stop(0)
