@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from bench.envoys import EnvoyChild
+from bench.shard import bench_shard
 from bench.fleet import expected_versions
 from bench.load import load_main
 from bench.procs import BenchError, Child, ServerChild, free_port, http_json, port_open, wait_for
@@ -42,23 +43,6 @@ from xds_server.resources import CLUSTER, LISTENER, ROUTE
 CASES = ("direct", "envoy", "shadow", "shadow-slow")
 PROTOCOLS = ("http", "grpc")
 SHADOW_TARGET_PCT = 5.0
-
-_SHARD = """\
-proxy_config:
-  public_listeners:
-    api: {{mode: http, path: {http}}}
-    secure_grpc: {{mode: grpc, path: {grpc}}}
-container_dals:
-  thrift:
-    container_listeners: {{api: 8081, secure_grpc: 8981}}
-"""
-_SHADOW = """\
-  cql:
-    container_listeners: {api: 8081, secure_grpc: 8981}
-wiring:
-  thrift: {mode: shadow, target: cql}
-"""
-
 
 class _Loader:
     def __init__(self, cpus: frozenset[int] | None) -> None:
@@ -116,8 +100,7 @@ class _Stack:
         self.children.append(self.server)
         self.public = {"api": free_port(), "secure_grpc": free_port()}
         self.ports = {n: {"api": free_port(), "secure_grpc": free_port()} for n in ("thrift", "cql", "cql-slow")}
-        self.base = _SHARD.format(http=self.public["api"], grpc=self.public["secure_grpc"])
-        self.server.write_shard("dp", self.base)
+        self.server.write_shard("dp", bench_shard(self.public["api"], self.public["secure_grpc"]))
         self.server.start()
         self.children.append(_dal("thrift", self.ports["thrift"], workdir, primary))
         self.children.append(_dal("cql", self.ports["cql"], workdir, target))
@@ -131,7 +114,7 @@ class _Stack:
         if case == self.case or case == "direct":
             return
         shadow = case.startswith("shadow")
-        text = self.base + (_SHADOW if shadow else "")
+        text = bench_shard(self.public["api"], self.public["secure_grpc"], "{thrift: {mode: shadow, target: cql}}" if shadow else None)
         target = self.ports["cql-slow" if case == "shadow-slow" else "cql"]
         self.server.write_shard("dp", text)
         report = {"shard": "dp", "node_id": "dp-envoy",

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.envoys import EnvoyChild, start_envoys
+from bench.shard import bench_shard
 from bench.fleet_worker import WorkerSpec, worker_main
 from bench.procs import BenchError, ServerChild, cpu_seconds, free_port, rss_kib, wait_for
 from bench.report import note, percentile
@@ -47,21 +48,6 @@ WIRINGS: tuple[str, ...] = (
     "{thrift: {mode: shadow, target: cql, percent: 25}}",
     "{thrift: {mode: split, target: cql, percent: 90}}",
 )
-
-_SHARD = """\
-# xds-fleet benchmark shard: two DALs behind an HTTP and a gRPC listener.
-proxy_config:
-  public_listeners:
-    api: {{mode: http, path: {http}}}
-    secure_grpc: {{mode: grpc, path: {grpc}}}
-container_dals:
-  thrift:
-    container_listeners: {{api: 8081, secure_grpc: 8981}}
-  cql:
-    container_listeners: {{api: 8081, secure_grpc: 8981}}
-wiring: {wiring}
-"""
-
 
 @dataclass
 class FleetOptions:
@@ -102,7 +88,7 @@ class EditResult:
 
 
 def shard_text(wiring: str, http_port: int, grpc_port: int) -> str:
-    return _SHARD.format(wiring=wiring, http=http_port, grpc=grpc_port)
+    return bench_shard(http_port, grpc_port, wiring)
 
 
 def expected_versions(text: str, file: str = "bench.yaml") -> dict[str, str]:
