@@ -285,14 +285,20 @@ class XdsClient:
             async with self._changed:
                 self._changed.notify_all()
 
-    async def _on_sotw(self, call: AdsCall, response: DiscoveryResponse) -> bool:
-        type_url = response.type_url
-        state = self.types.setdefault(type_url, TypeState())
+    def _received(self, response: DiscoveryResponse | DeltaDiscoveryResponse) -> tuple[TypeState, str | None]:
+        """Count a response and decide whether to NACK it (the ``reject`` callback)."""
+        state = self.types.setdefault(response.type_url, TypeState())
         state.responses += 1
         state.nonce = response.nonce
-        message = self.reject(type_url, response) if self.reject is not None else None
+        message = self.reject(response.type_url, response) if self.reject is not None else None
         if message is not None:
             state.nacks += 1
+        return state, message
+
+    async def _on_sotw(self, call: AdsCall, response: DiscoveryResponse) -> bool:
+        type_url = response.type_url
+        state, message = self._received(response)
+        if message is not None:
             await call.send(
                 sotw_request(
                     type_url, names=state.names, version=state.version, nonce=response.nonce,
@@ -353,12 +359,8 @@ class XdsClient:
 
     async def _on_delta(self, call: AdsCall, response: DeltaDiscoveryResponse) -> bool:
         type_url = response.type_url
-        state = self.types.setdefault(type_url, TypeState())
-        state.responses += 1
-        state.nonce = response.nonce
-        message = self.reject(type_url, response) if self.reject is not None else None
+        state, message = self._received(response)
         if message is not None:
-            state.nacks += 1
             await call.send(delta_request(type_url, nonce=response.nonce, error=message))
             return False
         state.version = response.system_version_info
