@@ -24,6 +24,16 @@ def _sizes(text: str) -> list[int]:
     return values
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be 0 or more")
+    return values
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: bench/results)")
@@ -33,8 +43,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _run(figure):
     def run(args: argparse.Namespace) -> int:
+        import signal
         import sys
 
+        # SIGTERM unwinds like Ctrl-C: every figure's cleanup stops the children it started.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
             return figure(args)
         except BenchError as e:
@@ -98,13 +111,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run(cmd_translate_scale))
 
     p = figures.add_parser("data-path", help="latency and rate through Envoy vs direct, with shadow wiring")
-    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per case and protocol")
-    p.add_argument("--rate", type=float, default=200.0, help="requests per second offered (open loop)")
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second offered (paced)")
+    p.add_argument("--block", type=int, default=100, help="requests in a row to one case before the next")
     p.add_argument("--concurrency", type=int, default=16, help="in-flight limit of the throughput run")
-    p.add_argument("--slow-ms", type=float, default=200.0, help="response delay of the slow shadow target")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (noise control)")
-    p.add_argument("--pin", action="store_true",
-                   help="run the shadow targets on the last CPU, everything else on the others")
+    p.add_argument("--slow-ms", type=float, default=100.0, help="extra response delay of the slow shadow target")
+    p.add_argument("--rounds", type=int, default=20, help="rounds of one block per case (noise control)")
+    p.add_argument("--service-ms", type=_floats, default=[0.0, 1.0],
+                   help="DAL service times to measure at, e.g. 0,1 (ms every DAL waits before answering)")
+    p.add_argument("--let-cpus-sleep", dest="quick_wakeups", action="store_false",
+                   help="do not hold /dev/cpu_dma_latency at 0 while measuring (idle CPUs halt, wake slowly)")
     _common(p)
     p.set_defaults(func=_run(cmd_data_path))
 

@@ -31,7 +31,7 @@ class EnvoyChild:
 
     def __init__(
         self, shard: str, node_id: str, xds: str, workdir: Path, delta: bool = False,
-        concurrency: int = 1, cpus: frozenset[int] | None = None,
+        concurrency: int = 1,
     ) -> None:  # fmt: skip
         self.shard = shard
         self.node_id = node_id
@@ -44,7 +44,7 @@ class EnvoyChild:
             [envoy_binary(), "-c", str(bootstrap), "--use-dynamic-base-id",
              "--log-level", "warning", "--drain-time-s", "1",
              "--concurrency", str(concurrency)],
-            log=workdir / f"envoy-{node_id}.log", cpus=cpus,
+            log=workdir / f"envoy-{node_id}.log",
         )  # fmt: skip
 
     @property

@@ -1,8 +1,11 @@
-"""A request load generator process for ``data-path``, against one address.
+"""A request load generator process for ``data-path``, against the addresses of its cases.
 
-- latency: one keep-alive connection (``http.client``, or a blocking gRPC channel),
-  one request every 1/rate s, each timed alone. Blocking calls, no event loop: the
-  least jitter a Python client can add to a sub-millisecond p99.
+- latency: several addresses (one per case) measured interleaved, in short blocks
+  that rotate, each on its own keep-alive connection (``http.client``, or a blocking
+  gRPC channel), one request every 1/rate s, each timed alone. Blocking calls, no
+  event loop: the least jitter a Python client can add to a sub-millisecond p99; and
+  whatever the machine does meanwhile (a noisy neighbour, a busy hypervisor) falls on
+  every case alike.
 - throughput: ``concurrency`` callers back to back (aiohttp keep-alive, grpc.aio).
 
 Every run is bounded in count and time. Driven over a ``multiprocessing`` pipe,
@@ -13,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import http.client
-import os
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import aiohttp
@@ -50,8 +53,8 @@ class _Client:
             await self._channel.close()
 
 
-def _paced(protocol: str, port: int, rate: float, seconds: float) -> dict:
-    """One request every 1/rate s on one connection; the latency of each."""
+def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(call, close) of one keep-alive connection: ``http.client`` or a blocking gRPC channel."""
     if protocol == "http":
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
@@ -62,36 +65,61 @@ def _paced(protocol: str, port: int, rate: float, seconds: float) -> dict:
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}")
 
-        close = conn.close
-    else:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        echo = channel.unary_unary(ECHO)
+        return call, conn.close
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    echo = channel.unary_unary(ECHO)
 
-        def call() -> None:
-            echo(b"bench", timeout=10)
+    def call_grpc() -> None:
+        echo(b"bench", timeout=10)
 
-        close = channel.close
-    latencies: list[float] = []
-    errors = 0
-    total = int(rate * seconds)
+    return call_grpc, channel.close
+
+
+def _interleaved(protocol: str, ports: dict[str, int], rate: float, block: int, rounds: int,
+                 pause: float, warmup: int = 5) -> dict:  # fmt: skip
+    """Blocks of ``block`` requests, one every 1/rate s, case after case, ``rounds`` times.
+
+    Every case has its own keep-alive connection, opened and warmed before timing. The
+    order of the cases rotates each round, so no case always follows the same one.
+    Before every block the loop pauses ``pause`` s, so what the last block left in
+    flight (mirrored requests to a slow target) has landed, then sends ``warmup``
+    untimed requests: every block starts alike, whichever case it is. Returns, per
+    case, one list of latencies (ms) per round."""
+    names = list(ports)
+    calls = {name: _blocking_call(protocol, port) for name, port in ports.items()}
+    latencies: dict[str, list[list[float]]] = {name: [] for name in names}
+    errors = {name: 0 for name in names}
+    sent = {name: 0 for name in names}
     try:
-        for _ in range(20):
-            call()
-        start = time.perf_counter()
-        for i in range(total):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            began = time.perf_counter()
-            try:
+        for name, (call, _) in calls.items():
+            for _ in range(20):
                 call()
-            except Exception:
-                errors += 1
-                continue
-            latencies.append((time.perf_counter() - began) * 1000)
+            sent[name] += 20
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                call = calls[name][0]
+                time.sleep(pause)
+                for _ in range(warmup):
+                    call()
+                sent[name] += warmup + block
+                block_ms: list[float] = []
+                start = time.perf_counter()
+                for i in range(block):
+                    delay = start + i / rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    began = time.perf_counter()
+                    try:
+                        call()
+                    except Exception:
+                        errors[name] += 1
+                        continue
+                    block_ms.append((time.perf_counter() - began) * 1000)
+                latencies[name].append(block_ms)
     finally:
-        close()
-    return {"latencies_ms": latencies, "errors": errors, "sent": total}
+        for _, close in calls.values():
+            close()
+    return {"latencies_ms": latencies, "errors": errors, "sent": sent}
 
 
 async def _closed_loop(client: _Client, concurrency: int, seconds: float) -> dict:
@@ -125,7 +153,8 @@ async def _serve(conn: Connection) -> None:
         gc.disable()  # the instrument must not pause while it times
         try:
             if command == "latency":
-                reply = _paced(args["protocol"], args["port"], args["rate"], args["seconds"])
+                reply = _interleaved(args["protocol"], args["ports"], args["rate"], args["block"], args["rounds"],
+                                     args["pause"])  # fmt: skip
             else:
                 reply = await _throughput(args["protocol"], args["port"], args["concurrency"], args["seconds"])
         except Exception as e:  # report, do not die: the orchestrator decides
@@ -145,9 +174,7 @@ async def _throughput(protocol: str, port: int, concurrency: int, seconds: float
         await client.close()
 
 
-def load_main(conn: Connection, cpus: frozenset[int] | None = None) -> None:
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+def load_main(conn: Connection) -> None:
     try:
         asyncio.run(_serve(conn))
     except (EOFError, KeyboardInterrupt):

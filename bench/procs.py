@@ -6,7 +6,6 @@ session, and it is stopped (TERM, then KILL) through its own process group.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import resource
@@ -76,11 +75,16 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"process {pid} has no VmRSS")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (its threads included)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far, its threads included."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (its threads included)."""
+    return sum(cpu_times(pid))
 
 
 def http_json(url: str, timeout: float = 10.0) -> dict:
@@ -93,28 +97,19 @@ def http_text(url: str, timeout: float = 2.0) -> str:
         return r.read().decode()
 
 
-def _prepare(cpus: frozenset[int] | None) -> None:
-    """In the child before exec: the open-files limit and, if asked, the CPUs it may use
-    (set before exec, so every thread the program starts inherits them)."""
-    raise_open_files_limit()
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-
-
 class Child:
     """A process we started, in its own session; ``stop`` ends its process group."""
 
     def __init__(
-        self, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT,
-        cpus: frozenset[int] | None = None,
-    ) -> None:  # fmt: skip
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> None:
         self.argv = argv
         self.log_path = log
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 argv, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=cwd, preexec_fn=functools.partial(_prepare, cpus),
+                start_new_session=True, cwd=cwd, preexec_fn=raise_open_files_limit,
             )  # fmt: skip
 
     @property
@@ -157,14 +152,13 @@ class Child:
 class ServerChild:
     """A ``dgw server`` child on free loopback ports, with its own config dir."""
 
-    def __init__(self, workdir: Path, log_level: str = "INFO", cpus: frozenset[int] | None = None) -> None:
+    def __init__(self, workdir: Path, log_level: str = "INFO") -> None:
         self.workdir = workdir
         self.config_dir = workdir / "shards"
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.xds_port = free_port()
         self.admin_port = free_port()
         self.log_level = log_level
-        self.cpus = cpus
         self.child: Child | None = None
 
     @property
@@ -181,7 +175,7 @@ class ServerChild:
             [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server",
              "--config-dir", str(self.config_dir), "--xds", self.xds,
              "--admin", f"127.0.0.1:{self.admin_port}"],
-            log=self.workdir / "xds_server.log", cpus=self.cpus,
+            log=self.workdir / "xds_server.log",
         )  # fmt: skip
         wait_for(self._up, timeout, "the dgw server's admin port")
         return self

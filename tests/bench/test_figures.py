@@ -67,14 +67,27 @@ def test_translate_scale_measures_each_size() -> None:
 
 @pytest.mark.envoy
 def test_data_path_measures_every_case_and_protocol() -> None:
-    code, result = dgw_bench("data-path", "--seconds", "1", "--rate", "50", "--rounds", "1",
+    code, result = dgw_bench("data-path", "--service-ms", "0,1", "--rate", "100", "--block", "10", "--rounds", "2",
                              "--concurrency", "4", "--slow-ms", "50", timeout=300)  # fmt: skip
-    cases = {(r["protocol"], r["case"]) for r in result["rows"]}
-    assert cases == {(p, c) for p in ("http", "grpc") for c in ("direct", "envoy", "shadow", "shadow-slow")}
-    assert all(r["errors"] == 0 and r["requests"] == 50 and r["rps"] > 0 for r in result["rows"])
-    # Shadow wiring was really on: the targets received copies.
-    assert result["mirrored_to_target"]["shadow"] > 0 and result["mirrored_to_target"]["shadow-slow"] > 0
-    assert code in (0, 1)  # one second per case is too short to judge a 5 % target
+    cases = {(r["service_ms"], r["protocol"], r["case"]) for r in result["rows"]}
+    assert cases == {(s, p, c) for s in (0.0, 1.0) for p in ("http", "grpc")
+                     for c in ("direct", "envoy", "shadow", "shadow-slow")}  # fmt: skip
+    assert all(r["errors"] == 0 and r["requests"] == 20 and r["rps"] > 0 for r in result["rows"])
+    for row in result["rows"]:
+        if row["case"] != "direct":  # every Envoy's CPU per request was measured
+            assert row["envoy_user_us"] + row["envoy_sys_us"] > 0
+        if row["case"].startswith("shadow"):
+            assert row["p99_vs_envoy_low_pct"] <= row["p99_vs_envoy_pct"] <= row["p99_vs_envoy_high_pct"]
+    # A DAL with service time 1 ms answers no sooner than that.
+    assert all(r["p50_ms"] >= 1.0 for r in result["rows"] if r["service_ms"] == 1.0)
+    # Shadow wiring was really on: each target received a copy of every request its
+    # Envoy carried while latency was measured (per protocol 20 to warm, then 2 rounds
+    # of 5 untimed + 10 timed).
+    for mirrored in result["mirrored_to_target"].values():
+        assert mirrored == {"shadow": 2 * (20 + 2 * 15), "shadow-slow": 2 * (20 + 2 * 15)}
+    judged = [c["target"] for c in result["targets"] if "primary p99" in c["target"]]
+    assert len(judged) == 8  # both shadow cases, both protocols, both service times
+    assert code in (0, 1)  # two rounds are too few to judge a 5 % target
 
 
 @pytest.mark.envoy
