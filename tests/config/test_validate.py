@@ -14,7 +14,10 @@ from dgw.cli import main
 from xds_server.config import ConfigError, load_any
 
 HERE = Path(__file__).parent
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "examples"
+# The seed's examples, copied byte for byte from ../shared/examples so a clone anywhere
+# tests them; test_examples_copy_matches_shared keeps the copy honest.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "examples"
 BROKEN = sorted((HERE / "broken").glob("*.yaml"))
 
 
@@ -82,3 +85,11 @@ def test_validate_cli_never_prints_a_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
     assert f"{missing}: cannot read" in proc.stdout
+
+
+def test_examples_copy_matches_shared() -> None:
+    if not SHARED.is_dir():
+        pytest.skip(f"no shared examples at {SHARED} to compare the copy with")
+    shared = {p.relative_to(SHARED): p.read_bytes() for p in SHARED.glob("*/*.yaml")}
+    copy = {p.relative_to(EXAMPLES): p.read_bytes() for p in EXAMPLES.glob("*/*.yaml")}
+    assert copy == shared, f"tests/examples differs from {SHARED}: copy it again"
