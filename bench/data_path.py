@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -42,7 +40,7 @@ from bench.idle import quick_wakeups
 from bench.shard import bench_shard
 from bench.fleet import expected_versions
 from bench.load import load_main
-from bench.procs import BenchError, Child, ServerChild, cpu_times, free_port, http_json, port_open, wait_for
+from bench.procs import BenchError, Child, ServerChild, cpu_times, finish_scratch_dir, free_port, http_json, port_open, scratch_dir, wait_for
 from bench.report import emit, machine, note, percentile, pyplot, save_json, table
 from bench.stats import pooled, ratio_interval, ratio_pct
 from xds_server.resources import CLUSTER, LISTENER, ROUTE
@@ -178,7 +176,7 @@ def measure(
     service_ms: float, rate: float, block: int, rounds: int, concurrency: int, slow_ms: float, quick: bool = True
 ) -> dict:  # fmt: skip
     """Every case and protocol with DALs that take ``service_ms`` to answer."""
-    workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-data-path-"))
+    workdir = scratch_dir("data-path")
     hold = ExitStack()
     held = hold.enter_context(quick_wakeups()) if quick else None
     loader = _Loader()
@@ -247,10 +245,7 @@ def measure(
         loader.stop(graceful=ok)
         if stack is not None:
             stack.close()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            note(f"logs kept in {workdir}")
+        finish_scratch_dir(workdir, ok)
 
 
 def main(args) -> int:

@@ -21,8 +21,6 @@ Method (see ``bench/README.md``):
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -31,7 +29,7 @@ from pathlib import Path
 from bench.envoys import EnvoyChild, start_envoys
 from bench.shard import bench_shard
 from bench.fleet_worker import WorkerSpec, worker_main
-from bench.procs import BenchError, ServerChild, cpu_seconds, free_port, rss_kib, wait_for
+from bench.procs import BenchError, ServerChild, cpu_seconds, finish_scratch_dir, free_port, rss_kib, scratch_dir, wait_for
 from bench.report import note, percentile
 from xds_server.cache import build_snapshot
 from xds_server.config import load_shard_text
@@ -156,7 +154,7 @@ class _Workers:
 def run_fleet(options: FleetOptions) -> dict:
     """Run one fleet of ``options.nodes`` nodes; a dict of its figures."""
     hard_deadline = time.monotonic() + options.deadline
-    workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-fleet-"))
+    workdir = scratch_dir("fleet")
     server = ServerChild(workdir, options.server_log_level)
     envoys: list[EnvoyChild] = []
     workers: _Workers | None = None
@@ -249,10 +247,7 @@ def run_fleet(options: FleetOptions) -> dict:
         for envoy in envoys:
             envoy.stop()
         server.stop()
-        if ok and not options.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            note(f"logs kept in {workdir}")
+        finish_scratch_dir(workdir, ok, options.keep)
 
 
 def _public(r: EditResult) -> dict:

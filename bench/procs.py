@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from bench.report import note
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +69,19 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
             last = e
         time.sleep(interval)
     raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else ""))
+
+
+def scratch_dir(figure: str) -> Path:
+    """A fresh directory for one figure's configs and its children's logs."""
+    return Path(tempfile.mkdtemp(prefix=f"dgw-bench-{figure}-"))
+
+
+def finish_scratch_dir(workdir: Path, ok: bool, keep: bool = False) -> None:
+    """Remove a run's directory when it went well; otherwise keep it and say where its logs are."""
+    if ok and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        note(f"logs kept in {workdir}")
 
 
 def rss_kib(pid: int) -> int:

@@ -18,14 +18,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import BenchError, Child, ServerChild, free_port, wait_for
+from bench.procs import BenchError, Child, ServerChild, finish_scratch_dir, free_port, scratch_dir, wait_for
 from bench.report import emit, machine, note, percentile, save_json, table
 
 SHARD = "recovery"
@@ -107,7 +105,7 @@ class _Host:
 
 
 def measure(kills: int, timeout: float) -> list[dict]:
-    workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-recovery-"))
+    workdir = scratch_dir("recovery")
     host = _Host(workdir)
     ok = False
     try:
@@ -149,10 +147,7 @@ def measure(kills: int, timeout: float) -> list[dict]:
         return rows
     finally:
         host.close()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            note(f"logs kept in {workdir}")
+        finish_scratch_dir(workdir, ok)
 
 
 def main(args) -> int:

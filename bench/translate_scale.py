@@ -17,12 +17,11 @@ import gc
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from bench.fleet import WIRINGS, shard_text
-from bench.procs import rss_kib
+from bench.procs import rss_kib, scratch_dir
 from bench.report import emit, machine, note, percentile, pyplot, save_json, table
 from xds_server.cache import SnapshotCache
 from xds_server.config import load_shard_text
@@ -33,7 +32,7 @@ TARGET_RATIO = 2.0
 
 
 def measure(sizes: list[int], edits: int) -> list[dict]:
-    workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-translate-"))
+    workdir = scratch_dir("translate")
     handler = logging.FileHandler(workdir / "server.log")
     root = logging.getLogger()
     old_level, old_handlers = root.level, root.handlers
