@@ -1,6 +1,6 @@
 """One load-generator process of ``xds-fleet``: many Envoy-like ADS nodes.
 
-Each node is an ``xds_server.ads.client.XdsClient`` on its own stream (one stream per
+Each node is an ``testkit.ads_client.XdsClient`` on its own stream (one stream per
 node, as Envoy opens; ``streams_per_channel`` nodes share one HTTP/2 connection, 1 by
 default so that every node has its own connection like a real Envoy). A node
 subscribes to clusters and listeners as wildcards, then to the endpoints and route
@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 import grpc
 
 from bench.procs import raise_open_files_limit
-from xds_server.ads.client import XdsClient
+from testkit.ads_client import XdsClient
 from xds_server.resources import ROUTE
 
 Targets = Mapping[str, Mapping[str, str]]  # shard -> type URL -> version

@@ -1,1 +1,1 @@
-"""Data Gateway: the ``dgw`` command and the generated ``dgw.v1`` API messages."""
+"""Data Gateway: the ``dgw`` command line."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.config import ConfigError, RuntimeConfig, load_served_config
 
 from .config import SidecarSettings

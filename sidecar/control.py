@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from dgw.v1 import gateway_pb2, gateway_pb2_grpc
+from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 
 from .log import EventLog
 

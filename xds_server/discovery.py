@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.config import ShardFile
 from xds_server.resources import ENDPOINT, Resources

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, ShardFile
 from xds_server.discovery import Discovery

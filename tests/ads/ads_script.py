@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
 
-from xds_server.ads.client import AdsCall, delta_request, make_node, sotw_request
+from testkit.ads_client import AdsCall, delta_request, make_node, sotw_request
 from xds_server.resources import ENDPOINT, MESSAGE_TYPES, SECRET
 
 

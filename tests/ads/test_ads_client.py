@@ -12,7 +12,7 @@ from tests.ads.ads_samples import basic
 from tests.ads.ads_wait import eventually
 from tests.ads.conftest import Ads
 
-from xds_server.ads.client import XdsClient
+from testkit.ads_client import XdsClient
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 

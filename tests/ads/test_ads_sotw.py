@@ -15,7 +15,7 @@ from tests.ads.ads_script import Sotw, names_of
 from tests.ads.ads_wait import eventually
 from tests.ads.conftest import Ads
 
-from xds_server.ads.client import AdsCall, sotw_request
+from testkit.ads_client import AdsCall, sotw_request
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 

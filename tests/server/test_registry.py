@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, load_shard_text
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import grpc
 
-from dgw.v1 import gateway_pb2, gateway_pb2_grpc
+from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from sidecar.plan import Health, Observed, State
 from sidecar.runtimes.base import DalRunError, Notify, Runtime
 from sidecar.spec import DalSpec

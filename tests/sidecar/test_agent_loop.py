@@ -10,7 +10,7 @@ import logging
 import pytest
 import yaml
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from sidecar.agent import Agent
 from sidecar.config import SidecarSettings
 from sidecar.control import ControlClient

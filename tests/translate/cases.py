@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.config import ConfigError, load_shard_text
 from xds_server.resources import (
     CLUSTER,

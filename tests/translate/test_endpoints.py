@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3.health_check_pb2 import HealthStatus
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.config import load_shard_text
 from xds_server.resources import ENDPOINT
 from xds_server.translate import GatewayIR, build_ir, endpoints_for, to_resources

@@ -2,7 +2,7 @@
 
 ``AdsServer(cache).register(server)`` adds ``envoy.service.discovery.v3.
 AggregatedDiscoveryService`` to a ``grpc.aio.Server`` (create it with
-``options=SERVER_OPTIONS``). ``xds_server.ads.client`` is an Envoy-like scripted client
+``options=SERVER_OPTIONS``). ``testkit.ads_client`` is an Envoy-like scripted client
 for tests and load generation."""
 
 from xds_server.ads.server import DELTA_METHOD, SERVER_OPTIONS, SERVICE, SOTW_METHOD, AdsServer

@@ -13,7 +13,7 @@ from datetime import datetime
 from aiohttp import web
 from google.protobuf import json_format
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 from xds_server.shards import ShardRegistry
 
 REGISTRY = web.AppKey("registry", ShardRegistry)

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from dgw.v1 import gateway_pb2, gateway_pb2_grpc
+from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.shards import ShardRegistry
 
 log = logging.getLogger("xds_server.api.gateway")

@@ -13,7 +13,7 @@ from envoy.config.core.v3 import address_pb2
 from envoy.config.core.v3.health_check_pb2 import HealthStatus
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
-from dgw.v1 import gateway_pb2
+from dgw_api.v1 import gateway_pb2
 
 from .ir import GatewayIR
 

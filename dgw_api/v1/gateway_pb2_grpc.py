@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from dgw.v1 import gateway_pb2 as dgw_dot_v1_dot_gateway__pb2
+from dgw_api.v1 import gateway_pb2 as dgw__api_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in dgw/v1/gateway_pb2_grpc.py depends on'
+        + ' but the generated code in dgw_api/v1/gateway_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class GatewayStub:
         """
         self.Report = channel.unary_unary(
                 '/dgw.v1.Gateway/Report',
-                request_serializer=dgw_dot_v1_dot_gateway__pb2.NodeReport.SerializeToString,
-                response_deserializer=dgw_dot_v1_dot_gateway__pb2.ReportAck.FromString,
+                request_serializer=dgw__api_dot_v1_dot_gateway__pb2.NodeReport.SerializeToString,
+                response_deserializer=dgw__api_dot_v1_dot_gateway__pb2.ReportAck.FromString,
                 _registered_method=True)
         self.WatchConfig = channel.unary_stream(
                 '/dgw.v1.Gateway/WatchConfig',
-                request_serializer=dgw_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
-                response_deserializer=dgw_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
+                request_serializer=dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
+                response_deserializer=dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
-                    request_deserializer=dgw_dot_v1_dot_gateway__pb2.NodeReport.FromString,
-                    response_serializer=dgw_dot_v1_dot_gateway__pb2.ReportAck.SerializeToString,
+                    request_deserializer=dgw__api_dot_v1_dot_gateway__pb2.NodeReport.FromString,
+                    response_serializer=dgw__api_dot_v1_dot_gateway__pb2.ReportAck.SerializeToString,
             ),
             'WatchConfig': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchConfig,
-                    request_deserializer=dgw_dot_v1_dot_gateway__pb2.WatchRequest.FromString,
-                    response_serializer=dgw_dot_v1_dot_gateway__pb2.ShardConfig.SerializeToString,
+                    request_deserializer=dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.FromString,
+                    response_serializer=dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class Gateway:
             request,
             target,
             '/dgw.v1.Gateway/Report',
-            dgw_dot_v1_dot_gateway__pb2.NodeReport.SerializeToString,
-            dgw_dot_v1_dot_gateway__pb2.ReportAck.FromString,
+            dgw__api_dot_v1_dot_gateway__pb2.NodeReport.SerializeToString,
+            dgw__api_dot_v1_dot_gateway__pb2.ReportAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class Gateway:
             request,
             target,
             '/dgw.v1.Gateway/WatchConfig',
-            dgw_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
-            dgw_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
+            dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
+            dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,1 +1,0 @@
-"""Generated from protos/dgw/v1/gateway.proto by protos/generate.sh; do not edit."""
