@@ -36,12 +36,23 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.envoys import EnvoyChild
-from bench.idle import quick_wakeups
-from bench.shard import bench_shard
 from bench.fleet import expected_versions
+from bench.idle import quick_wakeups
 from bench.load import load_main
-from bench.procs import BenchError, Child, ServerChild, cpu_times, finish_scratch_dir, free_port, http_json, port_open, scratch_dir, wait_for
+from bench.procs import (
+    BenchError,
+    Child,
+    ServerChild,
+    cpu_times,
+    finish_scratch_dir,
+    free_port,
+    http_json,
+    port_open,
+    scratch_dir,
+    wait_for,
+)
 from bench.report import emit, machine, note, percentile, pyplot, save_json, table
+from bench.shard import bench_shard
 from bench.stats import pooled, ratio_interval, ratio_pct
 from xds_server.resources import CLUSTER, LISTENER, ROUTE
 

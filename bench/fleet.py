@@ -27,10 +27,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.envoys import EnvoyChild, start_envoys
-from bench.shard import bench_shard
 from bench.fleet_worker import WorkerSpec, worker_main
-from bench.procs import BenchError, ServerChild, cpu_seconds, finish_scratch_dir, free_port, rss_kib, scratch_dir, wait_for
+from bench.procs import (
+    BenchError,
+    ServerChild,
+    cpu_seconds,
+    finish_scratch_dir,
+    free_port,
+    rss_kib,
+    scratch_dir,
+    wait_for,
+)
 from bench.report import note, percentile
+from bench.shard import bench_shard
 from xds_server.cache import build_snapshot
 from xds_server.config import load_shard_text
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE

@@ -23,7 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench.procs import BenchError, Child, ServerChild, finish_scratch_dir, free_port, scratch_dir, wait_for
+from bench.procs import (
+    BenchError,
+    Child,
+    ServerChild,
+    finish_scratch_dir,
+    free_port,
+    scratch_dir,
+    wait_for,
+)
 from bench.report import emit, machine, note, percentile, save_json, table
 
 SHARD = "recovery"

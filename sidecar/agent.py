@@ -137,7 +137,7 @@ class Agent:
             while not stop.is_set():
                 try:
                     await self.reconcile()
-                except Exception as e:  # noqa: BLE001 - one bad pass must not end the agent
+                except Exception as e:
                     error = f"{type(e).__name__}: {e}"
                     # Once per distinct error: a lost engine must not flood the log.
                     emit = self.log.debug if error == last_error else self.log.error

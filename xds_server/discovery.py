@@ -16,7 +16,12 @@ from dgw_api.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.config import ShardFile
 from xds_server.resources import ENDPOINT, Resources
-from xds_server.translate import DISCOVERY_SHARD, RegisteredHost, discovery_assignments, discovery_name
+from xds_server.translate import (
+    DISCOVERY_SHARD,
+    RegisteredHost,
+    discovery_assignments,
+    discovery_name,
+)
 
 _Key = tuple[str, str]  # (shard, node_id)
 

@@ -55,9 +55,7 @@ def _stdlib(root: Path) -> Path:
         skip = set()
         top = Path(directory) == src
         for n in names:
-            if top and (n in STDLIB_SKIP or n.startswith("config-")):
-                skip.add(n)
-            elif n.endswith((".opt-1.pyc", ".opt-2.pyc", ".exe")) or n.startswith(DYNLOAD_SKIP):
+            if (top and (n in STDLIB_SKIP or n.startswith("config-"))) or n.endswith((".opt-1.pyc", ".opt-2.pyc", ".exe")) or n.startswith(DYNLOAD_SKIP):
                 skip.add(n)
         return skip
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -135,7 +135,7 @@ class DockerRuntime(Runtime):
                         continue
                     attrs = ev.get("Actor", {}).get("Attributes", {})
                     wake(f"docker {action} dal={attrs.get(LABEL_DAL, '?')}")
-            except Exception as e:  # noqa: BLE001 - the stream dies with the engine
+            except Exception as e:
                 if self._closed.is_set():
                     return
                 self._log.warning("docker_events_lost", error=_short(e), retry_in=_EVENTS_RETRY_S)
@@ -329,5 +329,5 @@ def start_error(container: str, e: Exception) -> str:
 def _close_quietly(stream: Any) -> None:
     try:
         stream.close()
-    except Exception:  # noqa: BLE001 - closing a dead stream may fail; nothing to do
+    except Exception:
         pass

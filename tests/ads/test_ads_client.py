@@ -8,11 +8,11 @@ import time
 
 import grpc
 import pytest
+
+from testkit.ads_client import XdsClient
 from tests.ads.ads_samples import basic
 from tests.ads.ads_wait import eventually
 from tests.ads.conftest import Ads
-
-from testkit.ads_client import XdsClient
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 

@@ -7,11 +7,11 @@ node lacks must be answered next, and a stream writes its responses in order.
 from __future__ import annotations
 
 import grpc
+
 from tests.ads.ads_samples import basic
 from tests.ads.ads_script import Delta, delta_names
 from tests.ads.ads_wait import eventually
 from tests.ads.conftest import Ads
-
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 

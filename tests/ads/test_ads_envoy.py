@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from tests.ads.ads_samples import resources
 from tests.ads.ads_wait import eventually
 from tests.ads.conftest import Ads
-
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 

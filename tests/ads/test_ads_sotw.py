@@ -10,12 +10,12 @@ from __future__ import annotations
 import grpc
 import pytest
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+from testkit.ads_client import AdsCall, sotw_request
 from tests.ads.ads_samples import basic, cla
 from tests.ads.ads_script import Sotw, names_of
 from tests.ads.ads_wait import eventually
 from tests.ads.conftest import Ads
-
-from testkit.ads_client import AdsCall, sotw_request
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 

@@ -8,8 +8,8 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     Resource,
 )
 from google.protobuf.any_pb2 import Any
-from tests.ads.ads_samples import basic
 
+from tests.ads.ads_samples import basic
 from xds_server.ads import wire
 from xds_server.cache import build_snapshot, set_version
 from xds_server.resources import CLUSTER, ENDPOINT

@@ -7,8 +7,8 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.service.discovery.v3.discovery_pb2 import Resource
 from google.protobuf.any_pb2 import Any
 from google.protobuf.struct_pb2 import Struct
-from tests.ads.ads_samples import basic, cluster
 
+from tests.ads.ads_samples import basic, cluster
 from xds_server.cache import EMPTY_VERSION, build_snapshot, content_version, set_version
 from xds_server.cache.encoding import encode_any, encode_resource, varint
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET, Resources

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 from tests.ads.ads_samples import basic, cla
-
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT
 

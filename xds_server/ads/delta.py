@@ -52,7 +52,7 @@ _IN_FLIGHT_LIMIT = 16
 
 
 class _TypeState:
-    __slots__ = ("wildcard", "names", "known", "in_flight", "force", "answered")
+    __slots__ = ("answered", "force", "in_flight", "known", "names", "wildcard")
 
     def __init__(self, wildcard: bool, known: dict[str, str]) -> None:
         self.wildcard = wildcard
@@ -69,7 +69,7 @@ class _TypeState:
 class DeltaStream:
     """Protocol state of one delta ADS stream; no I/O."""
 
-    __slots__ = ("_status", "_types", "_nonce")
+    __slots__ = ("_nonce", "_status", "_types")
 
     def __init__(self, status: StreamStatus) -> None:
         self._status = status

@@ -201,7 +201,7 @@ class _Waker:
     """A one-waiter ``asyncio.Event`` that clears itself when waited: without the
     Event's deque of waiters, as each of thousands of streams holds one."""
 
-    __slots__ = ("_set", "_future", "_loop")
+    __slots__ = ("_future", "_loop", "_set")
 
     def __init__(self) -> None:
         self._set = False

@@ -59,7 +59,7 @@ class NameSets:
 
 
 class _TypeState:
-    __slots__ = ("names", "open", "nonce", "sent", "have", "rejected", "force")
+    __slots__ = ("force", "have", "names", "nonce", "open", "rejected", "sent")
 
     def __init__(self) -> None:
         self.names: frozenset[str] | None = None  # None: wildcard
@@ -74,7 +74,7 @@ class _TypeState:
 class SotwStream:
     """Protocol state of one state-of-the-world ADS stream; no I/O."""
 
-    __slots__ = ("_status", "_names", "_types", "_nonce")
+    __slots__ = ("_names", "_nonce", "_status", "_types")
 
     def __init__(self, status: StreamStatus, names: NameSets) -> None:
         self._status = status

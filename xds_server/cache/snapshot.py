@@ -45,7 +45,7 @@ class EncodedResource:
 class TypeSnapshot:
     """One resource type's encoded resources and their set version. Never mutated."""
 
-    __slots__ = ("type_url", "resources", "version", "_memo")
+    __slots__ = ("_memo", "resources", "type_url", "version")
 
     def __init__(self, type_url: str, resources: dict[str, EncodedResource]) -> None:
         self.type_url = type_url

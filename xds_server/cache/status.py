@@ -8,7 +8,7 @@ cache drops it on disconnect, so the table never outgrows the connected fleet.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Literal
 
 StreamKind = Literal["sotw", "delta"]
@@ -57,7 +57,7 @@ class NodeStatus:
 class StreamStatus:
     """The mutable record one stream keeps while it is connected."""
 
-    __slots__ = ("shard", "node_id", "kind", "connected_since", "_types")
+    __slots__ = ("_types", "connected_since", "kind", "node_id", "shard")
 
     def __init__(self, shard: str, node_id: str, kind: StreamKind) -> None:
         self.shard = shard

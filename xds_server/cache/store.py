@@ -34,7 +34,7 @@ log = logging.getLogger("xds_server.cache")
 class Watch:
     """One connected stream's registration: how to wake it, where it records status."""
 
-    __slots__ = ("shard", "node_id", "wake", "status")
+    __slots__ = ("node_id", "shard", "status", "wake")
 
     def __init__(
         self, shard: str, node_id: str, kind: StreamKind, wake: Callable[[], None]
@@ -58,7 +58,7 @@ class CacheStats:
 class _NodeEndpoints:
     """A node's own ClusterLoadAssignments, overlaid on its shard's default EDS."""
 
-    __slots__ = ("resources", "version", "_base", "_view")
+    __slots__ = ("_base", "_view", "resources", "version")
 
     def __init__(self, resources: dict[str, EncodedResource]) -> None:
         self.resources = resources

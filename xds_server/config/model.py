@@ -10,9 +10,17 @@ can report the exact key path it is about.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Defaults live here, next to the models (STYLE.md: one place per program).
 DEFAULT_HEALTHCHECK_INTERVAL = "30s"
@@ -162,7 +170,7 @@ class Healthcheck(_Strict):
         return ["CMD-SHELL", self.test] if isinstance(self.test, str) else list(self.test)
 
 
-EnvValue = Annotated[Union[str, int, float, bool, None], BeforeValidator(_scalar_env)]
+EnvValue = Annotated[str | int | float | bool | None, BeforeValidator(_scalar_env)]
 
 
 class ContainerDal(_Strict):

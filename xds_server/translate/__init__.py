@@ -24,12 +24,12 @@ def translate(cfg: RuntimeConfig, options: TranslateOptions = TranslateOptions()
 
 __all__ = [
     "DISCOVERY_SHARD",
-    "RegisteredHost",
-    "discovery_assignments",
-    "discovery_name",
     "GatewayIR",
+    "RegisteredHost",
     "TranslateOptions",
     "build_ir",
+    "discovery_assignments",
+    "discovery_name",
     "endpoints_for",
     "render_yaml",
     "to_resources",
