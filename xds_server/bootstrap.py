@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 
+from common.hostport import split_host_port
+
 XDS_CLUSTER = "dgw_xds"
 DEFAULT_ADMIN = "127.0.0.1:9901"
 # Envoy retries a broken ADS stream with jittered backoff from this base.
 XDS_CONNECT_TIMEOUT = "1s"
-
-
-def split_host_port(value: str, what: str = "address") -> tuple[str, int]:
-    """``HOST:PORT`` or ``[v6]:PORT`` → (host, port); ValueError names what is wrong."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:18000)")
-    host = host.strip("[]")
-    number = int(port)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"{what} {value!r}: port must be 0-65535")
-    return host, number
 
 
 def _is_ip(host: str) -> bool:

@@ -16,9 +16,9 @@ import signal
 import grpc
 from aiohttp import web
 
+from common.hostport import split_host_port
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.api import admin, gateway
-from xds_server.bootstrap import split_host_port
 from xds_server.cache import SnapshotCache
 from xds_server.settings import ServerSettings
 from xds_server.shards import ShardRegistry
