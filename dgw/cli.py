@@ -64,7 +64,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from xds_server.bootstrap import make_bootstrap, make_client_bootstrap
+    from envoy_proxy.bootstrap import make_bootstrap, make_client_bootstrap
 
     try:
         if args.client:

@@ -24,7 +24,7 @@ from xds_server.config import ConfigError, RuntimeConfig, load_served_config
 
 from .config import SidecarSettings
 from .control import Connected, ControlClient, Disconnected
-from .envoy_child import EnvoyChild, EnvoyStatus
+from .envoy_supervisor import EnvoyStatus, EnvoySupervisor
 from .log import EventLog
 from .plan import (
     Action,
@@ -73,7 +73,7 @@ class Agent:
         settings: SidecarSettings,
         runtime: Runtime,
         control: ControlClient,
-        envoy: EnvoyChild | None,
+        envoy: EnvoySupervisor | None,
         state_dir: Path,
         log: EventLog,
         clock: Callable[[], float] = time.time,
@@ -183,7 +183,7 @@ class Agent:
         """One pass: observe, plan, act, and update the report."""
         now = self.clock()
         if self.envoy is not None:
-            self.envoy_status = await self.envoy.status()
+            self.envoy_status = await self.envoy.observe()
         busy_while_observing = set(self._busy)
         self._acted_since_observe.clear()
         observed = await self._readiness(await self.runtime.observe())

@@ -13,12 +13,12 @@ import signal
 import sys
 from pathlib import Path
 
-from xds_server.bootstrap import make_bootstrap
+from envoy_proxy import EnvoyNotFound, make_bootstrap
 
 from .agent import Agent
 from .config import SidecarSettings
 from .control import ControlClient
-from .envoy_child import EnvoyChild, EnvoyNotFound, find_envoy
+from .envoy_supervisor import EnvoySupervisor
 from .errors import SidecarError
 from .log import EventLog
 from .runtimes.base import Runtime, RuntimeUnavailable
@@ -64,26 +64,24 @@ async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = No
     state_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting", server=settings.server, state_dir=str(state_dir))
     runtime = await select_runtime(settings, state_dir, log)
-    envoy = None
+    envoy: EnvoySupervisor | None = None
     if settings.envoy:
         try:
-            binary = find_envoy(settings.envoy_binary)
             admin = f"127.0.0.1:{settings.envoy_admin_port}"
-            bootstrap = make_bootstrap(
-                settings.shard, settings.node_id, settings.server, admin, settings.delta_xds
+            envoy = EnvoySupervisor(
+                bootstrap=make_bootstrap(
+                    settings.shard, settings.node_id, settings.server, admin, settings.delta_xds
+                ),
+                state_dir=state_dir,
+                binary=settings.envoy_binary,
+                log_level=settings.envoy_log_level,
+                backoff_max_s=settings.envoy_backoff_max_s,
+                crash_log_lines=settings.crash_log_lines,
+                log=log.bind(component="envoy"),
             )
         except (EnvoyNotFound, ValueError) as e:
             await runtime.close()
             raise SidecarError(str(e)) from None
-        envoy = EnvoyChild(
-            binary=binary,
-            bootstrap=bootstrap,
-            state_dir=state_dir,
-            log_level=settings.envoy_log_level,
-            backoff_max_s=settings.envoy_backoff_max_s,
-            crash_log_lines=settings.crash_log_lines,
-            log=log.bind(component="envoy"),
-        )
     control = ControlClient(
         settings.server,
         shard=settings.shard,

@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.support.envoy import Envoy
+from envoy_proxy import BlockingEnvoy
+from tests.support.envoy import start_envoy
 from tests.support.gateway import XdsServerProcess
 from tests.support.procs import Child, free_port, sample_dal
 
@@ -20,15 +21,15 @@ class Stack:
         self.delta = delta
         self.server = XdsServerProcess(workdir).start()
         self.dals: dict[str, Child] = {}
-        self.envoys: list[Envoy] = []
+        self.envoys: list[BlockingEnvoy] = []
 
     def dal(self, name: str, ports: dict[str, int], **env: str) -> Child:
         child = sample_dal(name, ports, self.workdir / f"dal-{name}.log", **env)
         self.dals[name] = child
         return child
 
-    def envoy(self, shard: str, node_id: str = "node-1", client: tuple[str, int] | None = None) -> Envoy:
-        envoy = Envoy(shard, node_id, self.server.xds_port, self.workdir, self.delta, client)
+    def envoy(self, shard: str, node_id: str = "node-1", client: tuple[str, int] | None = None) -> BlockingEnvoy:
+        envoy = start_envoy(shard, node_id, self.server.xds_port, self.workdir, self.delta, client)
         self.envoys.append(envoy)
         return envoy
 

@@ -162,7 +162,7 @@ def test_editing_the_shard_file_reroutes_without_restart_or_broken_connection(st
     stack.server.report("edit", "node-1", [healthy(n, "api", p) for n, p in ports.items()])
     envoy = stack.envoy("edit")
     wait_for(lambda: answered_by(api) == "a", 10, what="route to a")
-    pid = envoy.child.pid
+    pid = envoy.pid
     listeners_before = envoy.stat("listener_manager.lds.update_success")
 
     conn = http.client.HTTPConnection("127.0.0.1", api, timeout=5)
@@ -172,7 +172,7 @@ def test_editing_the_shard_file_reroutes_without_restart_or_broken_connection(st
     wait_for(lambda: http_get(api, "/same-conn", conn)[1]["dal"] == "b", 10, what="route to b on the open connection")
     conn.close()
 
-    assert envoy.child.pid == pid and envoy.child.alive()
+    assert envoy.pid == pid and envoy.alive()
     assert envoy.stat("listener_manager.lds.update_success") == listeners_before, "LDS must not be re-sent for a route edit"
     assert envoy.stat("listener_manager.listener_modified") == 0
 

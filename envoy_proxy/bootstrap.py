@@ -7,6 +7,7 @@ bootstrap is small and the same for every instance of a shard but for ``node.id`
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from common.hostport import split_host_port
 
@@ -30,11 +31,11 @@ def make_bootstrap(
     xds: str,
     admin: str | None = DEFAULT_ADMIN,
     delta: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for YAML/JSON) that gets all of its
     configuration from the xds_server at ``xds`` over one ADS stream."""
     xds_host, xds_port = split_host_port(xds, "--xds")
-    config: dict = {
+    config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": shard},
         "dynamic_resources": {
             "ads_config": {
@@ -104,7 +105,7 @@ def make_client_bootstrap(
     listen: str,
     admin: str | None = None,
     delta: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """A client-side forward proxy: ``listen`` → the gateway hosts registered under
     ``target`` (``ADDRESS/LISTENER``), found over EDS from the xds_server.
 

