@@ -142,6 +142,7 @@ class EnvoyProcess:
     async def wait_ready(self, timeout: float) -> None:
         """Poll ``/ready`` until LIVE; EnvoyExited if it ends first, EnvoyNotReady at the
         deadline (both with the log's last lines)."""
+        self._started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = "no answer yet"

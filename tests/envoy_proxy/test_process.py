@@ -63,9 +63,11 @@ async def test_an_envoy_that_dies_is_reported_with_its_log(tmp_path: Path) -> No
         await envoy.stop()
 
 
+@pytest.mark.slow
 async def test_stop_kills_what_ignores_term_after_waiting(tmp_path: Path) -> None:
     stubborn = tmp_path / "stubborn"
-    stubborn.write_text("#!/bin/sh\ntrap '' TERM\necho started\nwhile :; do sleep 0.05; done\n")
+    # An ignored signal stays ignored across exec: one process that only KILL ends.
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\necho started\nexec sleep 60\n")
     stubborn.chmod(0o755)
     process = EnvoyProcess(static_bootstrap(), tmp_path, binary=str(stubborn))
     await process.start()
