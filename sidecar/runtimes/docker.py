@@ -19,8 +19,10 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
+from dgw_api.health import Health
+
 from ..log import EventLog
-from ..plan import Health, Observed, State
+from ..plan import Observed, State
 from ..spec import (
     ENVOY_HOST_NAME,
     LABEL_DAL,
@@ -48,11 +50,6 @@ _STATES = {
     "paused": State.RUNNING,
     "restarting": State.RUNNING,
     "created": State.CREATED,
-}
-_HEALTH = {
-    "starting": Health.STARTING,
-    "healthy": Health.HEALTHY,
-    "unhealthy": Health.UNHEALTHY,
 }
 
 
@@ -286,7 +283,7 @@ def _observed(c: Container) -> Observed:
         ref=c.id,
         spec_hash=labels.get(LABEL_SPEC_HASH, ""),
         state=_STATES.get(state.get("Status", ""), State.EXITED),
-        health=Health.UNHEALTHY if state.get("Paused") else _HEALTH.get(health, Health.NONE),
+        health=Health.UNHEALTHY if state.get("Paused") else Health.from_word(health),
         ports=parse_ports_label(labels.get(LABEL_PORTS)),
         exit_code=state.get("ExitCode"),
         started_at=_epoch(state.get("StartedAt")),

@@ -18,8 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dgw_api.health import Health
+
 from ..log import EventLog, tail_lines
-from ..plan import Health, Observed, State
+from ..plan import Observed, State
 from ..spec import DalSpec, HealthSpec
 from .base import DalRunError, Notify, Runtime
 
@@ -117,10 +119,6 @@ class ProcessRuntime(Runtime):
                 )
             )
         return out
-
-    def health_output(self, ref: str) -> str:
-        live = self._live.get(ref)
-        return live.health_output if live else ""
 
     # --- act -----------------------------------------------------------------------
 
