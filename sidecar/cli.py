@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the address registered in discovery for this host")
     p.add_argument("--state-dir", type=Path, default=defaults.DEFAULT_STATE_DIR,
                    help="where the agent keeps Envoy's bootstrap, logs and process records")
-    p.add_argument("--dal-ports", default="%d-%d" % defaults.DEFAULT_DAL_PORTS,
+    p.add_argument("--dal-ports", default="{}-{}".format(*defaults.DEFAULT_DAL_PORTS),
                    help="host port range for DAL listeners, LOW-HIGH")
     p.add_argument("--no-envoy", dest="envoy", action="store_false",
                    help="do not run Envoy (DALs and reports only)")

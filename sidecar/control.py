@@ -85,7 +85,8 @@ class ControlClient:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        # The generated stub module has no type information.
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def watch(self) -> AsyncIterator[WatchEvent]:
         """The shard's config, then every change; connection changes in between."""
@@ -123,7 +124,7 @@ class ControlClient:
     async def report(self, report: gateway_pb2.NodeReport) -> int:
         """Send a report; returns its generation. Raises grpc.aio.AioRpcError."""
         ack = await self._stub.Report(report, timeout=self._rpc_timeout)
-        return ack.generation
+        return int(ack.generation)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)

@@ -9,6 +9,7 @@ backoff reads (``history``) and the last failed action's message per DAL
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Collection, Iterable
 
 from .log import EventLog
@@ -79,14 +80,14 @@ class Executor:
         for dal, actions in by_dal.items():
             task = asyncio.create_task(self._act_all(actions), name=f"act-{dal}")
             self._busy[dal] = task
-            task.add_done_callback(lambda _, dal=dal: self._finished(dal))
+            task.add_done_callback(functools.partial(self._finished, dal))
 
     async def settled(self) -> None:
         """Wait for the actions in flight (shutdown, tests)."""
         while self._busy:
             await asyncio.gather(*self._busy.values(), return_exceptions=True)
 
-    def _finished(self, dal: str) -> None:
+    def _finished(self, dal: str, _: asyncio.Task[None]) -> None:
         self._busy.pop(dal, None)
         self._done_since.add(dal)
         # Look again at once: what was just done changed what there is to observe.

@@ -191,26 +191,18 @@ def plan(
         attempts = failed.attempts if failed and failed.spec_hash == spec.spec_hash else 0
         ready_at = failed.last_at + policy.delay(attempts) if failed and attempts else now
 
-        def gated(change: Change) -> Change | Wait:
-            if now < ready_at:
-                wakes.append(ready_at)
-                return Wait(
-                    change.dal, f"{change.reason}; backoff after {attempts} attempts", ready_at
-                )
-            return change
-
+        change: Change | None = None
         if current is None:
-            actions.append(gated(Create(dal, "not running here yet", spec)))
+            change = Create(dal, "not running here yet", spec)
         elif current.spec_hash != spec.spec_hash:
-            actions.append(gated(Recreate(dal, "its spec changed", spec, current)))
+            change = Recreate(dal, "its spec changed", spec, current)
         elif current.state is State.EXITED:
-            actions.append(gated(Restart(dal, describe_exit(current.exit_code), spec, current)))
+            change = Restart(dal, describe_exit(current.exit_code), spec, current)
         elif current.state is State.CREATED:
             if current.error:
-                reason = f"its start failed: {current.error}"
-                actions.append(gated(Restart(dal, reason, spec, current)))
+                change = Restart(dal, f"its start failed: {current.error}", spec, current)
             else:
-                actions.append(gated(Start(dal, "created but not started", spec, current)))
+                change = Start(dal, "created but not started", spec, current)
         elif current.health is Health.UNHEALTHY:
             since = current.unhealthy_since if current.unhealthy_since is not None else now
             due = since + policy.unhealthy_grace_s
@@ -218,12 +210,21 @@ def plan(
                 wakes.append(due)
                 actions.append(Keep(dal, "unhealthy, within its grace"))
             else:
-                reason = f"unhealthy for {now - since:.1f}s"
-                actions.append(gated(Restart(dal, reason, spec, current)))
+                change = Restart(dal, f"unhealthy for {now - since:.1f}s", spec, current)
         else:
             actions.append(Keep(dal, "up to date"))
+        if change is not None:
+            actions.append(_gate(change, now, ready_at, attempts))
 
+    wakes.extend(a.not_before for a in actions if isinstance(a, Wait))
     return Plan(tuple(actions), min(wakes) if wakes else None)
+
+
+def _gate(change: Change, now: float, ready_at: float, attempts: int) -> Change | Wait:
+    """``change``, or a wait if the backoff after ``attempts`` failures holds it back."""
+    if now < ready_at:
+        return Wait(change.dal, f"{change.reason}; backoff after {attempts} attempts", ready_at)
+    return change
 
 
 def record_attempt(

@@ -1,6 +1,8 @@
 """The convergence plan: a pure function of desired specs, observed instances,
 restart history and the time."""
 
+import itertools
+
 import pytest
 
 from dgw_api.health import Health
@@ -113,7 +115,7 @@ def test_restarts_back_off_exponentially():
             t = round(t + 0.1, 3)
         allowed_at.append(t)
         history = record_attempt(history, "a", D["a"].spec_hash, t)
-    gaps = [round(b - a, 1) for a, b in zip(allowed_at, allowed_at[1:])]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(allowed_at)]
     assert gaps == [0.5, 1.0, 2.0, 4.0, 8.0]  # capped at backoff_max_s
 
 

@@ -24,13 +24,13 @@ def envoy_health(health: Health) -> int:
     though it is running."""
     match health:
         case Health.HEALTHY | Health.NONE:
-            return HealthStatus.HEALTHY
+            return int(HealthStatus.HEALTHY)
         case Health.UNKNOWN:
-            return HealthStatus.UNKNOWN
+            return int(HealthStatus.UNKNOWN)
         case Health.STARTING | Health.UNHEALTHY:
-            return HealthStatus.UNHEALTHY
+            return int(HealthStatus.UNHEALTHY)
         case Health.DRAINING:
-            return HealthStatus.DRAINING
+            return int(HealthStatus.DRAINING)
 
 
 def socket_address(host: str, port: int) -> address_pb2.Address:
