@@ -12,6 +12,8 @@ import asyncio
 import functools
 from collections.abc import Callable, Collection, Iterable
 
+from common.exits import describe_exit
+
 from .log import EventLog
 from .plan import (
     Change,
@@ -148,7 +150,7 @@ class Executor:
                       last_lines=" | ".join(lines))
         else:
             code = "unknown" if obs.exit_code is None else obs.exit_code
-            message = f"exited with code {code}" + (f": {obs.error}" if obs.error else "")
+            message = describe_exit(obs.exit_code) + (f": {obs.error}" if obs.error else "")
             if lines:
                 message += f" (last output: {lines[-1][:200]})"
             log.error("dal_crashed", exit_code=code, error=obs.error, attempt=n,

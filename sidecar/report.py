@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from common.exits import describe_exit
 from dgw_api.health import Health
 from dgw_api.v1 import gateway_pb2
 from xds_server.config import RuntimeConfig, listener_topology
@@ -151,8 +152,7 @@ def health_of(inst: Observed | None, spec: DalSpec | None, error: str) -> tuple[
     if inst is None:
         return (Health.UNHEALTHY, error) if error else (Health.STARTING, "creating")
     if not inst.live:
-        code = "unknown" if inst.exit_code is None else inst.exit_code
-        return Health.UNHEALTHY, error or f"exited with code {code}"
+        return Health.UNHEALTHY, error or describe_exit(inst.exit_code)
     match inst.health:
         case Health.UNHEALTHY:
             return Health.UNHEALTHY, error or "health check failing"

@@ -156,7 +156,7 @@ def test_endpoints_messages_and_status():
 
 def test_exit_code_is_the_message_without_an_action_error():
     report = build_report(situation(SHADOW, None, H))
-    assert {e.message for e in report.endpoints if e.dal == "thrift"} == {"exited with code 137"}
+    assert {e.message for e in report.endpoints if e.dal == "thrift"} == {"exited with code 137 (SIGKILL)"}
 
 
 def test_no_config_yet_reports_no_endpoints_and_no_registration():
