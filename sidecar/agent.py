@@ -85,7 +85,9 @@ class Agent:
             backoff_reset_s=settings.backoff_reset_s,
             unhealthy_grace_s=settings.unhealthy_grace_s,
         )
-        self.follower = ConfigFollower(settings.shard, state_dir, log, self._followed)
+        self.follower = ConfigFollower(
+            settings.shard, state_dir, log, on_change=self.wake, on_connect=self._connected
+        )
         self.reporter = Reporter(
             control.report,
             every_s=settings.report_every_s,
@@ -120,10 +122,8 @@ class Agent:
         self.log.debug("wake", reason=reason)
         self._wake.set()
 
-    def _followed(self, reason: str) -> None:
-        if reason == "control connected":
-            self.reporter.resend()  # the server may have lost our report
-        self.wake(reason)
+    def _connected(self) -> None:
+        self.reporter.resend()  # the server may have lost our report
 
     async def run(self, stop: asyncio.Event) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

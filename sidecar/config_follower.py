@@ -24,15 +24,22 @@ _CACHE_MODE = 0o600
 
 class ConfigFollower:
     """Holds the config to reach and whether the server's stream is up; calls
-    ``on_change`` when either changes."""
+    ``on_change(reason)`` when either changes, and ``on_connect`` too each time the
+    stream is (re)established (the server may have lost what it was told)."""
 
     def __init__(
-        self, shard: str, state_dir: Path, log: EventLog, on_change: Callable[[str], None]
+        self,
+        shard: str,
+        state_dir: Path,
+        log: EventLog,
+        on_change: Callable[[str], None],
+        on_connect: Callable[[], None] = lambda: None,
     ):
         self._shard = shard
         self._cache = state_dir / CACHE_FILE
         self._log = log
         self._on_change = on_change
+        self._on_connect = on_connect
         self.config: RuntimeConfig | None = None
         self.version: str = ""
         self.connected = False
@@ -55,6 +62,7 @@ class ConfigFollower:
         async for event in events:
             if isinstance(event, Connected):
                 self.connected = True
+                self._on_connect()
                 self._on_change("control connected")
             elif isinstance(event, Disconnected):
                 self.connected = False
