@@ -75,15 +75,15 @@ def build_report(s: Situation) -> gateway_pb2.NodeReport:
         by_dal.setdefault(o.dal, []).append(o)
     endpoints = []
     healthy: dict[str, bool] = {}
-    for dal in sorted(cfg.container_dals if cfg else {}):
-        assert cfg is not None
+    dals = cfg.container_dals if cfg else {}
+    for dal in sorted(dals):
         spec = s.desired.specs.get(dal)
         inst = current_instance(by_dal.get(dal, []), spec)
         health, message = health_of(inst, spec, s.action_errors.get(dal, ""))
         if dal in s.going:
             health, message = Health.DRAINING, "being replaced"
         healthy[dal] = health.serving
-        for listener in sorted(cfg.container_dals[dal].container_listeners):
+        for listener in sorted(dals[dal].container_listeners):
             port = None
             if inst is not None and inst.live:
                 port = inst.ports.get(listener)
@@ -102,10 +102,9 @@ def build_report(s: Situation) -> gateway_pb2.NodeReport:
                 )
             )
     registered = cfg is not None and _registrable(cfg, s.desired, healthy, s.envoy, s.stopping)
-    registrations = []
+    registrations: list[str] = []
     if registered and cfg is not None:
-        for r in cfg.registrations:
-            registrations.extend(r.addresses())
+        registrations = [a for r in cfg.registrations for a in r.addresses()]
     status = {
         "runtime": s.host.runtime,
         "network_mode": s.host.network_mode,
