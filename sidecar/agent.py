@@ -60,6 +60,9 @@ _CONNECT_TIMEOUT_S = 0.2
 
 
 class Agent:
+    """Wires the jobs into one loop and holds what lives between passes: when each
+    unhealthy instance was first seen so, and what was already logged."""
+
     def __init__(
         self,
         settings: SidecarSettings,
