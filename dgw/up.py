@@ -40,6 +40,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 async def _up(args: argparse.Namespace) -> None:
     from sidecar.config import SidecarSettings
     from sidecar.main import run_sidecar
+    from sidecar.ports import PortClaims
 
     # DAL commands like `python3 -m dals.sample` must find this installation's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -57,13 +58,14 @@ async def _up(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     xds = f"{args.xds.rpartition(':')[0]}:{server.xds_port}"
     agents = []
+    claims = PortClaims()
     for i, shard in enumerate(shards):
         settings = SidecarSettings(
             server=xds, shard=shard, node_id=args.node_id, runtime=args.runtime,
             state_dir=args.state_dir, envoy_admin_port=args.envoy_admin_port + i,
             stop_dals_on_exit=True,
         )
-        agents.append(asyncio.create_task(run_sidecar(settings, stop), name=f"sidecar-{shard}"))
+        agents.append(asyncio.create_task(run_sidecar(settings, stop, claims), name=f"sidecar-{shard}"))
     _banner(server, shards, args)
     try:
         done, _ = await asyncio.wait(

@@ -1,8 +1,10 @@
-"""``dgw sidecar``'s command line: arguments → ``SidecarSettings``."""
+"""``dgw sidecar``'s command line: arguments → ``SidecarSettings`` → ``run_sidecar``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the address registered in discovery for this host")
     p.add_argument("--state-dir", type=Path, default=defaults.DEFAULT_STATE_DIR,
                    help="where the agent keeps Envoy's bootstrap, logs and process records")
-    p.add_argument("--dal-ports", default="%d-%d" % defaults.DEFAULT_DAL_PORTS,
+    p.add_argument("--dal-ports", default="{}-{}".format(*defaults.DEFAULT_DAL_PORTS),
                    help="host port range for DAL listeners, LOW-HIGH")
     p.add_argument("--no-envoy", dest="envoy", action="store_false",
                    help="do not run Envoy (DALs and reports only)")
@@ -78,10 +80,22 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         raise SidecarError(problems) from None
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``sidecar`` to the ``dgw`` command."""
-    from .main import run
-
     p = sub.add_parser("sidecar", help="run the agent that keeps this host at its goal state")
     add_arguments(p)
     p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dgw sidecar``: settings from the parsed arguments, then run until signalled."""
+    # Imported here: building ``dgw``'s parser must not load docker and grpc.
+    from .main import run_sidecar
+
+    try:
+        settings = settings_from_args(args)
+        asyncio.run(run_sidecar(settings))
+    except SidecarError as e:
+        print(f"dgw sidecar: {e}", file=sys.stderr)
+        return 2
+    return 0

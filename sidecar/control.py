@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.backoff import backoff_delay, jittered
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 
 from .log import EventLog
@@ -35,8 +36,9 @@ class Disconnected:
 WatchEvent = gateway_pb2.ShardConfig | Connected | Disconnected
 
 
-class Backoff:
-    """Jittered exponential delays: base, 2·base, … up to max; reset on success."""
+class ReconnectDelays:
+    """Jittered exponential delays between reconnects: base, 2·base, … up to max;
+    reset once a stream is up."""
 
     def __init__(self, base_s: float, max_s: float, rng: random.Random | None = None):
         self._base, self._max = base_s, max_s
@@ -44,9 +46,8 @@ class Backoff:
         self.attempts = 0
 
     def next(self) -> float:
-        delay = min(self._base * 2**self.attempts, self._max)
         self.attempts += 1
-        return delay * (0.5 + self._rng.random() / 2)
+        return jittered(backoff_delay(self.attempts, self._base, self._max), self._rng)
 
     def reset(self) -> None:
         self.attempts = 0
@@ -69,7 +70,7 @@ class ControlClient:
         self._node = node_id
         self._rpc_timeout = rpc_timeout_s
         self._log = log
-        self._backoff = Backoff(reconnect_base_s, reconnect_max_s)
+        self._delays = ReconnectDelays(reconnect_base_s, reconnect_max_s)
         max_ms = int(reconnect_max_s * 1000)
         self._channel = grpc.aio.insecure_channel(
             server,
@@ -84,7 +85,8 @@ class ControlClient:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        # The generated stub module has no type information.
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def watch(self) -> AsyncIterator[WatchEvent]:
         """The shard's config, then every change; connection changes in between."""
@@ -97,7 +99,7 @@ class ControlClient:
                 async for msg in call:
                     if first:
                         first = False
-                        self._backoff.reset()
+                        self._delays.reset()
                         self._log.info(
                             "control_connected", server=self._server,
                             down_s=None if down_since is None else time.monotonic() - down_since,
@@ -110,7 +112,7 @@ class ControlClient:
                 error = f"{e.code().name}: {e.details()}"
             finally:
                 call.cancel()
-            delay = self._backoff.next()
+            delay = self._delays.next()
             # One warning per outage; the retries in between are debug noise.
             emit = self._log.warning if down_since is None else self._log.debug
             emit("control_disconnected", server=self._server, error=error, retry_in=delay)
@@ -122,7 +124,7 @@ class ControlClient:
     async def report(self, report: gateway_pb2.NodeReport) -> int:
         """Send a report; returns its generation. Raises grpc.aio.AioRpcError."""
         ack = await self._stub.Report(report, timeout=self._rpc_timeout)
-        return ack.generation
+        return int(ack.generation)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)

@@ -1,16 +1,15 @@
 """Wire the agent together and run it until SIGTERM/SIGINT.
 
-``run_sidecar(settings)`` is the entry point (``dgw sidecar`` calls it through
-``run``): pick the runtime, start Envoy, follow the xds_server, reconcile.
+``run_sidecar(settings)`` is the entry point (``dgw sidecar`` calls it from
+``cli.run``, ``dgw up`` once per shard): pick the runtime, start Envoy, follow the
+xds_server, reconcile.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import signal
-import sys
 from pathlib import Path
 
 from envoy_proxy import EnvoyNotFound, make_bootstrap
@@ -21,6 +20,7 @@ from .control import ControlClient
 from .envoy_supervisor import EnvoySupervisor
 from .errors import SidecarError
 from .log import EventLog
+from .ports import PortClaims
 from .runtimes.base import Runtime, RuntimeUnavailable
 from .runtimes.docker import DockerRuntime, connect
 from .runtimes.process import ProcessRuntime
@@ -57,8 +57,14 @@ async def select_runtime(settings: SidecarSettings, state_dir: Path, log: EventL
     return ProcessRuntime(state_dir, stop_grace_s=settings.stop_grace_s, log=log)
 
 
-async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until ``stop`` is set, or SIGTERM/SIGINT when none is given."""
+async def run_sidecar(
+    settings: SidecarSettings,
+    stop: asyncio.Event | None = None,
+    claims: PortClaims | None = None,
+) -> None:
+    """Run the agent until ``stop`` is set, or SIGTERM/SIGINT when none is given.
+
+    claims: shared by every agent of this process (``dgw up`` runs one per shard)."""
     log = EventLog("dgw.sidecar", shard=settings.shard, node=settings.node_id)
     state_dir = settings.state_dir / _UNSAFE.sub("_", f"{settings.shard}-{settings.node_id}")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,7 @@ async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = No
         rpc_timeout_s=settings.rpc_timeout_s,
         log=log,
     )
-    agent = Agent(settings, runtime, control, envoy, state_dir, log)
+    agent = Agent(settings, runtime, control, envoy, state_dir, log, claims or PortClaims())
 
     own_stop = stop is None
     stop = stop or asyncio.Event()
@@ -105,16 +111,3 @@ async def run_sidecar(settings: SidecarSettings, stop: asyncio.Event | None = No
         if own_stop:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``dgw sidecar``: settings from the parsed arguments, then run until signalled."""
-    from .cli import settings_from_args
-
-    try:
-        settings = settings_from_args(args)
-        asyncio.run(run_sidecar(settings))
-    except SidecarError as e:
-        print(f"dgw sidecar: {e}", file=sys.stderr)
-        return 2
-    return 0

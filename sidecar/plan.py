@@ -3,7 +3,10 @@
 Pure: the same inputs give the same plan, with no I/O and no clock of its own (``now``
 is an argument), in the manner of docker-compose's ``convergence_plan``. The agent
 observes, calls ``plan``, carries the actions out, then records what it did in the
-restart history with ``record_attempt``/``settle``.
+failure history with ``record_attempt``/``forget_recovered``.
+
+An action is one small class per kind (a tagged union): whoever carries a plan out
+``match``es on it, and each kind holds exactly what acting on it needs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+
+from common.backoff import backoff_delay
+from common.exits import describe_exit
+from dgw_api.health import Health
 
 from .config import (
     DEFAULT_BACKOFF_BASE_S,
@@ -25,13 +32,6 @@ class State(str, enum.Enum):
     RUNNING = "running"
     EXITED = "exited"  # ran and stopped (killed, crashed, exited)
     CREATED = "created"  # never ran, or its start failed
-
-
-class Health(str, enum.Enum):
-    NONE = "none"  # no health check: running is as good as it gets
-    STARTING = "starting"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,11 @@ class RestartPolicy:
 
     def delay(self, attempts: int) -> float:
         """Wait before the next attempt after ``attempts`` failed ones: 0, b, 2b, 4b…"""
-        if attempts <= 0:
-            return 0.0
-        return min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
+        return backoff_delay(attempts, self.backoff_base_s, self.backoff_max_s)
 
 
 @dataclass(frozen=True)
-class Backoff:
+class Failures:
     """Failed attempts to run one spec of one DAL; a new spec starts afresh."""
 
     spec_hash: str
@@ -77,24 +75,69 @@ class Backoff:
     last_at: float
 
 
-class Kind(str, enum.Enum):
-    CREATE = "create"
-    RECREATE = "recreate"
-    START = "start"
-    RESTART = "restart"
-    REMOVE = "remove"
-    WAIT = "wait"  # would restart, but backoff says not yet
-    NOOP = "noop"
+@dataclass(frozen=True)
+class Create:
+    dal: str
+    reason: str
+    spec: DalSpec
 
 
 @dataclass(frozen=True)
-class Action:
-    kind: Kind
+class Recreate:
+    """Remove ``observed`` (made from an older spec), then create ``spec``."""
+
     dal: str
     reason: str
-    spec: DalSpec | None = None
-    observed: Observed | None = None
-    not_before: float | None = None  # WAIT: when the attempt is allowed
+    spec: DalSpec
+    observed: Observed
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start an instance that was created but never ran."""
+
+    dal: str
+    reason: str
+    spec: DalSpec
+    observed: Observed
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Start again an instance that died, failed to start, or stays unhealthy."""
+
+    dal: str
+    reason: str
+    spec: DalSpec
+    observed: Observed
+
+
+@dataclass(frozen=True)
+class Remove:
+    dal: str
+    reason: str
+    observed: Observed
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Would act, but the restart backoff says not before ``not_before``."""
+
+    dal: str
+    reason: str
+    not_before: float
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Nothing to do: up to date, or unhealthy but still within its grace."""
+
+    dal: str
+    reason: str
+
+
+Change = Create | Recreate | Start | Restart | Remove
+Action = Change | Wait | Keep
 
 
 @dataclass(frozen=True)
@@ -105,11 +148,11 @@ class Plan:
     def of(self, dal: str) -> list[Action]:
         return [a for a in self.actions if a.dal == dal]
 
-    def changes(self) -> list[Action]:
-        return [a for a in self.actions if a.kind not in (Kind.NOOP, Kind.WAIT)]
+    def changes(self) -> list[Change]:
+        return [a for a in self.actions if not isinstance(a, Wait | Keep)]
 
 
-def _rank(o: Observed, want: str) -> tuple:
+def _rank(o: Observed, want: str) -> tuple[bool, bool, float, str]:
     # The instance to keep: the right spec first, then running, then most recent.
     return (o.spec_hash != want, not o.live, -(o.started_at or 0.0), o.ref)
 
@@ -117,7 +160,7 @@ def _rank(o: Observed, want: str) -> tuple:
 def plan(
     desired: Mapping[str, DalSpec],
     observed: Iterable[Observed],
-    history: Mapping[str, Backoff],
+    history: Mapping[str, Failures],
     now: float,
     policy: RestartPolicy = RestartPolicy(),
     keep: Iterable[str] = (),
@@ -130,90 +173,83 @@ def plan(
     by_dal: dict[str, list[Observed]] = {}
     for o in observed:
         by_dal.setdefault(o.dal, []).append(o)
-    keep = set(keep)
+    kept = set(keep)
     actions: list[Action] = []
     wakes: list[float] = []
 
-    for dal in sorted(set(by_dal) - set(desired) - keep):
+    for dal in sorted(set(by_dal) - set(desired) - kept):
         for o in sorted(by_dal[dal], key=lambda o: o.ref):
-            actions.append(Action(Kind.REMOVE, dal, "no longer in the config", observed=o))
+            actions.append(Remove(dal, "no longer in the config", o))
 
     for dal in sorted(desired):
         spec = desired[dal]
         instances = sorted(by_dal.get(dal, []), key=lambda o: _rank(o, spec.spec_hash))
         for extra in instances[1:]:
-            actions.append(Action(Kind.REMOVE, dal, "duplicate instance", observed=extra))
+            actions.append(Remove(dal, "duplicate instance", extra))
         current = instances[0] if instances else None
-        backoff = history.get(dal)
-        attempts = backoff.attempts if backoff and backoff.spec_hash == spec.spec_hash else 0
-        ready_at = backoff.last_at + policy.delay(attempts) if attempts else now
+        failed = history.get(dal)
+        attempts = failed.attempts if failed and failed.spec_hash == spec.spec_hash else 0
+        ready_at = failed.last_at + policy.delay(attempts) if failed and attempts else now
 
-        def gated(kind: Kind, reason: str) -> Action:
-            if now < ready_at:
-                wakes.append(ready_at)
-                return Action(
-                    Kind.WAIT, dal, f"{reason}; backoff after {attempts} attempts",
-                    spec=spec, observed=current, not_before=ready_at,
-                )
-            return Action(kind, dal, reason, spec=spec, observed=current)
-
+        change: Change | None = None
         if current is None:
-            actions.append(gated(Kind.CREATE, "not running here yet"))
+            change = Create(dal, "not running here yet", spec)
         elif current.spec_hash != spec.spec_hash:
-            actions.append(gated(Kind.RECREATE, "its spec changed"))
+            change = Recreate(dal, "its spec changed", spec, current)
         elif current.state is State.EXITED:
-            actions.append(gated(Kind.RESTART, _exit_reason(current)))
+            change = Restart(dal, describe_exit(current.exit_code), spec, current)
         elif current.state is State.CREATED:
             if current.error:
-                actions.append(gated(Kind.RESTART, f"its start failed: {current.error}"))
+                change = Restart(dal, f"its start failed: {current.error}", spec, current)
             else:
-                actions.append(gated(Kind.START, "created but not started"))
+                change = Start(dal, "created but not started", spec, current)
         elif current.health is Health.UNHEALTHY:
             since = current.unhealthy_since if current.unhealthy_since is not None else now
             due = since + policy.unhealthy_grace_s
             if now < due:
                 wakes.append(due)
-                actions.append(
-                    Action(Kind.NOOP, dal, "unhealthy, within its grace", spec=spec, observed=current)
-                )
+                actions.append(Keep(dal, "unhealthy, within its grace"))
             else:
-                actions.append(
-                    gated(Kind.RESTART, f"unhealthy for {now - since:.1f}s")
-                )
+                change = Restart(dal, f"unhealthy for {now - since:.1f}s", spec, current)
         else:
-            actions.append(Action(Kind.NOOP, dal, "up to date", spec=spec, observed=current))
+            actions.append(Keep(dal, "up to date"))
+        if change is not None:
+            actions.append(_gate(change, now, ready_at, attempts))
 
+    wakes.extend(a.not_before for a in actions if isinstance(a, Wait))
     return Plan(tuple(actions), min(wakes) if wakes else None)
 
 
-def _exit_reason(o: Observed) -> str:
-    code = "unknown" if o.exit_code is None else str(o.exit_code)
-    return f"exited with code {code}"
+def _gate(change: Change, now: float, ready_at: float, attempts: int) -> Change | Wait:
+    """``change``, or a wait if the backoff after ``attempts`` failures holds it back."""
+    if now < ready_at:
+        return Wait(change.dal, f"{change.reason}; backoff after {attempts} attempts", ready_at)
+    return change
 
 
 def record_attempt(
-    history: Mapping[str, Backoff], dal: str, spec_hash: str, now: float
-) -> dict[str, Backoff]:
+    history: Mapping[str, Failures], dal: str, spec_hash: str, now: float
+) -> dict[str, Failures]:
     """One more attempt (a restart, or a create that failed) for this DAL's spec."""
     out = dict(history)
     prev = out.get(dal)
     attempts = prev.attempts + 1 if prev and prev.spec_hash == spec_hash else 1
-    out[dal] = Backoff(spec_hash, attempts, now)
+    out[dal] = Failures(spec_hash, attempts, now)
     return out
 
 
-def settle(
-    history: Mapping[str, Backoff],
+def forget_recovered(
+    history: Mapping[str, Failures],
     observed: Iterable[Observed],
     now: float,
     policy: RestartPolicy = RestartPolicy(),
-) -> dict[str, Backoff]:
+) -> dict[str, Failures]:
     """Forget the failures of DALs that have run well for ``backoff_reset_s``."""
     good = {
         o.dal
         for o in observed
         if o.live
-        and o.health in (Health.HEALTHY, Health.NONE)
+        and o.health.serving
         and o.started_at is not None
         and now - o.started_at >= policy.backoff_reset_s
     }
@@ -225,7 +261,8 @@ def with_unhealthy_since(
 ) -> tuple[list[Observed], dict[str, float]]:
     """Stamp each unhealthy instance with when it was first seen so (keyed by ref);
     returns the stamped instances and the memory to keep for the next pass."""
-    out, kept = [], {}
+    out: list[Observed] = []
+    kept: dict[str, float] = {}
     for o in observed:
         if o.live and o.health is Health.UNHEALTHY:
             since = memory.get(o.ref, now)

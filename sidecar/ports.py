@@ -81,9 +81,9 @@ def assign_ports(
 
 
 class PortClaims:
-    """Host ports the agents of this process have handed out. ``dgw up`` runs one
-    agent per shard in one process: without this, two of them could pick the same
-    free port for DALs that have not bound it yet."""
+    """Host ports the agents of one process have handed out. ``dgw up`` runs one
+    agent per shard in one process and gives them one ``PortClaims``: without it, two
+    of them could pick the same free port for DALs that have not bound it yet."""
 
     def __init__(self) -> None:
         self._by_owner: dict[str, frozenset[int]] = {}
@@ -103,8 +103,6 @@ class PortClaims:
         }
 
 
-CLAIMS = PortClaims()
-
 
 def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
     """Whether a TCP listen on ``host:port`` would fail because someone holds it.
@@ -121,10 +119,3 @@ def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
                 return True
             raise
     return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free now (for the proxy's admin listener)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

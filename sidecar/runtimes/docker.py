@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import requests
 from docker.models.containers import Container
 
+from dgw_api.health import Health
+
 from ..log import EventLog
-from ..plan import Health, Observed, State
+from ..plan import Observed, State
 from ..spec import (
     ENVOY_HOST_NAME,
     LABEL_DAL,
@@ -35,6 +38,7 @@ from ..spec import (
 )
 from .base import DalRunError, Notify, Runtime, RuntimeUnavailable
 
+_T = TypeVar("_T")
 _NS = 1_000_000_000
 API_TIMEOUT_S = 120
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -48,11 +52,6 @@ _STATES = {
     "paused": State.RUNNING,
     "restarting": State.RUNNING,
     "created": State.CREATED,
-}
-_HEALTH = {
-    "starting": Health.STARTING,
-    "healthy": Health.HEALTHY,
-    "unhealthy": Health.UNHEALTHY,
 }
 
 
@@ -156,7 +155,7 @@ class DockerRuntime(Runtime):
         )
         return [_observed(c) for c in containers]
 
-    async def _call(self, fn, *args) -> Any:
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking SDK call in a thread; engine trouble becomes a DalRunError."""
         try:
             return await asyncio.to_thread(fn, *args)
@@ -197,6 +196,8 @@ class DockerRuntime(Runtime):
                 f"{lst.container_port}/tcp": (self._bind, lst.host_port) for lst in spec.listeners
             }
             kwargs["extra_hosts"] = {ENVOY_HOST_NAME: "host-gateway"}
+        if spec.image is None:
+            raise DalRunError(f"dal {spec.name} has no image: the docker runtime needs one")
         try:
             container = self._client.containers.create(spec.image, **kwargs)
         except docker.errors.ImageNotFound:
@@ -211,7 +212,7 @@ class DockerRuntime(Runtime):
         try:
             container.start()
         except docker.errors.APIError as e:
-            raise DalRunError(start_error(container.name, e)) from None
+            raise DalRunError(start_error(container.name or str(container.id), e)) from None
 
     async def start_instance(self, observed: Observed, spec: DalSpec) -> None:
         await self._call(self._restart_sync, observed.ref, False)
@@ -282,11 +283,11 @@ def _observed(c: Container) -> Observed:
     state = c.attrs.get("State", {})
     health = (state.get("Health") or {}).get("Status")
     return Observed(
-        dal=labels.get(LABEL_DAL, c.name),
-        ref=c.id,
+        dal=labels.get(LABEL_DAL) or c.name or "",
+        ref=c.id or "",
         spec_hash=labels.get(LABEL_SPEC_HASH, ""),
         state=_STATES.get(state.get("Status", ""), State.EXITED),
-        health=Health.UNHEALTHY if state.get("Paused") else _HEALTH.get(health, Health.NONE),
+        health=Health.UNHEALTHY if state.get("Paused") else Health.from_word(health),
         ports=parse_ports_label(labels.get(LABEL_PORTS)),
         exit_code=state.get("ExitCode"),
         started_at=_epoch(state.get("StartedAt")),

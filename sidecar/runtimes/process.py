@@ -17,9 +17,12 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from dgw_api.health import Health
 
 from ..log import EventLog, tail_lines
-from ..plan import Health, Observed, State
+from ..plan import Observed, State
 from ..spec import DalSpec, HealthSpec
 from .base import DalRunError, Notify, Runtime
 
@@ -39,7 +42,7 @@ class _Record:
     log_path: str
     log_offset: int  # where this run's output starts in the log file
     env: dict[str, str]
-    healthcheck: dict | None
+    healthcheck: dict[str, Any] | None
     exit_code: int | None = None
     exited: bool = False
     error: str | None = None
@@ -56,7 +59,7 @@ class _Live:
     child: asyncio.subprocess.Process | None = None
     health: Health = Health.STARTING
     health_output: str = ""
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     pidfd: int | None = None
 
 
@@ -101,7 +104,7 @@ class ProcessRuntime(Runtime):
             live = self._live.get(rec.ref)
             running = not rec.exited and live is not None
             health = Health.NONE
-            if running and rec.healthcheck is not None:
+            if live is not None and running and rec.healthcheck is not None:
                 health = live.health
             out.append(
                 Observed(
@@ -117,10 +120,6 @@ class ProcessRuntime(Runtime):
                 )
             )
         return out
-
-    def health_output(self, ref: str) -> str:
-        live = self._live.get(ref)
-        return live.health_output if live else ""
 
     # --- act -----------------------------------------------------------------------
 
@@ -157,7 +156,8 @@ class ProcessRuntime(Runtime):
             raise DalRunError(f"dal {spec.name} has no container_cmd to run")
         log_path = self._logs / f"{spec.name}.log"
         env = {**os.environ, **spec.env_dict}
-        with open(log_path, "ab") as out:
+        # A local append: too quick to be worth a thread.
+        with open(log_path, "ab") as out:  # noqa: ASYNC230
             out.write(f"--- dgw: starting {spec.name} spec={spec.spec_hash}\n".encode())
             out.flush()
             offset = out.tell()
@@ -259,7 +259,7 @@ class ProcessRuntime(Runtime):
             del self._records[rec.dal]
         self._save()
 
-    def _forget_live(self, live: _Live, keep: asyncio.Task | None = None) -> None:
+    def _forget_live(self, live: _Live, keep: asyncio.Task[None] | None = None) -> None:
         for task in live.tasks:
             if task is not keep:
                 task.cancel()

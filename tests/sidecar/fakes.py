@@ -1,17 +1,33 @@
-"""In-memory stand-ins for the agent's collaborators: a runtime and a Gateway server."""
+"""In-memory stand-ins for the agent's collaborators: a clock, a runtime and a
+Gateway server."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import grpc
 
+from dgw_api.health import Health
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
-from sidecar.plan import Health, Observed, State
+from sidecar.plan import Observed, State
 from sidecar.runtimes.base import DalRunError, Notify, Runtime
 from sidecar.spec import DalSpec
+
+
+class FakeClock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class FakeRuntime(Runtime):
@@ -20,8 +36,9 @@ class FakeRuntime(Runtime):
     name = "fake"
     network_mode = "host"
 
-    def __init__(self, instances: list[Observed] = ()):
+    def __init__(self, instances: Iterable[Observed] = (), clock: Callable[[], float] = time.time):
         self.instances: dict[str, Observed] = {o.dal: o for o in instances}
+        self.clock = clock
         self.calls: list[tuple[str, str]] = []
         self.fail_create: dict[str, str] = {}
         self.notify: Notify = lambda reason: None
@@ -38,7 +55,7 @@ class FakeRuntime(Runtime):
         self.instances[spec.name] = Observed(
             dal=spec.name, ref=f"{spec.name}-{self._serial}", spec_hash=spec.spec_hash,
             state=State.RUNNING, health=Health.HEALTHY, ports=spec.host_ports,
-            started_at=time.time(),
+            started_at=self.clock(),
         )
 
     async def create(self, spec: DalSpec) -> None:

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from dgw_api.health import Health
 from sidecar.log import EventLog
-from sidecar.plan import Health, State
+from sidecar.plan import State
 from sidecar.runtimes.base import DalRunError
 from sidecar.runtimes.process import ProcessRuntime
 from sidecar.spec import build_spec

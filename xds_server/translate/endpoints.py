@@ -13,18 +13,24 @@ from envoy.config.core.v3 import address_pb2
 from envoy.config.core.v3.health_check_pb2 import HealthStatus
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
+from dgw_api.health import Health
 from dgw_api.v1 import gateway_pb2
 
 from .ir import GatewayIR
 
-# A starting DAL is not ready for traffic even though it is running.
-_HEALTH: dict[int, int] = {
-    gateway_pb2.HEALTHY: HealthStatus.HEALTHY,
-    gateway_pb2.HEALTH_UNKNOWN: HealthStatus.UNKNOWN,
-    gateway_pb2.STARTING: HealthStatus.UNHEALTHY,
-    gateway_pb2.UNHEALTHY: HealthStatus.UNHEALTHY,
-    gateway_pb2.DRAINING: HealthStatus.DRAINING,
-}
+
+def envoy_health(health: Health) -> int:
+    """Our health in Envoy's words: a starting DAL is not ready for traffic even
+    though it is running."""
+    match health:
+        case Health.HEALTHY | Health.NONE:
+            return int(HealthStatus.HEALTHY)
+        case Health.UNKNOWN:
+            return int(HealthStatus.UNKNOWN)
+        case Health.STARTING | Health.UNHEALTHY:
+            return int(HealthStatus.UNHEALTHY)
+        case Health.DRAINING:
+            return int(HealthStatus.DRAINING)
 
 
 def socket_address(host: str, port: int) -> address_pb2.Address:
@@ -61,8 +67,7 @@ def endpoints_for(
         found = by_dal_listener.get((upstream.dal, upstream.listener), [])
         if found:
             assignment.endpoints.add().lb_endpoints.extend(
-                # A health this code does not know yet must not attract traffic.
-                lb_endpoint(r.address, r.port, _HEALTH.get(r.health, HealthStatus.UNHEALTHY))
+                lb_endpoint(r.address, r.port, envoy_health(Health.from_pb(r.health)))
                 for r in sorted(found, key=lambda r: (r.address, r.port))
             )
         assignments[upstream.name] = assignment
