@@ -47,7 +47,6 @@ from bench.procs import (
     finish_scratch_dir,
     free_port,
     http_json,
-    port_open,
     scratch_dir,
     wait_for,
 )
@@ -98,7 +97,7 @@ def _dal(name: str, ports: dict[str, int], workdir: Path, delay_ms: float) -> Ch
     env.update({f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()})
     child = Child([sys.executable, "-m", "dals.sample"], workdir / f"dal-{name}-{ports['api']}.log", env)
     for port in ports.values():
-        wait_for(lambda p=port: (child.check(f"DAL {name}"), port_open(p))[1], 20, f"DAL {name} port {port}")
+        wait_for(lambda p=port: child.serving(p, f"DAL {name}"), 20, f"DAL {name} port {port}")
     return child
 
 
@@ -315,7 +314,7 @@ def _plot(samples: dict[str, list[float]], services: list[float], path: Path) ->
         return
     fig, axes = plt.subplots(len(services), len(PROTOCOLS), figsize=(10, 3.6 * len(services)), squeeze=False)
     for row, service_ms in enumerate(services):
-        for ax, protocol in zip(axes[row], PROTOCOLS):
+        for ax, protocol in zip(axes[row], PROTOCOLS, strict=True):
             for case in CASES:
                 values = samples.get(f"{service_ms:g}/{case}/{protocol}", [])
                 if values:

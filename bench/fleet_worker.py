@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 
 import grpc
 
-from bench.procs import raise_open_files_limit
 from testkit.ads_client import XdsClient
+from testkit.procs import raise_open_files_limit
 from xds_server.resources import ROUTE
 
 Targets = Mapping[str, Mapping[str, str]]  # shard -> type URL -> version

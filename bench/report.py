@@ -52,9 +52,9 @@ def table(rows: list[dict], columns: list[str], title: str = "") -> str:
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = [title] if title else []
-    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
+    lines.extend("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(lines)
 
 

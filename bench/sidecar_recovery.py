@@ -111,14 +111,18 @@ class _Host:
                 pass
         self.server.stop()
 
+    def routed(self) -> bool:
+        """The DAL healthy and answering through the sidecar's Envoy (BenchError if the sidecar died)."""
+        self.sidecar.check("dgw sidecar")
+        return self.health() == "HEALTHY" and self.answered()
+
 
 def measure(kills: int, timeout: float) -> list[dict]:
     workdir = scratch_dir("recovery")
     host = _Host(workdir)
     ok = False
     try:
-        wait_for(lambda: (host.sidecar.check("dgw sidecar"), host.health() == "HEALTHY" and host.answered())[1],
-                 90, "the DAL healthy and routed through the sidecar's Envoy", interval=0.1)  # fmt: skip
+        wait_for(host.routed, 90, "the DAL healthy and routed through the sidecar's Envoy", interval=0.1)
         rows = []
         for k in range(1, kills + 1):
             pid = host.pid()

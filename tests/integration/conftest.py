@@ -9,9 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from testkit.ports import free_port
 from tests.support.envoy import Envoy
 from tests.support.gateway import XdsServerProcess
-from tests.support.procs import Child, free_port, sample_dal
+from tests.support.procs import Child, sample_dal
 
 
 class Stack:
