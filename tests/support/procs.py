@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import testkit.procs
@@ -29,7 +30,7 @@ def sample_dal(name: str, ports: dict[str, int], log: Path, **env: str) -> Child
     variables = {f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()}
     child = Child([sys.executable, "-m", "dals.sample"], {"DGW_DAL_NAME": name, **variables, **env}, log=log)
     for port in ports.values():
-        wait_until(lambda p=port: child.serving(p, f"DAL {name}"), 15, what=f"DAL {name} port {port}")
+        wait_until(partial(child.serving, port, f"DAL {name}"), 15, what=f"DAL {name} port {port}")
     return child
 
 
