@@ -3,7 +3,8 @@
 - the control plane and the agent (``xds_server``, ``sidecar``) never import the CLI,
   the benchmarks or the test helpers;
 - ``common`` imports nothing from the project (both programs build on it);
-- tests import nothing from ``bench`` except the tests of the benchmarks (``tests/bench``).
+- tests import nothing from ``bench`` except the tests of the benchmarks (``tests/bench``);
+- the agent's pure plan loads none of the I/O libraries (issue #8).
 
 Imports inside functions count too: a lazy import is still a dependency. A real import
 of each program in a subprocess catches what the scan cannot see.
@@ -91,14 +92,26 @@ def test_the_scan_sees_relative_and_lazy_imports(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("package", ["xds_server", "sidecar", "common"])
-def test_importing_a_program_loads_none_of_the_cli_benchmarks_or_test_helpers(package: str) -> None:
-    """What the source scan cannot see (an import by name at run time), a real import does."""
-    forbidden = ("dgw", "bench", "testkit", "tests")
+def _loaded_by(modules: list[str], forbidden: tuple[str, ...]) -> list[str]:
+    """The top-level packages among ``forbidden`` that freshly importing ``modules`` loads."""
     probe = (
-        f"import sys, {package}\n"
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
+        f"import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(forbidden)!r}))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    loaded: list[str] = ast.literal_eval(done.stdout.strip())
+    return loaded
+
+
+@pytest.mark.parametrize("package", ["xds_server", "sidecar", "common"])
+def test_importing_a_program_loads_none_of_the_cli_benchmarks_or_test_helpers(package: str) -> None:
+    """What the source scan cannot see (an import by name at run time), a real import of
+    every module of the package does."""
+    modules = [_module_of(p, ROOT) for p in _sources(package) if p.name != "__main__.py"]
+    assert _loaded_by(modules, ("dgw", "bench", "testkit", "tests")) == []
+
+
+def test_the_plan_is_pure_and_loads_no_io_library() -> None:
+    assert _loaded_by(["sidecar.plan"], ("docker", "grpc", "aiohttp")) == []
