@@ -28,12 +28,15 @@ the primary's latency shrinks. Each Envoy's CPU per request it carried comes fro
 
 from __future__ import annotations
 
+import argparse
 import math
 import multiprocessing
 import sys
 import time
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench.envoys import start_envoys, wait_applied
 from bench.fleet import expected_versions
@@ -45,9 +48,7 @@ from bench.procs import (
     ServerChild,
     cpu_times,
     finish_scratch_dir,
-    free_port,
     http_json,
-    port_open,
     scratch_dir,
     wait_for,
 )
@@ -55,6 +56,7 @@ from bench.report import emit, machine, note, percentile, pyplot, save_json, tab
 from bench.shard import bench_shard
 from bench.stats import pooled, ratio_interval, ratio_pct
 from envoy_proxy import BlockingEnvoy
+from testkit.ports import free_port
 from xds_server.resources import CLUSTER, LISTENER, ROUTE
 
 CASES = ("direct", "envoy", "shadow", "shadow-slow")
@@ -70,13 +72,13 @@ class _Loader:
         self.proc.start()
         child.close()
 
-    def ask(self, command: str, args: dict, timeout: float) -> dict:
+    def ask(self, command: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.conn.send((command, args))
         deadline = time.monotonic() + timeout
         while not self.conn.poll(0.05):
             if not self.proc.is_alive() or time.monotonic() > deadline:
                 raise BenchError(f"the load client did not answer {command} within {timeout:.0f}s")
-        reply = self.conn.recv()
+        reply: dict[str, Any] = self.conn.recv()
         if "error" in reply:
             raise BenchError(f"load client: {reply['error']}")
         return reply
@@ -99,11 +101,11 @@ def _dal(name: str, ports: dict[str, int], workdir: Path, delay_ms: float) -> Ch
     env.update({f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()})
     child = Child([sys.executable, "-m", "dals.sample"], workdir / f"dal-{name}-{ports['api']}.log", env)
     for port in ports.values():
-        wait_for(lambda p=port: (child.check(f"DAL {name}"), port_open(p))[1], 20, f"DAL {name} port {port}")
+        wait_for(partial(child.serving, port, f"DAL {name}"), 20, f"DAL {name} port {port}")
     return child
 
 
-def _endpoints(dal: str, ports: dict[str, int]) -> list[dict]:
+def _endpoints(dal: str, ports: dict[str, int]) -> list[dict[str, Any]]:
     return [{"dal": dal, "listener": lst, "address": "127.0.0.1", "port": p, "health": "HEALTHY"}
             for lst, p in ports.items()]  # fmt: skip
 
@@ -119,7 +121,7 @@ class _Stack:
 
     def __init__(self, workdir: Path, service_ms: float, slow_ms: float) -> None:
         self.workdir = workdir
-        self.children: list = []
+        self.children: list[ServerChild | Child | BlockingEnvoy] = []
         self.server = ServerChild(workdir)
         self.children.append(self.server)
         self.public = {c: {"api": free_port(), "secure_grpc": free_port()} for c in ENVOY_CASES}
@@ -154,7 +156,7 @@ class _Stack:
             wanted.append(f"dal.cql.api::127.0.0.1:{self.ports[_TARGET[case]]['api']}::health_flags::healthy")
         wait_for(lambda: all(w in envoy.admin_text("/clusters") for w in wanted), 20, f"Envoy endpoints for {case}")
 
-    def _post_report(self, report: dict) -> bool:
+    def _post_report(self, report: dict[str, Any]) -> bool:
         import json
         import urllib.request
 
@@ -163,14 +165,14 @@ class _Stack:
             headers={"content-type": "application/json"}, method="POST",
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=5) as r:
-            return r.status == 200
+            return bool(r.status == 200)
 
     def port(self, case: str, protocol: str) -> int:
         listener = "api" if protocol == "http" else "secure_grpc"
         return self.ports["thrift"][listener] if case == "direct" else self.public[case][listener]
 
     def dal_requests(self, name: str) -> int:
-        return http_json(f"http://127.0.0.1:{self.ports[name]['api']}/stats", 5)["requests"]
+        return int(http_json(f"http://127.0.0.1:{self.ports[name]['api']}/stats", 5)["requests"])
 
     def close(self) -> None:
         for child in reversed(self.children):
@@ -183,7 +185,7 @@ def _shard(case: str) -> str:
 
 def measure(
     service_ms: float, rate: float, block: int, rounds: int, concurrency: int, slow_ms: float, quick: bool = True
-) -> dict:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     """Every case and protocol with DALs that take ``service_ms`` to answer."""
     workdir = scratch_dir("data-path")
     hold = ExitStack()
@@ -257,8 +259,8 @@ def measure(
         finish_scratch_dir(workdir, ok)
 
 
-def main(args) -> int:
-    rows: list[dict] = []
+def main(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
     samples: dict[str, list[float]] = {}
     held = None
     mirrored: dict[str, dict[str, int]] = {}
@@ -313,7 +315,7 @@ def _plot(samples: dict[str, list[float]], services: list[float], path: Path) ->
         return
     fig, axes = plt.subplots(len(services), len(PROTOCOLS), figsize=(10, 3.6 * len(services)), squeeze=False)
     for row, service_ms in enumerate(services):
-        for ax, protocol in zip(axes[row], PROTOCOLS):
+        for ax, protocol in zip(axes[row], PROTOCOLS, strict=True):
             for case in CASES:
                 values = samples.get(f"{service_ms:g}/{case}/{protocol}", [])
                 if values:

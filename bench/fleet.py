@@ -20,11 +20,14 @@ Method (see ``bench/README.md``):
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.envoys import start_envoys, stop_envoys, wait_applied
 from bench.fleet_worker import WorkerSpec, worker_main
@@ -33,7 +36,6 @@ from bench.procs import (
     ServerChild,
     cpu_seconds,
     finish_scratch_dir,
-    free_port,
     rss_kib,
     scratch_dir,
     wait_for,
@@ -41,6 +43,7 @@ from bench.procs import (
 from bench.report import note, percentile
 from bench.shard import bench_shard
 from envoy_proxy import BlockingEnvoy
+from testkit.ports import free_port
 from xds_server.cache import build_snapshot
 from xds_server.config import load_shard_text
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -127,13 +130,13 @@ class _Workers:
             self.procs.append(proc)
         self.pool = ThreadPoolExecutor(max_workers=len(specs) + 8)
 
-    def ask(self, command: str, args: dict, timeout: float) -> list[dict]:
+    def ask(self, command: str, args: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
         """Send ``command`` to every worker; their answers, or BenchError at ``timeout``."""
         for conn in self.conns:
             conn.send((command, args))
         return [self._answer(i, timeout) for i in range(len(self.conns))]
 
-    def _answer(self, i: int, timeout: float) -> dict:
+    def _answer(self, i: int, timeout: float) -> dict[str, Any]:
         conn, proc = self.conns[i], self.procs[i]
         deadline = time.monotonic() + timeout
         while not conn.poll(0.05):
@@ -141,10 +144,11 @@ class _Workers:
                 raise BenchError(f"load generator worker {i} (pid {proc.pid}) died: exit {proc.exitcode}")
             if time.monotonic() > deadline:
                 raise BenchError(f"load generator worker {i} did not answer within {timeout:.0f}s")
-        return conn.recv()
+        answer: dict[str, Any] = conn.recv()
+        return answer
 
     def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs if p.is_alive())
+        return sum(cpu_seconds(p.pid) for p in self.procs if p.pid is not None and p.is_alive())
 
     def stop(self) -> None:
         for i, conn in enumerate(self.conns):
@@ -161,7 +165,7 @@ class _Workers:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run_fleet(options: FleetOptions) -> dict:
+def run_fleet(options: FleetOptions) -> dict[str, Any]:
     """Run one fleet of ``options.nodes`` nodes; a dict of its figures."""
     hard_deadline = time.monotonic() + options.deadline
     workdir = scratch_dir("fleet")
@@ -259,7 +263,7 @@ def run_fleet(options: FleetOptions) -> dict:
         finish_scratch_dir(workdir, ok, options.keep)
 
 
-def _public(r: EditResult) -> dict:
+def _public(r: EditResult) -> dict[str, Any]:
     data = asdict(r)
     del data["latencies"]
     data["missing"] = data["missing"][:10]
@@ -288,7 +292,10 @@ def _check_server_versions(server: ServerChild, shards: list[str], expected: dic
     return newest
 
 
-def _edit(k, wiring, text, target, edited, server, workers, envoys, options, left) -> EditResult:
+def _edit(
+    k: int, wiring: str, text: str, target: dict[str, str], edited: list[str], server: ServerChild,
+    workers: _Workers, envoys: list[BlockingEnvoy], options: FleetOptions, left: Callable[[], float],
+) -> EditResult:
     targets = {s: target for s in edited}
     cpu_before = cpu_seconds(server.pid)
     generator_before = workers.cpu_seconds()
@@ -352,7 +359,7 @@ COLUMNS = ["nodes", "mode", "shards", "nodes_per_edit", "p50_ms", "p99_ms", "max
            "detect_ms", "cpu_s_per_edit", "generator_cpu_s_per_edit", "rss_kib_per_node", "bytes_per_edit", "connect_s", "errors"]  # fmt: skip
 
 
-def targets_for(run: dict) -> list[dict]:
+def targets_for(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets that apply to one run, each with its verdict."""
     checks = []
     for limit_nodes, limit_ms in P99_TARGET_MS:
@@ -366,7 +373,7 @@ def targets_for(run: dict) -> list[dict]:
     return checks
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     from bench.report import emit, machine, save_json, table
 
     runs = []
@@ -402,7 +409,7 @@ def main(args) -> int:
     return 0 if all(c["ok"] for r in runs for c in r["targets"]) else 1
 
 
-def _argv(args) -> str:
+def _argv(args: argparse.Namespace) -> str:
     parts = ["--nodes " + ",".join(str(n) for n in args.nodes), f"--shards {args.shards}"]
     if args.delta:
         parts.append("--delta")
@@ -417,7 +424,7 @@ def _argv(args) -> str:
     return " ".join(parts)
 
 
-def plot(runs: list[dict], path: Path, title: str) -> None:
+def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     """Each run's CDF of edit → node ACKed (from its ``cdf_ms``), with the targets."""
     from bench.report import pyplot
 

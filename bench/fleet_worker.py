@@ -27,14 +27,15 @@ import asyncio
 import gc
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Any
 
 import grpc
 
-from bench.procs import raise_open_files_limit
-from testkit.ads_client import XdsClient
+from testkit.ads_client import Rejector, Response, XdsClient
+from testkit.procs import raise_open_files_limit
 from xds_server.resources import ROUTE
 
 Targets = Mapping[str, Mapping[str, str]]  # shard -> type URL -> version
@@ -73,20 +74,25 @@ class _CountingChannel:
         self._channel = channel
         self._counters = counters
 
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None):
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+    ) -> grpc.aio.StreamStreamMultiCallable[Any, Any]:
         counters = self._counters
         parse = response_deserializer
 
-        def counted(data: bytes):
+        def counted(data: bytes) -> Any:
             counters.bytes += len(data)
-            return parse(data)
+            return parse(data) if parse is not None else data
 
         return self._channel.stream_stream(
             method, request_serializer=request_serializer, response_deserializer=counted
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
 
 @dataclass
@@ -160,12 +166,12 @@ class Fleet:
             goal.reached.set()
         return goal
 
-    def _make_reject(self, node_id: str):
+    def _make_reject(self, node_id: str) -> Rejector | None:
         if node_id not in self.spec.nack_nodes:
             return None
         fleet = self
 
-        def reject(type_url: str, response) -> str | None:
+        def reject(type_url: str, response: Response) -> str | None:
             state = fleet.nodes[node_id].client.types[ROUTE]
             if type_url == ROUTE and state.version:
                 return f"bench: node {node_id} rejects route update (test NACK)"
@@ -175,7 +181,7 @@ class Fleet:
 
     # -- commands ----------------------------------------------------------------
 
-    async def connect(self, targets: Targets, timeout: float) -> dict:
+    async def connect(self, targets: Targets, timeout: float) -> dict[str, Any]:
         spec = self.spec
         started = time.monotonic()
         deadline = started + timeout
@@ -222,7 +228,7 @@ class Fleet:
             "errors": self._errors(),
         }
 
-    async def converge(self, targets: Targets, timeout: float, quiet: float) -> dict:
+    async def converge(self, targets: Targets, timeout: float, quiet: float) -> dict[str, Any]:
         started = time.monotonic()
         deadline = started + timeout
         before = _Counters(**vars(self.counters))
@@ -253,7 +259,7 @@ class Fleet:
             "errors": self._errors(),
         }
 
-    def snapshot_counters(self) -> dict:
+    def snapshot_counters(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             **vars(self.counters),

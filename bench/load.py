@@ -19,6 +19,7 @@ import http.client
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import aiohttp
 import grpc
@@ -35,7 +36,7 @@ class _Client:
             self._url = f"http://127.0.0.1:{port}/v1/item"
         else:
             self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-            self._echo = self._channel.unary_unary(ECHO)
+            self._echo = self._channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
 
     async def call(self) -> None:
         if self.protocol == "http":
@@ -50,7 +51,7 @@ class _Client:
         if self.protocol == "http":
             await self._session.close()
         else:
-            await self._channel.close()
+            await self._channel.close(grace=None)
 
 
 def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -67,7 +68,7 @@ def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callab
 
         return call, conn.close
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    echo = channel.unary_unary(ECHO)
+    echo = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
 
     def call_grpc() -> None:
         echo(b"bench", timeout=10)
@@ -76,7 +77,7 @@ def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callab
 
 
 def _interleaved(protocol: str, ports: dict[str, int], rate: float, block: int, rounds: int,
-                 pause: float, warmup: int = 5) -> dict:  # fmt: skip
+                 pause: float, warmup: int = 5) -> dict[str, Any]:  # fmt: skip
     """Blocks of ``block`` requests, one every 1/rate s, case after case, ``rounds`` times.
 
     Every case has its own keep-alive connection, opened and warmed before timing. The
@@ -122,7 +123,7 @@ def _interleaved(protocol: str, ports: dict[str, int], rate: float, block: int, 
     return {"latencies_ms": latencies, "errors": errors, "sent": sent}
 
 
-async def _closed_loop(client: _Client, concurrency: int, seconds: float) -> dict:
+async def _closed_loop(client: _Client, concurrency: int, seconds: float) -> dict[str, Any]:
     """``concurrency`` callers back to back for ``seconds``: requests per second."""
     done = 0
     errors = 0
@@ -164,7 +165,7 @@ async def _serve(conn: Connection) -> None:
         conn.send(reply)
 
 
-async def _throughput(protocol: str, port: int, concurrency: int, seconds: float) -> dict:
+async def _throughput(protocol: str, port: int, concurrency: int, seconds: float) -> dict[str, Any]:
     client = _Client(protocol, port, concurrency)
     try:
         for _ in range(20):  # warm connections (and Envoy's pools) before measuring

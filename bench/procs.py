@@ -1,30 +1,26 @@
-"""Child processes of a benchmark: started by us, measured through /proc, stopped by PID.
-
-Nothing here looks a process up by name: every child is one we started, in its own
-session, and it is stopped (TERM, then KILL) through its own process group.
+"""A benchmark's child processes: measured through /proc, the ``dgw server`` child, and
+failures as BenchError. Starting and stopping children by PID is ``testkit.procs``'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import testkit.procs
 from bench.report import note
+from testkit.ports import free_port, port_open
+from testkit.procs import ChildExited
+from testkit.wait import WaitTimeout, wait_until
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[1]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -32,43 +28,12 @@ class BenchError(RuntimeError):
     """A benchmark could not run (a child died, a deadline passed); the message says why."""
 
 
-def raise_open_files_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit: 10,000 streams need as many sockets.
-    (The server's own version logs; this one also runs between fork and exec, where
-    taking the logging lock could deadlock.)"""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``check`` until truthy; BenchError naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except BenchError:
-            raise
-        except Exception as e:  # not up yet
-            last = e
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else ""))
+    """testkit's ``wait_until``, failing with a BenchError (which the CLI prints as is)."""
+    try:
+        return wait_until(check, timeout, interval, what, fatal=(BenchError, ChildExited))
+    except (WaitTimeout, ChildExited) as e:
+        raise BenchError(str(e)) from None
 
 
 def scratch_dir(figure: str) -> Path:
@@ -104,66 +69,26 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def http_json(url: str, timeout: float = 10.0) -> dict:
+def http_json(url: str, timeout: float = 10.0) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
+        body: dict[str, Any] = json.loads(r.read())
+        return body
 
 
 def http_text(url: str, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
+        text: str = r.read().decode()
+        return text
 
 
-class Child:
-    """A process we started, in its own session; ``stop`` ends its process group."""
-
-    def __init__(
-        self, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
-    ) -> None:
-        self.argv = argv
-        self.log_path = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                argv, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=cwd, preexec_fn=raise_open_files_limit,
-            )  # fmt: skip
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+class Child(testkit.procs.Child):
+    """A benchmark's child: its exit is a BenchError, which the CLI reports without a trace."""
 
     def check(self, what: str) -> None:
-        if not self.alive():
-            raise BenchError(f"{what} exited ({self.proc.returncode}); log {self.log_path}:\n{self.log_tail()}")
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+            super().check(what)
+        except ChildExited as e:
+            raise BenchError(str(e)) from None
 
 
 class ServerChild:
@@ -208,7 +133,7 @@ class ServerChild:
         tmp.write_text(text)
         tmp.rename(path)  # atomic, like a careful operator's editor
 
-    def get(self, path: str, timeout: float = 30.0) -> dict:
+    def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:
         return http_json(f"http://127.0.0.1:{self.admin_port}{path}", timeout)
 
     def stop(self) -> None:

@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,7 +25,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
         "cpus": os.cpu_count(),
@@ -33,7 +35,7 @@ def machine() -> dict:
     }
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
@@ -47,25 +49,25 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table(rows: list[dict], columns: list[str], title: str = "") -> str:
+def table(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> str:
     """A plain text table of ``columns`` of ``rows``."""
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = [title] if title else []
-    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
+    lines.extend("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(lines)
 
 
-def save_json(name: str, data: dict, directory: Path = RESULTS) -> Path:
+def save_json(name: str, data: dict[str, Any], directory: Path = RESULTS) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
     return path
 
 
-def emit(data: dict, text: str, as_json: bool) -> None:
+def emit(data: dict[str, Any], text: str, as_json: bool) -> None:
     """Print the figure: one JSON object on stdout, or the table."""
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
@@ -74,7 +76,7 @@ def emit(data: dict, text: str, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def pyplot():
+def pyplot() -> ModuleType | None:
     """matplotlib's pyplot on a file-only backend, or None without matplotlib."""
     try:
         import matplotlib

@@ -15,6 +15,7 @@ every 20 ms, the server's view of the node's report and a request through Envoy:
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -22,17 +23,18 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.procs import (
     BenchError,
     Child,
     ServerChild,
     finish_scratch_dir,
-    free_port,
     scratch_dir,
     wait_for,
 )
 from bench.report import emit, machine, note, percentile, save_json, table
+from testkit.ports import free_port
 
 SHARD = "recovery"
 NODE = "bench-host"
@@ -86,7 +88,7 @@ class _Host:
         report = self.server.get(f"/v1/shards/{SHARD}", timeout=5).get("reports", {}).get(NODE, {})
         for e in report.get("report", {}).get("endpoints", []):
             if e.get("dal") == "kv":
-                return e.get("health", "HEALTH_UNKNOWN")
+                return str(e.get("health", "HEALTH_UNKNOWN"))
         return None
 
     def answered(self) -> bool:
@@ -111,14 +113,18 @@ class _Host:
                 pass
         self.server.stop()
 
+    def routed(self) -> bool:
+        """The DAL healthy and answering through the sidecar's Envoy (BenchError if the sidecar died)."""
+        self.sidecar.check("dgw sidecar")
+        return self.health() == "HEALTHY" and self.answered()
 
-def measure(kills: int, timeout: float) -> list[dict]:
+
+def measure(kills: int, timeout: float) -> list[dict[str, Any]]:
     workdir = scratch_dir("recovery")
     host = _Host(workdir)
     ok = False
     try:
-        wait_for(lambda: (host.sidecar.check("dgw sidecar"), host.health() == "HEALTHY" and host.answered())[1],
-                 90, "the DAL healthy and routed through the sidecar's Envoy", interval=0.1)  # fmt: skip
+        wait_for(host.routed, 90, "the DAL healthy and routed through the sidecar's Envoy", interval=0.1)
         rows = []
         for k in range(1, kills + 1):
             pid = host.pid()
@@ -158,7 +164,7 @@ def measure(kills: int, timeout: float) -> list[dict]:
         finish_scratch_dir(workdir, ok)
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     rows = measure(args.kills, args.timeout)
     result = {
         "figure": "sidecar-recovery",

@@ -1,2 +1,3 @@
-"""Helpers for tests and benchmarks: an Envoy-imitating xDS client, process and
-port helpers. Nothing in ``xds_server`` or ``sidecar`` imports from here."""
+"""Helpers for tests and benchmarks: loopback ports (``ports``), waiting with a deadline
+(``wait``), child processes stopped by PID (``procs``) and an Envoy-imitating xDS client
+(``ads_client``). Nothing in ``xds_server`` or ``sidecar`` imports from here."""

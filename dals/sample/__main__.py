@@ -77,13 +77,13 @@ def http_app(state: State, listener: str) -> web.Application:
     return app
 
 
-def grpc_handler(state: State) -> grpc.GenericRpcHandler:
-    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+def grpc_handler(state: State) -> grpc.GenericRpcHandler[bytes, bytes]:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         await state.served("/dgw.sample.v1.Echo/Echo")
         await context.send_initial_metadata((("x-dgw-dal", state.name),))
         return state.name.encode() + b":" + request
 
-    async def stats(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps({"dal": state.name, "requests": state.requests}).encode()
 
     identity = {"request_deserializer": None, "response_serializer": None}

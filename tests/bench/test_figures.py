@@ -53,6 +53,7 @@ def test_xds_fleet_waits_for_real_envoys() -> None:
     code, result = dgw_bench("xds-fleet", "--nodes", "10", "--envoys", "2", "--edits", "2")
     (run,) = result["runs"]
     assert run["real_envoys"] == 2 and run["errors"] == 0
+    assert code in (0, 1)  # ten nodes measure RSS per node too coarsely to pass or fail
     for edit in run["per_edit"]:
         assert len(edit["envoy_ms"]) == 2 and edit["converged"] == 12
         assert all(0 < ms < 5000 for ms in edit["envoy_ms"])

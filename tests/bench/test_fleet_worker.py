@@ -4,15 +4,15 @@ node's ACK time on the orchestrator's clock."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from bench.fleet import WIRINGS, expected_versions, shard_text
 from bench.fleet_worker import Fleet, WorkerSpec
+from testkit.wait import eventually
 from xds_server.ads import AdsServer
 from xds_server.cache import SnapshotCache
 from xds_server.config import load_shard_text
@@ -42,19 +42,6 @@ async def server() -> AsyncIterator[tuple[SnapshotCache, str]]:
         await server.stop(None)
 
 
-async def eventually(check: Callable[[], None], timeout: float = 5.0) -> None:
-    """A node's ACK is timed when written; the server records it a moment later."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.02)
-
-
 def spec(address: str, delta: bool, nodes: int = 20, **kw) -> WorkerSpec:
     members = [(f"node-{i:02d}", SHARDS[i % 2]) for i in range(nodes)]
     return WorkerSpec(address, members, delta, streams_per_channel=4, connect_batch=7, **kw)
@@ -71,7 +58,7 @@ async def test_nodes_sync_and_ack_exactly_what_they_were_sent(server, delta: boo
         answer = await fleet.connect({s: versions for s in SHARDS}, timeout=20)
         assert answer["synced"] == 20 and answer["failed_count"] == 0 and not answer["errors"]
 
-        def all_acked() -> None:
+        def all_acked() -> bool:
             statuses = cache.node_status()
             assert len(statuses) == 20
             for status in statuses:
@@ -80,8 +67,10 @@ async def test_nodes_sync_and_ack_exactly_what_they_were_sent(server, delta: boo
                     t = status.type_status(type_url)
                     assert t.acked_version == t.sent_version == versions[type_url], (status.node_id, type_url)
                     assert t.last_nack is None
+            return True
 
-        await eventually(all_acked)
+        # A node's ACK is timed when written; the server records it a moment later.
+        await eventually(all_acked, what="the server to record every node's ACK")
         counters = fleet.snapshot_counters()
         assert counters["acks"] == counters["responses"] > 0 and counters["nacks"] == 0
         assert counters["bytes"] > 0
@@ -109,13 +98,14 @@ async def test_an_edit_reports_every_node_of_the_shard_and_only_those(server, de
         # One route response per node of the edited shard; the other shard heard nothing.
         assert answer["responses"] == 10 and answer["bytes"] > 0
 
-        def routes_acked() -> None:
+        def routes_acked() -> bool:
             for status in cache.node_status():
                 route = status.type_status(ROUTE)
                 expected = new_versions[ROUTE] if status.shard == "fleet-a" else versions[ROUTE]
                 assert route.acked_version == route.sent_version == expected
+            return True
 
-        await eventually(routes_acked)
+        await eventually(routes_acked, what="the server to record the new routes' ACKs")
     finally:
         await fleet.close()
 
@@ -137,13 +127,14 @@ async def test_a_nacking_node_is_reported_missing_and_keeps_its_version(server, 
         assert answer["missing"] == ["node-00"] and answer["nacks"] == 1
         assert len(answer["acks"]) == 9
 
-        def nack_recorded() -> None:
+        def nack_recorded() -> bool:
             node = next(s for s in cache.node_status() if s.node_id == "node-00")
             route = node.type_status(ROUTE)
             assert route.acked_version == versions[ROUTE]
             assert route.last_nack is not None and "test NACK" in route.last_nack.message
+            return True
 
-        await eventually(nack_recorded)
+        await eventually(nack_recorded, what="node-00's NACK in its status")
         assert fleet.nodes["node-00"].client.version(ROUTE) == versions[ROUTE]
     finally:
         await fleet.close()

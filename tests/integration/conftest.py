@@ -10,9 +10,10 @@ import grpc
 import pytest
 
 from envoy_proxy import BlockingEnvoy
+from testkit.ports import free_port
 from tests.support.envoy import start_envoy
 from tests.support.gateway import XdsServerProcess
-from tests.support.procs import Child, free_port, sample_dal
+from tests.support.procs import Child, sample_dal
 
 
 class Stack:

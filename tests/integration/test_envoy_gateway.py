@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.support.procs import free_port, port_open, wait_for
+from testkit.ports import free_port, port_open
+from testkit.wait import wait_until
 
 from .conftest import dal_requests, grpc_echo, http_get
 
@@ -45,8 +46,8 @@ def test_http_and_grpc_requests_reach_the_dal(stack):
     stack.server.report("kv", "node-1", [healthy("kv", "api", dal_api), healthy("kv", "secure_grpc", dal_rpc)])
     stack.envoy("kv")
 
-    assert wait_for(lambda: answered_by(api, "/v1/get") == "kv", 10, what="HTTP through envoy")
-    assert wait_for(lambda: grpc_echo(rpc, b"ping"), 10, what="gRPC through envoy") == b"kv:ping"
+    assert wait_until(lambda: answered_by(api, "/v1/get") == "kv", 10, what="HTTP through envoy")
+    assert wait_until(lambda: grpc_echo(rpc, b"ping"), 10, what="gRPC through envoy") == b"kv:ping"
 
 
 def _shadow_shard(stack, api: int, rpc: int, ports: dict[str, dict[str, int]]) -> None:
@@ -72,7 +73,7 @@ def test_shadow_target_gets_a_copy_of_every_request(stack):
         healthy(n, lst, port) for n, p in ports.items() for lst, port in p.items()
     ])
     stack.envoy("mig")
-    wait_for(lambda: answered_by(api) == "thrift", 10, what="primary through envoy")
+    wait_until(lambda: answered_by(api) == "thrift", 10, what="primary through envoy")
     before_primary, before_target = dal_requests(ports["thrift"]["api"]), dal_requests(ports["cql"]["api"])
 
     answers = [answered_by(api, f"/item/{i}") for i in range(20)]
@@ -81,7 +82,7 @@ def test_shadow_target_gets_a_copy_of_every_request(stack):
     assert answers == ["thrift"] * 20, "the client must see only the primary's answers"
     assert replies == [b"thrift:x%d" % i for i in range(10)]
     assert dal_requests(ports["thrift"]["api"]) - before_primary == 30
-    wait_for(lambda: dal_requests(ports["cql"]["api"]) - before_target == 30, 10,
+    wait_until(lambda: dal_requests(ports["cql"]["api"]) - before_target == 30, 10,
              what="every request mirrored to the shadow target")
 
 
@@ -95,7 +96,7 @@ def test_shadow_target_down_or_slow_does_not_touch_the_client(stack):
         healthy(n, lst, port) for n, p in ports.items() for lst, port in p.items()
     ])
     stack.envoy("mig")
-    wait_for(lambda: answered_by(api) == "thrift", 10, what="primary through envoy")
+    wait_until(lambda: answered_by(api) == "thrift", 10, what="primary through envoy")
 
     # Slow target: every answer still comes from the primary, long before the
     # target's 3 s delay could have elapsed (Envoy's mirror is fire-and-forget).
@@ -104,7 +105,7 @@ def test_shadow_target_down_or_slow_does_not_touch_the_client(stack):
         assert answered_by(api, f"/slow/{i}") == "thrift"
         assert grpc_echo(rpc, b"s") == b"thrift:s"
         assert time.monotonic() - started < 2.0
-    wait_for(lambda: dal_requests(ports["cql"]["api"]) >= 1, 10, what="slow target still mirrored")
+    wait_until(lambda: dal_requests(ports["cql"]["api"]) >= 1, 10, what="slow target still mirrored")
 
     # Target down: the primary answers every request all the same.
     stack.dals["cql"].kill()
@@ -131,7 +132,7 @@ def test_tcp_listener_passes_a_postgresql_session_through(stack, url, mode):
         }},
     })
     stack.envoy("rds")
-    wait_for(lambda: port_open(db), 10, what="envoy tcp listener")
+    wait_until(lambda: port_open(db), 10, what="envoy tcp listener")
 
     import asyncio
 
@@ -161,7 +162,7 @@ def test_editing_the_shard_file_reroutes_without_restart_or_broken_connection(st
         stack.dal(name, {"api": port})
     stack.server.report("edit", "node-1", [healthy(n, "api", p) for n, p in ports.items()])
     envoy = stack.envoy("edit")
-    wait_for(lambda: answered_by(api) == "a", 10, what="route to a")
+    wait_until(lambda: answered_by(api) == "a", 10, what="route to a")
     pid = envoy.pid
     listeners_before = envoy.stat("listener_manager.lds.update_success")
 
@@ -169,7 +170,7 @@ def test_editing_the_shard_file_reroutes_without_restart_or_broken_connection(st
     assert http_get(api, "/open", conn)[1]["dal"] == "a"
     stack.server.write_shard("edit", shard(100))
     # The same keep-alive connection sees the new routing: nothing was torn down.
-    wait_for(lambda: http_get(api, "/same-conn", conn)[1]["dal"] == "b", 10, what="route to b on the open connection")
+    wait_until(lambda: http_get(api, "/same-conn", conn)[1]["dal"] == "b", 10, what="route to b on the open connection")
     conn.close()
 
     assert envoy.pid == pid and envoy.alive()
@@ -191,7 +192,7 @@ def test_rejected_config_is_a_nack_and_traffic_keeps_flowing(stack):
         stack.dal("kv", {"api": dal_port})
         stack.server.report("nack", "node-1", [healthy("kv", "api", dal_port)])
         stack.envoy("nack")
-        wait_for(lambda: answered_by(api) == "kv", 10, what="first config served")
+        wait_until(lambda: answered_by(api) == "kv", 10, what="first config served")
 
         # A second public listener on a port another process holds: Envoy cannot bind it
         # and rejects the listener update.
@@ -203,7 +204,7 @@ def test_rejected_config_is_a_nack_and_traffic_keeps_flowing(stack):
             text = json.dumps(stack.server.get("/v1/nodes"))
             return text if "in use" in text or "cannot bind" in text else None
 
-        recorded = wait_for(nack_message, 10, what="the NACK recorded in node status")
+        recorded = wait_until(nack_message, 10, what="the NACK recorded in node status")
         assert str(taken) in recorded
         for i in range(10):
             assert answered_by(api, f"/after-nack/{i}") == "kv"
@@ -231,8 +232,8 @@ def test_registered_hosts_reach_client_side_proxies_over_eds(stack):
         "registrations": ["kv.dgw", "kv.alias"], "endpoints": [healthy("kv", "api", dal_port)],
     })
     assert stack.server.get("/v1/discovery/kv.dgw")["instances"][0]["ports"] == {"api": api}
-    wait_for(lambda: answered_by(client_port) == "kv", 10, what="client proxy → gateway → DAL")
+    wait_until(lambda: answered_by(client_port) == "kv", 10, what="client proxy → gateway → DAL")
 
     # Deregistered (the host turned unhealthy): the client proxy stops sending.
     stack.server.report("kv", "node-1", [])
-    wait_for(lambda: client.stat("cluster.gateway.membership_total") == 0, 10, what="host removed from the client's EDS")
+    wait_until(lambda: client.stat("cluster.gateway.membership_total") == 0, 10, what="host removed from the client's EDS")

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from .procs import Child, free_port, port_open, wait_for
+from testkit.ports import free_port
+from testkit.wait import wait_until
+
+from .procs import Child
 
 
 class XdsServerProcess:
@@ -27,8 +30,8 @@ class XdsServerProcess:
              "--xds", f"127.0.0.1:{self.xds_port}", "--admin", f"127.0.0.1:{self.admin_port}"],
             log=self.workdir / "xds_server.log",
         )
-        wait_for(lambda: port_open(self.admin_port) or not self.child.alive(), 20, what="xds_server admin")
-        assert self.child.alive(), self.child.log()
+        child = self.child
+        wait_until(lambda: child.serving(self.admin_port, "dgw server"), 20, what="the dgw server's admin port")
         return self
 
     def stop(self) -> None:

@@ -1,41 +1,21 @@
-"""Loopback ports, polling with a deadline, and child processes killed by PID.
-
-The process and port helpers are the benchmarks' own (``bench.procs``); tests add
-assertion-style polling and a ``Child`` that shows its whole log in a failure.
-"""
+"""Tests' child processes, with the whole log in a failure; ports and polling are testkit's."""
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
-import bench.procs
-from bench.procs import ROOT, free_port, port_open
+import testkit.procs
+from testkit.ports import free_port, port_open
+from testkit.procs import ROOT
+from testkit.wait import wait_until
 
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """Poll ``check`` until it returns a truthy value; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except AssertionError:
-            raise
-        except Exception as e:  # the thing polled is not up yet
-            last_error = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: {last_error}")
+# The name the tests have always used for testkit's sync polling helper.
+wait_for = wait_until
 
 
-class Child(bench.procs.Child):
+class Child(testkit.procs.Child):
     """A process the test started; stopped by its own PID (and process group)."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, *, log: Path):
@@ -50,9 +30,8 @@ def sample_dal(name: str, ports: dict[str, int], log: Path, **env: str) -> Child
     variables = {f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()}
     child = Child([sys.executable, "-m", "dals.sample"], {"DGW_DAL_NAME": name, **variables, **env}, log=log)
     for port in ports.values():
-        wait_for(lambda: port_open(port) or not child.alive(), 15, what=f"DAL {name} port {port}")
-        assert child.alive(), child.log()
+        wait_until(partial(child.serving, port, f"DAL {name}"), 15, what=f"DAL {name} port {port}")
     return child
 
 
-__all__ = ["ROOT", "Child", "free_port", "port_open", "sample_dal", "wait_for"]
+__all__ = ["ROOT", "Child", "free_port", "port_open", "sample_dal", "wait_for", "wait_until"]

@@ -8,7 +8,7 @@ says it in Envoy's, ``endpoints_for`` adds one node's reported DAL endpoints, an
 from xds_server.config import RuntimeConfig
 from xds_server.resources import Resources
 
-from .build import TranslateOptions, build_ir
+from .build import DEFAULT_OPTIONS, TranslateOptions, build_ir
 from .discovery import DISCOVERY_SHARD, RegisteredHost, discovery_assignments
 from .discovery import resource_name as discovery_name
 from .endpoints import endpoints_for
@@ -17,7 +17,7 @@ from .ir import GatewayIR
 from .render import render_yaml
 
 
-def translate(cfg: RuntimeConfig, options: TranslateOptions = TranslateOptions()) -> Resources:
+def translate(cfg: RuntimeConfig, options: TranslateOptions = DEFAULT_OPTIONS) -> Resources:
     """The Envoy resources of ``cfg``; raises ConfigError as ``build_ir`` does."""
     return to_resources(build_ir(cfg, options))
 

@@ -50,7 +50,10 @@ class TranslateOptions:
     connect_timeout_s: float = 1.0
 
 
-def build_ir(cfg: RuntimeConfig, options: TranslateOptions = TranslateOptions()) -> GatewayIR:
+DEFAULT_OPTIONS = TranslateOptions()
+
+
+def build_ir(cfg: RuntimeConfig, options: TranslateOptions = DEFAULT_OPTIONS) -> GatewayIR:
     """The gateway IR of ``cfg``; ConfigError lists everything that cannot be translated."""
     names = _upstream_names(cfg)
     problems = (
