@@ -48,26 +48,33 @@ DB_NAME = "store.sqlite3"
 LOCK_NAME = "store.lock"
 SCHEMA_VERSION = 1
 
-# `text` is the last column: SQLite reads a long value's overflow pages only when the
-# column is asked for, so history (which never asks) stays fast however long texts are.
+# History is the long read, so versions are clustered by (shard, number): a shard's
+# history is one range of the table, read in order. Texts are kept apart, once per
+# content hash: history reads small rows only (10,000 versions in a few MB, not a page
+# each), and a rollback or an unchanged file does not store its text again. `heads`
+# names each shard's current number, so listing every shard reads one row per shard.
 _SCHEMA = """
+CREATE TABLE texts (
+    content_hash TEXT PRIMARY KEY,
+    text         TEXT NOT NULL
+);
 CREATE TABLE versions (
-    revision     INTEGER PRIMARY KEY AUTOINCREMENT,
     shard        TEXT    NOT NULL,
     number       INTEGER NOT NULL CHECK (number > 0),
+    revision     INTEGER NOT NULL UNIQUE,
     author       TEXT    NOT NULL,
     at           TEXT    NOT NULL,
     message      TEXT    NOT NULL,
     source       TEXT    NOT NULL CHECK (source IN ('api', 'file', 'rollback')),
     owner        TEXT    NOT NULL,
-    content_hash TEXT    NOT NULL,
+    content_hash TEXT    NOT NULL REFERENCES texts (content_hash),
     deleted      INTEGER NOT NULL CHECK (deleted IN (0, 1)),
-    text         TEXT    NOT NULL,
-    UNIQUE (shard, number)
-);
+    PRIMARY KEY (shard, number)
+) WITHOUT ROWID;
 CREATE TABLE heads (
-    shard    TEXT    PRIMARY KEY,
-    revision INTEGER NOT NULL REFERENCES versions (revision)
+    shard  TEXT    PRIMARY KEY,
+    number INTEGER NOT NULL,
+    FOREIGN KEY (shard, number) REFERENCES versions (shard, number)
 ) WITHOUT ROWID;
 CREATE TABLE audit (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,6 +91,8 @@ CREATE INDEX audit_by_shard ON audit (shard, id);
 """
 
 _META = "shard, number, revision, author, at, message, source, owner, content_hash, deleted"
+_HISTORY = _META.removeprefix("shard, ")
+_WITH_TEXT = f"SELECT {_META}, text FROM versions JOIN texts USING (content_hash)"
 _AUDIT = "id, at, actor, action, shard, base_version, new_version, accepted, reason"
 # Changes a watch reads per query: bounds the memory one slow watcher can pin.
 _WATCH_BATCH = 256
@@ -151,7 +160,7 @@ class SqliteStore:
         return await self._run(self._history, shard, limit, before)
 
     async def version(self, shard: str, number: int) -> ShardVersion | None:
-        rows = await self._run(self._query, f"SELECT {_META}, text FROM versions WHERE shard = ? AND number = ?",
+        rows = await self._run(self._query, f"{_WITH_TEXT} WHERE shard = ? AND number = ?",
                                (shard, number))  # fmt: skip
         return _entry(rows[0]) if rows else None
 
@@ -177,7 +186,7 @@ class SqliteStore:
         while not self._closed:
             changed = self._changed
             try:
-                rows = await self._run(self._query, f"SELECT {_META}, text FROM versions WHERE revision > ? "
+                rows = await self._run(self._query, f"{_WITH_TEXT} WHERE revision > ? "
                                        "ORDER BY revision LIMIT ?", (revision, _WATCH_BATCH))  # fmt: skip
             except StoreError:
                 if self._closed:
@@ -262,14 +271,14 @@ class SqliteStore:
 
     def _head(self, shard: str) -> Version | None:
         row = self._conn.execute(
-            f"SELECT {_META} FROM versions WHERE revision = (SELECT revision FROM heads WHERE shard = ?)",
+            f"SELECT {_META} FROM versions WHERE shard = ? ORDER BY number DESC LIMIT 1",
             (shard,),
         ).fetchone()
         return None if row is None else _version(row)
 
     def _head_entry(self, shard: str) -> ShardVersion | None:
         row = self._conn.execute(
-            f"SELECT {_META}, text FROM versions WHERE revision = (SELECT revision FROM heads WHERE shard = ?)",
+            f"{_WITH_TEXT} WHERE shard = ? ORDER BY number DESC LIMIT 1",
             (shard,),
         ).fetchone()
         return None if row is None else _entry(row)
@@ -280,23 +289,26 @@ class SqliteStore:
                 "SELECT coalesce(max(revision), 0) FROM versions"
             ).fetchone()
             rows = self._conn.execute(
-                f"SELECT {_META}, text FROM versions "
-                "WHERE revision IN (SELECT revision FROM heads) AND deleted = 0 ORDER BY shard"
+                f"{_WITH_TEXT} JOIN heads USING (shard, number) WHERE deleted = 0 ORDER BY shard"
             ).fetchall()
         return Listing(revision, tuple(_entry(r) for r in rows))
 
     def _history(self, shard: str, limit: int, before: int | None) -> tuple[Version, ...]:
-        if before is None:
-            rows = self._conn.execute(
-                f"SELECT {_META} FROM versions WHERE shard = ? ORDER BY number DESC LIMIT ?",
-                (shard, limit),
-            ).fetchall()
-        else:
-            rows = self._conn.execute(
-                f"SELECT {_META} FROM versions WHERE shard = ? AND number < ? ORDER BY number DESC LIMIT ?",
-                (shard, before, limit),
-            ).fetchall()
-        return tuple(_version(r) for r in rows)
+        # The hot path of a long history (10,000 versions in ≤ 50 ms): no shard column
+        # (it is the one asked for), no generator, no helper call per row, and the
+        # tuple made directly (what NamedTuple's own `_make` does), skipping the
+        # generated `__new__`: a third of the Python time.
+        below = "" if before is None else "AND number < ?"
+        params = (shard, limit) if before is None else (shard, before, limit)
+        cursor = self._conn.execute(
+            f"SELECT {_HISTORY} FROM versions WHERE shard = ? {below} ORDER BY number DESC LIMIT ?",
+            params,
+        )
+        parse, make = datetime.fromisoformat, tuple.__new__
+        return tuple([
+            make(Version, (shard, number, revision, author, parse(at), message, source, owner, digest, deleted == 1))
+            for number, revision, author, at, message, source, owner, digest, deleted in cursor
+        ])  # fmt: skip
 
     def _write(self, shard: str, base: int | None, deleted: bool, text: str, author: str, message: str,
                source: Source, owner: str | None) -> Version:  # fmt: skip
@@ -310,22 +322,39 @@ class SqliteStore:
             if not creating and (head is None or head.number != base):
                 raise Conflict(shard, base, head)
             at = self._clock()
-            # A tombstone keeps the deleted shard's owner: it says whose shard went.
-            row = (shard, 1 if head is None else head.number + 1, author, at.isoformat(), message, source,
-                   owner if owner is not None else cast(Version, head).owner, content_hash(text), int(deleted), text)  # fmt: skip
+            # One writer (this thread, under the directory lock): max + 1 is never reused.
             (revision,) = self._conn.execute(
-                "INSERT INTO versions (shard, number, author, at, message, source, owner, content_hash, deleted, "
-                "text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING revision",
-                row,
+                "SELECT coalesce(max(revision), 0) + 1 FROM versions"
             ).fetchone()
+            number = 1 if head is None else head.number + 1
+            # A tombstone keeps the deleted shard's owner: it says whose shard went.
+            owner = owner if owner is not None else cast(Version, head).owner
+            digest = content_hash(text)
             self._conn.execute(
-                "INSERT INTO heads (shard, revision) VALUES (?, ?) "
-                "ON CONFLICT (shard) DO UPDATE SET revision = excluded.revision",
-                (shard, revision),
+                "INSERT OR IGNORE INTO texts (content_hash, text) VALUES (?, ?)", (digest, text)
             )
-        return Version(
-            shard, row[1], revision, author, at, message, source, row[6], row[7], deleted
-        )
+            self._conn.execute(
+                "INSERT INTO versions (shard, number, revision, author, at, message, source, owner, content_hash, "
+                "deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    shard,
+                    number,
+                    revision,
+                    author,
+                    at.isoformat(),
+                    message,
+                    source,
+                    owner,
+                    digest,
+                    int(deleted),
+                ),
+            )
+            self._conn.execute(
+                "INSERT INTO heads (shard, number) VALUES (?, ?) "
+                "ON CONFLICT (shard) DO UPDATE SET number = excluded.number",
+                (shard, number),
+            )
+        return Version(shard, number, revision, author, at, message, source, owner, digest, deleted)
 
     def _append_audit(self, row: tuple[Any, ...]) -> AuditEntry:
         with _transaction(self._conn, "BEGIN IMMEDIATE"):
