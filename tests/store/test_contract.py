@@ -324,3 +324,17 @@ async def test_a_closed_store_ends_its_watches(store: ConfigStore) -> None:
     pending = asyncio.create_task(anext(changes, None))
     await store.close()
     assert await asyncio.wait_for(pending, WATCH_TIMEOUT) is None
+
+
+async def test_a_watch_replays_a_long_backlog_in_order(store: ConfigStore) -> None:
+    written: list[Version] = []
+    heads: dict[str, int] = {}
+    for n in range(1, 301):  # more than one read's worth for a backend that reads in batches
+        shard = f"s{n % 3}"
+        written.append(await put(store, shard, n, heads.get(shard)))
+        heads[shard] = written[-1].number
+    changes = store.watch(0)
+    try:
+        assert [(await next_of(changes)).meta for _ in written] == written
+    finally:
+        await changes.aclose()

@@ -105,3 +105,27 @@ def test_the_default_data_dir() -> None:
     assert default_data_dir({DATA_DIR_ENV: "/srv/dgw"}) == Path("/srv/dgw")
     assert default_data_dir({"XDG_DATA_HOME": "/home/u/.data"}) == Path("/home/u/.data/dgw")
     assert default_data_dir({}) == Path.home() / ".local" / "share" / "dgw"
+
+
+async def test_a_text_is_stored_once_however_many_versions_carry_it(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path)
+    try:
+        base = None
+        for text in ["a: 1\n", "a: 2\n", "a: 1\n", "a: 1\n"]:
+            base = (await store.put("demo", text, base_version=base, author="a", message="", source="api",
+                                    owner=API_OWNER)).number  # fmt: skip
+        await store.put(
+            "other",
+            "a: 2\n",
+            base_version=None,
+            author="a",
+            message="",
+            source="api",
+            owner=API_OWNER,
+        )
+        versions = [await store.version("demo", n) for n in range(1, 5)]
+        assert [v.text for v in versions if v] == ["a: 1\n", "a: 2\n", "a: 1\n", "a: 1\n"]
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute("SELECT count(*) FROM texts").fetchone() == (2,)
