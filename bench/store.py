@@ -7,7 +7,7 @@ disk under ``--dir``: the fsync is the cost, so a tmpfs would flatter it):
 1. **writes**: ``--versions`` puts of one shard, one after another, each with
    compare-and-set on the version before it and a synchronous commit (WAL fsynced
    before ``put`` returns). Each put is timed as the caller awaits it, the thread hop
-   included. The text is the xds-fleet shard (~1 KiB), cycling through its wirings.
+   included. The text is the xds-fleet shard (~300 bytes), cycling through its wirings.
 2. **history**: a second shard filled to ``--history`` versions (the same puts), then
    ``history(shard, limit=N)`` of all of them, ``--repeats`` times; and one page of
    100 from the middle (``before=N/2``), as ``dgw history`` pages.
