@@ -22,11 +22,13 @@ history's length. Write latency has no target: it is the disk's fsync, and is re
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.fleet import WIRINGS, shard_text
 from bench.report import emit, machine, note, percentile, save_json, table
@@ -49,7 +51,7 @@ async def _fill(store: SqliteStore, shard: str, count: int, texts: list[str]) ->
     return times
 
 
-async def measure(versions: int, history: int, repeats: int, directory: Path) -> dict:
+async def measure(versions: int, history: int, repeats: int, directory: Path) -> dict[str, Any]:
     texts = [shard_text(w, 8080, 8980) for w in WIRINGS]
     workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-store-", dir=directory))
     try:
@@ -90,7 +92,7 @@ async def measure(versions: int, history: int, repeats: int, directory: Path) ->
     }  # fmt: skip
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     measured = asyncio.run(measure(args.versions, args.history, args.repeats, args.dir))
     write, history = measured["write"], measured["history"]
     listed = history["list_all_p50_ms"]
