@@ -338,3 +338,17 @@ async def test_a_watch_replays_a_long_backlog_in_order(store: ConfigStore) -> No
         assert [(await next_of(changes)).meta for _ in written] == written
     finally:
         await changes.aclose()
+
+
+async def test_a_write_whose_caller_went_away_still_reaches_watches(store: ConfigStore) -> None:
+    changes = store.watch(0)
+    waiting = asyncio.create_task(next_of(changes))
+    try:
+        writing = asyncio.create_task(put(store, "demo", 1, None))
+        await asyncio.sleep(0)  # the write is handed to the backend ...
+        writing.cancel()  # ... and its caller gives up
+        got = await waiting
+        assert got.meta.number == 1 and got.text == shard_text(1)
+    finally:
+        waiting.cancel()
+        await changes.aclose()

@@ -20,7 +20,6 @@ import asyncio
 import builtins
 import contextlib
 import fcntl
-import functools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -214,18 +213,23 @@ class SqliteStore:
     ) -> Version:
         if not shard:
             raise ValueError("a shard needs a name")
-        version = await self._run(
-            self._write, shard, base_version, False, text, author, message, source, owner
+        return await self._run(
+            self._write,
+            shard,
+            base_version,
+            False,
+            text,
+            author,
+            message,
+            source,
+            owner,
+            wakes=True,
         )
-        self._wake()
-        return version
 
     async def delete(self, shard: str, *, base_version: int, author: str, message: str) -> Version:
-        version = await self._run(
-            self._write, shard, base_version, True, "", author, message, "api", None
+        return await self._run(
+            self._write, shard, base_version, True, "", author, message, "api", None, wakes=True
         )
-        self._wake()
-        return version
 
     async def append_audit(
         self,
@@ -252,13 +256,20 @@ class SqliteStore:
 
     # --- on the store's thread ------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, wakes: bool = False) -> T:
+        """``fn(*args)`` on the store's thread. ``wakes``: a write, which runs to its end
+        even if the caller is cancelled meanwhile (a cancelled caller could not tell
+        whether it committed anyway), and wakes the watches when it is done."""
         if self._closed:
             raise StoreError(f"the config store {self.path} is closed")
+        done = self._executor.submit(fn, *args)
+        if wakes:
+            loop = asyncio.get_running_loop()
+            done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wake))
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, functools.partial(fn, *args)
-            )
+            if wakes:
+                return await asyncio.shield(asyncio.wrap_future(done))
+            return await asyncio.wrap_future(done)
         except sqlite3.Error as e:
             raise StoreError(f"config store {self.path}: {e}") from e
 
