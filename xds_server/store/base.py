@@ -173,15 +173,19 @@ class ConfigStore(Protocol):
     ) -> Version:
         """Store ``text`` as the shard's next version, if ``base_version`` is its current
         version number (a tombstone's included). None creates: the shard must not exist
-        or be deleted. Raises ``Conflict`` otherwise; returns the new version. Every call makes a version,
-        even with unchanged text: a caller that wants no-op writes skipped compares
-        ``content_hash(text)`` with the head's first."""
+        or be deleted. Raises ``Conflict`` otherwise; returns the new version.
+
+        Every call makes a version, even with unchanged text: a caller that wants no-op
+        writes skipped compares ``content_hash(text)`` with the head's first. A write,
+        once called, runs to its end even if the caller is cancelled meanwhile."""
         ...
 
     async def delete(self, shard: str, *, base_version: int, author: str, message: str) -> Version:
         """Delete the shard with a tombstone version (history is kept), if
-        ``base_version`` is its current version. Raises ``NotFound`` if it does not
-        exist (or is already deleted), ``Conflict`` on a stale base."""
+        ``base_version`` is its current version. The tombstone's source is ``api`` (a
+        delete is always an explicit call) and its owner the deleted shard's. Raises
+        ``NotFound`` if it does not exist (or is already deleted), ``Conflict`` on a
+        stale base."""
         ...
 
     async def history(
