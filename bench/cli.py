@@ -8,6 +8,7 @@ it checks is missed, like ``etcdctl check perf``. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from bench.procs import BenchError
@@ -81,6 +82,12 @@ def cmd_sidecar_recovery(args: argparse.Namespace) -> int:
     return sidecar_recovery.main(args)
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from bench import store
+
+    return store.main(args)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its figures to the ``dgw`` command."""
     bench = sub.add_parser("bench", help="performance checks (see bench/README.md)")
@@ -128,3 +135,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one recovery may take")
     _common(p)
     p.set_defaults(func=_run(cmd_sidecar_recovery))
+
+    p = figures.add_parser("store", help="config store: write latency (synchronous commits), history listing")
+    p.add_argument("--versions", type=int, default=1000, help="versions written, one after another, each timed")
+    p.add_argument("--history", type=int, default=10000, help="versions of the shard whose history is listed")
+    p.add_argument("--repeats", type=int, default=20, help="times the history is listed")
+    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                   help="where the scratch data directory goes (its disk's fsync is measured)")
+    _common(p)
+    p.set_defaults(func=_run(cmd_store))
