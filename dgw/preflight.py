@@ -8,15 +8,17 @@ the setting to change, never a line in the logs.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from sidecar.ports import port_in_use
 from xds_server.config import ShardFile
+from xds_server.config.interpolate import InterpolationError, interpolate
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+# A variable's stand-in value: plain YAML text, and no variable name holds a "-".
+_MARKED = re.compile(r"dgw-variable-([A-Za-z_][A-Za-z0-9_]*)-")
 _SUGGEST_WITHIN = 50  # how far above a busy port to look for a free one to suggest
 
 
@@ -53,14 +55,27 @@ def advice(source: str, listener: str, port: int, address: str) -> str:
     return f"stop that program or change {source}:{key} (e.g. to {free})"
 
 
+class _Markers(Mapping[str, str]):
+    """An environment in which every variable's value names the variable."""
+
+    def __getitem__(self, name: str) -> str:
+        return f"dgw-variable-{name}-"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 def setting_variable(source: Path, listener: str) -> str | None:
     """The ``${VAR}`` a listener's port comes from in its shard file, if any."""
     try:
-        raw: Any = yaml.safe_load(source.read_text(encoding="utf-8"))
-        path = raw["proxy_config"]["public_listeners"][listener]["path"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        text = interpolate(source.read_text(encoding="utf-8"), _Markers())
+        path = yaml.safe_load(text)["proxy_config"]["public_listeners"][listener]["path"]
+    except (OSError, UnicodeDecodeError, InterpolationError, yaml.YAMLError, KeyError, TypeError):
         return None
-    match = _VARIABLE.search(str(path))
+    match = _MARKED.search(str(path))
     return match.group(1) if match else None
 
 

@@ -16,15 +16,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.agent import _CONFIG_CACHE as SIDECAR_CONFIG_CACHE
 from sidecar.log import EventLog
-from xds_server.server import XdsServer
 from xds_server.settings import DEFAULT_ADMIN, DEFAULT_XDS, ServerSettings
 
-from . import preflight, ready
-from .runtime_choice import RuntimeChoice, choose_runtime
+if TYPE_CHECKING:  # the running parts load only when `dgw up` runs: `dgw --help` stays quick
+    from xds_server.server import XdsServer
+
+    from .ready import NotServing
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "shards"
 DEFAULT_ENVOY_ADMIN_PORT = 9901
@@ -80,7 +80,9 @@ def forget_cached_configs(state_dir: Path) -> None:
     """The sidecar keeps the last config it got so that it can serve while its server
     is away. An embedded run brings its own server: an earlier run's copy is stale
     (its ports may have changed since) and must not be applied first."""
-    for path in state_dir.glob(f"*/{SIDECAR_CONFIG_CACHE}"):
+    from sidecar.agent import _CONFIG_CACHE
+
+    for path in state_dir.glob(f"*/{_CONFIG_CACHE}"):
         path.unlink(missing_ok=True)
 
 
@@ -95,6 +97,10 @@ class _AgentRuntimeLine(logging.Filter):
 async def _up(args: argparse.Namespace) -> None:
     from sidecar.config import SidecarSettings
     from sidecar.main import run_sidecar
+    from xds_server.server import XdsServer
+
+    from . import preflight
+    from .runtime_choice import RuntimeChoice, choose_runtime
 
     # DAL commands like `python3 -m dals.sample` must find this installation's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -172,6 +178,7 @@ async def _serving(server: XdsServer, shards: list[str], node_id: str, admin_por
 
 
 async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port: int) -> None:
+    from . import ready
     def slow(waits: list[str]) -> None:
         print(f"dgw up: shard {shard} not serving yet, still waiting: {'; '.join(waits)}",
               file=sys.stderr, flush=True)
@@ -188,8 +195,10 @@ async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port
         raise UpError(_explain(server, shard, e)) from None
 
 
-def _explain(server: XdsServer, shard: str, error: ready.NotServing) -> str:
+def _explain(server: XdsServer, shard: str, error: NotServing) -> str:
     """Envoy's refusal, plus what to change when it is a public port."""
+    from . import preflight
+
     state = server.registry.shards[shard]
     for name, listener in state.config.proxy_config.public_listeners.items():
         if error.port is not None and listener.address.port == error.port:
