@@ -179,11 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import up
+    from . import schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
     bench_cli.add_commands(sub)
+    schema.add_command(sub)
     for command in sub.choices.values():
         # Where users type it too (`dgw up --log-level WARNING`); SUPPRESS keeps the
         # top-level value when the sub-command's is not given.
