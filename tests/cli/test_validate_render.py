@@ -51,3 +51,14 @@ def test_render_of_deploy_desires_only_is_an_error() -> None:
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert "holds only deploy_desires: there is nothing to render" in proc.stderr
+
+
+def test_a_mistyped_key_gets_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "kv.yaml"
+    path.write_text("container_dals:\n  kv:\n    container_listners: {api: 8080}\n")
+
+    proc = dgw("validate", str(path))
+
+    assert proc.returncode == 1
+    assert (f"{path}:container_dals.kv.container_listners: unknown key 'container_listners': "
+            "did you mean 'container_listeners'?") in proc.stdout
