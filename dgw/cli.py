@@ -179,10 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import schema, up
+    from . import daemon, logs, schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
+    daemon.add_command(sub, up.DEFAULT_STATE_DIR)
+    logs.add_command(sub, up.DEFAULT_STATE_DIR)
     bench_cli.add_commands(sub)
     schema.add_command(sub)
     for command in sub.choices.values():

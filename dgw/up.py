@@ -73,6 +73,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                    help="where Envoy's bootstrap, the DALs' logs and process records live "
                         "(default: %(default)s)")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background and return once it serves; `dgw logs` shows "
+                        "its logs, `dgw down` stops it")
     p.set_defaults(func=run)
 
 
@@ -224,6 +227,11 @@ def _banner(server: XdsServer, shards: list[str], args: argparse.Namespace) -> N
 
 def run(args: argparse.Namespace) -> int:
     from sidecar.errors import SidecarError
+
+    if args.detach:
+        from .daemon import detach
+
+        return detach(args, [a for a in sys.argv[1:] if a not in ("-d", "--detach")])
 
     try:
         asyncio.run(_up(args))

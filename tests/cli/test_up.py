@@ -12,6 +12,8 @@ sidecar, Envoy and sample DALs on loopback, started as a child process.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -23,7 +25,7 @@ import pytest
 
 from tests.support.procs import Child, free_port, wait_for
 
-from .run import DGW
+from .run import DGW, dgw
 
 BANNER = "Data Gateway is up"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -134,3 +136,36 @@ def test_up_uses_docker_when_an_engine_has_the_image(tmp_path: Path) -> None:
     log = child.log()
     assert 'runtime_selected runtime=docker reason="engine reachable, images present"' in log
     assert up.first_answer is not None and up.first_answer[0] == 200, log
+
+
+@pytest.mark.envoy
+def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
+    http_port, state = free_port(), tmp_path / "state"
+    env = {**NO_ENGINE, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
+    args = ["--state-dir", str(state)]
+    up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+             "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)
+    pid = int((state / "up.pid").read_text()) if (state / "up.pid").exists() else None
+    try:
+        assert up.returncode == 0, up.stderr
+        assert BANNER in up.stdout and "dgw down" in up.stdout
+        assert get(http_port)[0] == 200
+
+        assert "event=listening dal=thrift" in dgw("logs", "thrift", *args).stdout
+        assert "runtime_selected" in dgw("logs", "-n", "1000", *args).stdout
+
+        down = dgw("down", *args, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert pid is not None and not alive(pid)
+        assert get(http_port)[0] == 0  # Envoy is gone too
+    finally:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Running (an exited child nobody reaped yet, a zombie, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
