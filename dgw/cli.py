@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import daemon, logs, schema, up
+    from . import completion, daemon, logs, schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_command(sub, up.DEFAULT_STATE_DIR)
     bench_cli.add_commands(sub)
     schema.add_command(sub)
+    completion.add_command(sub)
     for command in sub.choices.values():
         # Where users type it too (`dgw up --log-level WARNING`); SUPPRESS keeps the
         # top-level value when the sub-command's is not given.
