@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ import pytest
 
 from tests.support.procs import Child, free_port, wait_for
 
-from .run import DGW, dgw
+from .run import DGW, ROOT, dgw
 
 BANNER = "Data Gateway is up"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -35,18 +38,19 @@ NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 class Up:
     child: Child
     http_port: int
+    grpc_port: int
     first_answer: tuple[int, str] | None = None  # the request made right after the banner
 
 
-def start_up(workdir: Path, env: dict[str, str], *extra: str) -> tuple[Child, int]:
-    http_port = free_port()
+def start_up(workdir: Path, env: dict[str, str], *extra: str) -> Up:
+    http_port, grpc_port = free_port(), free_port()
     child = Child(
         [DGW, "up", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0",
          "--envoy-admin-port", str(free_port()), "--state-dir", str(workdir / "state"), *extra],
-        {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port()), **env},
+        {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(grpc_port), **env},
         log=workdir / "up.log",
     )
-    return child, http_port
+    return Up(child, http_port, grpc_port)
 
 
 def get(port: int, path: str = "/hello") -> tuple[int, str]:
@@ -76,13 +80,12 @@ def seed_stale_cache(state_dir: Path) -> None:
 def up_without_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     workdir = tmp_path_factory.mktemp("up")
     seed_stale_cache(workdir / "state")
-    child, port = start_up(workdir, NO_ENGINE)
-    up = Up(child, port)
+    up = start_up(workdir, NO_ENGINE)
     try:
         wait_banner(up, 120)
         yield up
     finally:
-        child.stop(timeout=30)
+        up.child.stop(timeout=30)
 
 
 @pytest.mark.envoy
@@ -107,12 +110,24 @@ def test_up_without_engine_says_why_it_runs_processes(up_without_engine: Up) -> 
 
 
 @pytest.mark.envoy
+def test_readme_grpc_try_step_works(up_without_engine: Up) -> None:
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if "unary_unary" in line and "python" in line)
+    command = shlex.split(line.replace("8980", str(up_without_engine.grpc_port)))
+    command[0] = sys.executable  # .venv/bin/python, relative to the checkout
+
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert out.stdout.strip() == "b'thrift:hi'", out.stderr
+
+
+@pytest.mark.envoy
 def test_a_busy_public_port_fails_naming_port_and_setting(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        child, _ = start_up(tmp_path, {**NO_ENGINE, "DGW_DEMO_HTTP_PORT": str(busy)})
+        child = start_up(tmp_path, {**NO_ENGINE, "DGW_DEMO_HTTP_PORT": str(busy)}).child
         try:
             wait_for(lambda: not child.alive() or BANNER in child.log(), 120, what="dgw up to give up")
         finally:
@@ -127,13 +142,12 @@ def test_a_busy_public_port_fails_naming_port_and_setting(tmp_path: Path) -> Non
 @pytest.mark.envoy
 @pytest.mark.docker
 def test_up_uses_docker_when_an_engine_has_the_image(tmp_path: Path) -> None:
-    child, port = start_up(tmp_path, {})
-    up = Up(child, port)
+    up = start_up(tmp_path, {})
     try:
         wait_banner(up, 180)
     finally:
-        child.stop(timeout=30)
-    log = child.log()
+        up.child.stop(timeout=30)
+    log = up.child.log()
     assert 'runtime_selected runtime=docker reason="engine reachable, images present"' in log
     assert up.first_answer is not None and up.first_answer[0] == 200, log
 
