@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from common.hostport import split_host_port
 from sidecar.ports import port_in_use
 from xds_server.config import ShardFile
 from xds_server.config.interpolate import InterpolationError, interpolate
@@ -41,6 +42,21 @@ def busy_ports(
             problems.append(
                 f"port 127.0.0.1:{port} (Envoy admin of shard {shard}) is in use by another "
                 f"program: stop it or pass --envoy-admin-port {_free_above(port, '127.0.0.1')}"
+            )
+    return problems
+
+
+def busy_server_ports(addresses: dict[str, str]) -> list[str]:
+    """One message per control-plane address (option → HOST:PORT) another program holds.
+    Checked before binding: gRPC would share a port it finds taken (SO_REUSEPORT)."""
+    problems: list[str] = []
+    for option, address in addresses.items():
+        host, port = split_host_port(address, option)
+        if port and port_in_use(port, host):
+            problems.append(
+                f"port {address} ({option}) is in use by another program (another dgw up? "
+                f"`dgw down` stops one started with -d): stop it or pass {option} "
+                f"{host}:{_free_above(port, host)} (port 0 picks a free one)"
             )
     return problems
 

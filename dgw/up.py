@@ -108,6 +108,9 @@ async def _up(args: argparse.Namespace) -> None:
     # DAL commands like `python3 -m dals.sample` must find this installation's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     forget_cached_configs(args.state_dir)
+    busy = preflight.busy_server_ports({"--xds": args.xds, "--admin": args.admin})
+    if busy:
+        raise UpError("\n".join(busy))
     server = XdsServer(ServerSettings(config_dir=args.config_dir, xds=args.xds, admin=args.admin))
     await server.start()
     shards = sorted(server.registry.shards)

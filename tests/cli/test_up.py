@@ -183,3 +183,17 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.envoy
+def test_busy_control_plane_ports_fail_cleanly(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        proc = dgw("up", "--admin", f"127.0.0.1:{busy}", "--xds", "127.0.0.1:0",
+                   "--state-dir", str(tmp_path / "state"), env=NO_ENGINE, timeout=120)
+
+    assert proc.returncode == 1
+    assert f"dgw up: port 127.0.0.1:{busy} (--admin) is in use by another program" in proc.stderr
+    assert "Traceback" not in proc.stderr
