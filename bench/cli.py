@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.procs import BenchError
@@ -50,7 +51,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-save", dest="save", action="store_false", help="print only, keep no files")
 
 
-def _run(figure):
+Command = Callable[[argparse.Namespace], int]
+
+
+def _run(figure: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         import signal
         import sys
@@ -93,7 +97,7 @@ def cmd_sidecar_recovery(args: argparse.Namespace) -> int:
     return sidecar_recovery.main(args)
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its figures to the ``dgw`` command."""
     bench = sub.add_parser("bench", help="performance checks (see bench/README.md)")
     figures = bench.add_subparsers(dest="figure", required=True, metavar="FIGURE")
