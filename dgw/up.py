@@ -97,17 +97,13 @@ class _AgentRuntimeLine(logging.Filter):
         return not record.getMessage().startswith("event=runtime_selected")
 
 
-async def _up(args: argparse.Namespace) -> None:
-    from sidecar.config import SidecarSettings
-    from sidecar.main import run_sidecar
+async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str], dict[str, int]]:
+    """The control plane, started, with its shards and their Envoy admin ports; or
+    UpError when a port is taken or no shard is usable (nothing left running)."""
     from xds_server.server import XdsServer
 
     from . import preflight
-    from .runtime_choice import RuntimeChoice, choose_runtime
 
-    # DAL commands like `python3 -m dals.sample` must find this installation's Python.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    forget_cached_configs(args.state_dir)
     busy = preflight.busy_server_ports({"--xds": args.xds, "--admin": args.admin})
     if busy:
         raise UpError("\n".join(busy))
@@ -116,16 +112,27 @@ async def _up(args: argparse.Namespace) -> None:
     shards = sorted(server.registry.shards)
     admin_ports = {shard: args.envoy_admin_port + i for i, shard in enumerate(shards)}
     if not shards:
-        await server.stop()
         rejected = [e for r in server.registry.rejections.values() for e in r.errors]
-        raise UpError("\n".join([f"no usable shard in {args.config_dir}", *rejected]))
-    busy = preflight.busy_ports(
-        {s: (server.registry.shards[s].config, server.registry.shards[s].source) for s in shards},
-        admin_ports, server.settings.public_address,
-    )
-    if busy:
+        problems = [f"no usable shard in {args.config_dir}", *rejected]
+    else:
+        configs = {s: (server.registry.shards[s].config, server.registry.shards[s].source) for s in shards}
+        problems = preflight.busy_ports(configs, admin_ports, server.settings.public_address)
+    if problems:
         await server.stop()
-        raise UpError("\n".join(busy))
+        raise UpError("\n".join(problems))
+    return server, shards, admin_ports
+
+
+async def _up(args: argparse.Namespace) -> None:
+    from sidecar.config import SidecarSettings
+    from sidecar.main import run_sidecar
+
+    from .runtime_choice import RuntimeChoice, choose_runtime
+
+    # DAL commands like `python3 -m dals.sample` must find this installation's Python.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    forget_cached_configs(args.state_dir)
+    server, shards, admin_ports = await _start_server(args)
 
     if args.runtime == "auto":
         choice = choose_runtime([server.registry.shards[s].config for s in shards])
