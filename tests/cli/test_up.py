@@ -32,6 +32,9 @@ from .run import DGW, ROOT, dgw
 
 BANNER = "Data Gateway is up"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+# Containers are found by shard and node labels: a node id of its own keeps this test's
+# DALs apart from a `./dev up` running on the same engine.
+NODE = f"test-{os.getpid()}"
 
 
 @dataclass
@@ -46,7 +49,8 @@ def start_up(workdir: Path, env: dict[str, str], *extra: str) -> Up:
     http_port, grpc_port = free_port(), free_port()
     child = Child(
         [DGW, "up", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-         "--envoy-admin-port", str(free_port()), "--state-dir", str(workdir / "state"), *extra],
+         "--envoy-admin-port", str(free_port()), "--state-dir", str(workdir / "state"),
+         "--node-id", NODE, *extra],
         {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(grpc_port), **env},
         log=workdir / "up.log",
     )
@@ -71,7 +75,7 @@ def wait_banner(up: Up, timeout: float) -> None:
 
 def seed_stale_cache(state_dir: Path) -> None:
     """What a previous run left: the sidecar's cached copy of an older config."""
-    agent_dir = state_dir / "demo-local-1"
+    agent_dir = state_dir / f"demo-{NODE}"
     agent_dir.mkdir(parents=True)
     (agent_dir / "last-config.json").write_text(json.dumps({"version": "stale-version", "yaml": "{}\n"}))
 
@@ -157,7 +161,7 @@ def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
     http_port, state = free_port(), tmp_path / "state"
     env = {**NO_ENGINE, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
     args = ["--state-dir", str(state)]
-    up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+    up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", NODE,
              "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)
     pid = int((state / "up.pid").read_text()) if (state / "up.pid").exists() else None
     try:
