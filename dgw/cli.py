@@ -32,7 +32,11 @@ def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file())
+            found = sorted(
+                q for q in p.rglob("*")
+                if q.suffix in (".yaml", ".yml") and q.is_file()
+                and not any(part.startswith(".") for part in q.relative_to(p).parts)  # .venv, .git
+            )
             if not found:
                 problems.append(f"{p}: no .yaml or .yml files in this directory or below")
             files.extend(found)

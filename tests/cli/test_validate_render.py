@@ -17,12 +17,16 @@ def test_validate_descends_into_sub_directories(tmp_path: Path) -> None:
     deep.mkdir(parents=True)
     shutil.copy(EXAMPLES / "runtime" / "migration-shadow.yaml", deep / "good.yaml")
     (deep / "bad.yaml").write_text("proxy_config: {public_listeners: {api: {mode: smtp, path: 8080}}}\n")
+    hidden = tmp_path / ".venv" / "lib"  # a tool's own YAML is not a shard
+    hidden.mkdir(parents=True)
+    (hidden / "tool.yaml").write_text("not: [a, shard]\n")
 
     proc = dgw("validate", str(tmp_path), env=ENV)
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{deep / 'good.yaml'}: ok" in proc.stdout
     assert f"{deep / 'bad.yaml'}:proxy_config.public_listeners.api.mode" in proc.stdout
+    assert ".venv" not in proc.stdout
 
 
 def test_validating_nothing_fails(tmp_path: Path) -> None:
