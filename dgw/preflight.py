@@ -56,7 +56,7 @@ def busy_server_ports(addresses: dict[str, str]) -> list[str]:
             problems.append(
                 f"port {address} ({option}) is in use by another program (another dgw up? "
                 f"`dgw down` stops one started with -d): stop it or pass {option} "
-                f"{host}:{_free_above(port, host)} (port 0 picks a free one)"
+                f"{host}:0 (any free port; the banner shows which)"
             )
     return problems
 
