@@ -1,18 +1,20 @@
 """``dgw bench FIGURE``: the operator-facing performance checks.
 
 Each figure prints a table (``--json``: one JSON object on stdout), keeps its JSON
-(and a PNG where a curve says more) under ``bench/results/``, and exits 1 if a target
-it checks is missed, like ``etcdctl check perf``. Progress goes to stderr.
+(and a PNG where a curve says more) in a scratch directory (``--out bench/results``
+updates the tracked results, so a user's run never dirties the checkout), and exits 1
+if a target it checks is missed, like ``etcdctl check perf``. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.procs import BenchError
-from bench.report import RESULTS
 
 
 def _sizes(text: str) -> list[int]:
@@ -35,14 +37,25 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def scratch_results() -> Path:
+    """Where a run's files go unless ``--out`` says otherwise: the user's cache."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "dgw" / "bench"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: bench/results)")
+    p.add_argument("--out", type=Path, default=scratch_results(),
+                   help="where results go (default: %(default)s; --out bench/results updates the "
+                        "tracked results)")
     p.add_argument("--name", help="result file name (default: derived from the figure and options)")
     p.add_argument("--no-save", dest="save", action="store_false", help="print only, keep no files")
 
 
-def _run(figure):
+Command = Callable[[argparse.Namespace], int]
+
+
+def _run(figure: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         import signal
         import sys
@@ -50,10 +63,13 @@ def _run(figure):
         # SIGTERM unwinds like Ctrl-C: every figure's cleanup stops the children it started.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
-            return figure(args)
+            code: int = figure(args)
         except BenchError as e:
             print(f"dgw bench: {e}", file=sys.stderr)
             return 2
+        if args.save:
+            print(f"dgw bench: files written to {args.out}", file=sys.stderr)
+        return code
 
     return run
 
@@ -88,7 +104,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     return store.main(args)
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its figures to the ``dgw`` command."""
     bench = sub.add_parser("bench", help="performance checks (see bench/README.md)")
     figures = bench.add_subparsers(dest="figure", required=True, metavar="FIGURE")

@@ -8,38 +8,66 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
 import yaml
 
-from xds_server.config import ConfigError, load_any, load_shard
+from xds_server.config import ConfigError, DeployFile, Problem, ShardFile, load_any
 from xds_server.settings import DEFAULT_ADMIN, DEFAULT_XDS
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
-def _config_files(paths: list[str]) -> list[Path]:
+def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """The YAML files named or found (recursively) under ``paths``, and the problems
+    with paths that hold none: validating nothing is a failure, not a pass."""
     files: list[Path] = []
+    problems: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")))
+            found = sorted(
+                q for q in p.rglob("*")
+                if q.suffix in (".yaml", ".yml") and q.is_file()
+                and not any(part.startswith(".") for part in q.relative_to(p).parts)  # .venv, .git
+            )
+            if not found:
+                problems.append(f"{p}: no .yaml or .yml files in this directory or below")
+            files.extend(found)
         else:
             files.append(p)
-    return files
+    return files, problems
+
+
+def check_file(path: Path, public_address: str = "127.0.0.1") -> ShardFile | DeployFile:
+    """Load ``path`` and, for a runtime config, translate it: everything the server
+    would refuse, ``dgw validate`` refuses too. Raises ConfigError."""
+    from xds_server.translate import TranslateOptions, translate
+
+    config = load_any(path)
+    if isinstance(config, ShardFile):
+        translate(config.runtime(), TranslateOptions(public_address=public_address, file=str(path)))
+    return config
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    failed = 0
-    for path in _config_files(args.paths):
+    files, problems = _config_files(args.paths)
+    for problem in problems:
+        print(problem)
+    failed = len(problems)
+    for path in files:
         try:
-            load_any(path)
+            check_file(path)
         except ConfigError as e:
             failed += 1
-            for problem in e.problems:
-                print(problem)
+            for p in e.problems:
+                print(p)
         else:
             if not args.quiet:
                 print(f"{path}: ok")
@@ -50,7 +78,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     from xds_server.translate import TranslateOptions, render_yaml, translate
 
     try:
-        config = load_shard(args.path)
+        config = load_any(args.path)
+        if isinstance(config, DeployFile):
+            raise ConfigError([Problem(
+                str(args.path), "",
+                "holds only deploy_desires: there is nothing to render (render takes a "
+                "runtime config: proxy_config, container_dals, network_dals, wiring)",
+            )])
         resources = translate(
             config.runtime(),
             TranslateOptions(public_address=args.public_address, file=str(args.path)),
@@ -67,6 +101,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from envoy_proxy.bootstrap import make_bootstrap, make_client_bootstrap
 
     try:
+        if args.client and args.shard:
+            raise ValueError("--shard and --client exclude each other: --shard makes a gateway "
+                             "instance's bootstrap, --client a client-side proxy's")
         if args.client:
             config = make_client_bootstrap(args.node_id, args.xds, args.client, args.listen, args.admin, args.delta)
         elif not args.shard:
@@ -107,8 +144,10 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgw", description="Data Gateway control plane and agent")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
+                        help="log level of every part (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check runtime configs and deploy desires")
     p.add_argument("paths", nargs="+", help="YAML files or directories of them")
@@ -136,19 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--client", metavar="ADDRESS/LISTENER",
                    help="a client-side forward proxy to the hosts registered under ADDRESS, for LISTENER")
-    p.add_argument("--listen", default="127.0.0.1:15000", help="with --client: where the proxy listens")
+    p.add_argument("--listen", default="127.0.0.1:15000",
+                   help="with --client: where the proxy listens (default: %(default)s)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_bootstrap)
 
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import up
+    from . import completion, daemon, logs, schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
+    daemon.add_command(sub, up.DEFAULT_STATE_DIR)
+    logs.add_command(sub, up.DEFAULT_STATE_DIR)
     bench_cli.add_commands(sub)
+    schema.add_command(sub)
+    completion.add_command(sub)
+    for command in sub.choices.values():
+        # Where users type it too (`dgw up --log-level WARNING`); SUPPRESS keeps the
+        # top-level value when the sub-command's is not given.
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                             help="log level of every part (default: INFO)")
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("data-gateway")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,9 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`dgw bootstrap ... | head -3`): end quietly, as cat does.
+        # stdout goes to devnull so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -166,7 +166,10 @@ class ShardRegistry:
         if shard is not None:
             self._install_endpoints(shard, report.node_id, report)
             self._register(shard, [nodes[report.node_id]])
-        log.info(
+        # A sidecar re-sends an unchanged report now and then: news at INFO, repeats at DEBUG.
+        news = previous is None or previous.report != report
+        log.log(
+            logging.INFO if news else logging.DEBUG,
             "event=report shard=%s node=%s generation=%d endpoints=%s registrations=%s",
             report.shard, report.node_id, generation,
             ",".join(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import ROOT
+from testkit.procs import ROOT
 from tests.store.crash_writer import SHARD, crash_text
 from xds_server.store import SqliteStore, content_hash
 from xds_server.store.sqlite import DB_NAME

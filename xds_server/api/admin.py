@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
 from google.protobuf import json_format
 
 from dgw_api.v1 import gateway_pb2
+from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 
 REGISTRY = web.AppKey("registry", ShardRegistry)
@@ -37,18 +38,34 @@ def _json(data, status: int = 200) -> web.Response:
     return web.json_response(_jsonable(data), status=status, dumps=lambda d: json.dumps(d, indent=1))
 
 
+def _iso(epoch: float) -> str:
+    """Times as ``/v1/nodes`` shows them (ISO 8601, UTC)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
 def _shard_summary(registry: ShardRegistry, name: str) -> dict:
     shard = registry.shards.get(name)
     rejection = registry.rejections.get(name)
+    # Endpoints are per node (each Envoy fronts its own host's DALs): a shard-level
+    # EDS version would match no node, so EDS versions are shown per node only.
+    shared = {k: v for k, v in registry.cache.shard_versions(name).items() if k != ENDPOINT} if shard else {}
     return {
         "shard": name,
         "config_version": shard.config_version if shard else None,
         "source": shard.source if shard else None,
-        "accepted_at": shard.accepted_at if shard else None,
+        "accepted_at": _iso(shard.accepted_at) if shard else None,
         "nodes": sorted(shard.nodes) if shard else [],
-        "xds_versions": registry.cache.shard_versions(name) if shard else {},
-        "rejected": dataclasses.asdict(rejection) if rejection else None,
+        "xds_versions": shared,
+        "node_endpoints_versions": {
+            node_id: _endpoints_version(registry, name, node_id) for node_id in sorted(shard.nodes)
+        } if shard else {},
+        "rejected": {**dataclasses.asdict(rejection), "at": _iso(rejection.at)} if rejection else None,
     }
+
+
+def _endpoints_version(registry: ShardRegistry, shard: str, node_id: str) -> str | None:
+    view = registry.cache.view(shard, node_id)
+    return view.versions().get(ENDPOINT) if view is not None else None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -72,7 +89,7 @@ async def get_shard(request: web.Request) -> web.Response:
     summary["reports"] = {
         node_id: {
             "generation": node.generation,
-            "received_at": node.received_at,
+            "received_at": _iso(node.received_at),
             "report": json_format.MessageToDict(node.report, preserving_proto_field_name=True),
         }
         for node_id, node in sorted((shard.nodes if shard else {}).items())

@@ -6,6 +6,7 @@ what is allowed; nothing here lets a stack trace reach the user.
 
 from __future__ import annotations
 
+import difflib
 import os
 import types
 import typing
@@ -107,7 +108,9 @@ def _problems(model: type[BaseModel], err: ValidationError, file: str) -> list[P
         path, owner = _walk(model, item["loc"])
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(owner.model_fields) if owner else ""
-            msg = f"unknown key {path.rsplit('.', 1)[-1]!r}" + (
+            key = path.rsplit(".", 1)[-1]
+            close = difflib.get_close_matches(key, list(owner.model_fields) if owner else [], n=1)
+            msg = f"unknown key {key!r}" + (f": did you mean {close[0]!r}?" if close else "") + (
                 f" (allowed here: {allowed})" if allowed else ""
             )
         elif item["type"] == "missing":
