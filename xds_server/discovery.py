@@ -33,7 +33,7 @@ class Discovery:
         self._names_of: dict[_Key, set[str]] = {}
         self._assignments: dict[str, ClusterLoadAssignment] = {}
 
-    def hosts(self, address: str) -> list[dict]:
+    def hosts(self, address: str) -> list[dict[str, object]]:
         return [
             {"shard": h.shard, "node_id": h.node_id, "address": h.address, "ports": dict(h.ports)}
             for _, h in sorted(self._hosts.get(address, {}).items())
