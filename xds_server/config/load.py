@@ -28,7 +28,7 @@ from .interpolate import InterpolationError, interpolate_values
 from .model import DeployFile, ShardFile
 from .secrets import shown_problems
 from .semantics import check_runtime
-from .yaml_shape import ShapeError, check_shape
+from .yaml_shape import SafeLoader, ShapeError, check_shape
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -84,7 +84,7 @@ def _parse(
         raise ConfigError([Problem(file, "", "interpolated variables make the file too big")])
     try:
         check_shape(expanded, limits.yaml_depth, limits.yaml_nodes)
-        data = yaml.safe_load(expanded)
+        data = yaml.load(expanded, Loader=SafeLoader)
     except ShapeError as e:
         raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
     except yaml.YAMLError as e:

@@ -20,7 +20,9 @@ import yaml
 
 from .errors import quote
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml when it is there (ten times faster, and it refuses nesting past 1,000 by
+# itself); the pure-Python parser otherwise, which is iterative too.
+SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ShapeError(ValueError):
@@ -37,48 +39,45 @@ class _Frame:
 
 def check_shape(text: str, max_depth: int, max_nodes: int) -> None:
     """Raise ShapeError if ``text`` nests deeper than ``max_depth`` or expands (aliases
-    included) to more than ``max_nodes`` nodes. Malformed YAML is left to the loader,
-    which words its errors better."""
+    included) to more than ``max_nodes`` nodes; malformed YAML raises yaml.YAMLError,
+    as the loader would."""
     sizes: dict[str, int] = {}
     stack: list[_Frame] = [_Frame(None, 0)]
-    try:
-        for event in yaml.parse(text, Loader=_Loader):
-            if isinstance(event, yaml.CollectionStartEvent):
-                if len(stack) > max_depth:
-                    raise ShapeError(
-                        _line(event),
-                        f"nested deeper than {max_depth} levels; a shard file needs a few",
-                    )
-                stack.append(_Frame(event.anchor))
-                continue
-            if isinstance(event, yaml.CollectionEndEvent):
-                frame = stack.pop()
-                if frame.anchor is not None:
-                    sizes[frame.anchor] = frame.nodes
-                added = frame.nodes
-            elif isinstance(event, yaml.ScalarEvent):
-                if event.anchor is not None:
-                    sizes[event.anchor] = 1
-                added = 1
-            elif isinstance(event, yaml.AliasEvent):
-                added = sizes.get(event.anchor or "", 1)
-            else:
-                continue
-            top = stack[-1]
-            top.nodes += added
-            if top.nodes > max_nodes:
-                what = (
-                    f"alias *{quote(event.anchor, 40).strip(chr(39))} "
-                    if isinstance(event, yaml.AliasEvent)
-                    else ""
-                )
+    for event in yaml.parse(text, Loader=SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) > max_depth:
                 raise ShapeError(
                     _line(event),
-                    f"{what}makes the document more than {max_nodes} values once aliases "
-                    "are expanded; write the values out, or reuse smaller anchors",
+                    f"nested deeper than {max_depth} levels; a shard file needs a few",
                 )
-    except yaml.YAMLError:
-        return
+            stack.append(_Frame(event.anchor))
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            frame = stack.pop()
+            if frame.anchor is not None:
+                sizes[frame.anchor] = frame.nodes
+            added = frame.nodes
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+            added = 1
+        elif isinstance(event, yaml.AliasEvent):
+            added = sizes.get(event.anchor or "", 1)
+        else:
+            continue
+        top = stack[-1]
+        top.nodes += added
+        if top.nodes > max_nodes:
+            what = (
+                f"alias *{quote(event.anchor, 40).strip(chr(39))} "
+                if isinstance(event, yaml.AliasEvent)
+                else ""
+            )
+            raise ShapeError(
+                _line(event),
+                f"{what}makes the document more than {max_nodes} values once aliases "
+                "are expanded; write the values out, or reuse smaller anchors",
+            )
 
 
 def _line(event: yaml.Event) -> int:
