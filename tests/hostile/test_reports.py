@@ -41,10 +41,10 @@ def registry() -> ShardRegistry:
 async def test_health_99_is_refused_and_not_stored(server: XdsServer):
     body = {"shard": "kv", "node_id": "n1", "endpoints": [
         {"dal": "kv", "listener": "api", "address": "127.0.0.1", "port": 18081, "health": 99}]}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{server.admin_port}/v1/reports", json=body) as r:
-            assert r.status == 400
-            assert "health 99 is not one of" in (await r.json())["error"]
+    url = f"http://127.0.0.1:{server.admin_port}/v1/reports"
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as r:
+        assert r.status == 400
+        assert "health 99 is not one of" in (await r.json())["error"]
     assert server.registry.shards["kv"].nodes == {}
     assert server.cache.view("kv", "n1") is server.cache.view("kv", "nobody")
 
@@ -135,13 +135,13 @@ async def test_reports_survive_a_restart_in_a_private_file(tmp_path):
 
 
 async def test_persisted_reports_older_than_the_ttl_are_dropped(tmp_path):
-    s = settings(tmp_path, report_ttl_s=0.05)
+    s = settings(tmp_path)
     (s.config_dir / "kv.yaml").write_text(GOOD)
     first = XdsServer(s)
     await first.start()
     first.registry.report(report("n1"))
+    first.registry.shards["kv"].nodes["n1"].received_at -= s.limits.report_ttl_s + 1
     await first.stop()
-    time.sleep(0.1)  # the report ages past the TTL (a wall-clock age, not synchronisation)
     second = XdsServer(s)
     await second.start()
     try:
