@@ -4,10 +4,10 @@ Restart strategy: after ``kill -9`` and a restart, Envoys reconnect within a sec
 while each sidecar reports again only on its next tick (up to 10 s) — or never, if it
 is gone. Rather than hold every node's EDS back until its sidecar reports (a wait the
 ADS server would have to know about), the server writes every node's last report to
-``<data dir>/reports.json`` (at most once a second, only when one changed; atomically,
+``<data dir>/reports.json`` (at most every 0.25 s, only when one changed; atomically,
 0600 in a 0700 directory) and reads it back before loading the config, dropping any
 older than ``report_ttl_s``. A restarted Envoy so gets the endpoints it had; a fresh
-report replaces them as usual. At most one second of reports is lost by a crash, and
+report replaces them as usual. At most a quarter second of reports is lost by a crash, and
 those nodes' previous reports stand in until they report again.
 """
 
@@ -18,6 +18,8 @@ import json
 import logging
 import os
 from pathlib import Path
+
+from google.protobuf.message import DecodeError
 
 from dgw_api.v1 import gateway_pb2
 from xds_server.shards import NodeState
@@ -75,6 +77,6 @@ def read(directory: Path, now: float, ttl_s: float) -> list[tuple[str, NodeState
         return out
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, DecodeError) as e:
         log.warning("event=reports_unreadable path=%s error=%s", path, str(e)[:200])
         return []

@@ -46,7 +46,9 @@ KEEPALIVE_OPTIONS = (
 # gRPC sets SO_REUSEPORT by default: two servers on one port both bind and the kernel
 # splits connections between them. Off, the second one fails to bind.
 EXCLUSIVE_PORT = (("grpc.so_reuseport", 0),)
-HOUSEKEEPING_INTERVAL_S = 1.0
+# How often silent nodes are expired and changed reports written (so a crash loses
+# at most this much of the reports' history).
+HOUSEKEEPING_INTERVAL_S = 0.25
 
 
 class BindError(OSError):
@@ -161,7 +163,7 @@ class XdsServer:
         return self.config_dir.failure or self._housekeeping_failure
 
     async def _housekeeping(self) -> None:
-        """Expire silent nodes and persist changed reports, once a second."""
+        """Expire silent nodes and persist changed reports, every HOUSEKEEPING_INTERVAL_S."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             try:
