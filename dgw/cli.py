@@ -133,6 +133,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         xds=args.xds,
         admin=args.admin,
         public_address=args.public_address,
+        data_dir=args.data_dir,
     )
     try:
         asyncio.run(run(settings))
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", default=DEFAULT_ADMIN, help="admin HTTP address")
     p.add_argument("--public-address", default="127.0.0.1",
                    help="where Envoys bind public listeners (0.0.0.0 in production)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where node reports are kept across restarts "
+                        "(default: ~/.local/state/dgw-server/<hash of the config dir>)")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")

@@ -35,6 +35,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "registrations": "Discovery names this instance is registered under while it is healthy.",
         "deploy_desires": "Capacity, tier, versions, locations, owners and consumers of the shard "
                           "(may also live in a file of its own).",
+        "allow_no_listeners": "Say true to accept a config with no public listener while Envoys of the "
+                              "shard are connected (it would refuse all their traffic); otherwise "
+                              "such a change is rejected.",
     },
     "ProxyConfig": {
         "public_listeners": "The host listeners, by name; each forwards to the DAL listeners of the same name.",

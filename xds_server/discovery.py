@@ -15,7 +15,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from dgw_api.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.config import ShardFile
-from xds_server.resources import ENDPOINT, Resources
+from xds_server.resources import ENDPOINT
 from xds_server.translate import (
     DISCOVERY_SHARD,
     RegisteredHost,
@@ -33,7 +33,7 @@ class Discovery:
         self._names_of: dict[_Key, set[str]] = {}
         self._assignments: dict[str, ClusterLoadAssignment] = {}
 
-    def hosts(self, address: str) -> list[dict]:
+    def hosts(self, address: str) -> list[dict[str, object]]:
         return [
             {"shard": h.shard, "node_id": h.node_id, "address": h.address, "ports": dict(h.ports)}
             for _, h in sorted(self._hosts.get(address, {}).items())
@@ -49,10 +49,10 @@ class Discovery:
             for listener in config.proxy_config.public_listeners
             if (name := discovery_name(address, listener)) not in self._assignments
         ]
-        for name in missing:
-            self._assignments[name] = ClusterLoadAssignment(cluster_name=name)
-        if missing:
-            self._publish_all()
+        empty = {name: ClusterLoadAssignment(cluster_name=name) for name in missing}
+        self._assignments.update(empty)
+        if empty:
+            self.cache.update_resources(DISCOVERY_SHARD, ENDPOINT, empty)
 
     def update(self, shard: str, ports: Mapping[str, int], reports: Iterable[gateway_pb2.NodeReport]) -> None:
         """Re-index the registrations of these reports of ``shard`` (whose public
@@ -85,8 +85,8 @@ class Discovery:
         self._publish(touched)
 
     def _publish(self, addresses: set[str]) -> None:
-        if not addresses:
-            return
+        """Rebuild and re-encode the EDS names of these addresses only."""
+        changed: dict[str, ClusterLoadAssignment] = {}
         for address in addresses:
             hosts = self._hosts.get(address) or {}
             current = discovery_assignments({address: hosts.values()})
@@ -94,11 +94,10 @@ class Discovery:
             # that nobody serves it (EDS never treats absence as removal).
             prefix = f"{address}/"
             for name in [n for n in self._assignments if n.startswith(prefix)]:
-                self._assignments[name] = current.get(name) or ClusterLoadAssignment(cluster_name=name)
-            self._assignments.update(current)
+                changed[name] = current.get(name) or ClusterLoadAssignment(cluster_name=name)
+            changed.update(current)
             if not hosts:
                 self._hosts.pop(address, None)
-        self._publish_all()
-
-    def _publish_all(self) -> None:
-        self.cache.set_shard(DISCOVERY_SHARD, Resources({ENDPOINT: dict(self._assignments)}))
+        if changed:
+            self._assignments.update(changed)
+            self.cache.update_resources(DISCOVERY_SHARD, ENDPOINT, changed)

@@ -1,7 +1,10 @@
 """The xds_server process: config dir → registry (translate) → cache → ADS.
 
 One asyncio loop carries the gRPC server (ADS for Envoys, ``dgw.v1.Gateway`` for
-sidecars), the admin HTTP API and the config dir watcher.
+sidecars), the admin HTTP API, the config dir watcher and the housekeeping (node
+reports persisted and expired). Neither port is shared with another process: a
+second server on the same ``--xds`` or ``--admin`` fails to start (``BindError``)
+instead of splitting the Envoys between two control planes.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ import gc
 import logging
 import resource
 import signal
+import time
 
 import grpc
 from aiohttp import web
 
 from common.hostport import split_host_port
+from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.api import admin, gateway
+from xds_server.api.admin_http import LimitedSite
+from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
+from xds_server.config import EnvPolicy
 from xds_server.settings import ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
@@ -35,6 +43,16 @@ KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 )
+# gRPC sets SO_REUSEPORT by default: two servers on one port both bind and the kernel
+# splits connections between them. Off, the second one fails to bind.
+EXCLUSIVE_PORT = (("grpc.so_reuseport", 0),)
+# How often silent nodes are expired and changed reports written (so a crash loses
+# at most this much of the reports' history).
+HOUSEKEEPING_INTERVAL_S = 0.25
+
+
+class BindError(OSError):
+    """A port the server needs is held by another process (one line, for the CLI)."""
 
 
 # Python's cyclic collector, tuned for a heap of long-lived per-shard and per-stream
@@ -70,50 +88,107 @@ class XdsServer:
 
     def __init__(self, settings: ServerSettings):
         self.settings = settings
+        self.limits = settings.limits
         self.cache = SnapshotCache()
         self.registry = ShardRegistry(
-            self.cache, TranslateOptions(public_address=settings.public_address)
+            self.cache, TranslateOptions(public_address=settings.public_address), self.limits
         )
-        self.config_dir = ConfigDir(settings.config_dir, self.registry)
+        self.config_dir = ConfigDir(
+            settings.config_dir, self.registry, EnvPolicy(settings.allowed_env), self.limits
+        )
+        self.state_dir = settings.state_dir()
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
         self.xds_port = 0
         self.admin_port = 0
-        self._watch_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._housekeeping_failure: str | None = None
 
     async def start(self) -> None:
-        self.config_dir.load_all()
-        self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS)
+        """Bind both ports and load the config; on any failure release what was taken
+        (so that no half-started gRPC server outlives the event loop)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
+            self.registry.restore(shard, node)
+        self.config_dir.load_all()  # before serving: nothing waits on the loop yet
+        self.grpc_server = grpc.aio.server(
+            options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
+        )
         AdsServer(self.cache).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry)
         host, port = split_host_port(self.settings.xds, "--xds")
-        self.xds_port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.xds_port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.xds_port = 0
         if self.xds_port == 0:
-            raise OSError(f"cannot bind the xDS address {self.settings.xds}: is it in use?")
+            raise BindError(f"cannot listen on --xds {self.settings.xds}: the port is in use "
+                            "(another dgw server?) or the address is not local")
         await self.grpc_server.start()
 
-        self.admin_runner = web.AppRunner(admin.make_app(self.registry), access_log=None)
+        self.admin_runner = admin_runner(admin.make_app(self.registry, self.problem), self.limits)
         await self.admin_runner.setup()
         ahost, aport = split_host_port(self.settings.admin, "--admin")
-        site = web.TCPSite(self.admin_runner, ahost, aport)
-        await site.start()
-        self.admin_port = site._server.sockets[0].getsockname()[1]  # port 0 → the bound one
+        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections)
+        try:
+            await site.start()
+        except OSError as e:
+            raise BindError(f"cannot listen on --admin {self.settings.admin}: "
+                            f"{e.strerror or e} (another dgw server?)") from None
+        self.admin_port = site.port
 
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.watch:
             watching = asyncio.Event()
-            self._watch_task = asyncio.create_task(self.config_dir.watch(watching), name="config-dir-watch")
+            self._tasks.append(
+                asyncio.create_task(self.config_dir.watch(watching), name="config-dir-watch")
+            )
             await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
-            "event=started xds=%s:%d admin=%s:%d config_dir=%s shards=%d rejected=%d",
-            host, self.xds_port, ahost, self.admin_port, self.settings.config_dir,
+            "event=started xds=%s:%d admin=%s:%d config_dir=%s shards=%d rejected=%d "
+            "restored_reports=%d",
+            host, self.xds_port, ahost, self.admin_port, self.config_dir.directory,
             len(self.registry.shards), len(self.registry.rejections),
+            len(self.registry.all_reports()),
         )
 
+    def problem(self) -> str | None:
+        """Why the server is unhealthy (``/healthz`` fails), or None."""
+        return self.config_dir.failure or self._housekeeping_failure
+
+    async def _housekeeping(self) -> None:
+        """Expire silent nodes and persist changed reports, every HOUSEKEEPING_INTERVAL_S."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            try:
+                self.registry.expire_reports(time.time())
+                await self.persist_reports()
+                self._housekeeping_failure = None
+            except OSError as e:
+                self._housekeeping_failure = f"cannot write {self.state_dir}: {e.strerror or e}"
+                log.error("event=reports_not_persisted dir=%s error=%s", self.state_dir, e)
+
+    async def persist_reports(self) -> None:
+        if not self.registry.dirty:
+            return
+        self.registry.dirty = False
+        data = report_file.encode(self.registry.all_reports())
+        await asyncio.to_thread(report_file.write, self.state_dir, data)
+
     async def stop(self) -> None:
-        if self._watch_task:
-            self._watch_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(OSError):
+            await self.persist_reports()
         if self.grpc_server:
             await self.grpc_server.stop(grace=0.5)
         if self.admin_runner:

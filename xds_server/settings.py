@@ -1,13 +1,66 @@
-"""The xds_server's settings and their defaults (one place, next to the model)."""
+"""The xds_server's settings and their defaults (one place, next to the model).
+
+Every input the server accepts is bounded here: each limit has its default and says
+what happens when it is hit. Nothing else in the server hard-codes a bound.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_XDS = "127.0.0.1:18000"
 DEFAULT_ADMIN = "127.0.0.1:18001"
+# ``${VAR}`` in a shard file reads only variables whose name starts with this (plus
+# those named in ``allowed_env``): the server's own environment (HOME, tokens, cloud
+# credentials) is never readable by whoever can write a shard file.
+ENV_PREFIX = "DGW_"
+
+
+class Limits(BaseModel):
+    """Bounds on every input. Hitting one is a clear, bounded error, never a hang."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- shard files (refused as a rejection naming the file; running config stays)
+    # Checked with stat() before reading: a 50 MB file never reaches the parser.
+    shard_file_bytes: int = 1024 * 1024
+    # Nesting of mappings/sequences; a real shard is under 10 deep. Checked on the
+    # event stream before anything is built, so 2,000 nested `[` cost microseconds.
+    yaml_depth: int = 32
+    # Nodes of the document once every alias is expanded. Aliases are allowed (an
+    # `env: &common` reused by several DALs is legitimate), but a document that
+    # expands beyond this is refused before it is built (the 487-byte alias bomb
+    # expands to ~10^8 nodes).
+    yaml_nodes: int = 50_000
+    # How much of an offending value an error message quotes.
+    quoted_chars: int = 80
+    # Problems listed per rejected file (the rest are counted).
+    problems_per_file: int = 50
+
+    # --- node reports (refused with 400 / INVALID_ARGUMENT; nothing stored)
+    report_bytes: int = 64 * 1024  # serialized NodeReport, status map included
+    endpoints_per_report: int = 512
+    registrations_per_report: int = 64
+    name_chars: int = 253  # any name in a report: node id, DAL, listener, registration
+    # Reports for shards with no config yet (a sidecar may start before its shard
+    # file is accepted) are kept for at most this many nodes in all; more are refused.
+    pending_report_nodes: int = 256
+    # A node that has not reported for this long is forgotten (its EDS returns to the
+    # shard default, its registrations go). Sidecars report every 10 s.
+    report_ttl_s: float = 120.0
+
+    # --- admin HTTP API
+    admin_connections: int = 512  # open connections; more are closed on accept
+    # A connection without a complete request (idle, or still sending its headers)
+    # this long after it opened or after its last response is closed: this is both
+    # the idle and the header timeout, so slowloris connections never linger.
+    admin_idle_timeout_s: float = 10.0
+    admin_body_timeout_s: float = 10.0  # a request's body must arrive within this
+    admin_body_bytes: int = 128 * 1024  # POST bodies (a report is well under)
 
 
 class ServerSettings(BaseModel):
@@ -20,3 +73,17 @@ class ServerSettings(BaseModel):
     # never expose a port; production gateways pass 0.0.0.0 (or ::).
     public_address: str = "127.0.0.1"
     watch: bool = True
+    # Where the server keeps what must survive a restart (node reports, 0600). None:
+    # $XDG_STATE_HOME/dgw-server/<hash of the absolute config dir> (~/.local/state/...),
+    # so two servers on two config dirs never share one.
+    data_dir: Path | None = None
+    # Variables ``${VAR}`` may read besides those starting with ENV_PREFIX.
+    allowed_env: frozenset[str] = frozenset()
+    limits: Limits = Field(default_factory=Limits)
+
+    def state_dir(self) -> Path:
+        if self.data_dir is not None:
+            return self.data_dir.absolute()
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        key = hashlib.sha256(str(self.config_dir.absolute()).encode()).hexdigest()[:16]
+        return base / "dgw-server" / key

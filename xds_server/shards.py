@@ -5,6 +5,12 @@ translated (pure) and handed to the snapshot cache; a node's endpoint report bec
 that node's EDS; registrations of healthy nodes become discovery entries. Nothing
 here speaks a protocol: the ADS server, the Gateway gRPC service and the admin API
 all call into it.
+
+Every report is bounded (``Limits``) before anything is indexed, and a report that
+is refused changes nothing. A node that stops reporting for ``report_ttl_s`` is
+forgotten (``expire_reports``). Reports are what a restarted server needs to give
+each Envoy its endpoints at once, so the server persists them (``report_file``);
+``dirty`` says there is something new to write.
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ import hashlib
 import ipaddress
 import logging
 import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import yaml
 
 from dgw_api.v1 import gateway_pb2
 from xds_server.cache import SnapshotCache
-from xds_server.config import ConfigError, ShardFile
+from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
 from xds_server.discovery import Discovery
+from xds_server.settings import Limits
 from xds_server.translate import GatewayIR, TranslateOptions, build_ir, endpoints_for, to_resources
 
 log = logging.getLogger("xds_server.shards")
@@ -47,6 +55,15 @@ class Shard:
     config_version: str
     accepted_at: float
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    # Values interpolated from the environment: the sidecars get them, people see ***.
+    secrets: frozenset[str] = frozenset()
+
+    def shown_yaml(self) -> str:
+        """The config for people (admin API): every interpolated value masked."""
+        if not self.secrets:
+            return self.config_yaml
+        data = mask_data(self.config.runtime().model_dump(mode="json"), self.secrets)
+        return yaml.safe_dump(data, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -64,10 +81,30 @@ def config_yaml(config: ShardFile) -> str:
     return yaml.safe_dump(config.runtime().model_dump(mode="json"), sort_keys=True)
 
 
-def check_report(report: gateway_pb2.NodeReport) -> None:
-    """Envoy rejects a whole assignment over one bad endpoint; refuse it here instead."""
+_HEALTH_VALUES = frozenset(gateway_pb2.Health.values())
+
+
+def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -> None:
+    """Refuse a report that is too big or that Envoy would reject (it rejects a whole
+    assignment over one bad endpoint). Sizes are checked before anything is walked."""
+    limits = limits or Limits()
+    size = report.ByteSize()
+    if size > limits.report_bytes:
+        raise ValueError(f"the report is {size} bytes; at most {limits.report_bytes} are accepted")
+    if len(report.endpoints) > limits.endpoints_per_report:
+        raise ValueError(f"{len(report.endpoints)} endpoints; a report may have at most "
+                         f"{limits.endpoints_per_report}")
+    if len(report.registrations) > limits.registrations_per_report:
+        raise ValueError(f"{len(report.registrations)} registrations; a report may have at most "
+                         f"{limits.registrations_per_report}")
     if not report.shard or not report.node_id:
         raise ValueError("a report needs shard and node_id")
+    names = [("shard", report.shard), ("node_id", report.node_id)]
+    names += [("registration", r) for r in report.registrations]
+    names += [(f"endpoint {what}", n) for e in report.endpoints for what, n in (("dal", e.dal), ("listener", e.listener))]
+    for what, name in names:
+        if len(name) > limits.name_chars:
+            raise ValueError(f"{what} {quote(name)} is longer than {limits.name_chars} characters")
     for e in report.endpoints:
         name = f"endpoint {e.dal or '?'}.{e.listener or '?'}"
         if not e.dal or not e.listener:
@@ -75,23 +112,33 @@ def check_report(report: gateway_pb2.NodeReport) -> None:
         try:
             ipaddress.ip_address(e.address)
         except ValueError:
-            raise ValueError(f"{name}: address {e.address!r} must be an IP address") from None
+            raise ValueError(f"{name}: address {quote(e.address)} must be an IP address") from None
         if not 0 < e.port < 65536:
             raise ValueError(f"{name}: port {e.port} must be 1-65535")
+        if e.health not in _HEALTH_VALUES:
+            raise ValueError(f"{name}: health {e.health} is not one of "
+                             f"{', '.join(f'{v} ({k})' for k, v in gateway_pb2.Health.items())}")
     if report.registrations:
         try:
             ipaddress.ip_address(report.host_address)
         except ValueError:
             raise ValueError(
-                f"host_address {report.host_address!r} must be an IP address to register "
+                f"host_address {quote(report.host_address)} must be an IP address to register "
                 "(clients' proxies connect to it)"
             ) from None
 
 
 class ShardRegistry:
-    def __init__(self, cache: SnapshotCache, options: TranslateOptions | None = None):
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        options: TranslateOptions | None = None,
+        limits: Limits | None = None,
+    ):
         self.cache = cache
         self.options = options or TranslateOptions()
+        self.limits = limits or Limits()
+        self.dirty = False  # reports changed since the last persist
         self.shards: dict[str, Shard] = {}
         self.rejections: dict[str, Rejection] = {}
         # Reports can arrive before their shard's config does; keep them until it does.
@@ -101,24 +148,28 @@ class ShardRegistry:
 
     # --- configuration -------------------------------------------------------
 
-    def apply(self, shard: str, config: ShardFile, source: str) -> bool:
-        """Translate and install a validated config. Raises ConfigError (and changes
-        nothing) when it cannot be translated. Returns True if the config changed."""
-        options = dataclasses.replace(self.options, file=source)
+    def apply(
+        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset()
+    ) -> bool:
+        """Translate and install a checked config. Raises ConfigError (and changes
+        nothing) when it cannot be translated or would take every listener away from
+        connected Envoys without saying so. Returns True if the config changed."""
         started = time.perf_counter()
-        try:
-            ir = build_ir(config.runtime(), options)
-        except ConfigError as e:
-            self.reject(shard, source, e)
-            raise
         text = config_yaml(config)
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         current = self.shards.get(shard)
         if current is not None and current.config_version == version:
             self.rejections.pop(shard, None)
             return False
+        try:
+            self._refuse_losing_every_listener(shard, config, source)
+            ir = build_ir(config.runtime(), dataclasses.replace(self.options, file=source))
+        except ConfigError as e:
+            shown = ConfigError(shown_problems(e.problems, secrets, self.limits))
+            self.reject(shard, source, shown)
+            raise shown from None
         nodes = current.nodes if current else self._early_reports.pop(shard, {})
-        state = Shard(shard, config, ir, source, text, version, time.time(), nodes)
+        state = Shard(shard, config, ir, source, text, version, time.time(), nodes, secrets)
         changed = self.cache.set_shard(shard, to_resources(ir))
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)
@@ -133,8 +184,27 @@ class ShardRegistry:
         )
         return True
 
+    def _refuse_losing_every_listener(self, shard: str, config: ShardFile, source: str) -> None:
+        current = self.shards.get(shard)
+        if (
+            config.proxy_config.public_listeners
+            or config.allow_no_listeners
+            or current is None
+            or not current.config.proxy_config.public_listeners
+        ):
+            return
+        connected = {s.node_id for s in self.cache.node_status() if s.shard == shard}
+        if connected:
+            raise ConfigError([Problem(
+                source, "proxy_config.public_listeners",
+                f"this config has no public listener: the {len(connected)} connected Envoys of "
+                f"shard {quote(shard)} would drop every listener and refuse all traffic; if that "
+                "is meant, add `allow_no_listeners: true` at the top of the file",
+            )])
+
     def reject(self, shard: str, source: str, error: ConfigError) -> None:
-        errors = [str(p) for p in error.problems]
+        """Record a refused config; ``error`` is already fit to show (secrets masked)."""
+        errors = [str(p) for p in error.problems[: self.limits.problems_per_file + 1]]
         self.rejections[shard] = Rejection(shard, source, errors, time.time())
         running = self.shards.get(shard)
         log.warning(
@@ -143,11 +213,11 @@ class ShardRegistry:
         )
 
     def remove(self, shard: str) -> None:
+        self.rejections.pop(shard, None)
         state = self.shards.pop(shard, None)
         if state is None:
             return
         self.cache.remove_shard(shard)
-        self.rejections.pop(shard, None)
         self._discovery.drop_shard(shard)
         self._wake(shard)
         log.info("event=shard_removed shard=%s", shard)
@@ -157,12 +227,20 @@ class ShardRegistry:
     def report(self, report: gateway_pb2.NodeReport) -> int:
         """Replace a node's report; its endpoints become that node's EDS at once.
         Raises ValueError (and keeps the previous report) if the report is unusable."""
-        check_report(report)
+        check_report(report, self.limits)
         shard = self.shards.get(report.shard)
+        if shard is None:
+            pending = self._early_reports.get(report.shard, {})
+            if report.node_id not in pending and self._pending_nodes() >= self.limits.pending_report_nodes:
+                raise ValueError(
+                    f"no shard {quote(report.shard)} is configured, and reports for unconfigured "
+                    f"shards are kept for at most {self.limits.pending_report_nodes} nodes"
+                )
         nodes = shard.nodes if shard else self._early_reports.setdefault(report.shard, {})
         previous = nodes.get(report.node_id)
         generation = (previous.generation if previous else 0) + 1
         nodes[report.node_id] = NodeState(report, generation, time.time())
+        self.dirty = True
         if shard is not None:
             self._install_endpoints(shard, report.node_id, report)
             self._register(shard, [nodes[report.node_id]])
@@ -180,14 +258,48 @@ class ShardRegistry:
         )
         return generation
 
+    def restore(self, shard: str, node: NodeState) -> None:
+        """Put back a report persisted before a restart (before any config is loaded:
+        each shard's config then installs its nodes' endpoints as it is applied)."""
+        self._early_reports.setdefault(shard, {})[node.report.node_id] = node
+
+    def all_reports(self) -> list[tuple[str, NodeState]]:
+        """Every node's last report, configured shard or not, as (shard, state)."""
+        held = [(name, s.nodes) for name, s in self.shards.items()] + list(self._early_reports.items())
+        return [(shard, node) for shard, nodes in held for node in nodes.values()]
+
+    def expire_reports(self, now: float) -> int:
+        """Forget nodes silent for ``report_ttl_s``: their EDS returns to the shard's
+        default and their registrations go. Returns how many were forgotten."""
+        deadline = now - self.limits.report_ttl_s
+        expired = 0
+        for name, nodes in [(n, s.nodes) for n, s in self.shards.items()] + list(self._early_reports.items()):
+            for node_id in [n for n, node in nodes.items() if node.received_at < deadline]:
+                del nodes[node_id]
+                expired += 1
+                shard = self.shards.get(name)
+                if shard is not None:
+                    self.cache.set_node_endpoints(name, node_id, None)
+                    self._register(shard, [NodeState(gateway_pb2.NodeReport(node_id=node_id), 0, now)])
+                log.info("event=report_expired shard=%s node=%s ttl_s=%g", name, node_id,
+                         self.limits.report_ttl_s)
+        for name in [n for n, nodes in self._early_reports.items() if not nodes]:
+            del self._early_reports[name]
+        if expired:
+            self.dirty = True
+        return expired
+
+    def _pending_nodes(self) -> int:
+        return sum(len(nodes) for nodes in self._early_reports.values())
+
     def _install_endpoints(self, shard: Shard, node_id: str, report: gateway_pb2.NodeReport) -> None:
         self.cache.set_node_endpoints(shard.name, node_id, endpoints_for(shard.ir, report.endpoints))
 
-    def discovery(self, address: str) -> list[dict]:
+    def discovery(self, address: str) -> list[dict[str, object]]:
         """The hosts registered under a discovery name (only healthy ones register)."""
         return self._discovery.hosts(address)
 
-    def _register(self, shard: Shard, nodes) -> None:
+    def _register(self, shard: Shard, nodes: Iterable[NodeState]) -> None:
         ports = {
             name: lst.address.port
             for name, lst in shard.config.proxy_config.public_listeners.items()
@@ -197,7 +309,7 @@ class ShardRegistry:
 
     # --- config watch (sidecars) --------------------------------------------
 
-    async def watch_config(self, shard: str):
+    async def watch_config(self, shard: str) -> AsyncIterator[Shard]:
         """Yield the shard's Shard state now (if any) and after every change."""
         sent: str | None = None
         while True:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from dgw_api.v1 import gateway_pb2
+from tests.ads.ads_wait import eventually
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, load_shard_text
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -116,15 +117,10 @@ async def test_watch_config_yields_now_and_after_each_change(registry):
                 return
 
     task = asyncio.create_task(watch())
-    await asyncio.wait_for(_until(lambda: len(seen) == 1), 2)
+    await eventually(lambda: len(seen) == 1, 2)
     registry.apply("kv", load_shard_text(GOOD.replace("18081", "18082"), "kv.yaml"), "kv.yaml")
     await asyncio.wait_for(task, 2)
     assert seen[0] != seen[1]
-
-
-async def _until(predicate) -> None:
-    while not predicate():
-        await asyncio.sleep(0)
 
 
 def test_registrations_are_published_as_discovery_eds(registry):
@@ -148,3 +144,19 @@ def test_registration_needs_an_ip_host_address(registry):
     bad.host_address = "gateway.local"
     with pytest.raises(ValueError, match="host_address"):
         registry.report(bad)
+
+
+def test_discovery_re_encodes_only_the_names_a_report_touches(registry, monkeypatch):
+    wide = GOOD.replace('"kv.discovery,kv.alt"', '"kv.discovery,kv.alt,' +
+                        ",".join(f"other{i}" for i in range(50)) + '"')
+    registry.apply("kv", load_shard_text(wide, "kv.yaml"), "kv.yaml")
+    published: list[set[str]] = []
+    real = registry.cache.update_resources
+
+    def spy(shard, type_url, changed):
+        published.append(set(changed))
+        return real(shard, type_url, changed)
+
+    monkeypatch.setattr(registry.cache, "update_resources", spy)
+    registry.report(report("n1", registrations=("kv.alt",)))
+    assert published == [{"kv.alt/api"}]

@@ -158,20 +158,5 @@ def test_tls_and_authz_are_refused_all_at_once_at_their_keys() -> None:
     assert "authz 'gandalf' is not supported yet" in problems[1].message
 
 
-def test_an_unchecked_config_is_refused_with_every_reason() -> None:
-    cfg = RuntimeConfig.model_validate({
-        "proxy_config": {"public_listeners": {"a": {"mode": "grpc", "path": 8980, "tls_creds": "m"}}},
-        "container_dals": {"kv": {"container_listeners": {"a": 8980}}},
-        "wiring": {"kv": {"mode": "shadow", "target": "nobody"}},
-    })
-    with pytest.raises(ConfigError) as caught:
-        build_ir(cfg)
-    assert [p.path for p in caught.value.problems] == [
-        "wiring.kv.target",
-        "proxy_config.public_listeners.a.tls_creds",
-    ]
-    assert {p.file for p in caught.value.problems} == {"<config>"}
-
-
 def test_same_config_same_ir() -> None:
     assert build_ir(_cfg(KV)) == build_ir(_cfg(KV))

@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
 
 from dgw_api.v1 import gateway_pb2
+from xds_server.api.admin_http import read_json
+from xds_server.config import quote
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 
+
+@dataclass(frozen=True)
+class Health:
+    """Why the server is not healthy (e.g. the config watch failed), or None."""
+
+    problem: Callable[[], str | None]
+
+
 REGISTRY = web.AppKey("registry", ShardRegistry)
+HEALTH = web.AppKey("health", Health)
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
     if hasattr(value, "to_dict"):
         return value.to_dict()
@@ -34,7 +48,7 @@ def _jsonable(value):
     return value
 
 
-def _json(data, status: int = 200) -> web.Response:
+def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(_jsonable(data), status=status, dumps=lambda d: json.dumps(d, indent=1))
 
 
@@ -43,7 +57,7 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
-def _shard_summary(registry: ShardRegistry, name: str) -> dict:
+def _shard_summary(registry: ShardRegistry, name: str) -> dict[str, Any]:
     shard = registry.shards.get(name)
     rejection = registry.rejections.get(name)
     # Endpoints are per node (each Envoy fronts its own host's DALs): a shard-level
@@ -69,6 +83,9 @@ def _endpoints_version(registry: ShardRegistry, shard: str, node_id: str) -> str
 
 
 async def healthz(request: web.Request) -> web.Response:
+    problem = request.app[HEALTH].problem()
+    if problem is not None:
+        return web.json_response({"status": "failing", "problem": problem}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -85,7 +102,8 @@ async def get_shard(request: web.Request) -> web.Response:
         return _json({"error": f"no shard {name!r}"}, status=404)
     summary = _shard_summary(registry, name)
     shard = registry.shards.get(name)
-    summary["config"] = shard.config_yaml if shard else None
+    # Interpolated values (secrets) are ***: only the sidecars get them (WatchConfig).
+    summary["config"] = shard.shown_yaml() if shard else None
     summary["reports"] = {
         node_id: {
             "generation": node.generation,
@@ -102,13 +120,16 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def post_report(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
     try:
-        body = await request.json()
+        body = await read_json(request, registry.limits)
         report = json_format.ParseDict(body, gateway_pb2.NodeReport())
+    except TimeoutError:
+        return _json({"error": "the request body did not arrive in time"}, status=408)
     except (ValueError, json_format.ParseError) as e:
-        return _json({"error": f"not a NodeReport: {e}"}, status=400)
+        return _json({"error": f"not a NodeReport: {quote(str(e), 300)}"}, status=400)
     try:
-        generation = request.app[REGISTRY].report(report)
+        generation = registry.report(report)
     except ValueError as e:
         return _json({"error": str(e)}, status=400)
     return _json({"generation": generation})
@@ -119,9 +140,12 @@ async def discovery(request: web.Request) -> web.Response:
     return _json({"address": address, "instances": request.app[REGISTRY].discovery(address)})
 
 
-def make_app(registry: ShardRegistry) -> web.Application:
-    app = web.Application()
+def make_app(
+    registry: ShardRegistry, problem: Callable[[], str | None] = lambda: None
+) -> web.Application:
+    app = web.Application(client_max_size=registry.limits.admin_body_bytes)
     app[REGISTRY] = registry
+    app[HEALTH] = Health(problem)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/shards", list_shards)
     app.router.add_get("/v1/shards/{shard}", get_shard)

@@ -15,12 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from google.protobuf.message import Message
 
 from xds_server.cache.snapshot import (
     EncodedResource,
     Snapshot,
     TypeSnapshot,
     build_snapshot,
+    build_type,
     encode_all,
     overlay,
 )
@@ -101,6 +103,25 @@ class SnapshotCache:
         snapshot = build_snapshot(resources, previous)
         if previous is not None and all(snapshot[t] is previous[t] for t in PUSH_ORDER):
             return False
+        self._install(shard, snapshot)
+        return True
+
+    def update_resources(self, shard: str, type_url: str, changed: Mapping[str, Message]) -> bool:
+        """Replace or add some resources of one type, encoding only those; the shard's
+        other resources are kept as they are. True (and streams woken) if anything changed."""
+        previous = self._shards.get(shard)
+        if previous is None:
+            return self.set_shard(shard, Resources({type_url: dict(changed)}))
+        old = previous[type_url]
+        encoded = dict(old.resources)
+        encoded.update(encode_all(type_url, changed, old.resources))
+        built = build_type(type_url, encoded, old)
+        if built is old:
+            return False
+        self._install(shard, previous.replace(built))
+        return True
+
+    def _install(self, shard: str, snapshot: Snapshot) -> None:
         self._shards[shard] = snapshot
         log.info(
             "event=snapshot shard=%s %s",
@@ -110,7 +131,6 @@ class SnapshotCache:
         for watches in self._watches.get(shard, {}).values():
             for watch in watches:
                 watch.wake()
-        return True
 
     def set_node_endpoints(
         self,

@@ -1,8 +1,31 @@
-"""Configuration errors a user can act on: file, key path, what is wrong, what is allowed."""
+"""Configuration errors a user can act on: file, key path, what is wrong, what is allowed.
+
+Whatever a user wrote may be huge (an alias bomb, a 1 MB string): a message quotes it
+through ``quote`` only, and a problem's message is capped as a last guard, so an error
+can never be bigger than a screenful.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+QUOTED_CHARS = 80  # Limits.quoted_chars; here so that every module can quote without settings
+MESSAGE_CHARS = 1000
+
+
+def quote(value: object, limit: int = QUOTED_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a container is never fully rendered)."""
+    if isinstance(value, dict | list | tuple | set):
+        kind = type(value).__name__
+        return f"<a {kind} of {len(value)} items>"
+    text = repr(value) if isinstance(value, str) else repr(str(value)) if isinstance(value, bytes) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 12, 8)]}…({len(text)} chars)"
+
+
+def clip(message: str, limit: int = MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else f"{message[:limit]}…(cut, {len(message)} chars)"
 
 
 @dataclass(frozen=True)
@@ -12,6 +35,10 @@ class Problem:
     file: str
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", clip(self.path, 200))
+        object.__setattr__(self, "message", clip(self.message))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.path}" if self.path else self.file

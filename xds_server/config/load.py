@@ -1,50 +1,105 @@
 """Load a configuration file: text → interpolate → YAML → models → semantic checks.
 
 Every failure becomes a ConfigError whose problems name the file, the key path and
-what is allowed; nothing here lets a stack trace reach the user.
+what is allowed; nothing here lets a stack trace reach the user. Every input is
+bounded first (``Limits``: file size, nesting, alias expansion), and every check runs
+exactly once: a ShardFile returned from here is fully checked, and the translator
+relies on that instead of checking again.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import stat
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError, Problem
-from .interpolate import InterpolationError, interpolate
+from xds_server.settings import ENV_PREFIX, Limits
+
+from .errors import ConfigError, Problem, quote
+from .interpolate import InterpolationError, interpolate_values
 from .model import DeployFile, ShardFile
+from .secrets import shown_problems
 from .semantics import check_runtime
+from .yaml_shape import SafeLoader, ShapeError, check_shape
 
 M = TypeVar("M", bound=BaseModel)
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list", "is-instance"}
 
 
-def parse_text(text: str, file: str, env: Mapping[str, str] | None = None) -> Any:
+_DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class EnvPolicy:
+    """Which variables ``${VAR}`` may read: ``DGW_*`` and the names listed."""
+
+    names: frozenset[str] = frozenset()
+    prefix: str = ENV_PREFIX
+
+    def allows(self, name: str) -> bool:
+        return name.startswith(self.prefix) or name in self.names
+
+
+@dataclass(frozen=True)
+class LoadedShard:
+    """A checked shard file and the values interpolation took from the environment:
+    whoever shows the config to people masks them (``secrets.mask_data``)."""
+
+    config: ShardFile
+    secrets: frozenset[str]
+
+
+def parse_text(
+    text: str,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    policy: EnvPolicy = EnvPolicy(),
+    limits: Limits = _DEFAULT_LIMITS,
+) -> Any:
     """Interpolate and parse YAML (safe loader only); errors name file and line."""
+    return _parse(text, file, env, policy, limits)[0]
+
+
+def _parse(
+    text: str, file: str, env: Mapping[str, str] | None, policy: EnvPolicy, limits: Limits
+) -> tuple[dict[str, Any], frozenset[str]]:
+    if len(text) > limits.shard_file_bytes:
+        raise ConfigError([_too_big(file, len(text), limits)])
     try:
-        expanded = interpolate(text, os.environ if env is None else env)
+        expanded, secrets = interpolate_values(
+            text, os.environ if env is None else env, policy.allows
+        )
     except InterpolationError as e:
         raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
+    if len(expanded) > 2 * limits.shard_file_bytes:
+        raise ConfigError([Problem(file, "", "interpolated variables make the file too big")])
     try:
-        data = yaml.safe_load(expanded)
+        check_shape(expanded, limits.yaml_depth, limits.yaml_nodes)
+        data = yaml.load(expanded, Loader=SafeLoader)
+    except ShapeError as e:
+        raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError([Problem(file, where, f"not valid YAML: {problem}")]) from None
     if data is None:
-        data = {}
+        # An empty (or truncated-to-nothing) file is a mistake, never "no listeners".
+        raise ConfigError([Problem(file, "", "the file is empty; a shard file needs at least "
+                                   "proxy_config and its DALs")])
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", "the document must be a mapping of keys")])
-    return data
+    return data, secrets
 
 
 def validate_model(model: type[M], data: Any, file: str) -> M:
@@ -56,11 +111,33 @@ def validate_model(model: type[M], data: Any, file: str) -> M:
 
 def load_shard_text(text: str, file: str, env: Mapping[str, str] | None = None) -> ShardFile:
     """A runtime config (optionally with ``deploy_desires``), fully checked."""
-    shard = validate_model(ShardFile, parse_text(text, file, env), file)
-    problems = check_runtime(shard, file)
-    if problems:
-        raise ConfigError(problems)
-    return shard
+    return load_shard_checked(text, file, env).config
+
+
+def load_shard_checked(
+    text: str,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    policy: EnvPolicy = EnvPolicy(),
+    limits: Limits = _DEFAULT_LIMITS,
+) -> LoadedShard:
+    """``load_shard_text`` with the server's policy and limits, keeping the secrets.
+    Problems never show a secret: each value read from the environment is ``***``."""
+    data, secrets = _parse(text, file, env, policy, limits)
+    try:
+        shard = validate_model(ShardFile, data, file)
+        problems = check_runtime(shard, file)
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as e:
+        raise ConfigError(shown_problems(e.problems, secrets, limits)) from None
+    return LoadedShard(shard, secrets)
+
+
+def load_shard_file(
+    path: Path, policy: EnvPolicy = EnvPolicy(), limits: Limits = _DEFAULT_LIMITS
+) -> LoadedShard:
+    return load_shard_checked(_read(path, limits), str(path), None, policy, limits)
 
 
 def load_served_config(text: str, source: str) -> ShardFile:
@@ -78,23 +155,39 @@ def load_served_config(text: str, source: str) -> ShardFile:
 
 
 def load_shard(path: str | Path, env: Mapping[str, str] | None = None) -> ShardFile:
-    return load_shard_text(_read(path), str(path), env)
+    return load_shard_text(_read(path, _DEFAULT_LIMITS), str(path), env)
 
 
 def load_any(path: str | Path, env: Mapping[str, str] | None = None) -> ShardFile | DeployFile:
     """A runtime config or a deploy desires file, told apart by their top-level keys."""
-    text, file = _read(path), str(path)
+    text, file = _read(path, _DEFAULT_LIMITS), str(path)
     data = parse_text(text, file, env)
     if set(data) == {"deploy_desires"}:
         return validate_model(DeployFile, data, file)
     return load_shard_text(text, file, env)
 
 
-def _read(path: str | Path) -> str:
+def _too_big(file: str, size: int, limits: Limits) -> Problem:
+    return Problem(file, "", f"{size} bytes is more than the {limits.shard_file_bytes} a shard "
+                   "file may have (Limits.shard_file_bytes)")
+
+
+def _read(path: str | Path, limits: Limits) -> str:
+    """The file's text; its size is checked before anything is read."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError([Problem(str(path), "", "not a regular file")])
+            if info.st_size > limits.shard_file_bytes:
+                raise ConfigError([_too_big(str(path), info.st_size, limits)])
+            data = f.read(limits.shard_file_bytes + 1)
     except OSError as e:
         raise ConfigError([Problem(str(path), "", f"cannot read: {e.strerror or e}")]) from None
+    if len(data) > limits.shard_file_bytes:  # grew between fstat and read
+        raise ConfigError([_too_big(str(path), len(data), limits)])
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([Problem(str(path), "", "not UTF-8 text")]) from None
 
@@ -110,7 +203,7 @@ def _problems(model: type[BaseModel], err: ValidationError, file: str) -> list[P
             allowed = ", ".join(owner.model_fields) if owner else ""
             key = path.rsplit(".", 1)[-1]
             close = difflib.get_close_matches(key, list(owner.model_fields) if owner else [], n=1)
-            msg = f"unknown key {key!r}" + (f": did you mean {close[0]!r}?" if close else "") + (
+            msg = f"unknown key {quote(key)}" + (f": did you mean {close[0]!r}?" if close else "") + (
                 f" (allowed here: {allowed})" if allowed else ""
             )
         elif item["type"] == "missing":
@@ -118,14 +211,14 @@ def _problems(model: type[BaseModel], err: ValidationError, file: str) -> list[P
         else:
             msg = item["msg"].removeprefix("Value error, ")
             if item["type"] in ("literal_error", "enum"):
-                msg = f"{item['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+                msg = f"{quote(item['input'])} is not allowed: {msg[0].lower()}{msg[1:]}"
         merged.setdefault(path, [])
         if msg not in merged[path]:
             merged[path].append(msg)
     return [Problem(file, path, "; or ".join(msgs)) for path, msgs in merged.items()]
 
 
-def _walk(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | None]:
+def _walk(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None]:
     """Dotted key path for a pydantic ``loc`` (union tags dropped) and the model that
     owns its last key (to list the allowed keys)."""
     parts: list[str] = []

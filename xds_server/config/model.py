@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import quote
+
 # Defaults live here, next to the models (STYLE.md: one place per program).
 DEFAULT_HEALTHCHECK_INTERVAL = "30s"
 DEFAULT_HEALTHCHECK_TIMEOUT = "30s"
@@ -45,7 +47,7 @@ def parse_duration(value: str) -> float:
     """docker-compose style durations ("1m30s", "500ms", "10s") in seconds."""
     text = value.strip()
     if not _DURATION.match(text):
-        raise ValueError(f"{value!r} is not a duration: use forms like 10s, 500ms, 1m30s")
+        raise ValueError(f"{quote(value)} is not a duration: use forms like 10s, 500ms, 1m30s")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
@@ -54,7 +56,7 @@ def _port(value: int | str) -> int:
         raise ValueError("a port must be a number from 1 to 65535")
     if isinstance(value, str):
         if not value.strip().isdigit():
-            raise ValueError(f"{value!r} is not a port: a port is a number from 1 to 65535")
+            raise ValueError(f"{quote(value)} is not a port: a port is a number from 1 to 65535")
         value = int(value.strip())
     if not 1 <= value <= 65535:
         raise ValueError(f"{value} is out of range: a port is a number from 1 to 65535")
@@ -98,7 +100,7 @@ def parse_listen_path(value: int | str) -> ListenAddress:
         return ListenAddress(unix_path=value)
     if isinstance(value, str) and not value.strip().isdigit():
         raise ValueError(
-            f"{value!r} is neither a port (1-65535) nor an absolute unix socket path (/...)"
+            f"{quote(value)} is neither a port (1-65535) nor an absolute unix socket path (/...)"
         )
     return ListenAddress(port=_port(value))
 
@@ -130,7 +132,7 @@ class ProxyConfig(_Strict):
     def _names(cls, v: dict[str, PublicListener]) -> dict[str, PublicListener]:
         for name in v:
             if not re.match(_NAME, name):
-                raise ValueError(f"listener name {name!r} must match {_NAME}")
+                raise ValueError(f"listener name {quote(name)} must match {_NAME}")
         return v
 
 
@@ -152,7 +154,7 @@ class Healthcheck(_Strict):
                 raise ValueError("test must not be empty")
             if v[0] not in ("CMD", "CMD-SHELL", "NONE"):
                 raise ValueError(
-                    f"test must start with CMD, CMD-SHELL or NONE (got {v[0]!r}); "
+                    f"test must start with CMD, CMD-SHELL or NONE (got {quote(v[0])}); "
                     "or give a string to run with the shell"
                 )
             if v[0] != "NONE" and len(v) < 2:
@@ -187,7 +189,7 @@ class ContainerDal(_Strict):
     def _ports(cls, v: dict[str, int | str]) -> dict[str, int | str]:
         for name in v:
             if not re.match(_NAME, name):
-                raise ValueError(f"listener name {name!r} must match {_NAME}")
+                raise ValueError(f"listener name {quote(name)} must match {_NAME}")
         return v
 
     def listener_ports(self) -> dict[str, int]:
@@ -269,10 +271,10 @@ class RuntimeConfig(_Strict):
 
     @field_validator("container_dals", "network_dals")
     @classmethod
-    def _dal_names(cls, v: dict) -> dict:
+    def _dal_names(cls, v: dict[str, object]) -> dict[str, object]:
         for name in v:
             if not re.match(_NAME, name):
-                raise ValueError(f"DAL name {name!r} must match {_NAME}")
+                raise ValueError(f"DAL name {quote(name)} must match {_NAME}")
         return v
 
 
@@ -358,6 +360,11 @@ class ShardFile(RuntimeConfig):
     """A shard file in the server's config dir: runtime keys, optionally with desires."""
 
     deploy_desires: DeployDesires | None = None
+    # A config with no public listener, replacing one that had some while Envoys of
+    # the shard are connected, takes their traffic away: the server refuses it unless
+    # the file says so here (an empty or truncated file can never say it by accident).
+    # Not part of the runtime config the sidecars receive.
+    allow_no_listeners: bool = False
 
     def runtime(self) -> RuntimeConfig:
         return RuntimeConfig(**{k: getattr(self, k) for k in RuntimeConfig.model_fields})

@@ -7,10 +7,11 @@ translator and the checks must agree on it, so both call this.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .errors import Problem
+from .errors import Problem, quote
 from .model import NETWORK_SCHEMES, RuntimeConfig
 
 
@@ -40,15 +41,15 @@ def parse_network_url(url: str) -> NetworkTarget:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"{url!r} is not a usable URL ({e}); use scheme://host:port") from None
+        raise ValueError(f"{quote(url)} is not a usable URL ({e}); use scheme://host:port") from None
     if parts.scheme not in NETWORK_SCHEMES:
-        raise ValueError(f"{url!r} has scheme {parts.scheme!r}; allowed: {allowed}")
+        raise ValueError(f"{quote(url)} has scheme {quote(parts.scheme)}; allowed: {allowed}")
     kind, default_port = NETWORK_SCHEMES[parts.scheme]
     if not parts.hostname:
-        raise ValueError(f"{url!r} has no host; use {parts.scheme}://host:port")
+        raise ValueError(f"{quote(url)} has no host; use {parts.scheme}://host:port")
     port = port or default_port
     if not port:
-        raise ValueError(f"{url!r} has no port and {parts.scheme}:// has no default; add :port")
+        raise ValueError(f"{quote(url)} has no port and {parts.scheme}:// has no default; add :port")
     return NetworkTarget(parts.scheme, kind, parts.hostname, port)
 
 
@@ -83,28 +84,37 @@ def listener_topology(cfg: RuntimeConfig) -> dict[str, ListenerTopology]:
 
 
 def check_runtime(cfg: RuntimeConfig, file: str) -> list[Problem]:
+    """Every cross-field rule's problems, in the order the rules are listed."""
     problems: list[Problem] = []
+    for rule in RULES:
+        problems.extend(Problem(file, path, message) for path, message in rule(cfg))
+    return problems
 
-    def bad(path: str, message: str) -> None:
-        problems.append(Problem(file, path, message))
 
+_Found = list[tuple[str, str]]  # (key path, message)
+
+
+def _unique_dal_names(cfg: RuntimeConfig) -> _Found:
+    return [
+        (f"network_dals.{name}", f"DAL name {quote(name)} is also a container DAL; names must be unique")
+        for name in sorted(set(cfg.container_dals) & set(cfg.network_dals))
+    ]
+
+
+def _free_ports(cfg: RuntimeConfig) -> _Found:
+    """Public listeners are unique; internal (non-public) listeners collide neither
+    with them nor with each other."""
+    found: _Found = []
     public = cfg.proxy_config.public_listeners
-    served = dal_listeners(cfg)
-    dals = sorted(served)
-    both = set(cfg.container_dals) & set(cfg.network_dals)
-    for name in sorted(both):
-        bad(f"network_dals.{name}", f"DAL name {name!r} is also a container DAL; names must be unique")
-
-    # Ports: public listeners are unique, and internal (non-public) listeners do not
-    # collide with them or with each other.
     seen: dict[str, str] = {}
     for lname, lst in public.items():
         where = str(lst.address)
         if where in seen:
-            bad(
+            found.append((
                 f"proxy_config.public_listeners.{lname}.path",
-                f"{where} is already used by public listener {seen[where]!r}; each listener needs its own port",
-            )
+                f"{where} is already used by public listener {quote(seen[where])}; "
+                "each listener needs its own port",
+            ))
         else:
             seen[where] = lname
     internal_ports: dict[int, tuple[str, str]] = {}
@@ -114,94 +124,123 @@ def check_runtime(cfg: RuntimeConfig, file: str) -> list[Problem]:
                 continue
             key = f"container_dals.{dname}.container_listeners.{lname}"
             if str(port) in seen:
-                bad(
-                    key,
-                    f"internal listener {lname!r} on port {port} collides with public listener "
-                    f"{seen[str(port)]!r}; choose another port",
-                )
+                found.append((key, f"internal listener {quote(lname)} on port {port} collides "
+                              f"with public listener {quote(seen[str(port)])}; choose another port"))
             prior = internal_ports.get(port)
             if prior and prior[1] != lname:
-                bad(
-                    key,
-                    f"port {port} is already the internal listener {prior[1]!r} of DAL {prior[0]!r}; "
-                    "choose another port",
-                )
+                found.append((key, f"port {port} is already the internal listener "
+                              f"{quote(prior[1])} of DAL {quote(prior[0])}; choose another port"))
             internal_ports.setdefault(port, (dname, lname))
+    return found
 
-    # Network DALs: usable URLs whose kind fits the public listener they serve.
+
+def _network_dals(cfg: RuntimeConfig) -> _Found:
+    """Usable URLs whose kind fits the public listener they serve."""
+    found: _Found = []
+    public = cfg.proxy_config.public_listeners
     for dname, ndal in sorted(cfg.network_dals.items()):
         if not ndal.listeners:
-            bad(f"network_dals.{dname}.listeners", "a network DAL needs at least one listener")
+            found.append((f"network_dals.{dname}.listeners", "a network DAL needs at least one listener"))
         for lname, url in sorted(ndal.listeners.items()):
             key = f"network_dals.{dname}.listeners.{lname}"
             try:
                 target = parse_network_url(url)
             except ValueError as e:
-                bad(key, str(e))
+                found.append((key, str(e)))
                 continue
             if ndal.mode == "static":
                 try:
                     ipaddress.ip_address(target.host)
                 except ValueError:
-                    bad(
-                        key,
-                        f"mode static needs an IP address, not {target.host!r}; "
-                        "use mode logical_dns or strict_dns for host names",
-                    )
+                    found.append((key, f"mode static needs an IP address, not {quote(target.host)}; "
+                                  "use mode logical_dns or strict_dns for host names"))
             if lname not in public:
-                bad(key, f"no public listener {lname!r}; a network DAL serves public listeners only "
-                    f"(public listeners: {', '.join(sorted(public)) or 'none'})")
+                found.append((key, f"no public listener {quote(lname)}; a network DAL serves public "
+                              f"listeners only (public listeners: {_names(public)})"))
                 continue
             mode = public[lname].mode
             fits = {"tcp": ("tcp",), "http": ("http",), "grpc": ("grpc", "http")}[mode]
             if target.kind not in fits:
-                bad(key, f"{target.scheme}:// cannot serve {mode} listener {lname!r}; "
-                    f"{mode} listeners take {', '.join(s + '://' for s, (k, _) in NETWORK_SCHEMES.items() if k in fits)}")
+                schemes = ", ".join(s + "://" for s, (k, _) in NETWORK_SCHEMES.items() if k in fits)
+                found.append((key, f"{target.scheme}:// cannot serve {mode} listener {quote(lname)}; "
+                              f"{mode} listeners take {schemes}"))
+    return found
 
-    # Wiring: both ends are DALs that share a listener; no chains; no TCP mirroring.
+
+def _wiring(cfg: RuntimeConfig) -> _Found:
+    """Both ends are DALs that share a listener; no chains; no TCP mirroring."""
+    found: _Found = []
+    public = cfg.proxy_config.public_listeners
+    served = dal_listeners(cfg)
     targets = {w.target for w in cfg.wiring.values()}
     for source, w in sorted(cfg.wiring.items()):
         key = f"wiring.{source}"
         if source not in served:
-            bad(key, f"{source!r} is not a DAL (DALs: {', '.join(dals) or 'none'})")
+            found.append((key, f"{quote(source)} is not a DAL (DALs: {_names(served)})"))
             continue
         if w.target not in served:
-            bad(f"{key}.target", f"{w.target!r} is not a DAL (DALs: {', '.join(dals) or 'none'})")
+            found.append((f"{key}.target", f"{quote(w.target)} is not a DAL (DALs: {_names(served)})"))
             continue
         if w.target == source:
-            bad(f"{key}.target", "a DAL cannot be wired to itself")
+            found.append((f"{key}.target", "a DAL cannot be wired to itself"))
             continue
         if source in targets:
-            bad(key, f"{source!r} is itself a wiring target; chained wiring is not supported")
+            found.append((key, f"{quote(source)} is itself a wiring target; chained wiring is not supported"))
         shared = served[source] & served[w.target]
         if not shared:
-            bad(f"{key}.target", f"{source!r} and {w.target!r} serve no listener in common "
-                f"({source}: {', '.join(sorted(served[source])) or 'none'}; "
-                f"{w.target}: {', '.join(sorted(served[w.target])) or 'none'})")
+            found.append((f"{key}.target", f"{quote(source)} and {quote(w.target)} serve no listener "
+                          f"in common ({source}: {_names(served[source])}; "
+                          f"{w.target}: {_names(served[w.target])})"))
         if w.mode == "shadow":
             for lname in sorted(shared):
                 if lname in public and public[lname].mode == "tcp":
-                    bad(f"{key}.mode", f"listener {lname!r} is tcp and Envoy cannot mirror TCP "
-                        "streams; shadow works on grpc and http listeners (use split for tcp)")
+                    found.append((f"{key}.mode", f"listener {quote(lname)} is tcp and Envoy cannot "
+                                  "mirror TCP streams; shadow works on grpc and http listeners "
+                                  "(use split for tcp)"))
+    return found
 
-    # Every public listener is served, by exactly one primary.
+
+def _one_primary_each(cfg: RuntimeConfig) -> _Found:
+    """Every public listener is served, by exactly one primary; so is every internal one."""
+    found: _Found = []
+    public = cfg.proxy_config.public_listeners
     topo = listener_topology(cfg)
     for lname in sorted(public):
         t = topo.get(lname)
         key = f"proxy_config.public_listeners.{lname}"
         if t is None:
-            bad(key, f"no DAL serves listener {lname!r}; add it to a DAL's container_listeners "
-                "or a network DAL's listeners")
+            found.append((key, f"no DAL serves listener {quote(lname)}; add it to a DAL's "
+                          "container_listeners or a network DAL's listeners"))
         elif t.primary is None:
-            bad(key, f"listener {lname!r} is served by {', '.join(t.servers)} with no wiring to "
-                "choose the primary; add wiring (shadow or split) between them")
+            found.append((key, f"listener {quote(lname)} is served by {', '.join(t.servers)} with "
+                          "no wiring to choose the primary; add wiring (shadow or split) between them"))
     for lname, t in sorted(topo.items()):
         if lname not in public and t.primary is None:
-            bad(f"container_dals.{t.servers[0]}.container_listeners.{lname}",
-                f"internal listener {lname!r} is served by {', '.join(t.servers)} with no "
-                "wiring to choose the primary")
+            found.append((f"container_dals.{t.servers[0]}.container_listeners.{lname}",
+                          f"internal listener {quote(lname)} is served by {', '.join(t.servers)} "
+                          "with no wiring to choose the primary"))
+    return found
 
-    for i, reg in enumerate(cfg.registrations):
-        if not reg.addresses():
-            bad(f"registrations.{i}.address", "needs at least one discovery name")
-    return problems
+
+def _registrations(cfg: RuntimeConfig) -> _Found:
+    return [
+        (f"registrations.{i}.address", "needs at least one discovery name")
+        for i, reg in enumerate(cfg.registrations)
+        if not reg.addresses()
+    ]
+
+
+def _names(names: Iterable[str]) -> str:
+    listed = sorted(names)
+    shown = ", ".join(listed[:20]) + (f", … ({len(listed)} in all)" if len(listed) > 20 else "")
+    return shown or "none"
+
+
+RULES: tuple[Callable[[RuntimeConfig], _Found], ...] = (
+    _unique_dal_names,
+    _free_ports,
+    _network_dals,
+    _wiring,
+    _one_primary_each,
+    _registrations,
+)

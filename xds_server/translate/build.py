@@ -18,7 +18,6 @@ from xds_server.config import (
     parse_network_url,
 )
 from xds_server.config.model import PublicListener
-from xds_server.config.semantics import check_runtime
 
 from .ir import (
     FULL_SHARE,
@@ -54,13 +53,13 @@ DEFAULT_OPTIONS = TranslateOptions()
 
 
 def build_ir(cfg: RuntimeConfig, options: TranslateOptions = DEFAULT_OPTIONS) -> GatewayIR:
-    """The gateway IR of ``cfg``; ConfigError lists everything that cannot be translated."""
+    """The gateway IR of ``cfg``; ConfigError lists everything that cannot be translated.
+
+    ``cfg`` has passed the loader's checks (``load_shard*`` run ``check_runtime``, the
+    only place they run); this stage adds only what the proxy cannot do yet.
+    """
     names = _upstream_names(cfg)
-    problems = (
-        check_runtime(cfg, options.file)
-        + _unsupported_security(cfg, options.file)
-        + _name_clashes(cfg, names, options.file)
-    )
+    problems = _unsupported_security(cfg, options.file) + _name_clashes(cfg, names, options.file)
     if problems:
         raise ConfigError(problems)
     listeners = [_listener(cfg, t, names, options) for t in listener_topology(cfg).values()]

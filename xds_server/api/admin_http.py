@@ -1,0 +1,95 @@
+"""The admin API's listener: aiohttp behind a bounded number of connections.
+
+aiohttp bounds neither how many connections a listener holds nor, by itself, how
+long a connection may trickle a request in. Here: at most ``admin_connections`` are
+open (one more is closed as soon as it is accepted, so 20,000 idle sockets cannot
+exhaust the server's file descriptors and starve gRPC); aiohttp's keep-alive timer,
+which runs from the moment a connection opens or a response is sent and closes a
+connection that has no complete request, is ``admin_idle_timeout_s`` (so slowloris
+headers never linger); a request body must arrive within ``admin_body_timeout_s``
+(``read_body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from aiohttp import web
+
+from xds_server.settings import Limits
+
+log = logging.getLogger("xds_server.api.admin_http")
+
+_REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class LimitedSite(web.BaseSite):
+    """A TCP site that holds at most ``limit`` connections and never shares its port
+    (no SO_REUSEPORT: a second server on the same port fails to start)."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, limit: int) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._limit = host, port, limit
+        self._refused = 0
+        self._last_refusal_log = 0.0
+        self._bound_port = port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one the kernel chose when asked for 0)."""
+        return self._bound_port
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.Protocol:
+            if len(server.connections) >= self._limit:
+                self._note_refusal()
+                return _Refused()
+            return server()
+
+        sock = socket.socket(socket.AF_INET6 if ":" in self._host else socket.AF_INET)
+        try:
+            # SO_REUSEADDR only lets us bind over TIME_WAIT leftovers; a port that
+            # another process listens on still fails with EADDRINUSE.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+            sock.listen(128)
+            self._bound_port = int(sock.getsockname()[1])
+        except OSError:
+            sock.close()
+            raise
+        self._server = await asyncio.get_running_loop().create_server(protocol, sock=sock)
+
+    def _note_refusal(self) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= _REFUSAL_LOG_INTERVAL_S:
+            log.warning("event=admin_connections_full limit=%d refused=%d", self._limit, self._refused)
+            self._last_refusal_log = now
+            self._refused = 0
+
+
+def runner(app: web.Application, limits: Limits) -> web.AppRunner:
+    return web.AppRunner(app, access_log=None, keepalive_timeout=limits.admin_idle_timeout_s)
+
+
+async def read_json(request: web.Request, limits: Limits) -> Any:
+    """The request's JSON body, within the body timeout (aiohttp bounds its size)."""
+    async with asyncio.timeout(limits.admin_body_timeout_s):
+        return await request.json()
