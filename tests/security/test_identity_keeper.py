@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -68,7 +69,7 @@ async def test_keeper_renews_at_half_life_with_a_new_key_and_sends_only_csrs(ca)
     assert len({c.key_pem for c in issued}) == 3
     # Each renewal came at half of the previous certificate's life (it was backdated
     # five minutes by the CA: half-life is measured from not_before).
-    for before, after in zip(issued, issued[1:], strict=False):
+    for before, after in itertools.pairwise(issued):
         assert renew_at(before) <= after.not_before + dt.timedelta(minutes=5) <= before.not_after
 
 
