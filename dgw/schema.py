@@ -49,6 +49,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "authz": "Authorization policy name. Accepted by validation, refused by the translator until authorization lands.",
     },
     "ContainerDal": {
+        "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
+                        "all a read-only consumer may call on an `authz` listener. Default: Get*, "
+                        "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
         "image": "The container image (Docker runtime); the process runtime runs container_cmd on the host.",
         "container_cmd": "The command: a string is split into words like docker-compose's `command` "
                          "(no shell); a list is used as is.",
@@ -66,6 +69,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "disable": "Turn the check off.",
     },
     "NetworkDal": {
+        "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
+                        "all a read-only consumer may call on an `authz` listener. Default: Get*, "
+                        "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
         "listeners": "Listener name → URL (postgresql://, mysql://, tcp:// for tcp listeners; http://, "
                      "grpc:// for http and grpc ones).",
         "mode": "How Envoy resolves the URL's host: logical_dns, strict_dns, or static (an IP address).",

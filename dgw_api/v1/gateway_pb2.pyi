@@ -82,3 +82,23 @@ class ShardConfig(_message.Message):
     version: str
     yaml: str
     def __init__(self, shard: _Optional[str] = ..., version: _Optional[str] = ..., yaml: _Optional[str] = ...) -> None: ...
+
+class SignRequest(_message.Message):
+    __slots__ = ("shard", "node_id", "csr_pem", "join_token")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    node_id: str
+    csr_pem: bytes
+    join_token: str
+    def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., join_token: _Optional[str] = ...) -> None: ...
+
+class SignResponse(_message.Message):
+    __slots__ = ("certificate_chain_pem", "trust_bundle_pem")
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_chain_pem: bytes
+    trust_bundle_pem: bytes
+    def __init__(self, certificate_chain_pem: _Optional[bytes] = ..., trust_bundle_pem: _Optional[bytes] = ...) -> None: ...

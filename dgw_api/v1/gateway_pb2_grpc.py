@@ -44,6 +44,11 @@ class GatewayStub:
                 request_serializer=dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
                 response_deserializer=dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
                 _registered_method=True)
+        self.SignCertificate = channel.unary_unary(
+                '/dgw.v1.Gateway/SignCertificate',
+                request_serializer=dgw__api_dot_v1_dot_gateway__pb2.SignRequest.SerializeToString,
+                response_deserializer=dgw__api_dot_v1_dot_gateway__pb2.SignResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -63,6 +68,13 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignCertificate(self, request, context):
+        """Sign a CSR for this host's gateway identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.WatchConfig,
                     request_deserializer=dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.FromString,
                     response_serializer=dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.SerializeToString,
+            ),
+            'SignCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCertificate,
+                    request_deserializer=dgw__api_dot_v1_dot_gateway__pb2.SignRequest.FromString,
+                    response_serializer=dgw__api_dot_v1_dot_gateway__pb2.SignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class Gateway:
             '/dgw.v1.Gateway/WatchConfig',
             dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
             dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dgw.v1.Gateway/SignCertificate',
+            dgw__api_dot_v1_dot_gateway__pb2.SignRequest.SerializeToString,
+            dgw__api_dot_v1_dot_gateway__pb2.SignResponse.FromString,
             options,
             channel_credentials,
             insecure,

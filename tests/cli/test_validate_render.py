@@ -39,13 +39,14 @@ def test_validating_nothing_fails(tmp_path: Path) -> None:
 
 
 def test_validate_refuses_what_render_refuses() -> None:
-    path = EXAMPLES / "runtime" / "kv-service.yaml"  # tls_creds: loads, but does not translate
+    # Loads (the keys are well-formed), but names providers the server does not know.
+    path = EXAMPLES.parent / "translate" / "testdata" / "in" / "security-unknown-provider.yaml"
 
     validated = dgw("validate", str(path))
     rendered = dgw("render", str(path))
 
     assert validated.returncode == rendered.returncode == 1
-    assert f"{path}:proxy_config.public_listeners.secure_grpc.tls_creds" in rendered.stderr
+    assert f"{path}:proxy_config.public_listeners.api.tls_creds" in rendered.stderr
     assert validated.stdout.splitlines() == rendered.stderr.splitlines()
 
 

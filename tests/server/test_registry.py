@@ -49,7 +49,7 @@ def test_apply_installs_resources_and_same_config_is_a_noop(registry):
 def test_untranslatable_config_is_rejected_and_running_config_stays(registry):
     registry.apply("kv", load_shard_text(GOOD, "kv.yaml"), "kv.yaml")
     running = registry.shards["kv"].config_version
-    secure = GOOD.replace("{mode: http, path: 18080}", "{mode: http, path: 18080, tls_creds: metatron}")
+    secure = GOOD.replace("{mode: http, path: 18080}", "{mode: http, path: 18080, tls_creds: vault}")
     with pytest.raises(ConfigError):
         registry.apply("kv", load_shard_text(secure, "kv.yaml"), "kv.yaml")
     assert registry.shards["kv"].config_version == running

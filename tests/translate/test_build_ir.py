@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from xds_server.config import ConfigError, RuntimeConfig, load_shard_text
+from xds_server.security.providers import Providers
 from xds_server.translate import GatewayIR, TranslateOptions, build_ir
 from xds_server.translate.ir import (
     Backend,
     HostPort,
     Listener,
     Mirror,
+    Tls,
     UnixSocket,
     Upstream,
 )
@@ -137,25 +139,71 @@ network_dals:
 SECURE = """
 proxy_config:
   public_listeners:
-    a: {mode: grpc, path: 8980, tls_creds: metatron}
-    b: {mode: tcp, path: 5432, authz: gandalf}
+    a: {mode: grpc, path: 8980, tls_creds: metatron, authz: gandalf}
+    b: {mode: tcp, path: 5432, tls_creds: metatron}
 container_dals:
   kv:
     container_listeners: {a: 8980, b: 5432}
 """
+CONSUMERS = """
+deploy_desires:
+  consumers:
+    - {type: account-app, value: prod-api, group: read-write}
+    - {type: account-app, value: studio_prod-ui, group: read-only}
+    - {type: account-app, value: ops-admin, group: read-only}
+    - {type: account-app, value: ops-admin, group: read-write}
+"""
 
 
-def test_tls_and_authz_are_refused_all_at_once_at_their_keys() -> None:
+def test_tls_listeners_take_their_secrets_from_the_named_provider() -> None:
+    gateway = build_ir(_cfg(SECURE))
+    a, b = _listener(gateway, "public.a"), _listener(gateway, "public.b")
+    assert a.tls == Tls("metatron.certificate", "metatron.trust_bundle", ("h2",))
+    assert b.tls == Tls("metatron.certificate", "metatron.trust_bundle", ())
+    assert b.authz is None
+
+
+def test_without_consumers_authorization_denies_everyone() -> None:
+    authz = _listener(build_ir(_cfg(SECURE)), "public.a").authz
+    assert authz is not None
+    assert (authz.read_write, authz.read_only) == ((), ())
+
+
+def test_consumers_become_spiffe_ids_and_read_write_wins_over_read_only() -> None:
+    authz = _listener(build_ir(_cfg(SECURE + CONSUMERS)), "public.a").authz
+    assert authz is not None
+    assert authz.read_write == ("spiffe://dgw.local/ops/admin", "spiffe://dgw.local/prod/api")
+    assert authz.read_only == ("spiffe://dgw.local/studio_prod/ui",)
+    assert "/[^/]*/Get[^/]*" in authz.grpc_read_methods  # the documented default
+
+
+def test_the_trust_domain_and_provider_names_come_from_the_server() -> None:
+    providers = Providers(tls={"pki": "files"}, authz={"gandalf": "consumers"}, trust_domain="example.org")
+    text = SECURE.replace("metatron", "pki") + CONSUMERS
+    a = _listener(build_ir(_cfg(text), TranslateOptions(providers=providers)), "public.a")
+    assert a.tls is not None and a.tls.certificate == "pki.certificate"
+    assert a.authz is not None and "spiffe://example.org/prod/api" in a.authz.read_write
+
+
+def test_unknown_provider_names_are_refused_at_their_keys_naming_the_known_ones() -> None:
+    text = SECURE.replace("tls_creds: metatron, authz: gandalf", "tls_creds: vault, authz: opa")
     with pytest.raises(ConfigError) as caught:
-        build_ir(_cfg(SECURE), TranslateOptions(file="shard.yaml"))
+        build_ir(_cfg(text), TranslateOptions(file="shard.yaml"))
     problems = caught.value.problems
     assert [(p.file, p.path) for p in problems] == [
         ("shard.yaml", "proxy_config.public_listeners.a.tls_creds"),
-        ("shard.yaml", "proxy_config.public_listeners.b.authz"),
+        ("shard.yaml", "proxy_config.public_listeners.a.authz"),
     ]
-    assert "tls_creds 'metatron' is not supported yet" in problems[0].message
-    assert "remove tls_creds to serve plaintext" in problems[0].message
-    assert "authz 'gandalf' is not supported yet" in problems[1].message
+    assert "known: metatron" in problems[0].message
+    assert "known: gandalf" in problems[1].message
+
+
+def test_a_consumer_that_cannot_be_an_identity_is_refused_at_its_key() -> None:
+    text = SECURE + "deploy_desires:\n  consumers:\n    - {type: account-app, value: nodash, group: read-only}\n"
+    with pytest.raises(ConfigError) as caught:
+        build_ir(_cfg(text))
+    assert [p.path for p in caught.value.problems] == ["deploy_desires.consumers[0].value"]
+    assert "ACCOUNT-APP" in caught.value.problems[0].message
 
 
 def test_same_config_same_ir() -> None:

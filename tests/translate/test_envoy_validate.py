@@ -42,6 +42,19 @@ _XDS_CLUSTER = {
 }
 
 
+# The host sidecar's SDS socket, named by every listener with tls_creds.
+_SDS_CLUSTER = {
+    "name": "dgw_sds",
+    "type": "STATIC",
+    "load_assignment": {
+        "cluster_name": "dgw_sds",
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "pipe": {"path": "/tmp/dgw-validate-sds.sock"}}}}]}],
+    },
+    "typed_extension_protocol_options": _XDS_CLUSTER["typed_extension_protocol_options"],
+}
+
+
 def _resources(outputs: dict[str, str], name: str, kind: str) -> list[dict[str, Any]]:
     text = outputs.get(f"{name}.{kind}.yaml")
     return yaml.safe_load(text)[kind] if text else []
@@ -70,7 +83,7 @@ def bootstrap(name: str) -> dict[str, Any]:
         "node": {"id": "validate", "cluster": "validate"},
         "static_resources": {
             "listeners": listeners,
-            "clusters": [*_resources(outputs, name, "clusters"), *assignment_clusters, _XDS_CLUSTER],
+            "clusters": [*_resources(outputs, name, "clusters"), *assignment_clusters, _XDS_CLUSTER, _SDS_CLUSTER],
         },
         "dynamic_resources": {
             "ads_config": {

@@ -175,6 +175,23 @@ class Healthcheck(_Strict):
 EnvValue = Annotated[str | int | float | bool | None, BeforeValidator(_scalar_env)]
 
 
+_GRPC_METHOD = re.compile(r"^/[A-Za-z0-9_.*]+/[A-Za-z0-9_*]+$")
+
+
+def _grpc_method_pattern(value: str) -> str:
+    if not _GRPC_METHOD.match(value):
+        raise ValueError(
+            f"{value[:80]!r} is not a gRPC method pattern: write /package.Service/Method, "
+            "with * for any characters within one part (e.g. /dgw.kv.v1.KeyValue/Get*)"
+        )
+    return value
+
+
+# gRPC methods a read-only consumer may call (``authz``); the default is in
+# ``xds_server.security.providers.DEFAULT_GRPC_READ_METHODS``.
+GrpcMethodPattern = Annotated[str, AfterValidator(_grpc_method_pattern)]
+
+
 class ContainerDal(_Strict):
     """A DAL run as a container (or a local process) on every gateway instance."""
 
@@ -183,6 +200,7 @@ class ContainerDal(_Strict):
     container_listeners: dict[str, PortValue] = Field(default_factory=dict)
     env: dict[str, EnvValue] = Field(default_factory=dict)
     healthcheck: Healthcheck | None = None
+    read_methods: list[GrpcMethodPattern] | None = None
 
     @field_validator("container_listeners")
     @classmethod
@@ -223,6 +241,7 @@ class NetworkDal(_Strict):
 
     listeners: dict[str, str] = Field(default_factory=dict)
     mode: Literal["logical_dns", "strict_dns", "static"] = "logical_dns"
+    read_methods: list[GrpcMethodPattern] | None = None
 
 
 class Wiring(_Strict):

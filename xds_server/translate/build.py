@@ -17,16 +17,26 @@ from xds_server.config import (
     listener_topology,
     parse_network_url,
 )
-from xds_server.config.model import PublicListener
+from xds_server.config.model import PublicListener, ShardFile
+from xds_server.security.identity import IdentityError, consumer_id
+from xds_server.security.providers import (
+    DEFAULT_GRPC_READ_METHODS,
+    Providers,
+    certificate_secret,
+    method_pattern_regex,
+    trust_bundle_secret,
+)
 
 from .ir import (
     FULL_SHARE,
+    Authz,
     Backend,
     GatewayIR,
     HostPort,
     Listener,
     Mirror,
     Protocol,
+    Tls,
     UnixSocket,
     Upstream,
 )
@@ -35,9 +45,13 @@ from .ir import (
 # operator's curl): they must never be reachable from the network.
 LOOPBACK = "127.0.0.1"
 
-_SECURITY_LATER = "TLS and authorization arrive with the security issue"
+# What a TLS listener offers in ALPN: gRPC is HTTP/2 only; HTTP takes either.
+_ALPN: dict[Protocol, tuple[str, ...]] = {"grpc": ("h2",), "http": ("h2", "http/1.1"), "tcp": ()}
 
 _Names = dict[tuple[str, str], str]  # (DAL, listener) → upstream name
+
+
+_DEFAULT_PROVIDERS = Providers()
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class TranslateOptions:
     public_address: str = LOOPBACK  # production binds public listeners on 0.0.0.0
     file: str = "<config>"  # names the config in every Problem
     connect_timeout_s: float = 1.0
+    providers: Providers = _DEFAULT_PROVIDERS  # what tls_creds / authz names mean here
 
 
 DEFAULT_OPTIONS = TranslateOptions()
@@ -59,10 +74,17 @@ def build_ir(cfg: RuntimeConfig, options: TranslateOptions = DEFAULT_OPTIONS) ->
     only place they run); this stage adds only what the proxy cannot do yet.
     """
     names = _upstream_names(cfg)
-    problems = _unsupported_security(cfg, options.file) + _name_clashes(cfg, names, options.file)
+    consumers, consumer_problems = _consumers(cfg, options)
+    problems = (
+        _unknown_providers(cfg, options)
+        + consumer_problems
+        + _name_clashes(cfg, names, options.file)
+    )
     if problems:
         raise ConfigError(problems)
-    listeners = [_listener(cfg, t, names, options) for t in listener_topology(cfg).values()]
+    listeners = [
+        _listener(cfg, t, names, options, consumers) for t in listener_topology(cfg).values()
+    ]
     return GatewayIR(
         listeners=tuple(sorted(listeners, key=lambda lst: lst.name)),
         upstreams=_upstreams(cfg, names, options),
@@ -80,27 +102,54 @@ def _upstream_names(cfg: RuntimeConfig) -> _Names:
     return names
 
 
-def _unsupported_security(cfg: RuntimeConfig, file: str) -> list[Problem]:
-    """Serving plaintext where TLS or authorization was asked for would be a silent
-    security hole, so these keys are refused until they can be honoured."""
+def _unknown_providers(cfg: RuntimeConfig, options: TranslateOptions) -> list[Problem]:
+    """A name the server does not know would be a silent security hole if ignored."""
     problems: list[Problem] = []
+    providers = options.providers
     for lname, public in sorted(cfg.proxy_config.public_listeners.items()):
         key = f"proxy_config.public_listeners.{lname}"
-        if public.tls_creds is not None:
+        for key_name, name, known in (
+            ("tls_creds", public.tls_creds, providers.tls),
+            ("authz", public.authz, providers.authz),
+        ):
+            if name is not None and name not in known:
+                allowed = ", ".join(sorted(known)) or "none are configured"
+                problems.append(Problem(
+                    options.file,
+                    f"{key}.{key_name}",
+                    f"{key_name} {name[:80]!r} is not a provider of this server; known: {allowed}",
+                ))
+        if public.authz is not None and public.tls_creds is None:
             problems.append(Problem(
-                file,
-                f"{key}.tls_creds",
-                f"tls_creds {public.tls_creds!r} is not supported yet: {_SECURITY_LATER}; "
-                "remove tls_creds to serve plaintext",
-            ))
-        if public.authz is not None:
-            problems.append(Problem(
-                file,
+                options.file,
                 f"{key}.authz",
-                f"authz {public.authz!r} is not supported yet: {_SECURITY_LATER}; "
-                "remove authz to serve without authorization",
+                "authz needs tls_creds on the same listener: callers are identified by "
+                "their client certificate",
             ))
     return problems
+
+
+_Consumers = tuple[tuple[str, ...], tuple[str, ...]]  # (read-write, read-only) SPIFFE IDs
+
+
+def _consumers(cfg: RuntimeConfig, options: TranslateOptions) -> tuple[_Consumers, list[Problem]]:
+    """The SPIFFE IDs of the shard's consumers by group (none when the shard file
+    has no deploy desires: authorization then denies everyone)."""
+    desires = cfg.deploy_desires if isinstance(cfg, ShardFile) else None
+    if desires is None:
+        return ((), ()), []
+    groups: dict[str, set[str]] = {"read-write": set(), "read-only": set()}
+    problems: list[Problem] = []
+    for i, consumer in enumerate(desires.consumers):
+        try:
+            identity = consumer_id(consumer.type, consumer.value, options.providers.trust_domain)
+        except IdentityError as e:
+            problems.append(Problem(options.file, f"deploy_desires.consumers[{i}].value", str(e)))
+            continue
+        groups[consumer.group].add(identity.uri)
+    # Read-write includes every read: a caller in both groups is read-write.
+    read_only = groups["read-only"] - groups["read-write"]
+    return (tuple(sorted(groups["read-write"])), tuple(sorted(read_only))), problems
 
 
 def _name_clashes(cfg: RuntimeConfig, names: _Names, file: str) -> list[Problem]:
@@ -161,7 +210,11 @@ def _upstreams(cfg: RuntimeConfig, names: _Names, options: TranslateOptions) -> 
 
 
 def _listener(
-    cfg: RuntimeConfig, topo: ListenerTopology, names: _Names, options: TranslateOptions
+    cfg: RuntimeConfig,
+    topo: ListenerTopology,
+    names: _Names,
+    options: TranslateOptions,
+    consumers: _Consumers,
 ) -> Listener:
     primary = topo.primary
     assert primary is not None, "check_runtime refuses a listener without one primary"
@@ -188,7 +241,30 @@ def _listener(
         backends=_backends(topo, primary, names),
         mirrors=_mirrors(topo, primary, names) if http else (),
         route=f"route.{topo.name}" if http else None,
+        tls=_tls(public) if public.tls_creds else None,
+        authz=_authz(cfg, topo, consumers) if public.authz else None,
     )
+
+
+def _tls(public: PublicListener) -> Tls:
+    provider = public.tls_creds or ""
+    return Tls(certificate_secret(provider), trust_bundle_secret(provider), _ALPN[public.mode])
+
+
+def _authz(cfg: RuntimeConfig, topo: ListenerTopology, consumers: _Consumers) -> Authz:
+    """The DALs serving a listener declare which gRPC methods are reads (the union of
+    what they declare; the default when none does)."""
+    declared: set[str] = set()
+    serving = [topo.primary, *(t for t, _ in topo.splits)]
+    for dal in serving:
+        if dal is None:
+            continue
+        spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
+        if spec is not None and spec.read_methods:
+            declared.update(spec.read_methods)
+    patterns = sorted(declared) if declared else DEFAULT_GRPC_READ_METHODS
+    read_write, read_only = consumers
+    return Authz(read_write, read_only, tuple(method_pattern_regex(p) for p in patterns))
 
 
 def _public_bind(public: PublicListener, options: TranslateOptions) -> HostPort | UnixSocket:

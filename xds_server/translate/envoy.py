@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 
-from . import ir
+from . import ir, security
 from .endpoints import endpoints_for, lb_endpoint, socket_address
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
@@ -127,14 +127,24 @@ def _cluster(upstream: ir.Upstream) -> cluster_pb2.Cluster:
 
 
 def _listener(lst: ir.Listener) -> listener_pb2.Listener:
-    filter_config = _http_connection_manager(lst) if lst.route else _tcp_proxy(lst)
-    name = HTTP_CONNECTION_MANAGER if lst.route else TCP_PROXY
+    chain = listener_components_pb2.FilterChain()
+    if lst.route:
+        chain.filters.append(listener_components_pb2.Filter(
+            name=HTTP_CONNECTION_MANAGER, typed_config=_packed(_http_connection_manager(lst)),
+        ))
+    else:
+        if lst.authz is not None:
+            chain.filters.append(listener_components_pb2.Filter(
+                name=security.NETWORK_RBAC,
+                typed_config=_packed(security.network_rbac_filter(lst, lst.authz)),
+            ))
+        chain.filters.append(listener_components_pb2.Filter(
+            name=TCP_PROXY, typed_config=_packed(_tcp_proxy(lst)),
+        ))
+    if lst.tls is not None:
+        chain.transport_socket.CopyFrom(security.transport_socket(lst.tls))
     return listener_pb2.Listener(
-        name=lst.name,
-        address=_bind_address(lst.bind),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[
-            listener_components_pb2.Filter(name=name, typed_config=_packed(filter_config)),
-        ])],
+        name=lst.name, address=_bind_address(lst.bind), filter_chains=[chain],
     )
 
 
@@ -150,7 +160,8 @@ def _http_connection_manager(lst: ir.Listener) -> hcm_pb2.HttpConnectionManager:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         stat_prefix=lst.listener,
         rds=hcm_pb2.Rds(config_source=_ADS, route_config_name=lst.route),
-        http_filters=[_ROUTER],
+        http_filters=[security.http_rbac_filter(), _ROUTER] if lst.authz else [_ROUTER],
+        access_log=[security.denied_access_log(lst)] if lst.authz else [],
     )
 
 
@@ -170,17 +181,18 @@ def _tcp_proxy(lst: ir.Listener) -> tcp_proxy_pb2.TcpProxy:
 
 
 def _route_configuration(lst: ir.Listener) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration(
-        name=lst.route,
-        virtual_hosts=[route_components_pb2.VirtualHost(
-            name=lst.listener,
-            domains=["*"],
-            routes=[route_components_pb2.Route(
-                match=route_components_pb2.RouteMatch(prefix="/"),
-                route=_route_action(lst),
-            )],
+    virtual_host = route_components_pb2.VirtualHost(
+        name=lst.listener,
+        domains=["*"],
+        routes=[route_components_pb2.Route(
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            route=_route_action(lst),
         )],
     )
+    if lst.authz is not None:
+        for name, config in security.route_rbac(lst, lst.authz).items():
+            virtual_host.typed_per_filter_config[name].CopyFrom(config)
+    return route_pb2.RouteConfiguration(name=lst.route, virtual_hosts=[virtual_host])
 
 
 def _route_action(lst: ir.Listener) -> route_components_pb2.RouteAction:

@@ -71,6 +71,29 @@ class Mirror:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """Downstream mutual TLS. The certificate and the trust bundle are SDS secrets that
+    the host's sidecar serves to its Envoy (keys never leave the host); a client
+    without a certificate chaining to the bundle fails the handshake."""
+
+    certificate: str  # SDS secret name of the listener's certificate and key
+    trust_bundle: str  # SDS secret name of the CA certificates clients must chain to
+    alpn: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Authz:
+    """Who may do what on a listener (deny by default), by SPIFFE ID of the peer's
+    certificate. ``read_only`` callers may only do reads: HTTP GET/HEAD/OPTIONS, or
+    for gRPC the methods matching ``grpc_read_methods`` (regular expressions on the
+    ``/package.Service/Method`` path)."""
+
+    read_write: tuple[str, ...]
+    read_only: tuple[str, ...]
+    grpc_read_methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Listener:
     """Where the proxy accepts connections for one listener name, and who serves them.
 
@@ -86,6 +109,8 @@ class Listener:
     backends: tuple[Backend, ...]
     mirrors: tuple[Mirror, ...] = ()
     route: str | None = None
+    tls: Tls | None = None
+    authz: Authz | None = None
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import yaml
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from xds_server.resources import (
     CLUSTER,
@@ -34,10 +38,51 @@ def render_yaml(resources: Resources) -> str:
     """Every non-empty resource type as a list under its short name, sorted by name."""
     document = {
         SHORT_NAMES[type_url]: [
-            MessageToDict(message, preserving_proto_field_name=True)
+            _to_dict(message)
             for _, message in sorted(resources.of(type_url).items())
         ]
         for type_url in _READING_ORDER
         if resources.of(type_url)
     }
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def _to_dict(message: Message) -> dict[str, Any]:
+    """MessageToDict, with every proto map sorted by key: map iteration order is not
+    stable from run to run, and a golden file must be."""
+    out = MessageToDict(message, preserving_proto_field_name=True)
+    _sort_maps(message, out)
+    return out
+
+
+def _sort_maps(message: Message, out: dict[str, Any]) -> None:
+    if isinstance(message, any_pb2.Any):
+        inner = _unpacked(message)
+        if inner is not None:
+            _sort_maps(inner, out)
+        return
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE or field.name not in out:
+            continue
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            out[field.name] = dict(sorted(out[field.name].items()))
+            if entry.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE:
+                for key in out[field.name]:
+                    _sort_maps(value[key], out[field.name][key])
+        elif field.is_repeated:
+            for item, item_out in zip(value, out[field.name], strict=True):
+                _sort_maps(item, item_out)
+        elif isinstance(out[field.name], dict):
+            _sort_maps(value, out[field.name])
+
+
+def _unpacked(packed: any_pb2.Any) -> Message | None:
+    name = packed.type_url.rpartition("/")[2]
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return None
+    inner = message_factory.GetMessageClass(descriptor)()
+    packed.Unpack(inner)
+    return inner

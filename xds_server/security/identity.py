@@ -1,0 +1,92 @@
+"""SPIFFE IDs for gateways and their consumers.
+
+A workload identity is ``spiffe://<trust-domain>/<account>/<app>``. The seed's deploy
+desires name consumers as ``{type: account-app, value: prod-api}``: the value is
+``ACCOUNT-APP`` split at the *first* ``-`` (accounts use ``_``, as in
+``studio_prod-ui`` → account ``studio_prod``, app ``ui``; an app name may itself hold
+dashes: ``prod-api-v2`` → ``prod`` / ``api-v2``). ``{type: app, value: api}`` is the app
+in the default account, and ``{type: spiffe, value: spiffe://...}`` is taken as written.
+A gateway of shard S is ``spiffe://<trust-domain>/gateway/S``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_TRUST_DOMAIN = "dgw.local"
+DEFAULT_ACCOUNT = "default"
+GATEWAY_ACCOUNT = "gateway"
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+
+
+class IdentityError(ValueError):
+    """A name that cannot be a SPIFFE ID; the message says which part and why."""
+
+
+@dataclass(frozen=True, order=True)
+class SpiffeId:
+    trust_domain: str
+    account: str
+    app: str
+
+    def __str__(self) -> str:
+        return f"spiffe://{self.trust_domain}/{self.account}/{self.app}"
+
+    @property
+    def uri(self) -> str:
+        return str(self)
+
+
+def _check_segment(value: str, what: str) -> str:
+    if not _SEGMENT.match(value):
+        raise IdentityError(
+            f"{what} {value[:80]!r} cannot be part of a SPIFFE ID: use 1-128 of A-Z a-z 0-9 . _ ~ -"
+        )
+    return value
+
+
+def _check_trust_domain(value: str) -> str:
+    if not _TRUST_DOMAIN.match(value):
+        raise IdentityError(
+            f"trust domain {value[:80]!r} is not valid: use lower-case letters, digits, '.', '_', '-'"
+        )
+    return value
+
+
+def gateway_id(shard: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
+    """The identity of every gateway host of ``shard``."""
+    return SpiffeId(_check_trust_domain(trust_domain), GATEWAY_ACCOUNT, _check_segment(shard, "shard"))
+
+
+def consumer_id(kind: str, value: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
+    """The identity a deploy-desires consumer ``{type: kind, value: value}`` names."""
+    td = _check_trust_domain(trust_domain)
+    if kind == "account-app":
+        account, sep, app = value.partition("-")
+        if not sep or not account or not app:
+            raise IdentityError(
+                f"account-app consumer {value[:80]!r} must be ACCOUNT-APP, e.g. prod-api"
+            )
+        return SpiffeId(td, _check_segment(account, "account"), _check_segment(app, "app"))
+    if kind == "app":
+        return SpiffeId(td, DEFAULT_ACCOUNT, _check_segment(value, "app"))
+    if kind == "spiffe":
+        return parse_spiffe_id(value)
+    raise IdentityError(f"consumer type {kind!r} is not one of account-app, app, spiffe")
+
+
+def parse_spiffe_id(uri: str) -> SpiffeId:
+    """``spiffe://TD/ACCOUNT/APP`` → SpiffeId; anything else is an IdentityError."""
+    prefix = "spiffe://"
+    if not uri.startswith(prefix):
+        raise IdentityError(f"{uri[:80]!r} is not a SPIFFE ID: it must start with spiffe://")
+    parts = uri[len(prefix):].split("/")
+    if len(parts) != 3:
+        raise IdentityError(
+            f"{uri[:80]!r} is not a workload SPIFFE ID: use spiffe://TRUST_DOMAIN/ACCOUNT/APP"
+        )
+    td, account, app = parts
+    return SpiffeId(_check_trust_domain(td), _check_segment(account, "account"), _check_segment(app, "app"))
