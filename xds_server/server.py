@@ -84,7 +84,7 @@ class XdsServer:
     async def start(self) -> None:
         self.config_dir.load_all()
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS)
-        AdsServer(self.cache).register(self.grpc_server)
+        AdsServer(self.cache, self.settings.ads_limits).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry)
         host, port = split_host_port(self.settings.xds, "--xds")
         self.xds_port = self.grpc_server.add_insecure_port(f"{host}:{port}")

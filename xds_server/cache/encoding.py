@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 _WIRETYPE_LEN = 2
 
@@ -36,7 +37,7 @@ def len_field(tag: bytes, payload: bytes) -> bytes:
     return b"".join((tag, varint(len(payload)), payload))
 
 
-def _number(message: type, name: str) -> int:
+def _number(message: type[Message], name: str) -> int:
     return message.DESCRIPTOR.fields_by_name[name].number
 
 

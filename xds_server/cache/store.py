@@ -72,9 +72,12 @@ class _NodeEndpoints:
         if self._base is shard_snapshot and self._view is not None:
             return self._view
         merged: TypeSnapshot | None = None
-        if self._base is not None and self._view is not None:
-            if self._base[ENDPOINT] is shard_snapshot[ENDPOINT]:
-                merged = self._view[ENDPOINT]
+        if (
+            self._base is not None
+            and self._view is not None
+            and self._base[ENDPOINT] is shard_snapshot[ENDPOINT]
+        ):
+            merged = self._view[ENDPOINT]
         if merged is None:
             merged = overlay(shard_snapshot[ENDPOINT], self.resources)
         self._base = shard_snapshot
