@@ -97,13 +97,18 @@ def delta_request(
 
 
 class AdsCall:
-    """One raw ADS stream on ``channel``. Close it with ``close()``."""
+    """One raw xDS stream on ``channel``: ADS, or the per-type service ``method``
+    (e.g. ``/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters``).
+    Close it with ``close()``."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, delta: bool = False) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, delta: bool = False, method: str | None = None
+    ) -> None:
         self.delta = delta
         request_type = DeltaDiscoveryRequest if delta else DiscoveryRequest
         response_type = DeltaDiscoveryResponse if delta else DiscoveryResponse
-        method = f"/{SERVICE}/{DELTA_METHOD if delta else SOTW_METHOD}"
+        if method is None:
+            method = f"/{SERVICE}/{DELTA_METHOD if delta else SOTW_METHOD}"
         self._call = channel.stream_stream(
             method,
             request_serializer=request_type.SerializeToString,
