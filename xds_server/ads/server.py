@@ -21,6 +21,7 @@ request it cannot serve is ended with a gRPC status naming what to change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -169,6 +170,10 @@ class AdsServer:
         kind: StreamKind,
         only_type: str | None,
     ) -> None:
+        # The iterator itself (grpc's async generator): closed below, as it holds the
+        # last request it yielded, and it sits in a reference cycle only a full
+        # collection would free.
+        requests = aiter(requests)
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -211,17 +216,32 @@ class AdsServer:
         finally:
             reader.cancel()
             self._cache.disconnect(watch)
+            await _close(requests, reader)
             del stream  # free the stream's names before the status goes out
             log.info(
                 "event=disconnect shard=%s node=%s stream=%s reason=%s",
                 shard, node_id, kind, reason,
             )  # fmt: skip
         if refused is not None:
+            code, message = refused.code, refused.message
+            del refused
             log.warning(
                 "event=refused shard=%s node=%s stream=%s code=%s message=%s",
-                shard, node_id, kind, refused.code, _quote(refused.message),
+                shard, node_id, kind, code, _quote(message),
             )  # fmt: skip
-            await context.abort(grpc.StatusCode[refused.code], refused.message)
+            # Set, not ``abort``: its exception's traceback would keep this frame, and
+            # with it the request iterator holding the refused request, alive.
+            context.set_code(grpc.StatusCode[code])
+            context.set_details(message)
+
+
+async def _close(requests: AsyncIterator[_Request], reader: asyncio.Task[str]) -> None:
+    """Release the request iterator once the reader is done with it."""
+    await asyncio.wait([reader])
+    aclose = getattr(requests, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def _apply(
@@ -237,7 +257,8 @@ def _apply(
                 _restrict(request, only_type)
             _log_request(shard, node_id, stream.on_request(request))
     except Refused as exc:
-        return exc
+        # Without its traceback: the frames it holds hold the request (megabytes).
+        return exc.with_traceback(None)
     return None
 
 
