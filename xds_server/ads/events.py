@@ -74,8 +74,10 @@ def bounded(text: str, limit: int) -> str:
     return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
-def too_many(what: str, count: int, limit: int, setting: str) -> Refused:
+def too_many(
+    what: str, count: int, limit: int, setting: str, unit: str = "resource names"
+) -> Refused:
     return Refused(
         "RESOURCE_EXHAUSTED",
-        f"{what}: {count} resource names; the limit is {limit} (ads_limits.{setting})",
+        f"{what}: {count} {unit}; the limit is {limit} (ads_limits.{setting})",
     )

@@ -160,8 +160,9 @@ class SotwStream:
         else:
             if len(self._unserved) >= self._limits.max_unserved_types:
                 raise too_many(
-                    "types not served by this server", len(self._unserved) + 1,
+                    "this stream", len(self._unserved) + 1,
                     self._limits.max_unserved_types, "max_unserved_types",
+                    "types this server does not serve",
                 )  # fmt: skip
             self._unserved.append(type_url)
             state = _TypeState(TypeSnapshot(type_url, {}))
