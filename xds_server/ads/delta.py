@@ -119,18 +119,20 @@ class DeltaStream:
 
     def on_request(self, request: DeltaDiscoveryRequest) -> Received:
         """Apply one request; raises ``Refused`` for one the stream will not serve."""
-        type_url = checked_type_url(request.type_url)
+        type_url = KNOWN_TYPES.get(request.type_url) or checked_type_url(request.type_url)
         subscribe = request.resource_names_subscribe
         unsubscribe = request.resource_names_unsubscribe
-        initial = request.initial_resource_versions
         limits = self._limits
-        count = len(subscribe) + len(unsubscribe) + len(initial)
+        state = self._types.get(type_url)
+        first = state is None
+        # ``initial_resource_versions`` is read on a type's first request only.
+        count = len(subscribe) + len(unsubscribe)
+        if first:
+            count += len(request.initial_resource_versions)
         if count > limits.max_names_per_request:
             raise too_many(
                 "one request", count, limits.max_names_per_request, "max_names_per_request"
             )
-        state = self._types.get(type_url)
-        first = state is None
         if state is None:
             state = self._add_type(type_url, request)
         served = state.snapshot is None
@@ -155,9 +157,12 @@ class DeltaStream:
         if first or unsubscribe:
             # The node drops what it unsubscribed from; keep ``known`` to what is in scope.
             state.known = {n: v for n, v in state.known.items() if state.in_scope(n)}
-        held = sum(len(s.names) for s in self._types.values())
-        if held > limits.max_names_per_stream:
-            raise too_many("this stream", held, limits.max_names_per_stream, "max_names_per_stream")
+        if subscribe:
+            held = sum(len(s.names) for s in self._types.values())
+            if held > limits.max_names_per_stream:
+                raise too_many(
+                    "this stream", held, limits.max_names_per_stream, "max_names_per_stream"
+                )
 
         if not request.response_nonce:
             return Received("subscribe", type_url, "", served=served)
@@ -204,8 +209,9 @@ class DeltaStream:
     def pending(self, view: Snapshot) -> list[Outgoing]:
         """The responses due now: updates in push order, then removals."""
         types = self._types
-        if any(len(s.in_flight) >= IN_FLIGHT_LIMIT for s in types.values()):
-            return []  # the node is far behind: wait for its ACKs, then send the latest
+        for state in types.values():
+            if len(state.in_flight) >= IN_FLIGHT_LIMIT:
+                return []  # the node is far behind: wait for its ACKs, then the latest
         out: list[Outgoing] = []
         removals: dict[str, tuple[_TypeState, TypeSnapshot, list[str]]] = {}
         for type_url in (*PUSH_ORDER, *self._unserved):
@@ -216,9 +222,12 @@ class DeltaStream:
             resources = snapshot.resources
             candidates = resources if state.wildcard else [n for n in state.names if n in resources]
             known = state.known
-            updated = {n for n in candidates if state.force or known.get(n) != resources[n].version}
+            changed = sorted(
+                n for n in candidates if state.force or known.get(n) != resources[n].version
+            )
             absent: list[str] = []
             if state.owed:
+                updated = set(changed)
                 for name in state.owed:
                     if name in resources and state.in_scope(name):
                         updated.add(name)
@@ -226,7 +235,7 @@ class DeltaStream:
                         absent.append(name)
                 state.owed = _NOTHING_OWED
                 absent.sort()
-            changed = sorted(updated)
+                changed = sorted(updated)
             gone = sorted(n for n in known if n not in resources)
             if changed or absent or not state.answered:
                 for name in changed:

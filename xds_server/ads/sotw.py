@@ -118,7 +118,7 @@ class SotwStream:
 
     def on_request(self, request: DiscoveryRequest) -> Received:
         """Apply one request; raises ``Refused`` for one the stream will not serve."""
-        type_url = checked_type_url(request.type_url)
+        type_url = KNOWN_TYPES.get(request.type_url) or checked_type_url(request.type_url)
         limits = self._limits
         if len(request.resource_names) > limits.max_names_per_request:
             raise too_many(
@@ -177,6 +177,8 @@ class SotwStream:
             new: frozenset[str] | None = None
         else:
             new = self._names.intern(requested)
+        if new is state.names:
+            return  # the same (interned) set: nothing to check
         if not first and _gains(state.names, new):
             state.force = True  # "must resend any newly requested resources"
         state.names = new
