@@ -209,8 +209,8 @@ class DeltaStream:
     def pending(self, view: Snapshot) -> list[Outgoing]:
         """The responses due now: updates in push order, then removals."""
         types = self._types
-        for state in types.values():
-            if len(state.in_flight) >= IN_FLIGHT_LIMIT:
+        for held in types.values():
+            if len(held.in_flight) >= IN_FLIGHT_LIMIT:
                 return []  # the node is far behind: wait for its ACKs, then the latest
         out: list[Outgoing] = []
         removals: dict[str, tuple[_TypeState, TypeSnapshot, list[str]]] = {}
