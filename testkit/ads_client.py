@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import grpc
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -45,7 +46,7 @@ _HCM_TYPE_URL = (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 
-Response = DiscoveryResponse | DeltaDiscoveryResponse
+Response: TypeAlias = "DiscoveryResponse | DeltaDiscoveryResponse"
 
 
 def make_node(node_id: str, shard: str) -> Node:
@@ -97,18 +98,24 @@ def delta_request(
 
 
 class AdsCall:
-    """One raw ADS stream on ``channel``. Close it with ``close()``."""
+    """One raw xDS stream on ``channel``: ADS, or the per-type service ``method``
+    (e.g. ``/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters``).
+    Close it with ``close()``."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, delta: bool = False) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, delta: bool = False, method: str | None = None
+    ) -> None:
         self.delta = delta
         request_type = DeltaDiscoveryRequest if delta else DiscoveryRequest
         response_type = DeltaDiscoveryResponse if delta else DiscoveryResponse
-        method = f"/{SERVICE}/{DELTA_METHOD if delta else SOTW_METHOD}"
-        self._call = channel.stream_stream(
+        if method is None:
+            method = f"/{SERVICE}/{DELTA_METHOD if delta else SOTW_METHOD}"
+        # grpc-stubs type only the sync API's call, which takes the request iterator.
+        self._call: Any = channel.stream_stream(
             method,
             request_serializer=request_type.SerializeToString,
             response_deserializer=response_type.FromString,
-        )()
+        )()  # type: ignore[call-arg]
 
     async def send(self, request: DiscoveryRequest | DeltaDiscoveryRequest) -> None:
         await self._call.write(request)
@@ -116,7 +123,7 @@ class AdsCall:
     async def read(self) -> Response | None:
         """The next response, or None when the server ended the stream."""
         response = await self._call.read()
-        return None if response is grpc.aio.EOF else response
+        return None if response is grpc.aio.EOF else response  # type: ignore[attr-defined]
 
     async def recv(self, timeout: float = 5.0) -> Response:
         """The next response; ``TimeoutError`` if none comes in time, EOFError at the end."""
@@ -124,6 +131,10 @@ class AdsCall:
         if response is None:
             raise EOFError("the server closed the stream")
         return response
+
+    async def status(self) -> tuple[grpc.StatusCode, str]:
+        """How the server ended the stream: its gRPC status code and message."""
+        return await self._call.code(), await self._call.details()
 
     async def close(self) -> None:
         self._call.cancel()
@@ -150,15 +161,15 @@ def resource_name(type_url: str, value: bytes) -> str:
     """A resource's name, read from its own message (SotW responses carry no names)."""
     message = MESSAGE_TYPES[type_url].FromString(value)
     if isinstance(message, ClusterLoadAssignment):
-        return message.cluster_name
-    return message.name  # type: ignore[attr-defined]
+        return str(message.cluster_name)
+    return str(message.name)  # type: ignore[attr-defined]
 
 
 def eds_name(cluster: Cluster) -> str | None:
     """The ClusterLoadAssignment an EDS cluster asks for (None for other clusters)."""
     if cluster.type != Cluster.EDS:
         return None
-    return cluster.eds_cluster_config.service_name or cluster.name
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
 def rds_names(listener: Listener) -> list[str]:

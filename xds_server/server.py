@@ -120,7 +120,7 @@ class XdsServer:
         self.grpc_server = grpc.aio.server(
             options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
         )
-        AdsServer(self.cache).register(self.grpc_server)
+        AdsServer(self.cache, self.settings.ads_limits).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry)
         host, port = split_host_port(self.settings.xds, "--xds")
         try:

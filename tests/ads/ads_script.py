@@ -23,8 +23,14 @@ def names_of(response: DiscoveryResponse) -> list[str]:
 class Sotw:
     """A state-of-the-world stream; remembers the latest nonce and ACKed version per type."""
 
-    def __init__(self, channel: grpc.aio.Channel, node_id: str = "n1", shard: str = "s1") -> None:
-        self.call = AdsCall(channel)
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str = "n1",
+        shard: str = "s1",
+        method: str | None = None,
+    ) -> None:
+        self.call = AdsCall(channel, method=method)
         self.node = make_node(node_id, shard)
         self.nonce: dict[str, str] = {}
         self.version: dict[str, str] = {}
@@ -96,8 +102,14 @@ class Sotw:
 class Delta:
     """A delta stream; remembers the latest nonce per type."""
 
-    def __init__(self, channel: grpc.aio.Channel, node_id: str = "n1", shard: str = "s1") -> None:
-        self.call = AdsCall(channel, delta=True)
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str = "n1",
+        shard: str = "s1",
+        method: str | None = None,
+    ) -> None:
+        self.call = AdsCall(channel, delta=True, method=method)
         self.node = make_node(node_id, shard)
         self.nonce: dict[str, str] = {}
         self._sent_node = False

@@ -10,34 +10,63 @@ assembled by ``wire`` and pass through an identity serializer.
 
 Logs are one key=value line per event, with shard, node, type and version on every
 xDS line: INFO for connect, disconnect and NACK, DEBUG for each request and push.
+
+The same streams serve the per-type services (``ClusterDiscoveryService.StreamClusters``,
+``DeltaClusters``, ... as listed in xds_protocol "RPC Services and Methods for Each
+Variant"): a per-type stream is an aggregated one restricted to its type, so a
+bootstrap may use either. A stream that breaks a limit of ``AdsLimits`` or sends a
+request it cannot serve is ended with a gRPC status naming what to change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from xds_server.ads.delta import DeltaStream
-from xds_server.ads.events import Outgoing, Received
+from xds_server.ads.events import Outgoing, Received, Refused
 from xds_server.ads.sotw import NameSets, SotwStream
 from xds_server.cache.snapshot import Snapshot
 from xds_server.cache.status import StreamKind
 from xds_server.cache.store import SnapshotCache
-from xds_server.resources import SHORT_NAMES
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES
+from xds_server.settings import AdsLimits
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 SOTW_METHOD = "StreamAggregatedResources"
 DELTA_METHOD = "DeltaAggregatedResources"
 
+
+@dataclass(frozen=True, slots=True)
+class TypeService:
+    """One per-type xDS service: its gRPC name, its methods, the type it serves."""
+
+    name: str
+    sotw_method: str
+    delta_method: str
+    type_url: str
+
+
+TYPE_SERVICES: tuple[TypeService, ...] = (
+    TypeService("envoy.service.cluster.v3.ClusterDiscoveryService", "StreamClusters", "DeltaClusters", CLUSTER),
+    TypeService("envoy.service.endpoint.v3.EndpointDiscoveryService", "StreamEndpoints", "DeltaEndpoints", ENDPOINT),
+    TypeService("envoy.service.listener.v3.ListenerDiscoveryService", "StreamListeners", "DeltaListeners", LISTENER),
+    TypeService("envoy.service.route.v3.RouteDiscoveryService", "StreamRoutes", "DeltaRoutes", ROUTE),
+    TypeService("envoy.service.secret.v3.SecretDiscoveryService", "StreamSecrets", "DeltaSecrets", SECRET),
+)  # fmt: skip
+
 log = logging.getLogger("xds_server.ads")
 
-_Request = DiscoveryRequest | DeltaDiscoveryRequest
+_Request: TypeAlias = "DiscoveryRequest | DeltaDiscoveryRequest"
+_Context: TypeAlias = "grpc.aio.ServicerContext[_Request, bytes]"
 
 # Options for the grpc.aio.Server that serves a fleet. When the control plane
 # restarts, every node reconnects at once; gRPC's default limits on calls the
@@ -78,46 +107,73 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-class AdsServer:
-    """Serves the cache over ADS. ``register`` adds the service to a ``grpc.aio.Server``."""
+_MISSING_CLUSTER = (
+    "node.cluster is empty: set it to the name of the shard this node belongs to "
+    "(in the Envoy bootstrap, node: {cluster: SHARD, id: NODE_ID}; or envoy --service-cluster SHARD)"
+)
+_MISSING_ID = (
+    "node.id is empty: set it to a name unique to this node within its shard "
+    "(in the Envoy bootstrap, node: {id: NODE_ID}; or envoy --service-node NODE_ID)"
+)
 
-    def __init__(self, cache: SnapshotCache) -> None:
+
+class AdsServer:
+    """Serves the cache over ADS and the per-type services. ``register`` adds them to a
+    ``grpc.aio.Server``."""
+
+    def __init__(self, cache: SnapshotCache, limits: AdsLimits | None = None) -> None:
         self._cache = cache
+        self._limits = limits if limits is not None else AdsLimits()
         self._names = NameSets()
 
     def register(self, server: grpc.aio.Server) -> None:
+        self._add(server, SERVICE, SOTW_METHOD, DELTA_METHOD, None)
+        for service in TYPE_SERVICES:
+            self._add(
+                server, service.name, service.sotw_method, service.delta_method, service.type_url
+            )
+
+    def _add(
+        self,
+        server: grpc.aio.Server,
+        service: str,
+        sotw_method: str,
+        delta_method: str,
+        only_type: str | None,
+    ) -> None:
+        def serve(kind: StreamKind) -> Callable[[Any, _Context], Awaitable[None]]:
+            async def handler(requests: Any, context: _Context) -> None:
+                await self._serve(requests, context, kind, only_type)
+
+            return handler
+
         handlers = {
-            SOTW_METHOD: grpc.stream_stream_rpc_method_handler(
-                self._serve_sotw,
+            sotw_method: grpc.stream_stream_rpc_method_handler(
+                serve("sotw"),
                 request_deserializer=DiscoveryRequest.FromString,
                 response_serializer=_identity,
             ),
-            DELTA_METHOD: grpc.stream_stream_rpc_method_handler(
-                self._serve_delta,
+            delta_method: grpc.stream_stream_rpc_method_handler(
+                serve("delta"),
                 request_deserializer=DeltaDiscoveryRequest.FromString,
                 response_serializer=_identity,
             ),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         # Registered methods are matched in C-core, skipping the per-call Python lookup.
-        server.add_registered_method_handlers(SERVICE, handlers)
-
-    async def _serve_sotw(
-        self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._serve(requests, context, "sotw")
-
-    async def _serve_delta(
-        self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._serve(requests, context, "delta")
+        server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
     async def _serve(
         self,
         requests: AsyncIterator[_Request],
-        context: grpc.aio.ServicerContext,
+        context: _Context,
         kind: StreamKind,
+        only_type: str | None,
     ) -> None:
+        # The iterator itself (grpc's async generator): closed below, as it holds the
+        # last request it yielded, and it sits in a reference cycle only a full
+        # collection would free.
+        requests = aiter(requests)
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -126,49 +182,99 @@ class AdsServer:
         if not shard or not node_id:
             log.warning("event=rejected stream=%s reason=missing_node_identity", kind)
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first request must carry node.cluster (the shard) and node.id",
+                grpc.StatusCode.INVALID_ARGUMENT, _MISSING_CLUSTER if not shard else _MISSING_ID
             )
         wake = _Waker()
         watch = self._cache.connect(shard, node_id, kind, wake.set)
         stream: _Stream = (
-            SotwStream(watch.status, self._names) if kind == "sotw" else DeltaStream(watch.status)
+            SotwStream(watch.status, self._names, self._limits)
+            if kind == "sotw"
+            else DeltaStream(watch.status, self._limits)
         )
         inbox: list[_Request] = [first]
         del first  # Envoy's Node can be kilobytes (its extension list): hold no request
         reader = asyncio.create_task(_read(requests, inbox, wake))
         log.info("event=connect shard=%s node=%s stream=%s", shard, node_id, kind)
         reason = "closed"
+        refused: Refused | None = None
         try:
             while True:
                 if inbox:
-                    batch = inbox.copy()
-                    inbox.clear()
-                    for request in batch:
-                        _log_request(shard, node_id, stream.on_request(request))
-                    del batch, request
+                    refused = _apply(stream, inbox, shard, node_id, only_type)
+                    if refused is not None:
+                        break
                 if reader.done():
                     break
                 view = self._cache.view(shard, node_id)
                 if view is not None:  # else the shard has no snapshot yet: wait for one
                     await _write(context, shard, node_id, stream.pending(view))
                 await wake.wait()
-            reason = reader.result()
+            reason = f"refused:{refused.code}" if refused is not None else reader.result()
         except asyncio.CancelledError:
             reason = "cancelled"
             raise
         finally:
             reader.cancel()
             self._cache.disconnect(watch)
+            await _close(requests, reader)
+            del stream  # free the stream's names before the status goes out
             log.info(
                 "event=disconnect shard=%s node=%s stream=%s reason=%s",
                 shard, node_id, kind, reason,
             )  # fmt: skip
+        if refused is not None:
+            code, message = refused.code, refused.message
+            del refused
+            log.warning(
+                "event=refused shard=%s node=%s stream=%s code=%s message=%s",
+                shard, node_id, kind, code, _quote(message),
+            )  # fmt: skip
+            # Set, not ``abort``: its exception's traceback would keep this frame, and
+            # with it the request iterator holding the refused request, alive.
+            context.set_code(grpc.StatusCode[code])
+            context.set_details(message)
 
 
-async def _write(
-    context: grpc.aio.ServicerContext, shard: str, node_id: str, responses: list[Outgoing]
-) -> None:
+async def _close(requests: AsyncIterator[_Request], reader: asyncio.Task[str]) -> None:
+    """Release the request iterator once the reader is done with it."""
+    await asyncio.wait([reader])
+    aclose = getattr(requests, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _apply(
+    stream: _Stream, inbox: list[_Request], shard: str, node_id: str, only_type: str | None
+) -> Refused | None:
+    """Hand every queued request to the stream. A function of its own so no request
+    outlives it in the long-lived stream frame."""
+    batch = inbox.copy()
+    inbox.clear()
+    try:
+        for request in batch:
+            if only_type is not None:
+                _restrict(request, only_type)
+            _log_request(shard, node_id, stream.on_request(request))
+    except Refused as exc:
+        # Without its traceback: the frames it holds hold the request (megabytes).
+        return exc.with_traceback(None)
+    return None
+
+
+def _restrict(request: _Request, type_url: str) -> None:
+    """A per-type stream's requests may leave ``type_url`` empty; any other type is refused."""
+    if not request.type_url:
+        request.type_url = type_url
+    elif request.type_url != type_url:
+        raise Refused(
+            "INVALID_ARGUMENT",
+            f"this service serves {type_url} only, not {request.type_url[:256]}: "
+            "use the aggregated service for several types on one stream",
+        )
+
+
+async def _write(context: _Context, shard: str, node_id: str, responses: list[Outgoing]) -> None:
     """Write in order. A function of its own so no payload outlives its write in the
     long-lived stream frame (a response can be megabytes, times thousands of streams)."""
     for out in responses:
@@ -232,10 +338,10 @@ def _log_request(shard: str, node_id: str, received: Received) -> None:
             shard, node_id, _type(received.type_url), received.version,
             _quote(received.message),
         )  # fmt: skip
-    elif received.kind == "unknown_type":
-        log.warning(
-            "event=unknown_type shard=%s node=%s type=%s version=%s",
-            shard, node_id, received.type_url, received.version,
+    elif not received.served and received.kind == "subscribe":
+        log.info(
+            "event=unserved_type shard=%s node=%s type=%s answer=empty",
+            shard, node_id, received.type_url,
         )  # fmt: skip
     elif log.isEnabledFor(logging.DEBUG):
         log.debug(

@@ -12,17 +12,19 @@ go to gRPC as they are. Field numbers come from the generated descriptors.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
+from google.protobuf.message import Message
 
 from xds_server.cache.encoding import len_field, len_tag
 from xds_server.cache.snapshot import TypeSnapshot
 from xds_server.cache.versions import set_version
 
 
-def _tag(message: type, name: str) -> bytes:
+def _tag(message: type[Message], name: str) -> bytes:
     return len_tag(message.DESCRIPTOR.fields_by_name[name].number)
 
 
@@ -55,8 +57,22 @@ def sotw_body(snapshot: TypeSnapshot, names: frozenset[str] | None) -> SotwBody:
     node would receive changes (another cluster's endpoints changing does not), and it
     differs whenever a node asks for a different set. A wildcard response's version is
     the type's version, the one ``SnapshotCache.shard_versions`` reports.
+
+    By-name bodies are memoized weakly on their name set: a set (shared by the streams
+    that ask for it, see ``sotw.NameSets``) takes its bodies along when the last of
+    those streams closes, so no client's names outlive its stream.
     """
-    return snapshot.memoized(("sotw", names), lambda: _build_sotw(snapshot, names))
+    if names is None:
+        return snapshot.memoized(("sotw", None), lambda: _build_sotw(snapshot, None))
+    bodies = snapshot.memoized("sotw-by-names", _weak_bodies)
+    body = bodies.get(names)
+    if body is None:
+        body = bodies[names] = _build_sotw(snapshot, names)
+    return body
+
+
+def _weak_bodies() -> weakref.WeakKeyDictionary[frozenset[str], SotwBody]:
+    return weakref.WeakKeyDictionary()
 
 
 def _build_sotw(snapshot: TypeSnapshot, names: frozenset[str] | None) -> SotwBody:
