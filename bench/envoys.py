@@ -78,7 +78,9 @@ def wait_applied(envoy: BlockingEnvoy, targets: dict[str, str], timeout: float) 
                              f"{envoy.process.log_path}:\n{envoy.process.log_tail()}")  # fmt: skip
         return applied(envoy, targets)
 
-    return wait_for(check, timeout, f"envoy {envoy.node_id} to apply {targets}", interval=0.01)
+    took = wait_for(check, timeout, f"envoy {envoy.node_id} to apply {targets}", interval=0.01)
+    assert took is not None  # wait_for returns only a truthy result
+    return took
 
 
 def _type_of(prefix: str) -> str | None:
