@@ -15,6 +15,7 @@ from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from sidecar.plan import Observed, State
 from sidecar.runtimes.base import DalRunError, Notify, Runtime
 from sidecar.spec import DalSpec
+from testkit.wait import eventually
 
 
 class FakeClock:
@@ -131,11 +132,6 @@ async def serve(gateway: FakeGateway, port: int = 0) -> tuple[grpc.aio.Server, i
     return server, bound
 
 
-async def until(check, timeout: float = 5.0, what: str = "") -> None:
+async def until(check: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
     """Poll ``check`` (sync) until truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+    await eventually(check, timeout, what=what)
