@@ -223,8 +223,9 @@ def test_registered_hosts_reach_client_side_proxies_over_eds(stack):
     stack.envoy("kv")
     client = stack.envoy("", "app-1", client=("kv.dgw/api", client_port))
 
-    # Not registered yet: the client proxy has nowhere to send the request.
+    # Not registered yet: the client proxy listens, but has nowhere to send the request.
     stack.server.report("kv", "node-1", [healthy("kv", "api", dal_port)])
+    wait_until(lambda: port_open(client_port), 10, what="the client proxy listening")
     assert answered_by(client_port) is None
 
     stack.server.post("/v1/reports", {
