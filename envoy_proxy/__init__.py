@@ -16,12 +16,20 @@ A local ``envoy/`` would shadow both.
 from .admin import EnvoyAdmin, Stats
 from .binary import find_envoy
 from .blocking import BlockingEnvoy
-from .bootstrap import DEFAULT_ADMIN, XDS_CLUSTER, make_bootstrap, make_client_bootstrap
+from .bootstrap import (
+    DEFAULT_ADMIN,
+    SDS_CLUSTER,
+    XDS_CLUSTER,
+    make_bootstrap,
+    make_client_bootstrap,
+    sds_cluster,
+)
 from .errors import AdminUnavailable, EnvoyError, EnvoyExited, EnvoyNotFound, EnvoyNotReady
 from .process import EnvoyProcess
 
 __all__ = [
     "DEFAULT_ADMIN",
+    "SDS_CLUSTER",
     "XDS_CLUSTER",
     "AdminUnavailable",
     "BlockingEnvoy",
@@ -35,4 +43,5 @@ __all__ = [
     "find_envoy",
     "make_bootstrap",
     "make_client_bootstrap",
+    "sds_cluster",
 ]

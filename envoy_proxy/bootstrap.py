@@ -12,6 +12,9 @@ from typing import Any
 from common.hostport import split_host_port
 
 XDS_CLUSTER = "dgw_xds"
+# The host sidecar's SDS server on a Unix socket: listeners with ``tls_creds`` (and
+# the client proxy) get certificates and trust bundles from it, never from a file.
+SDS_CLUSTER = "dgw_sds"
 DEFAULT_ADMIN = "127.0.0.1:9901"
 # Envoy retries a broken ADS stream with jittered backoff from this base.
 XDS_CONNECT_TIMEOUT = "1s"
@@ -31,9 +34,11 @@ def make_bootstrap(
     xds: str,
     admin: str | None = DEFAULT_ADMIN,
     delta: bool = False,
+    sds_socket: str | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for YAML/JSON) that gets all of its
-    configuration from the xds_server at ``xds`` over one ADS stream."""
+    configuration from the xds_server at ``xds`` over one ADS stream, and, with
+    ``sds_socket``, its secrets from the host's SDS server on that Unix socket."""
     xds_host, xds_port = split_host_port(xds, "--xds")
     config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": shard},
@@ -90,12 +95,35 @@ def make_bootstrap(
             ]
         },
     }
+    if sds_socket:
+        config["static_resources"]["clusters"].append(sds_cluster(sds_socket))
     if admin:
         admin_host, admin_port = split_host_port(admin, "--admin")
         config["admin"] = {
             "address": {"socket_address": {"address": admin_host, "port_value": admin_port}}
         }
     return config
+
+
+def sds_cluster(socket_path: str) -> dict[str, Any]:
+    """The static cluster ``dgw_sds``: gRPC (HTTP/2) to the SDS server on a Unix socket."""
+    return {
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": XDS_CONNECT_TIMEOUT,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}
+            ],
+        },
+    }
 
 
 def make_client_bootstrap(

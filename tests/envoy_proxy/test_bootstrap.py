@@ -135,3 +135,20 @@ def test_envoy_accepts_the_bootstraps_dgw_prints(args, tmp_path: Path):
         [find_envoy(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.envoy
+def test_a_bootstrap_with_an_sds_socket_names_the_cluster_listeners_use(tmp_path: Path):
+    from envoy_proxy import SDS_CLUSTER, make_bootstrap
+    from xds_server.translate.security import transport_socket  # noqa: F401  (names SDS_CLUSTER)
+
+    config = make_bootstrap("kv", "i-1", "127.0.0.1:18000", sds_socket=str(tmp_path / "sds.sock"))
+    sds = [c for c in config["static_resources"]["clusters"] if c["name"] == SDS_CLUSTER]
+    assert sds and sds[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"]["pipe"]["path"] == str(tmp_path / "sds.sock")
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(config))
+    check = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from envoy_proxy import find_envoy
+from envoy_proxy import find_envoy, sds_cluster
 
 from .cases import case_names, render_case
 
@@ -43,16 +43,7 @@ _XDS_CLUSTER = {
 
 
 # The host sidecar's SDS socket, named by every listener with tls_creds.
-_SDS_CLUSTER = {
-    "name": "dgw_sds",
-    "type": "STATIC",
-    "load_assignment": {
-        "cluster_name": "dgw_sds",
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "pipe": {"path": "/tmp/dgw-validate-sds.sock"}}}}]}],
-    },
-    "typed_extension_protocol_options": _XDS_CLUSTER["typed_extension_protocol_options"],
-}
+_SDS_CLUSTER = sds_cluster("/tmp/dgw-validate-sds.sock")
 
 
 def _resources(outputs: dict[str, str], name: str, kind: str) -> list[dict[str, Any]]:

@@ -74,6 +74,3 @@ def _segment_regex(segment: str) -> str:
     return "".join(out)
 
 
-# The bootstrap's static cluster to the host sidecar's SDS socket (a Unix socket), from
-# which Envoy gets every certificate and trust bundle a listener names.
-SDS_CLUSTER = "dgw_sds"

@@ -29,7 +29,8 @@ from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from xds_server.security.providers import HTTP_READ_METHODS, SDS_CLUSTER
+from envoy_proxy.bootstrap import SDS_CLUSTER
+from xds_server.security.providers import HTTP_READ_METHODS
 
 from . import ir
 
