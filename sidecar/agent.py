@@ -57,6 +57,9 @@ _CONVERGING_POLL_S = 0.2
 _CONVERGING_QUICK_FOR_S = 10.0
 _STUCK_POLL_S = 1.0
 _CONNECT_TIMEOUT_S = 0.2
+# Stopping: how long the last report and closing the control channel may take.
+FINAL_REPORT_TIMEOUT_S = 5.0
+CONTROL_CLOSE_TIMEOUT_S = 2.0
 
 
 class Agent:
@@ -305,10 +308,11 @@ class Agent:
         try:
             observed = await self.runtime.observe()
             desired = self._desired(observed)
-            await self.reporter.publish(
-                build_report(self._situation(desired, observed, set())), now=True
-            )
-        except (DalRunError, OSError) as e:
+            async with asyncio.timeout(FINAL_REPORT_TIMEOUT_S):
+                await self.reporter.publish(
+                    build_report(self._situation(desired, observed, set())), now=True
+                )
+        except (DalRunError, OSError, TimeoutError) as e:
             self.log.warning("final_report_failed", error=str(e))
         if self.envoy is not None:
             await self.envoy.drain()
@@ -322,7 +326,12 @@ class Agent:
             for o in await self.runtime.observe():
                 await self.runtime.remove(o)
         await self.runtime.close()
-        await self.control.close()
+        # gRPC's channel close can wait on a call it failed to cancel (grpc/grpc#32005,
+        # #41875): a stopping agent must exit all the same.
+        try:
+            await asyncio.wait_for(self.control.close(), CONTROL_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self.log.warning("control_close_timed_out", timeout_s=CONTROL_CLOSE_TIMEOUT_S)
         self.claims.release(self._owner)
         self.log.info("stopped")
 

@@ -6,6 +6,7 @@ the test advances it, and "nothing happened" is checked over counted passes."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 
@@ -66,7 +67,15 @@ class Harness:
 
     async def close(self):
         self.stop.set()
-        await asyncio.wait_for(self.task, 10)
+        done, _ = await asyncio.wait({self.task}, timeout=10)
+        if not done:  # show where the agent is stuck, not just that it is
+            stacks = io.StringIO()
+            for t in asyncio.all_tasks():
+                if t is not asyncio.current_task():
+                    t.print_stack(file=stacks)
+            self.task.cancel()
+            pytest.fail(f"the agent did not stop within 10 s; tasks:\n{stacks.getvalue()}")
+        self.task.result()
 
     async def passes(self, n: int) -> None:
         """Wait until the agent has made ``n`` more reconcile passes."""
