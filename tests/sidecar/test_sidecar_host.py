@@ -76,7 +76,10 @@ def test_killed_dal_is_restarted_and_the_other_keeps_serving(host: Host):
     crashed = host.events("dal_crashed", dal="cql")
     assert crashed and crashed[0]["exit_code"] == "137"
     health = [e["health"] for e in host.events("endpoint_health", dal="cql")]
-    assert health[-3:] == ["UNHEALTHY", "STARTING", "HEALTHY"], health
+    # Killed: unhealthy, restarted, healthy again. A restart slowed by a loaded host
+    # may fail a health check while starting (STARTING, UNHEALTHY) before it passes.
+    after = health[health.index("UNHEALTHY"):]
+    assert "STARTING" in after and after[-1] == "HEALTHY", health
     if host.runtime == "docker":
         assert host.instances()["cql"] == before  # restarted, not recreated
 
