@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import re
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 
 from common.files import write_private
+from xds_server import metrics
 from xds_server.security.tokens import (
     ROLES,
     Role,
@@ -100,6 +102,18 @@ class Principal:
     def actor(self) -> str:
         """As the audit log names it: ``name (token id)`` (names need not be unique)."""
         return f"{self.name} ({self.token_id})" if self.token_id else self.name
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def set_principal(request: web.Request, principal: Principal) -> None:
+    """``request[PRINCIPAL]``, and ``request["principal"]`` as the API contract names it
+    (aiohttp warns about plain string keys; the contract predates its typed keys)."""
+    request[PRINCIPAL] = principal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        request["principal"] = principal
 
 
 class AuditLog(Protocol):
@@ -177,23 +191,29 @@ def auth_middleware(
         if need == "open" or (pattern == "/metrics" and metrics_public):
             return await handler(request)
         shard = request.match_info.get("shard")
-        if need == "node":
-            shard = await _report_shard(request, body_timeout_s)
-        principal, status, message = _check(tokens, request, need, pattern, shard, now())
+        principal: Principal | None = None
+        record, status, message = _identify(tokens, request, now())
+        if record is not None:
+            principal = Principal(record.name, record.role, record.shard, record.token_id)
+            if need == "node" and record.role == "node":
+                # Read only once the caller is known: nobody unknown makes us read a body.
+                shard = await _report_shard(request, body_timeout_s)
+            status, message = _authorize(record, need, pattern, request.method, shard)
         if status != 200 or principal is None:
+            metrics.HTTP_REFUSED.labels(str(status)).inc()
             if request.method not in _READS:
                 await _audit_refusal(audit, request, pattern, shard, principal, status, message)
             return _error(status, message)
-        request["principal"] = principal
+        set_principal(request, principal)
         return await handler(request)
 
     return middleware
 
 
-def _check(
-    tokens: TokenStore, request: web.Request, need: Need, pattern: str, shard: str | None,
-    now: dt.datetime,
-) -> tuple[Principal | None, int, str]:  # fmt: skip
+def _identify(
+    tokens: TokenStore, request: web.Request, now: dt.datetime
+) -> tuple[TokenRecord | None, int, str]:
+    """The caller's token record, or why not (401)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
@@ -206,19 +226,23 @@ def _check(
         record = tokens.get(token_id)
         if record is None:
             raise TokenError("unknown token")
-        # Who the caller is first (401), then whether that is enough (403).
-        record = authenticate(tokens, token, record.role, now, shard=record.shard)
+        # Who the caller is (401 if not valid), before whether that is enough (403).
+        return authenticate(tokens, token, record.role, now, shard=record.shard), 200, ""
     except TokenError as e:
         return None, 401, str(e)
-    principal = Principal(record.name, record.role, record.shard, record.token_id)
-    if not _allows(record, need, shard):
-        if need == "node":
-            scope = f"shard {shard!r}" if shard else "a report that names no shard"
-            return principal, 403, (f"token {record.name!r} ({_scope(record)}) may not report for {scope}; "
-                                    "a node token reports for its own shard only")  # fmt: skip
-        return principal, 403, (f"token {record.name!r} is a {_scope(record)} token; "
-                                f"{request.method} {pattern} needs {need} or higher")  # fmt: skip
-    return principal, 200, ""
+
+
+def _authorize(
+    record: TokenRecord, need: Need, pattern: str, method: str, shard: str | None
+) -> tuple[int, str]:
+    if _allows(record, need, shard):
+        return 200, ""
+    if need == "node":
+        scope = f"shard {shard!r}" if shard else "a report that names no shard"
+        return 403, (f"token {record.name!r} ({_scope(record)}) may not report for {scope}; "
+                     "a node token reports for its own shard only")  # fmt: skip
+    return 403, (f"token {record.name!r} is a {_scope(record)} token; "
+                 f"{method} {pattern} needs {need} or higher")  # fmt: skip
 
 
 def _scope(record: TokenRecord) -> str:
@@ -289,9 +313,7 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
 
 
 def _principal(request: web.Request) -> Principal:
-    principal = request.get("principal")
-    assert isinstance(principal, Principal), "the auth middleware runs before every handler"
-    return principal
+    return request[PRINCIPAL]  # the auth middleware runs before every handler
 
 
 class _BadRequest(Exception):
