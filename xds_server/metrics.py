@@ -9,7 +9,18 @@ outcome; never a node id, a version or a message, which would grow without bound
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The `_created` timestamp series double every counter's lines and say nothing a
+# scraper does not know from the process start.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
