@@ -20,7 +20,7 @@ from prometheus_client import (
 
 # The `_created` timestamp series double every counter's lines and say nothing a
 # scraper does not know from the process start.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
