@@ -39,7 +39,10 @@ def status(registry: ShardRegistry, shard: str | None = None) -> dict[str, Any]:
         rows.append(node_row(node, view.versions() if view else None,
                              _dals(registry, node.shard, node.node_id)))  # fmt: skip
     rows.sort(key=lambda r: (r["shard"], r["node"], r["protocol"], r["connected_since"]))
-    names = [shard] if shard is not None else sorted(set(registry.shards) | {r["shard"] for r in rows})
+    # Shards with a config, and those only nodes name (connected before a config came).
+    names = sorted(set(registry.shards) | {r["shard"] for r in rows})
+    if shard is not None:
+        names = [n for n in names if n == shard]
     shards = {}
     for name in names:
         state = registry.shards.get(name)
