@@ -263,7 +263,8 @@ async def _audit_refusal(
     audit: AuditLog, request: web.Request, pattern: str, shard: str | None,
     principal: Principal | None, status: int, message: str,
 ) -> None:  # fmt: skip
-    await audit.append_audit(
+    await _audit(
+        audit,
         actor=principal.actor if principal else "anonymous",
         action=f"{request.method} {pattern}",
         shard=shard,
@@ -272,6 +273,11 @@ async def _audit_refusal(
         accepted=False,
         reason=f"{status}: {message}",
     )
+
+
+async def _audit(audit: AuditLog, **entry: Any) -> None:
+    with metrics.STORE_WRITE_SECONDS.labels("audit").time():
+        await audit.append_audit(**entry)
 
 
 # --- the first start ----------------------------------------------------------------
@@ -358,14 +364,14 @@ async def create_token(request: web.Request) -> web.Response:
         return _error(408, "the request body did not arrive in time")
     except (ValueError, _BadRequest, TokenError) as e:
         message = str(e) if not isinstance(e, ValueError) else "the body is not JSON"
-        await access.audit.append_audit(
-            actor=who.actor, action="token.create", shard=None, base_version=None,
+        await _audit(
+            access.audit, actor=who.actor, action="token.create", shard=None, base_version=None,
             new_version=None, accepted=False, reason=f"400: {message}",
         )  # fmt: skip
         return _error(400, message)
     access.tokens.add(record)
-    await access.audit.append_audit(
-        actor=who.actor, action=f"token.create {record.token_id} {role} {name}",
+    await _audit(
+        access.audit, actor=who.actor, action=f"token.create {record.token_id} {role} {name}",
         shard=shard, base_version=None, new_version=None, accepted=True,
     )  # fmt: skip
     log.info("event=token_created by=%s token_id=%s role=%s name=%s shard=%s",
@@ -384,13 +390,13 @@ async def revoke_token(request: web.Request) -> web.Response:
     token_id = request.match_info["token_id"]
     record = access.tokens.get(token_id)
     if record is None or not access.tokens.revoke(token_id):
-        await access.audit.append_audit(
-            actor=who.actor, action=f"token.revoke {token_id[:16]}", shard=None,
+        await _audit(
+            access.audit, actor=who.actor, action=f"token.revoke {token_id[:16]}", shard=None,
             base_version=None, new_version=None, accepted=False, reason="404: no such token",
         )  # fmt: skip
         return _error(404, f"no token with id {token_id[:16]!r}; 'dgw token list' shows them")
-    await access.audit.append_audit(
-        actor=who.actor, action=f"token.revoke {token_id} {record.role} {record.name}",
+    await _audit(
+        access.audit, actor=who.actor, action=f"token.revoke {token_id} {record.role} {record.name}",
         shard=record.shard, base_version=None, new_version=None, accepted=True,
     )  # fmt: skip
     log.info("event=token_revoked by=%s token_id=%s", who.actor, token_id)
