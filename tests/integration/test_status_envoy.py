@@ -69,3 +69,5 @@ def test_status_follows_envoy_through_a_nack_and_back(stack):
     assert exact.returncode == 0, exact.stderr
     wrong = cli(stack, "status", "--shard", "kv", "--wait", "no-such-version", "--timeout", "0.3")
     assert wrong.returncode == 1 and "not no-such-version" in wrong.stderr
+    log = stack.server.log()
+    assert str(stack.server.data_dir / "admin.token") in log and stack.server.token not in log
