@@ -357,7 +357,8 @@ def _count(shard: str, received: Received, status: StreamStatus) -> None:
         sent_at = status.sent_at(received.type_url)
         if sent_at is not None and received.version == status.sent_version(received.type_url):
             metrics.PUSH_TO_ACK_SECONDS.labels(kind).observe(time.monotonic() - sent_at)
-    elif received.kind == "nack":
+    elif received.kind == "nack" and received.version:
+        # Only a NACK of a response we sent (so of a configured shard: labels stay bounded).
         metrics.NACKS.labels(shard, _metric_type(received.type_url)).inc()
 
 

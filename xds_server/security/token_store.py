@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xds_server.security.tokens import ROLES, TokenRecord
+from xds_server.store.base import StoreError
 
 DB_NAME = "tokens.sqlite3"
 _SCHEMA_VERSION = 1
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 _COLUMNS = "token_id, name, role, secret_sha256, created_at, shard, expires_at, one_time, used_at, revoked"
 
 
-class TokenStoreError(Exception):
+class TokenStoreError(StoreError):
     """The token database cannot be used; the message names the file."""
 
 
