@@ -32,9 +32,7 @@ def status(registry: ShardRegistry, shard: str | None = None) -> dict[str, Any]:
     """The ``/v1/status`` document (for one shard, or all)."""
     cache = registry.cache
     rows = []
-    for node in cache.node_status():
-        if shard is not None and node.shard != shard:
-            continue
+    for node in cache.node_status(shard):
         view = cache.view(node.shard, node.node_id)
         rows.append(node_row(node, view.versions() if view else None,
                              _dals(registry, node.shard, node.node_id)))  # fmt: skip
