@@ -6,8 +6,9 @@ route without an entry needs ``admin`` for a mutation and ``reader`` for a read:
 nothing is open by mistake), checks ``Authorization: Bearer <token>`` and hands the
 handler a ``Principal`` in ``request["principal"]``. No or a bad token is 401, a role
 too low 403, both as ``{"error": "..."}``; every refused mutation goes to the audit
-log (the config store's ``append_audit``). Handlers audit what they accept or refuse
-themselves (they know the versions).
+log (the config store's ``append_audit``). Handlers read the caller as
+``request[PRINCIPAL]`` (also ``request["principal"]``, as the API contract names it),
+and audit what they accept or refuse themselves (they know the versions).
 
 Roles (``xds_server.security.tokens``): ``reader`` reads everything but tokens and
 the audit log; ``operator`` also changes shards; ``admin`` does everything; ``node``
