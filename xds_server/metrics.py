@@ -78,6 +78,30 @@ HTTP_REFUSED = Counter(
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class XdsSeries:
+    """One shard's and type's xDS series, resolved once: ``labels()`` takes a lock and
+    builds a key on every call, and the ADS streams count every push and ACK."""
+
+    __slots__ = ("acks", "latency", "nacks", "pushes")
+
+    def __init__(self, shard: str, kind: str) -> None:
+        self.pushes = PUSHES.labels(shard, kind)
+        self.acks = ACKS.labels(shard, kind)
+        self.nacks = NACKS.labels(shard, kind)
+        self.latency = PUSH_TO_ACK_SECONDS.labels(kind)
+
+
+_XDS: dict[tuple[str, str], XdsSeries] = {}
+
+
+def xds(shard: str, kind: str) -> XdsSeries:
+    """The series of ``shard`` and ``kind`` (``clusters``, ``routes``, ..., ``other``)."""
+    series = _XDS.get((shard, kind))
+    if series is None:
+        series = _XDS[(shard, kind)] = XdsSeries(shard, kind)
+    return series
+
+
 def render() -> bytes:
     """The exposition text of every metric."""
     return generate_latest(REGISTRY)

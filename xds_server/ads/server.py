@@ -296,7 +296,7 @@ async def _write(context: _Context, shard: str, node_id: str, responses: list[Ou
     long-lived stream frame (a response can be megabytes, times thousands of streams)."""
     for out in responses:
         await context.write(out.payload)
-        metrics.PUSHES.labels(shard, _metric_type(out.type_url)).inc()
+        metrics.xds(shard, _metric_type(out.type_url)).pushes.inc()
         log.debug(
             "event=push shard=%s node=%s type=%s version=%s nonce=%s "
             "resources=%d removed=%d bytes=%d",
@@ -352,14 +352,14 @@ class _Waker:
 def _count(shard: str, received: Received, status: StreamStatus) -> None:
     """Metrics of one classified request: ACKs (with the time since their push), NACKs."""
     if received.kind == "ack":
-        kind = _metric_type(received.type_url)
-        metrics.ACKS.labels(shard, kind).inc()
+        series = metrics.xds(shard, _metric_type(received.type_url))
+        series.acks.inc()
         sent_at = status.sent_at(received.type_url)
         if sent_at is not None and received.version == status.sent_version(received.type_url):
-            metrics.PUSH_TO_ACK_SECONDS.labels(kind).observe(time.monotonic() - sent_at)
+            series.latency.observe(time.monotonic() - sent_at)
     elif received.kind == "nack" and received.version:
         # Only a NACK of a response we sent (so of a configured shard: labels stay bounded).
-        metrics.NACKS.labels(shard, _metric_type(received.type_url)).inc()
+        metrics.xds(shard, _metric_type(received.type_url)).nacks.inc()
 
 
 def _log_request(shard: str, node_id: str, received: Received) -> None:
