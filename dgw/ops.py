@@ -378,6 +378,11 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
         except ClientError as e:
             print(f"dgw {args.command}: {e}", file=sys.stderr)
             return 1
+        except (KeyError, TypeError, AttributeError) as e:
+            # A server (or proxy) that does not answer as the API says: no traceback either.
+            print(f"dgw {args.command}: the server's answer lacks what dgw expects ({e!r}); "
+                  "is --server a dgw server of the same version?", file=sys.stderr)  # fmt: skip
+            return 1
 
     return run
 
