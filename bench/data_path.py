@@ -162,7 +162,8 @@ class _Stack:
 
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.server.admin_port}/v1/reports", data=json.dumps(report).encode(),
-            headers={"content-type": "application/json"}, method="POST",
+            headers={"content-type": "application/json", "Authorization": f"Bearer {self.server.token}"},
+            method="POST",
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=5) as r:
             return bool(r.status == 200)

@@ -69,8 +69,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def http_json(url: str, timeout: float = 10.0) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def http_json(url: str, timeout: float = 10.0, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
         body: dict[str, Any] = json.loads(r.read())
         return body
 
@@ -101,6 +102,7 @@ class ServerChild:
         self.xds_port = free_port()
         self.admin_port = free_port()
         self.log_level = log_level
+        self.data_dir = workdir / "data"
         self.child: Child | None = None
 
     @property
@@ -116,7 +118,7 @@ class ServerChild:
         self.child = Child(
             [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server",
              "--config-dir", str(self.config_dir), "--xds", self.xds,
-             "--admin", f"127.0.0.1:{self.admin_port}"],
+             "--admin", f"127.0.0.1:{self.admin_port}", "--data-dir", str(self.data_dir)],
             log=self.workdir / "xds_server.log",
         )  # fmt: skip
         wait_for(self._up, timeout, "the dgw server's admin port")
@@ -133,8 +135,13 @@ class ServerChild:
         tmp.write_text(text)
         tmp.rename(path)  # atomic, like a careful operator's editor
 
+    @property
+    def token(self) -> str:
+        """The admin token the server made on its first start (the admin API needs one)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
     def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:
-        return http_json(f"http://127.0.0.1:{self.admin_port}{path}", timeout)
+        return http_json(f"http://127.0.0.1:{self.admin_port}{path}", timeout, self.token)
 
     def stop(self) -> None:
         if self.child is not None:

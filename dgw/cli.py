@@ -124,6 +124,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from xds_server.server import run
     from xds_server.settings import ServerSettings
+    from xds_server.store import StoreError
 
     if not Path(args.config_dir).is_dir():
         print(f"dgw server: config dir {args.config_dir} does not exist", file=sys.stderr)
@@ -134,10 +135,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         admin=args.admin,
         public_address=args.public_address,
         data_dir=args.data_dir,
+        metrics_public=args.metrics_public,
     )
     try:
         asyncio.run(run(settings))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, StoreError) as e:
         print(f"dgw server: {e}", file=sys.stderr)
         return 1
     return 0
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="where node reports are kept across restarts "
                         "(default: ~/.local/state/dgw-server/<hash of the config dir>)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve GET /metrics without a token (default: a reader token is needed)")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")
@@ -187,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import completion, daemon, logs, schema, up
+    from . import completion, daemon, logs, ops, schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
     daemon.add_command(sub, up.DEFAULT_STATE_DIR)
     logs.add_command(sub, up.DEFAULT_STATE_DIR)
     bench_cli.add_commands(sub)
+    ops.add_commands(sub)
     schema.add_command(sub)
     completion.add_command(sub)
     for command in sub.choices.values():

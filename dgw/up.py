@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the running parts load only when `dgw up` runs: `dgw --help
 DEMO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "shards"
 DEFAULT_ENVOY_ADMIN_PORT = 9901
 DEFAULT_STATE_DIR = Path(".work/up")
+UP_SERVER_DIR = "server"
 # How long to wait for "serving" before saying what is still missing (and waiting on).
 PATIENCE_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -107,7 +108,10 @@ async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str],
     busy = preflight.busy_server_ports({"--xds": args.xds, "--admin": args.admin})
     if busy:
         raise UpError("\n".join(busy))
-    server = XdsServer(ServerSettings(config_dir=args.config_dir, xds=args.xds, admin=args.admin))
+    # The server's data (config store, tokens, the first start's admin.token) beside the
+    # sidecars' state: `dgw get`/`dgw status` run from the same directory find the token.
+    server = XdsServer(ServerSettings(config_dir=args.config_dir, xds=args.xds, admin=args.admin,
+                                      data_dir=args.state_dir / UP_SERVER_DIR))
     await server.start()
     shards = sorted(server.registry.shards)
     admin_ports = {shard: args.envoy_admin_port + i for i, shard in enumerate(shards)}
@@ -232,8 +236,10 @@ def _banner(server: XdsServer, shards: list[str], args: argparse.Namespace) -> N
                 lines.append(f"  curl -s http://127.0.0.1:{where.port}/hello      # {shard}.{name} through Envoy")
             elif where.port:
                 lines.append(f"  127.0.0.1:{where.port}  ({listener.mode}, {shard}.{name})")
-        lines.append(f"  curl -s {admin}/v1/shards/{shard}")
-    lines += [f"  curl -s {admin}/v1/nodes", f"Edit {args.config_dir}/*.yaml to rewire live; Ctrl-C stops everything."]
+        lines.append(f"  dgw get shard {shard}")
+    lines += ["  dgw status                                  # every Envoy: SYNCED / STALE / NACKED",
+              f"  (the admin API, {admin}, needs a token: {server.admin_token_path})",
+              f"Edit {args.config_dir}/*.yaml to rewire live; Ctrl-C stops everything."]
     print("\n".join(lines), flush=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import logging
 import resource
@@ -23,14 +24,16 @@ from aiohttp import web
 from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
-from xds_server.api import admin, gateway
+from xds_server.api import admin, auth, fleet, gateway
 from xds_server.api.admin_http import LimitedSite
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.config import EnvPolicy
+from xds_server.security.token_store import SqliteTokenStore
 from xds_server.settings import ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
+from xds_server.store import SqliteStore
 from xds_server.translate import TranslateOptions
 
 log = logging.getLogger("xds_server.server")
@@ -99,6 +102,10 @@ class XdsServer:
         self.state_dir = settings.state_dir()
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
+        self.store: SqliteStore | None = None
+        self.tokens: SqliteTokenStore | None = None
+        # Where the first start saved its admin token (dgw reads it for a local server).
+        self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
         self.xds_port = 0
         self.admin_port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,7 +139,7 @@ class XdsServer:
                             "(another dgw server?) or the address is not local")
         await self.grpc_server.start()
 
-        self.admin_runner = admin_runner(admin.make_app(self.registry, self.problem), self.limits)
+        self.admin_runner = admin_runner(await self._admin_app(), self.limits)
         await self.admin_runner.setup()
         ahost, aport = split_host_port(self.settings.admin, "--admin")
         site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections)
@@ -157,6 +164,19 @@ class XdsServer:
             len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
         )
+
+    async def _admin_app(self) -> web.Application:
+        """The admin API behind access control; the config store keeps the audit log."""
+        self.store = await SqliteStore.open(self.state_dir)
+        self.tokens = SqliteTokenStore.open(self.state_dir)
+        auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
+        app = admin.make_app(self.registry, self.problem)
+        fleet.add_routes(app, self.registry)
+        auth.install(app, auth.Access(
+            self.tokens, self.store, metrics_public=self.settings.metrics_public,
+            body_timeout_s=self.limits.admin_body_timeout_s,
+        ))  # fmt: skip
+        return app
 
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
@@ -193,6 +213,12 @@ class XdsServer:
             await self.grpc_server.stop(grace=0.5)
         if self.admin_runner:
             await self.admin_runner.cleanup()
+        if self.tokens is not None:
+            self.tokens.close()
+            self.tokens = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
         log.info("event=stopped")
 
 

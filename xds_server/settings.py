@@ -100,6 +100,8 @@ class ServerSettings(BaseModel):
     data_dir: Path | None = None
     # Variables ``${VAR}`` may read besides those starting with ENV_PREFIX.
     allowed_env: frozenset[str] = frozenset()
+    # GET /metrics without a token (for a Prometheus that cannot send one).
+    metrics_public: bool = False
     limits: Limits = Field(default_factory=Limits)
     ads_limits: AdsLimits = Field(default_factory=AdsLimits)
 

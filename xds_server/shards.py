@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from dgw_api.v1 import gateway_pb2
+from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
 from xds_server.discovery import Discovery
@@ -206,6 +207,7 @@ class ShardRegistry:
         """Record a refused config; ``error`` is already fit to show (secrets masked)."""
         errors = [str(p) for p in error.problems[: self.limits.problems_per_file + 1]]
         self.rejections[shard] = Rejection(shard, source, errors, time.time())
+        metrics.CONFIGS_REJECTED.labels(shard).inc()
         running = self.shards.get(shard)
         log.warning(
             "event=config_rejected shard=%s source=%s running_version=%s errors=%r",

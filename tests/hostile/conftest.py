@@ -22,6 +22,11 @@ def settings(tmp_path: Path, **limits: float) -> ServerSettings:
     )
 
 
+def admin_headers(server: XdsServer) -> dict[str, str]:
+    """The admin API needs a token: the one the server made on its first start."""
+    return {"Authorization": f"Bearer {server.admin_token_path.read_text().strip()}"}
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[XdsServer]:
     s = settings(tmp_path)

@@ -18,7 +18,7 @@ from xds_server.server import XdsServer
 from xds_server.shards import ShardRegistry
 from xds_server.translate import DISCOVERY_SHARD
 
-from .conftest import settings
+from .conftest import admin_headers, settings
 from .corpus import GOOD
 
 
@@ -42,7 +42,7 @@ async def test_health_99_is_refused_and_not_stored(server: XdsServer):
     body = {"shard": "kv", "node_id": "n1", "endpoints": [
         {"dal": "kv", "listener": "api", "address": "127.0.0.1", "port": 18081, "health": 99}]}
     url = f"http://127.0.0.1:{server.admin_port}/v1/reports"
-    async with aiohttp.ClientSession() as http, http.post(url, json=body) as r:
+    async with aiohttp.ClientSession(headers=admin_headers(server)) as http, http.post(url, json=body) as r:
         assert r.status == 400
         assert "health 99 is not one of" in (await r.json())["error"]
     assert server.registry.shards["kv"].nodes == {}
@@ -51,7 +51,7 @@ async def test_health_99_is_refused_and_not_stored(server: XdsServer):
 
 async def test_huge_reports_for_made_up_shards_are_refused_unread(server: XdsServer):
     status = {f"k{i}": "x" * 1000 for i in range(3500)}  # 3.5 MB
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=admin_headers(server)) as http:
         for i in range(60):
             body = {"shard": f"made-up-{i}", "node_id": "n", "status": status}
             async with http.post(f"http://127.0.0.1:{server.admin_port}/v1/reports", json=body) as r:

@@ -8,7 +8,7 @@ import aiohttp
 
 from xds_server.server import XdsServer
 
-from .conftest import settings
+from .conftest import admin_headers, settings
 from .corpus import SECRET, SECRET_SHARD
 
 
@@ -22,9 +22,10 @@ async def test_the_admin_api_and_logs_mask_what_the_sidecar_gets(tmp_path, monke
     try:
         shard = server.registry.shards["db"]
         assert SECRET in shard.config_yaml  # what WatchConfig sends to the sidecar
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=admin_headers(server)) as http:
             for path in ("/v1/shards/db", "/v1/shards"):
                 async with http.get(f"http://127.0.0.1:{server.admin_port}{path}") as r:
+                    assert r.status == 200
                     text = await r.text()
                     assert SECRET not in text
         assert "postgresql://app:***@127.0.0.1:5432" in shard.shown_yaml()

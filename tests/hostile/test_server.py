@@ -139,7 +139,10 @@ def test_healthz_answers_within_a_second_during_hostile_shard_files(tmp_path):
         assert all(shards[n]["rejected"] for n in hostile), shards
         assert shards["kv"]["config_version"] and not shards["kv"]["rejected"]
         assert slowest < 1.0
-        raw = urllib.request.urlopen(f"http://127.0.0.1:{server.admin_port}/v1/shards/bomb").read()
+        raw = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{server.admin_port}/v1/shards/bomb",
+            headers={"Authorization": f"Bearer {server.token}"},
+        )).read()
         assert len(raw) < 10_000
         log = server.log()
         assert len(log) < 200_000 and "Traceback" not in log

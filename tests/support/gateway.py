@@ -22,12 +22,14 @@ class XdsServerProcess:
         self.xds_port = free_port()
         self.admin_port = free_port()
         self.workdir = workdir
+        self.data_dir = workdir / "data"
         self.child: Child | None = None
 
     def start(self) -> XdsServerProcess:
         self.child = Child(
             [sys.executable, "-m", "dgw.cli", "server", "--config-dir", str(self.config_dir),
-             "--xds", f"127.0.0.1:{self.xds_port}", "--admin", f"127.0.0.1:{self.admin_port}"],
+             "--xds", f"127.0.0.1:{self.xds_port}", "--admin", f"127.0.0.1:{self.admin_port}",
+             "--data-dir", str(self.data_dir)],
             log=self.workdir / "xds_server.log",
         )
         child = self.child
@@ -45,14 +47,23 @@ class XdsServerProcess:
         tmp.write_text(text)
         tmp.rename(path)  # atomic, like a careful operator's editor
 
+    @property
+    def token(self) -> str:
+        """The admin token the server made on its first start (the admin API needs one)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=3) as r:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=3) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.admin_port}{path}", data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"}, method="POST",
+            headers={"content-type": "application/json", "Authorization": f"Bearer {self.token}"},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=3) as r:
             return json.loads(r.read())

@@ -237,6 +237,9 @@ class DeltaStream:
                 absent.sort()
                 changed = sorted(updated)
             gone = sorted(n for n in known if n not in resources)
+            # Nothing to send: the node is as current as its subscriptions can be.
+            self._status.record_due(type_url, snapshot.version if changed or absent or gone
+                                    or not state.answered else None)
             if changed or absent or not state.answered:
                 for name in changed:
                     known[name] = resources[name].version

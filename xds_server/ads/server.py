@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -31,11 +32,12 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
+from xds_server import metrics
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.events import Outgoing, Received, Refused
 from xds_server.ads.sotw import NameSets, SotwStream
 from xds_server.cache.snapshot import Snapshot
-from xds_server.cache.status import StreamKind
+from xds_server.cache.status import StreamKind, StreamStatus
 from xds_server.cache.store import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES
 from xds_server.settings import AdsLimits
@@ -100,6 +102,11 @@ def _identity(payload: bytes) -> bytes:
 
 def _type(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url)
+
+
+def _metric_type(type_url: str) -> str:
+    # A client may ask for any type URL: metrics name ours and lump the rest.
+    return SHORT_NAMES.get(type_url, "other")
 
 
 def _quote(text: str) -> str:
@@ -195,19 +202,25 @@ class AdsServer:
         del first  # Envoy's Node can be kilobytes (its extension list): hold no request
         reader = asyncio.create_task(_read(requests, inbox, wake))
         log.info("event=connect shard=%s node=%s stream=%s", shard, node_id, kind)
+        # Any client may name any shard: label only configured ones (bounded).
+        label = shard if self._cache.shard_versions(shard) else "_unconfigured"
+        connected = metrics.CONNECTED_NODES.labels(label, kind)
+        connected.inc()
         reason = "closed"
         refused: Refused | None = None
         try:
             while True:
                 if inbox:
-                    refused = _apply(stream, inbox, shard, node_id, only_type)
+                    refused = _apply(stream, inbox, shard, node_id, only_type, watch.status)
                     if refused is not None:
                         break
                 if reader.done():
                     break
                 view = self._cache.view(shard, node_id)
                 if view is not None:  # else the shard has no snapshot yet: wait for one
-                    await _write(context, shard, node_id, stream.pending(view))
+                    due = stream.pending(view)
+                    watch.status.record_evaluated(view)
+                    await _write(context, shard, node_id, due)
                 await wake.wait()
             reason = f"refused:{refused.code}" if refused is not None else reader.result()
         except asyncio.CancelledError:
@@ -216,6 +229,7 @@ class AdsServer:
         finally:
             reader.cancel()
             self._cache.disconnect(watch)
+            connected.dec()
             await _close(requests, reader)
             del stream  # free the stream's names before the status goes out
             log.info(
@@ -245,8 +259,9 @@ async def _close(requests: AsyncIterator[_Request], reader: asyncio.Task[str]) -
 
 
 def _apply(
-    stream: _Stream, inbox: list[_Request], shard: str, node_id: str, only_type: str | None
-) -> Refused | None:
+    stream: _Stream, inbox: list[_Request], shard: str, node_id: str, only_type: str | None,
+    status: StreamStatus,
+) -> Refused | None:  # fmt: skip
     """Hand every queued request to the stream. A function of its own so no request
     outlives it in the long-lived stream frame."""
     batch = inbox.copy()
@@ -255,7 +270,9 @@ def _apply(
         for request in batch:
             if only_type is not None:
                 _restrict(request, only_type)
-            _log_request(shard, node_id, stream.on_request(request))
+            received = stream.on_request(request)
+            _log_request(shard, node_id, received)
+            _count(shard, received, status)
     except Refused as exc:
         # Without its traceback: the frames it holds hold the request (megabytes).
         return exc.with_traceback(None)
@@ -279,6 +296,7 @@ async def _write(context: _Context, shard: str, node_id: str, responses: list[Ou
     long-lived stream frame (a response can be megabytes, times thousands of streams)."""
     for out in responses:
         await context.write(out.payload)
+        metrics.xds(shard, _metric_type(out.type_url)).pushes.inc()
         log.debug(
             "event=push shard=%s node=%s type=%s version=%s nonce=%s "
             "resources=%d removed=%d bytes=%d",
@@ -329,6 +347,19 @@ class _Waker:
             finally:
                 self._future = None
         self._set = False
+
+
+def _count(shard: str, received: Received, status: StreamStatus) -> None:
+    """Metrics of one classified request: ACKs (with the time since their push), NACKs."""
+    if received.kind == "ack":
+        series = metrics.xds(shard, _metric_type(received.type_url))
+        series.acks.inc()
+        sent_at = status.sent_at(received.type_url)
+        if sent_at is not None and received.version == status.sent_version(received.type_url):
+            series.latency.observe(time.monotonic() - sent_at)
+    elif received.kind == "nack" and received.version:
+        # Only a NACK of a response we sent (so of a configured shard: labels stay bounded).
+        metrics.xds(shard, _metric_type(received.type_url)).nacks.inc()
 
 
 def _log_request(shard: str, node_id: str, received: Received) -> None:

@@ -197,6 +197,7 @@ class SotwStream:
                 continue  # not subscribed (an empty by-name request unsubscribes all)
             snapshot = view[type_url] if state.snapshot is None else state.snapshot
             body = sotw_body(snapshot, state.names)
+            self._status.record_due(type_url, body.version)
             # What the node will have once it answers: what it said, or what is in flight.
             baseline = state.have if state.open else state.sent
             if body.version == state.rejected:

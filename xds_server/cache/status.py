@@ -7,9 +7,13 @@ cache drops it on disconnect, so the table never outgrows the connected fleet.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from xds_server.cache.snapshot import Snapshot
 
 StreamKind = Literal["sotw", "delta"]
 
@@ -48,6 +52,11 @@ class NodeStatus:
     stream: StreamKind
     connected_since: datetime
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    # What the stream would have the node hold per type, as of the view it last
+    # worked from (``evaluated``: that view's per-type versions). ``xds_server.status``
+    # compares them with the cache's current view to tell SYNCED from STALE.
+    due: dict[str, str] = field(default_factory=dict)
+    evaluated: dict[str, str] = field(default_factory=dict)
 
     def type_status(self, type_url: str) -> TypeStatus:
         """The status of one type (empty if the node has not asked for it)."""
@@ -57,7 +66,7 @@ class NodeStatus:
 class StreamStatus:
     """The mutable record one stream keeps while it is connected."""
 
-    __slots__ = ("_types", "connected_since", "kind", "node_id", "shard")
+    __slots__ = ("_due", "_evaluated", "_sent_at", "_types", "connected_since", "kind", "node_id", "shard")
 
     def __init__(self, shard: str, node_id: str, kind: StreamKind) -> None:
         self.shard = shard
@@ -65,6 +74,9 @@ class StreamStatus:
         self.kind: StreamKind = kind
         self.connected_since = datetime.now(UTC)
         self._types: dict[str, TypeStatus] = {}
+        self._due: dict[str, str] = {}
+        self._sent_at: dict[str, float] = {}
+        self._evaluated: Snapshot | None = None
 
     def _get(self, type_url: str) -> TypeStatus:
         return self._types.get(type_url) or TypeStatus(type_url)
@@ -74,6 +86,7 @@ class StreamStatus:
     def record_sent(self, type_url: str, version: str) -> None:
         s = self._get(type_url)
         self._types[type_url] = TypeStatus(type_url, version, s.acked_version, s.last_nack)
+        self._sent_at[type_url] = time.monotonic()
 
     def record_ack(self, type_url: str, version: str) -> None:
         s = self._get(type_url)
@@ -84,7 +97,30 @@ class StreamStatus:
         nack = Nack(version, message, datetime.now(UTC))
         self._types[type_url] = TypeStatus(type_url, s.sent_version, s.acked_version, nack)
 
+    def record_due(self, type_url: str, version: str | None) -> None:
+        """The version of ``type_url`` the node should end up with (sent or not yet);
+        None: the one last sent (nothing more is due)."""
+        if version is None:
+            sent = self._get(type_url).sent_version
+            if sent is None:
+                return
+            version = sent
+        self._due[type_url] = version
+
+    def record_evaluated(self, view: Snapshot) -> None:
+        """The view the stream last decided its responses from."""
+        self._evaluated = view
+
+    def sent_version(self, type_url: str) -> str | None:
+        return self._get(type_url).sent_version
+
+    def sent_at(self, type_url: str) -> float | None:
+        """When (``time.monotonic()``) the latest response of the type was sent."""
+        return self._sent_at.get(type_url)
+
     def snapshot(self) -> NodeStatus:
+        evaluated = self._evaluated.versions() if self._evaluated is not None else {}
         return NodeStatus(
-            self.shard, self.node_id, self.kind, self.connected_since, dict(self._types)
+            self.shard, self.node_id, self.kind, self.connected_since, dict(self._types),
+            dict(self._due), evaluated,
         )

@@ -197,11 +197,13 @@ class SnapshotCache:
         snapshot = self._shards.get(shard)
         return snapshot.versions() if snapshot is not None else {}
 
-    def node_status(self) -> list[NodeStatus]:
-        """One entry per connected stream; a stream's entry goes when it disconnects."""
+    def node_status(self, shard: str | None = None) -> list[NodeStatus]:
+        """One entry per connected stream (of ``shard`` if given); a stream's entry goes
+        when it disconnects."""
+        shards = self._watches.values() if shard is None else [self._watches.get(shard, {})]
         return [
             watch.status.snapshot()
-            for nodes in self._watches.values()
+            for nodes in shards
             for watches in nodes.values()
             for watch in watches
         ]

@@ -1,0 +1,51 @@
+"""Every route of the admin app has an entry in the role table (none relies on the
+default), and the routes served here are in the OpenAPI fragment with that role."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from xds_server.api import admin, auth, fleet
+from xds_server.cache import SnapshotCache
+from xds_server.security.tokens import MemoryTokenStore
+from xds_server.shards import ShardRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAGMENT = ROOT / "docs" / "openapi-auth-fragment.yaml"
+
+
+class NoAudit:
+    async def append_audit(self, **_: object) -> None:
+        raise AssertionError("not called here")
+
+    async def audit_log(self, **_: object) -> tuple[()]:
+        return ()
+
+
+def routes() -> set[tuple[str, str]]:
+    registry = ShardRegistry(SnapshotCache())
+    app = admin.make_app(registry)
+    fleet.add_routes(app, registry)
+    auth.install(app, auth.Access(MemoryTokenStore(), NoAudit()))  # type: ignore[arg-type]
+    return {
+        (r.method, r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+
+
+def test_every_route_has_a_role_and_every_role_a_documented_route():
+    served = routes()
+    assert served - set(auth.ROUTE_ROLES) == set()
+    document = yaml.safe_load(FRAGMENT.read_text())
+    documented = {
+        (method.upper(), path): op["x-dgw-role"]
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+    }
+    assert {(m, p) for m, p in served if not p.startswith("/v1/shards")} == set(documented)
+    for key, role in documented.items():
+        assert auth.ROUTE_ROLES[key] == role, key
+        assert (document["paths"][key[1]][key[0].lower()].get("security") == []) == (role == "open")

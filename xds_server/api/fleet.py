@@ -1,0 +1,77 @@
+"""``GET /v1/status`` (every connected node's sync state, like ``istioctl
+proxy-status``) and ``GET /metrics`` (Prometheus): views of the cache, the shard
+registry and ``xds_server.metrics``; the decisions live in ``xds_server.status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from dgw_api.v1 import gateway_pb2
+from xds_server import metrics
+from xds_server.resources import ENDPOINT
+from xds_server.shards import ShardRegistry
+from xds_server.status import STATUS_TYPES, dal_health, node_row
+
+FLEET_REGISTRY = web.AppKey("fleet_registry", ShardRegistry)
+
+
+def _dals(registry: ShardRegistry, shard: str, node_id: str) -> dict[str, dict[str, Any]]:
+    state = registry.shards.get(shard)
+    node = state.nodes.get(node_id) if state is not None else None
+    if node is None:
+        return {}
+    health = gateway_pb2.Health.Name
+    return dal_health(
+        (e.dal, e.listener, health(e.health), e.message) for e in node.report.endpoints
+    )
+
+
+def status(registry: ShardRegistry, shard: str | None = None) -> dict[str, Any]:
+    """The ``/v1/status`` document (for one shard, or all)."""
+    cache = registry.cache
+    rows = []
+    for node in cache.node_status(shard):
+        view = cache.view(node.shard, node.node_id)
+        rows.append(node_row(node, view.versions() if view else None,
+                             _dals(registry, node.shard, node.node_id)))  # fmt: skip
+    rows.sort(key=lambda r: (r["shard"], r["node"], r["protocol"], r["connected_since"]))
+    # Shards with a config, and those only nodes name (connected before a config came).
+    names = sorted(set(registry.shards) | {r["shard"] for r in rows})
+    if shard is not None:
+        names = [n for n in names if n == shard]
+    shards = {}
+    for name in names:
+        state = registry.shards.get(name)
+        versions = cache.shard_versions(name)
+        shards[name] = {
+            "config_version": state.config_version if state else None,
+            # EDS is per node (each Envoy fronts its own host): no shard-wide version.
+            "xds_versions": {short: versions[t] for t, short in STATUS_TYPES.items()
+                             if t in versions and t != ENDPOINT},
+            "nodes": sum(1 for r in rows if r["shard"] == name),
+            "in_sync": sum(1 for r in rows if r["shard"] == name and r["in_sync"]),
+        }  # fmt: skip
+    return {"nodes": rows, "shards": shards}
+
+
+async def get_status(request: web.Request) -> web.Response:
+    registry = request.app[FLEET_REGISTRY]
+    shard = request.query.get("shard") or None
+    if shard is not None and len(shard) > 253:
+        return web.json_response({"error": "shard names are at most 253 characters"}, status=400)
+    return web.json_response(status(registry, shard))
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=metrics.render())
+    response.content_type = "text/plain"
+    response.headers["Content-Type"] = metrics.CONTENT_TYPE
+    return response
+
+
+def add_routes(app: web.Application, registry: ShardRegistry) -> None:
+    app[FLEET_REGISTRY] = registry
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/metrics", get_metrics)
