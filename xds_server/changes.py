@@ -215,7 +215,7 @@ class Changes:
             if head is not None and is_file_owned(head.meta):
                 raise OwnedByFile(shard, owner_path(head.meta), shard in self.missing)
             text = edit(head)
-            prepared = await self._prepare(shard, text, shard)
+            prepared = await self._prepare(shard, text, API_OWNER)
             old = head.text if head else ""
             if request.dry_run:
                 return Preview(config_diff(old, text, shard),
@@ -321,5 +321,5 @@ class Changes:
 
 
 def _label(meta: Version) -> str:
-    """How problems name a stored shard: its file, or the shard."""
-    return owner_path(meta) if is_file_owned(meta) else meta.shard
+    """Where a stored shard's config comes from: its file, or ``api``."""
+    return owner_path(meta) if is_file_owned(meta) else API_OWNER
