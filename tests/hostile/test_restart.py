@@ -18,7 +18,6 @@ from dgw_api.v1 import gateway_pb2
 from tests.sidecar.conftest import dal_image  # noqa: F401 (a fixture)
 from tests.sidecar.host import NODE, Host, until
 from xds_server import report_file
-from xds_server.settings import ServerSettings
 
 REQUESTS = 2_000  # at most, over at most 60 s
 
@@ -26,15 +25,14 @@ REQUESTS = 2_000  # at most, over at most 60 s
 @pytest.mark.envoy
 @pytest.mark.docker
 @pytest.mark.slow
-def test_kill_9_and_restart_of_the_server_fails_no_request(tmp_path: Path, monkeypatch, dal_image):  # noqa: F811
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # the server's default data dir
+def test_kill_9_and_restart_of_the_server_fails_no_request(tmp_path: Path, dal_image):  # noqa: F811
     host = Host(tmp_path, "docker")
     try:
         host.write(host.config())
         host.start_sidecar()
         host.wait_healthy("cql", "thrift", timeout=90)
         until(lambda: host.answered_by("beta") == "thrift", 30, what="Envoy serving")
-        reports = ServerSettings(config_dir=host.server.config_dir).state_dir() / "reports.json"
+        reports = host.server.data_dir / "reports.json"
         until(lambda: _persisted_healthy(reports.parent, host.shard), 10, what="reports persisted")
 
         failures: list[str] = []
