@@ -107,7 +107,10 @@ async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str],
     busy = preflight.busy_server_ports({"--xds": args.xds, "--admin": args.admin})
     if busy:
         raise UpError("\n".join(busy))
-    server = XdsServer(ServerSettings(config_dir=args.config_dir, xds=args.xds, admin=args.admin))
+    # The server's data dir (config store, reports) under up's own state dir: two
+    # `dgw up`s with their own --state-dir never share (and lock) one store.
+    server = XdsServer(ServerSettings(config_dir=args.config_dir, xds=args.xds, admin=args.admin,
+                                      data_dir=args.state_dir / "server"))
     await server.start()
     shards = sorted(server.registry.shards)
     admin_ports = {shard: args.envoy_admin_port + i for i, shard in enumerate(shards)}
