@@ -70,6 +70,15 @@ class NodesConnected(Exception):
                          "stop them first, or delete with ?force=true")  # fmt: skip
 
 
+class BaseRequired(Exception):
+    """A change to an existing shard must name the version it was made from."""
+
+    def __init__(self, shard: str, current: int):
+        self.shard, self.current = shard, current
+        super().__init__(f"shard {shard} exists: name the version you changed (its current "
+                         f"version is {current})")  # fmt: skip
+
+
 class Invalid(Exception):
     """The change is refused before anything is stored; ``problems`` say why."""
 
@@ -149,11 +158,16 @@ class Changes:
 
     # --- the operators' API -------------------------------------------------------
 
-    async def put(self, shard: str, text: str, base: int, request: Request) -> Outcome:
-        """Store ``text`` as the shard's next version (``base`` 0: the shard is new)."""
+    # ``base`` is the version a change was made from: 0 when the shard must not exist
+    # yet, None when the caller named none (allowed only for a shard that does not).
+
+    async def put(self, shard: str, text: str, base: int | None, request: Request) -> Outcome:
+        """Store ``text`` as the shard's next version."""
         return await self._change(shard, base, request, "api", lambda _: text)
 
-    async def wiring(self, shard: str, op: wiring.WiringOp, base: int, request: Request) -> Outcome:
+    async def wiring(
+        self, shard: str, op: wiring.WiringOp, base: int | None, request: Request
+    ) -> Outcome:
         def edit(head: ShardVersion | None) -> str:
             if head is None:
                 raise NotFound(f"no shard {shard!r}")
@@ -164,7 +178,7 @@ class Changes:
 
         return await self._change(shard, base, request, "api", edit)
 
-    async def rollback(self, shard: str, to: int, base: int, request: Request) -> Outcome:
+    async def rollback(self, shard: str, to: int, base: int | None, request: Request) -> Outcome:
         target = await self.store.version(shard, to)
         if target is None:
             raise NotFound(f"shard {shard!r} has no version {to}; GET /v1/shards/{shard}/history lists them")
@@ -180,13 +194,11 @@ class Changes:
         return await self._change(shard, base, Request(request.author, message, request.dry_run),
                                   "rollback", edit)  # fmt: skip
 
-    async def delete(self, shard: str, base: int, request: Request, force: bool) -> Outcome:
+    async def delete(self, shard: str, base: int | None, request: Request, force: bool) -> Outcome:
         async with self._lock:
-            head = await self._head(shard, base)
+            head = await self._head(shard, base, deleting=True)
             if head is None:
                 raise NotFound(f"no shard {shard!r}")
-            if is_file_owned(head.meta) and shard not in self.missing:
-                raise OwnedByFile(shard, owner_path(head.meta), False)
             connected = self.registry.connected_nodes(shard)
             if connected and not force:
                 raise NodesConnected(shard, connected)
@@ -205,15 +217,13 @@ class Changes:
     async def _change(
         self,
         shard: str,
-        base: int,
+        base: int | None,
         request: Request,
         source: Source,
         edit: Callable[[ShardVersion | None], str],
     ) -> Outcome:
         async with self._lock:
             head = await self._head(shard, base)
-            if head is not None and is_file_owned(head.meta):
-                raise OwnedByFile(shard, owner_path(head.meta), shard in self.missing)
             text = edit(head)
             prepared = await self._prepare(shard, text, API_OWNER)
             old = head.text if head else ""
@@ -227,11 +237,20 @@ class Changes:
             self._serve(version, prepared)
             return Done(version, head.meta.number if head else None)
 
-    async def _head(self, shard: str, base: int) -> ShardVersion | None:
-        """The shard's live head, if ``base`` names it (0: the shard must not exist);
-        raises ``Conflict`` with the current version otherwise."""
+    async def _head(self, shard: str, base: int | None, deleting: bool = False) -> ShardVersion | None:
+        """The shard's live head, if the API may change it (``OwnedByFile``; a
+        file-owned shard whose file is gone may be deleted) and ``base`` names it
+        (``BaseRequired``, ``Conflict`` with the current version)."""
         head = await self.store.get(shard)
+        if head is not None and is_file_owned(head.meta):
+            missing = shard in self.missing
+            if not (deleting and missing):
+                raise OwnedByFile(shard, owner_path(head.meta), missing)
         current = head.meta.number if head else 0
+        if base is None:
+            if head is not None:
+                raise BaseRequired(shard, current)
+            base = 0
         if base != current:
             meta = head.meta if head else next(iter(await self.store.history(shard, limit=1)), None)
             raise Conflict(shard, base or None, meta)

@@ -12,6 +12,7 @@ the auth middleware; ``anonymous`` without one).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from functools import cache
@@ -23,12 +24,13 @@ from aiohttp import web
 
 from xds_server.api.admin_http import read_json
 from xds_server.changes import (
+    BaseRequired,
     Changes,
-    Done,
     Invalid,
     NodesConnected,
     Outcome,
     OwnedByFile,
+    Preview,
     Request,
     is_file_owned,
     owner_path,
@@ -37,6 +39,8 @@ from xds_server.config import quote
 from xds_server.ops import wiring
 from xds_server.sources.config_dir import SHARD_NAME
 from xds_server.store import Conflict, NotFound, StoreError, Version
+
+log = logging.getLogger("xds_server.api.shards_api")
 
 CHANGES = web.AppKey("changes", Changes)
 
@@ -163,68 +167,72 @@ def openapi_document() -> dict[str, Any]:
 async def put_shard(request: web.Request) -> web.Response:
     shard = request.match_info["shard"]
 
-    async def run(changes: Changes, base: int, req: Request, body: dict[str, Any]) -> Outcome:
+    async def run(changes: Changes, base: int | None, req: Request, body: _Body) -> Outcome:
         text = body.get("yaml")
         if not isinstance(text, str) or not text.strip():
             raise _Refusal(400, {"error": "the body needs \"yaml\": the shard file's text"})
         return await changes.put(shard, text, base, req)
 
-    return await _mutate(request, "put", shard, run)
+    return await _mutate(request, shard, lambda _: "put", run)
 
 
 async def delete_shard(request: web.Request) -> web.Response:
     shard = request.match_info["shard"]
     force = _flag(request, "force")
 
-    async def run(changes: Changes, base: int, req: Request, body: dict[str, Any]) -> Outcome:
+    async def run(changes: Changes, base: int | None, req: Request, body: _Body) -> Outcome:
         return await changes.delete(shard, base, req, force)
 
-    return await _mutate(request, "delete", shard, run, body_required=False)
+    return await _mutate(request, shard, lambda _: "delete", run, body_required=False)
 
 
 async def post_wiring(request: web.Request) -> web.Response:
     shard = request.match_info["shard"]
-    action = "wiring"
 
-    async def run(changes: Changes, base: int, req: Request, body: dict[str, Any]) -> Outcome:
-        nonlocal action
+    async def run(changes: Changes, base: int | None, req: Request, body: _Body) -> Outcome:
         try:
             op = wiring.parse_op(body)
         except wiring.WiringError as e:
             raise _Refusal(400, {"error": str(e), "problems": [{"path": e.path, "message": str(e)}]}) from None
-        action = wiring.action(op)
         message = req.message or wiring.describe(op)
         return await changes.wiring(shard, op, base, Request(req.author, message, req.dry_run))
 
-    return await _mutate(request, lambda: action, shard, run)
+    def action(body: _Body) -> str:
+        op = body.get("op")
+        return f"wiring.{op}" if op in wiring.OPS else "wiring"
+
+    return await _mutate(request, shard, action, run)
 
 
 async def post_rollback(request: web.Request) -> web.Response:
     shard = request.match_info["shard"]
 
-    async def run(changes: Changes, base: int, req: Request, body: dict[str, Any]) -> Outcome:
+    async def run(changes: Changes, base: int | None, req: Request, body: _Body) -> Outcome:
         to = body.get("to")
         if isinstance(to, bool) or not isinstance(to, int) or to < 1:
             raise _Refusal(400, {"error": "the body needs \"to\": the version number to roll back to"})
         return await changes.rollback(shard, to, base, req)
 
-    return await _mutate(request, "rollback", shard, run)
+    return await _mutate(request, shard, lambda _: "rollback", run)
 
 
-_Run = Callable[[Changes, int, Request, dict[str, Any]], Awaitable[Outcome]]
+_Body = dict[str, Any]
+_Run = Callable[[Changes, int | None, Request, _Body], Awaitable[Outcome]]
 
 
 async def _mutate(
     request: web.Request,
-    action: str | Callable[[], str],
     shard: str,
+    action: Callable[[_Body], str],
     run: _Run,
     body_required: bool = True,
 ) -> web.Response:
     """Parse what every mutation shares (body, If-Match, dry_run), run it, answer with
-    the contract's status, and audit it (a dry run is not a mutation: not audited)."""
+    the contract's status, and audit it (a dry run is not a mutation: audited only
+    when refused)."""
     changes = request.app[CHANGES]
     dry_run = _flag(request, "dry_run")
+    body: _Body = {}
     base: int | None = None
     try:
         if not _SHARD.match(shard):
@@ -234,52 +242,57 @@ async def _mutate(
         message = body.get("message", "")
         if not isinstance(message, str) or len(message) > MESSAGE_CHARS:
             raise _Refusal(400, {"error": f"\"message\" must be text of at most {MESSAGE_CHARS} characters"})
-        base = await _base(request, changes, shard)
+        base = _base(request)
         outcome = await run(changes, base, Request(_actor(request), message, dry_run), body)
-    except _Refusal as e:
-        response = _json(e.body, e.status)
-    except Invalid as e:
-        problems = [{"path": p.path, "message": p.message} for p in e.problems]
-        response = _json({"error": f"the change to shard {shard} is invalid; nothing was stored",
-                          "problems": problems}, 400)  # fmt: skip
-    except OwnedByFile as e:
-        response = _error(409, str(e), file=e.path)
-    except Conflict as e:
-        current = 0 if e.current is None or e.current.deleted else e.current.number
-        response = _error(409, f"shard {shard} is at version {current}, not {base}: read it again "
-                          "and retry from its current version", current_version=current)  # fmt: skip
-    except NodesConnected as e:
-        response = _error(409, str(e), nodes=sorted(e.nodes))
-    except NotFound as e:
-        response = _error(404, str(e))
-    except StoreError as e:
-        response = _error(503, f"the config store failed: {e}")
-    else:
-        if isinstance(outcome, Done):
-            response = _json({"shard": shard, "version": outcome.version.number,
-                              "previous_version": outcome.previous})  # fmt: skip
-        else:
-            response = _json({"shard": shard, "dry_run": True, "config_diff": outcome.config_diff,
-                              "resources": outcome.resources.to_dict()})  # fmt: skip
-    if not dry_run or response.status >= 400:
-        await _audit(request, changes, action if isinstance(action, str) else action(), shard,
-                     base, response)  # fmt: skip
-    return response
+    except Exception as e:
+        refusal = _refusal(e, shard, base)
+        await _audit(request, changes, action(body), shard, base, None, refusal)
+        return _json(refusal.body, refusal.status)
+    if isinstance(outcome, Preview):
+        return _json({"shard": shard, "dry_run": True, "config_diff": outcome.config_diff,
+                      "resources": outcome.resources.to_dict()})  # fmt: skip
+    await _audit(request, changes, action(body), shard, base, outcome.version.number, None)
+    return _json({"shard": shard, "version": outcome.version.number,
+                  "previous_version": outcome.previous})  # fmt: skip
 
 
-async def _audit(request: web.Request, changes: Changes, action: str, shard: str,
-                 base: int | None, response: web.Response) -> None:  # fmt: skip
-    accepted = response.status < 400
-    body = json.loads(response.text or "{}") if response.text else {}
+def _refusal(error: Exception, shard: str, base: int | None) -> _Refusal:
+    """The contract's answer to a refused mutation (anything else is re-raised)."""
+    match error:
+        case _Refusal():
+            return error
+        case Invalid(problems=problems):
+            return _Refusal(400, {"error": f"the change to shard {shard} is invalid; nothing was stored",
+                                  "problems": [{"path": p.path, "message": p.message} for p in problems]})  # fmt: skip
+        case OwnedByFile(path=path):
+            return _Refusal(409, {"error": str(error), "file": path})
+        case BaseRequired(current=current):
+            return _Refusal(428, {"error": f"{error}: send it as If-Match: \"{current}\"",
+                                  "current_version": current})  # fmt: skip
+        case Conflict(current=meta):
+            current = 0 if meta is None or meta.deleted else meta.number
+            return _Refusal(409, {"error": f"shard {shard} is at version {current}, not {base}: read it "
+                                  "again and retry from its current version",
+                                  "current_version": current})  # fmt: skip
+        case NodesConnected(nodes=nodes):
+            return _Refusal(409, {"error": str(error), "nodes": sorted(nodes)})
+        case NotFound():
+            return _Refusal(404, {"error": str(error)})
+        case StoreError():
+            return _Refusal(503, {"error": f"the config store failed: {error}"})
+    raise error
+
+
+async def _audit(request: web.Request, changes: Changes, action: str, shard: str, base: int | None,
+                 new_version: int | None, refusal: _Refusal | None) -> None:  # fmt: skip
+    reason = "" if refusal is None else f"{refusal.status} {str(refusal.body.get('error', ''))[:400]}"
     try:
         await changes.store.append_audit(
-            actor=_actor(request), action=action,
-            shard=shard, base_version=base,
-            new_version=body.get("version") if accepted else None, accepted=accepted,
-            reason="" if accepted else f"{response.status} {str(body.get('error', ''))[:400]}",
+            actor=_actor(request), action=action, shard=shard, base_version=base,
+            new_version=new_version, accepted=refusal is None, reason=reason,
         )  # fmt: skip
-    except StoreError:
-        pass  # the answer stands; the store's failure is in the log of the write that failed
+    except StoreError as e:
+        log.error("event=audit_failed shard=%s action=%s error=%s", shard, action, e)
 
 
 async def _body(request: web.Request, changes: Changes, required: bool) -> dict[str, Any]:
@@ -298,16 +311,11 @@ async def _body(request: web.Request, changes: Changes, required: bool) -> dict[
     return body
 
 
-async def _base(request: web.Request, changes: Changes, shard: str) -> int:
-    """The base version from ``If-Match``; a shard that exists needs one (428)."""
+def _base(request: web.Request) -> int | None:
+    """The base version named by ``If-Match`` (None: no If-Match)."""
     header = request.headers.get("If-Match")
     if header is None:
-        head = await changes.store.get(shard)
-        if head is None:
-            return 0
-        raise _Refusal(428, {"error": f"shard {shard} exists: name the version you changed in "
-                             f"If-Match (its current version is {head.meta.number})",
-                             "current_version": head.meta.number})  # fmt: skip
+        return None
     m = _IF_MATCH.match(header.strip())
     if not m:
         raise _Refusal(400, {"error": f"If-Match {quote(header)} must be a version number in quotes, "

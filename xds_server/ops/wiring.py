@@ -66,6 +66,7 @@ class Clear:
 
 
 WiringOp = Shadow | Split | Promote | Clear
+OPS = ("shadow", "split", "promote", "clear")
 
 
 def apply(text: str, op: WiringOp) -> str:
@@ -251,7 +252,7 @@ def parse_op(body: Mapping[str, Any]) -> WiringOp:
             return Promote(field("target"))
         case "clear":
             return Clear(field("source"))
-    raise WiringError("op", f"op {op!r} is not one of: shadow, split, promote, clear")
+    raise WiringError("op", f"op {op!r} is not one of: {', '.join(OPS)}")
 
 
 def describe(op: WiringOp) -> str:
@@ -266,7 +267,3 @@ def describe(op: WiringOp) -> str:
         case Clear(source):
             return f"clear {source}"
 
-
-def action(op: WiringOp) -> str:
-    """The audit action: ``wiring.<op>``."""
-    return f"wiring.{type(op).__name__.lower()}"
