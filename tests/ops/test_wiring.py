@@ -9,6 +9,7 @@ import re
 import pytest
 import yaml
 
+from testkit.procs import ROOT
 from xds_server.config import load_shard_text
 from xds_server.ops.wiring import Clear, Promote, Shadow, Split, WiringError, apply, parse_op
 
@@ -119,3 +120,17 @@ def test_parse_op_errors(body, message) -> None:
 def test_text_that_is_not_yaml_is_an_error_not_a_trace() -> None:
     with pytest.raises(WiringError, match="not valid YAML"):
         apply("proxy_config: [\n", Clear("x"))
+
+
+def test_nested_sequences_and_escaped_variables_are_written_back_as_they_were() -> None:
+    text = BASE.replace(
+        "      HEALTH: \"$${DGW_LISTENER_API_PORT}\"\n",
+        "      HEALTH: \"$${DGW_LISTENER_API_PORT}\"\n    healthcheck:\n      test:\n        - CMD\n        - probe $$PORT\n",
+    )
+    assert apply(text, Clear("thrift")).startswith(text.split("# migration")[0])
+
+
+def test_the_demo_shard_changes_on_its_wiring_line_only() -> None:
+    demo = (ROOT / "deploy" / "demo" / "shards" / "demo.yaml").read_text()
+    out = apply(demo, Split("thrift", "cql", 25))
+    assert out == demo.replace("thrift: {mode: shadow, target: cql}", "thrift: {mode: split, target: cql, percent: 25}")

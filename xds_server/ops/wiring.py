@@ -116,18 +116,18 @@ def apply(text: str, op: WiringOp) -> str:
 # `${VAR}`, `${VAR:-default}`, `$$` and `$VAR` are interpolated before the text is YAML:
 # as written they need not be valid YAML (`${X:-8080}` in a flow mapping is not), so
 # they are swapped for plain placeholders while ruamel reads and writes the text.
-_INTERPOLATION = re.compile(r"\$\$|\$\{[^}\n]*\}|\$[A-Za-z_][A-Za-z0-9_]*")
+_INTERPOLATION = re.compile(r"\$\$?\{[^}\n]*\}|\$\$|\$[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Doc:
     def __init__(self, text: str):
         self.holes: dict[str, str] = {}
-        self.text = ""
         self._yaml = YAML(typ="rt")
         self._yaml.preserve_quotes = True
         self._yaml.width = 4096
         # The text's indentation, so untouched blocks are written back as they were.
-        self._yaml.indent(mapping=2, sequence=_sequence_indent(text), offset=_sequence_offset(text))
+        offset = _dash_offset(text)
+        self._yaml.indent(mapping=2, sequence=offset + 2, offset=offset)
         marked = _INTERPOLATION.sub(self._hole, text)
         try:
             data = self._yaml.load(marked)
@@ -151,14 +151,17 @@ class _Doc:
         return text
 
 
-def _sequence_indent(text: str) -> int:
-    m = re.search(r"^( *)- ", text, re.MULTILINE)
-    return 2 + len(m.group(1)) if m and m.group(1) else 2
-
-
-def _sequence_offset(text: str) -> int:
-    m = re.search(r"^( *)- ", text, re.MULTILINE)
-    return len(m.group(1)) if m and m.group(1) else 0
+def _dash_offset(text: str) -> int:
+    """How far the text indents a block sequence's ``-`` under its key (``key:`` then
+    ``  - item`` is 2), from the first one; 0 if it has none."""
+    previous = ""
+    for line in text.splitlines():
+        dash = re.match(r"^( *)- ", line)
+        if dash and previous.rstrip().endswith(":"):
+            return max(0, len(dash.group(1)) - (len(previous) - len(previous.lstrip(" "))))
+        if line.strip() and not line.lstrip().startswith("#"):
+            previous = line
+    return 0
 
 
 def _dals(doc: Mapping[str, Any]) -> list[str]:
