@@ -13,7 +13,7 @@ import pytest
 from testkit.ports import free_port
 from testkit.wait import wait_until
 
-from .conftest import Stack, http_get
+from .conftest import Stack, dal_requests, http_get
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -110,6 +110,9 @@ def test_each_wiring_operation_under_load_moves_traffic_and_fails_no_request(sot
         assert 40 <= share["cql"] <= 160, share  # 50 % of 200, loosely
         wiring({"op": "promote", "target": "cql"}, 2)
         wait_until(lambda: load.settles_on({"cql"}), 20, what="cql promoted")
+        mirrored = dal_requests(ports["thrift"])
+        wait_until(lambda: dal_requests(ports["thrift"]) >= mirrored + 40, 20,
+                   what="thrift, the old primary, receiving cql's copies")  # fmt: skip
         wiring({"op": "shadow", "source": "cql", "target": "thrift", "percent": 50}, 3)
         assert load.settles_on({"cql"})
         status, answer = server.call("POST", "/v1/shards/mig/rollback", {"to": 1}, 4)
