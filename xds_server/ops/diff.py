@@ -10,10 +10,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-import yaml
-
 from xds_server.resources import PUSH_ORDER, SHORT_NAMES, Resources
-from xds_server.translate.render import _Dumper, _to_dict
+from xds_server.translate.render import render_resource
 
 
 @dataclass(frozen=True)
@@ -66,18 +64,13 @@ def resource_diff(old: Resources, new: Resources) -> ResourceDiff:
         for name in sorted(set(before) & set(after)):
             if before[name] == after[name]:
                 continue
-            a, b = _render(before[name]), _render(after[name])
+            a, b = render_resource(before[name]), render_resource(after[name])
             diff = "".join(difflib.unified_diff(
                 a.splitlines(keepends=True), b.splitlines(keepends=True),
                 fromfile=f"a/{short}/{name}", tofile=f"b/{short}/{name}",
             ))  # fmt: skip
             changed.append(ResourceChange(short, name, diff))
     return ResourceDiff(tuple(added), tuple(removed), tuple(changed))
-
-
-def _render(message: object) -> str:
-    return str(yaml.dump(_to_dict(message), Dumper=_Dumper, sort_keys=False,  # type: ignore[arg-type]
-                         default_flow_style=False))  # fmt: skip
 
 
 def _ended(text: str) -> str:
