@@ -195,3 +195,28 @@ async def test_after_a_restart_the_same_versions_are_served(tmp_path: Path) -> N
         assert second.changes.heads["kv"].number == 2
     finally:
         await second.stop()
+
+
+async def test_files_changed_or_removed_while_the_server_was_down(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    path = s.config_dir / "kv.yaml"
+    path.write_text(TWO_DALS)
+    first = XdsServer(s)
+    await first.start()
+    await first.stop()
+    path.write_text(SPLIT)  # changed while down: a new version at start
+    second = XdsServer(s)
+    await second.start()
+    try:
+        head = second.changes.heads["kv"]
+        assert (head.number, head.source, head.author) == (2, "file", f"file:{path}")
+    finally:
+        await second.stop()
+    path.unlink()  # removed while down: still served, its source missing
+    third = XdsServer(s)
+    await third.start()
+    try:
+        assert "kv" in third.changes.missing and third.registry.shards["kv"].config_yaml
+        assert third.changes.heads["kv"].number == 2
+    finally:
+        await third.stop()
