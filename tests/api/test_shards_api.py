@@ -220,3 +220,11 @@ async def test_files_changed_or_removed_while_the_server_was_down(tmp_path: Path
         assert third.changes.heads["kv"].number == 2
     finally:
         await third.stop()
+
+
+async def test_numbers_out_of_range_are_400_not_500(api: Api) -> None:
+    await api.put("kv", TWO_DALS, 0)
+    for path in ("/v1/shards/kv/versions/99999999999999999999", "/v1/shards/kv/versions/x",
+                 "/v1/shards/kv/history?before=99999999999999999999", "/v1/shards/kv/history?limit=1001"):
+        status, body, _ = await api.call("GET", path)
+        assert status == 400 and "is not allowed" in body["error"], path

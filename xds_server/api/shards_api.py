@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 1000
 MESSAGE_CHARS = 1000
+VERSION_MAX = 10**18 - 1  # what If-Match accepts: well inside SQLite's 64-bit integers
 _SHARD = re.compile(rf"^{SHARD_NAME}$")
 _IF_MATCH = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 
@@ -118,7 +119,7 @@ async def history(request: web.Request) -> web.Response:
     shard = request.match_info["shard"]
     try:
         limit = _int_param(request, "limit", HISTORY_PAGE, 1, HISTORY_PAGE_MAX)
-        before = _int_param(request, "before", None, 1, None)
+        before = _int_param(request, "before", None, 1, VERSION_MAX)
     except _Refusal as e:
         return _json(e.body, e.status)
     versions = await changes.store.history(shard, limit=limit, before=before)
@@ -137,9 +138,9 @@ async def version(request: web.Request) -> web.Response:
     changes = request.app[CHANGES]
     shard = request.match_info["shard"]
     try:
-        number = int(request.match_info["number"])
-    except ValueError:
-        return _error(400, f"version {quote(request.match_info['number'])} must be a number")
+        number = _int_param(request, "number", None, 1, VERSION_MAX, request.match_info)
+    except _Refusal as e:
+        return _json(e.body, e.status)
     entry = await changes.store.version(shard, number)
     if entry is None:
         return _error(404, f"shard {shard!r} has no version {number}")
@@ -327,18 +328,18 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("1", "true", "yes")
 
 
-def _int_param(request: web.Request, name: str, default: int | None, low: int,
-               high: int | None) -> Any:  # fmt: skip
-    raw = request.query.get(name)
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int,
+               values: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+    """A whole number from the query (or ``values``) within low..high; 400 otherwise."""
+    raw = (request.query if values is None else values).get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
         value = low - 1
-    if value < low or (high is not None and value > high):
-        allowed = f"{low}-{high}" if high is not None else f"{low} or more"
-        raise _Refusal(400, {"error": f"{name}={quote(raw)} is not allowed: a number {allowed}"})
+    if not low <= value <= high:
+        raise _Refusal(400, {"error": f"{name} {quote(raw)} is not allowed: a number {low}-{high}"})
     return value
 
 
