@@ -318,6 +318,9 @@ def _edit(
     targets = {s: target for s in edited}
     cpu_before = cpu_seconds(server.pid)
     generator_before = workers.cpu_seconds()
+    # A PUT returns once the config is served: the pushes may be ACKed before
+    # `converge` starts counting, so the API's bytes are counted around the write.
+    counted_before = workers.ask("counters", {}, 30) if options.via == "api" else []
     t0 = time.time()
     for shard in edited:
         write(shard, text)
@@ -327,6 +330,11 @@ def _edit(
                         timeout + 30)  # fmt: skip
     envoy_done = [pool.submit(wait_applied, e, target, timeout) if e.shard in edited else None for e in envoys]
     answers = fleet.result()
+    if counted_before:
+        counted_after = workers.ask("counters", {}, 30)
+        for answer, before, after in zip(answers, counted_before, counted_after, strict=True):
+            for key in ("bytes", "responses", "nacks"):
+                answer[key] = after[key] - before[key]
     envoy_at = [f.result() for f in envoy_done if f is not None]
     cpu_after = cpu_seconds(server.pid)
     generator_after = workers.cpu_seconds()
