@@ -8,11 +8,12 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 
 from testkit.ads_client import XdsClient
 from testkit.wait import eventually
 from xds_server.resources import CLUSTER, LISTENER
-from xds_server.server import XdsServer
+from xds_server.server import DataDirError, XdsServer
 
 from .conftest import TWO_DALS, Api, settings
 
@@ -228,3 +229,9 @@ async def test_numbers_out_of_range_are_400_not_500(api: Api) -> None:
                  "/v1/shards/kv/history?before=99999999999999999999", "/v1/shards/kv/history?limit=1001"):
         status, body, _ = await api.call("GET", path)
         assert status == 400 and "is not allowed" in body["error"], path
+
+
+async def test_a_second_server_on_the_same_data_dir_fails_in_one_line(server: XdsServer, tmp_path: Path) -> None:
+    second = XdsServer(settings(tmp_path))
+    with pytest.raises(DataDirError, match=r"^the data directory .* is in use by another process \(pid \d+\)"):
+        await second.start()

@@ -24,6 +24,7 @@ from xds_server.changes import Changes
 from xds_server.config import quote
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
+from xds_server.store import ConfigStore
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Health:
 
 REGISTRY = web.AppKey("registry", ShardRegistry)
 HEALTH = web.AppKey("health", Health)
+STORE = web.AppKey("store", ConfigStore)  # the config store (audit log), with the store only
 
 
 def _jsonable(value: Any) -> Any:
@@ -181,5 +183,6 @@ def make_app(
     app.router.add_post("/v1/reports", post_report)
     app.router.add_get("/v1/discovery/{address}", discovery)
     if changes is not None:
+        app[STORE] = changes.store
         shards_api.register(app, changes)
     return app
