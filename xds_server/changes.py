@@ -294,15 +294,15 @@ class Changes:
             self._serve(version, prepared)
             await self._audit_file(shard, path, head, version, "")
 
-    def file_gone(self, shard: str, path: str) -> None:
+    def file_gone(self, shard: str) -> None:
         """The shard's file went away: the shard keeps serving, its source missing."""
         self.registry.rejections.pop(shard, None)
         meta = self.heads.get(shard)
         if meta is None or not is_file_owned(meta) or shard in self.missing:
             return
         self.missing.add(shard)
-        log.warning("event=source_missing shard=%s path=%s version=%d serving=true", shard, path,
-                    meta.number)  # fmt: skip
+        log.warning("event=source_missing shard=%s path=%s version=%d serving=true", shard,
+                    owner_path(meta), meta.number)  # fmt: skip
 
     def _refuse_file(self, shard: str, path: str, message: str) -> None:
         self.registry.reject(shard, path, ConfigError([Problem(path, "", message)]))

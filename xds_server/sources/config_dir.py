@@ -78,8 +78,17 @@ def shard_of(path: Path) -> str | None:
 
 @dataclass(frozen=True)
 class _Loaded:
+    """Read and checked (without the store)."""
+
+    loaded: LoadedShard
+    fingerprint: _Fingerprint
+
+
+@dataclass(frozen=True)
+class _Read:
+    """Read only: the store's changes load and check the text themselves."""
+
     text: str
-    loaded: LoadedShard | None  # None with the store: it loads (and checks) the text itself
     fingerprint: _Fingerprint
 
 
@@ -99,7 +108,7 @@ class _Unchanged:
     pass
 
 
-_Outcome = _Loaded | _Refused | _Gone | _Unchanged
+_Outcome = _Loaded | _Read | _Refused | _Gone | _Unchanged
 
 
 class ConfigDir:
@@ -161,7 +170,7 @@ class ConfigDir:
                 self.registry.remove(shard)
         else:
             for shard in sorted(self.changes.file_owned() - present):
-                self.changes.file_gone(shard, str(self.directory / f"{shard}.yaml"))
+                self.changes.file_gone(shard)
         return paths
 
     def _read(self, path: Path) -> _Outcome:
@@ -193,9 +202,9 @@ class ConfigDir:
         try:
             text = read_shard_text(path, self.limits)
             if self.changes is not None:
-                return _Loaded(text, None, fingerprint)
+                return _Read(text, fingerprint)
             loaded = load_shard_checked(text, str(path), None, self.policy, self.limits)
-            return _Loaded(text, loaded, fingerprint)
+            return _Loaded(loaded, fingerprint)
         except ConfigError as e:
             return _Refused(e, fingerprint)
 
@@ -221,11 +230,13 @@ class ConfigDir:
                 return
             case _Gone():
                 self._seen.pop(path.name, None)
-                changes.file_gone(shard, str(path))
+                changes.file_gone(shard)
             case _Refused(error, fingerprint):
                 self._seen[path.name] = fingerprint
                 self.registry.reject(shard, str(path), error)
-            case _Loaded(text, _, fingerprint):
+            case _Loaded():
+                raise AssertionError("with the store, files are read, not loaded")
+            case _Read(text, fingerprint):
                 self._seen[path.name] = fingerprint
                 try:
                     await changes.from_file(shard, str(path), text)
@@ -249,9 +260,10 @@ class ConfigDir:
             case _Refused(error, fingerprint):
                 self._seen[path.name] = fingerprint
                 self.registry.reject(shard, str(path), error)
-            case _Loaded(_, loaded, fingerprint):
+            case _Read():
+                raise AssertionError("without the store, files are loaded")
+            case _Loaded(loaded, fingerprint):
                 self._seen[path.name] = fingerprint
-                assert loaded is not None
                 try:
                     self.registry.apply(shard, loaded.config, str(path), loaded.secrets)
                 except ConfigError:
