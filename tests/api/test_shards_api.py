@@ -74,7 +74,13 @@ async def test_dry_run_shows_both_diffs_and_stores_nothing(api: Api) -> None:
     assert [(c["type"], c["name"]) for c in body["resources"]["changed"]] == [("routes", "route.api")]
     assert body["resources"]["added"] == [] and body["resources"]["removed"] == []
     assert (await api.call("GET", "/v1/shards/kv"))[1]["version"] == 1
-    status, body, _ = await api.call("DELETE", "/v1/shards/kv?dry_run=true", None, 1)
+    status, body, _ = await api.call("POST", "/v1/shards/kv/wiring?dry_run=true", {"op": "promote", "target": "cql"}, 1)
+    assert status == 200 and "+  cql: {mode: shadow, target: thrift}" in body["config_diff"]
+    await api.put("kv", SPLIT, 1)
+    status, body, _ = await api.call("POST", "/v1/shards/kv/rollback?dry_run=true", {"to": 1}, 2)
+    assert status == 200 and "-  thrift: {mode: split, target: cql, percent: 10}" in body["config_diff"]
+    assert (await api.call("GET", "/v1/shards/kv"))[1]["version"] == 2
+    status, body, _ = await api.call("DELETE", "/v1/shards/kv?dry_run=true", None, 2)
     assert status == 200 and {r["type"] for r in body["resources"]["removed"]} >= {"clusters", "listeners"}
     assert (await api.call("GET", "/v1/shards/kv"))[0] == 200
 
