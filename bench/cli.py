@@ -124,6 +124,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--nack-nodes", type=int, default=0, help="nodes that NACK every route update (harness check)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, shard files)")
     p.add_argument("--server-log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--via", default="file", choices=["file", "api"],
+                   help="edits as file writes (the watched dir) or PUTs through the operators' API")
     _common(p)
     p.set_defaults(func=_run(cmd_fleet))
 

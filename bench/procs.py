@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -142,6 +143,20 @@ class ServerChild:
 
     def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:
         return http_json(f"http://127.0.0.1:{self.admin_port}{path}", timeout, self.token)
+
+    def put_shard(self, shard: str, text: str, if_match: int, timeout: float = 30.0) -> int:
+        """Store the shard's text through the operators' API; its new version."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/v1/shards/{shard}",
+            data=json.dumps({"yaml": text, "message": "bench"}).encode(), method="PUT",
+            headers={"content-type": "application/json", "If-Match": f'"{if_match}"'},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                version: int = json.loads(r.read())["version"]
+                return version
+        except urllib.error.HTTPError as e:
+            raise BenchError(f"PUT /v1/shards/{shard}: {e.code} {e.read()[:500]!r}") from None
 
     def stop(self) -> None:
         if self.child is not None:

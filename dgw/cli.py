@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-address", default="127.0.0.1",
                    help="where Envoys bind public listeners (0.0.0.0 in production)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="where node reports are kept across restarts "
+                   help="where the config store (every shard version) and node reports are kept "
                         "(default: ~/.local/state/dgw-server/<hash of the config dir>)")
     p.add_argument("--metrics-public", action="store_true",
                    help="serve GET /metrics without a token (default: a reader token is needed)")

@@ -1,4 +1,10 @@
-"""The xds_server process: config dir → registry (translate) → cache → ADS.
+"""The xds_server process: config store ← (API, config dir) → registry (translate) →
+cache → ADS.
+
+The config store in the data dir is the source of truth: at start every shard's latest
+stored version is served, then the config dir's files are compared with it (a changed
+file becomes a new version). xDS versions are content hashes, so a restarted server
+serves the same versions and a reconnecting Envoy is sent nothing it already holds.
 
 One asyncio loop carries the gRPC server (ADS for Envoys, ``dgw.v1.Gateway`` for
 sidecars), the admin HTTP API, the config dir watcher and the housekeeping (node
@@ -28,12 +34,13 @@ from xds_server.api import admin, auth, fleet, gateway
 from xds_server.api.admin_http import LimitedSite
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
+from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
 from xds_server.security.token_store import SqliteTokenStore
 from xds_server.settings import ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
-from xds_server.store import SqliteStore
+from xds_server.store import ConfigStore, SqliteStore, StoreError
 from xds_server.translate import TranslateOptions
 
 log = logging.getLogger("xds_server.server")
@@ -56,6 +63,10 @@ HOUSEKEEPING_INTERVAL_S = 0.25
 
 class BindError(OSError):
     """A port the server needs is held by another process (one line, for the CLI)."""
+
+
+class DataDirError(OSError):
+    """The config store in the data dir cannot be opened (one line, for the CLI)."""
 
 
 # Python's cyclic collector, tuned for a heap of long-lived per-shard and per-stream
@@ -96,13 +107,13 @@ class XdsServer:
         self.registry = ShardRegistry(
             self.cache, TranslateOptions(public_address=settings.public_address), self.limits
         )
-        self.config_dir = ConfigDir(
-            settings.config_dir, self.registry, EnvPolicy(settings.allowed_env), self.limits
-        )
+        self.policy = EnvPolicy(settings.allowed_env)
         self.state_dir = settings.state_dir()
+        self.store: ConfigStore | None = None
+        self.changes: Changes | None = None
+        self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
-        self.store: SqliteStore | None = None
         self.tokens: SqliteTokenStore | None = None
         # Where the first start saved its admin token (dgw reads it for a local server).
         self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
@@ -123,7 +134,14 @@ class XdsServer:
     async def _start(self) -> None:
         for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
             self.registry.restore(shard, node)
-        self.config_dir.load_all()  # before serving: nothing waits on the loop yet
+        try:
+            self.store = await SqliteStore.open(self.state_dir)
+        except StoreError as e:
+            raise DataDirError(str(e)) from None
+        self.changes = Changes(self.store, self.registry, self.policy, self.limits)
+        self.config_dir.changes = self.changes
+        await self.changes.load()  # what was stored is served first, as it was
+        await self.config_dir.rescan()  # then files changed meanwhile become versions
         self.grpc_server = grpc.aio.server(
             options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
         )
@@ -158,19 +176,19 @@ class XdsServer:
             )
             await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
-            "event=started xds=%s:%d admin=%s:%d config_dir=%s shards=%d rejected=%d "
+            "event=started xds=%s:%d admin=%s:%d config_dir=%s data_dir=%s shards=%d rejected=%d "
             "restored_reports=%d",
-            host, self.xds_port, ahost, self.admin_port, self.config_dir.directory,
+            host, self.xds_port, ahost, self.admin_port, self.config_dir.directory, self.state_dir,
             len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
         )
 
     async def _admin_app(self) -> web.Application:
         """The admin API behind access control; the config store keeps the audit log."""
-        self.store = await SqliteStore.open(self.state_dir)
+        assert self.store is not None and self.changes is not None  # opened by _start
         self.tokens = SqliteTokenStore.open(self.state_dir)
         auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
-        app = admin.make_app(self.registry, self.problem)
+        app = admin.make_app(self.registry, self.problem, self.changes)
         fleet.add_routes(app, self.registry)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,

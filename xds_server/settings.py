@@ -94,7 +94,8 @@ class ServerSettings(BaseModel):
     # never expose a port; production gateways pass 0.0.0.0 (or ::).
     public_address: str = "127.0.0.1"
     watch: bool = True
-    # Where the server keeps what must survive a restart (node reports, 0600). None:
+    # Where the server keeps what must survive a restart: the config store
+    # (store.sqlite3) and node reports, 0600. None:
     # $XDG_STATE_HOME/dgw-server/<hash of the absolute config dir> (~/.local/state/...),
     # so two servers on two config dirs never share one.
     data_dir: Path | None = None

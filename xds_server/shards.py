@@ -31,6 +31,7 @@ from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
 from xds_server.discovery import Discovery
+from xds_server.resources import Resources
 from xds_server.settings import Limits
 from xds_server.translate import GatewayIR, TranslateOptions, build_ir, endpoints_for, to_resources
 
@@ -75,6 +76,25 @@ class Rejection:
     source: str
     errors: list[str]
     at: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A config translated and ready to serve (``ShardRegistry.prepare``)."""
+
+    shard: str
+    config: ShardFile
+    source: str
+    secrets: frozenset[str]
+    text: str  # config_yaml(config)
+    version: str
+    ir: GatewayIR
+    resources: Resources
+    started: float  # perf_counter when translation began, for the log
+
+
+def _version_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def config_yaml(config: ShardFile) -> str:
@@ -155,35 +175,64 @@ class ShardRegistry:
         """Translate and install a checked config. Raises ConfigError (and changes
         nothing) when it cannot be translated or would take every listener away from
         connected Envoys without saying so. Returns True if the config changed."""
-        started = time.perf_counter()
-        text = config_yaml(config)
-        version = hashlib.sha256(text.encode()).hexdigest()[:16]
         current = self.shards.get(shard)
-        if current is not None and current.config_version == version:
+        if current is not None and current.config_version == _version_of(config_yaml(config)):
             self.rejections.pop(shard, None)
             return False
+        try:
+            prepared = self.prepare(shard, config, source, secrets)
+        except ConfigError as e:
+            self.reject(shard, source, e)
+            raise
+        return self.install(prepared)
+
+    def prepare(
+        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset()
+    ) -> Prepared:
+        """Translate a checked config without installing it (what a change would serve).
+        Raises ConfigError, fit to show (secrets masked), and records nothing."""
+        started = time.perf_counter()
+        text = config_yaml(config)
         try:
             self._refuse_losing_every_listener(shard, config, source)
             ir = build_ir(config.runtime(), dataclasses.replace(self.options, file=source))
         except ConfigError as e:
-            shown = ConfigError(shown_problems(e.problems, secrets, self.limits))
-            self.reject(shard, source, shown)
-            raise shown from None
+            raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
+        return Prepared(shard, config, source, secrets, text, _version_of(text), ir,
+                        to_resources(ir), started)  # fmt: skip
+
+    def install(self, prepared: Prepared) -> bool:
+        """Serve a prepared config. Returns True if the config changed."""
+        shard, version = prepared.shard, prepared.version
+        current = self.shards.get(shard)
+        self.rejections.pop(shard, None)
+        if current is not None and current.config_version == version:
+            current.source = prepared.source
+            return False
         nodes = current.nodes if current else self._early_reports.pop(shard, {})
-        state = Shard(shard, config, ir, source, text, version, time.time(), nodes, secrets)
-        changed = self.cache.set_shard(shard, to_resources(ir))
+        state = Shard(shard, prepared.config, prepared.ir, prepared.source, prepared.text, version,
+                      time.time(), nodes, prepared.secrets)  # fmt: skip
+        changed = self.cache.set_shard(shard, prepared.resources)
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)
         self.shards[shard] = state
-        self._discovery.declare(config)
+        self._discovery.declare(prepared.config)
         self._register(state, nodes.values())
-        self.rejections.pop(shard, None)
         self._wake(shard)
         log.info(
             "event=config_applied shard=%s source=%s config_version=%s xds_changed=%s translate_ms=%.2f",
-            shard, source, version, changed, (time.perf_counter() - started) * 1000,
+            shard, prepared.source, version, changed, (time.perf_counter() - prepared.started) * 1000,
         )
         return True
+
+    def resources(self, shard: str) -> Resources:
+        """The Envoy resources the shard's running config translates to (none if no config)."""
+        state = self.shards.get(shard)
+        return to_resources(state.ir) if state is not None else Resources()
+
+    def connected_nodes(self, shard: str) -> set[str]:
+        """The nodes of the shard with an open xDS stream."""
+        return {s.node_id for s in self.cache.node_status() if s.shard == shard}
 
     def _refuse_losing_every_listener(self, shard: str, config: ShardFile, source: str) -> None:
         current = self.shards.get(shard)
@@ -194,7 +243,7 @@ class ShardRegistry:
             or not current.config.proxy_config.public_listeners
         ):
             return
-        connected = {s.node_id for s in self.cache.node_status() if s.shard == shard}
+        connected = self.connected_nodes(shard)
         if connected:
             raise ConfigError([Problem(
                 source, "proxy_config.public_listeners",

@@ -53,8 +53,8 @@ async def test_each_file_is_read_once_at_start_up(tmp_path, monkeypatch):
     reads = []
     import xds_server.sources.config_dir as config_dir
 
-    real = config_dir.load_shard_file
-    monkeypatch.setattr(config_dir, "load_shard_file", lambda *a: reads.append(a[0]) or real(*a))
+    real = config_dir.read_shard_text
+    monkeypatch.setattr(config_dir, "read_shard_text", lambda *a: reads.append(a[0]) or real(*a))
     source.load_all()
     await source.rescan()  # what the watcher does once it is in place
     assert reads == [tmp_path / "kv.yaml"]

@@ -137,14 +137,14 @@ async def test_an_unexpected_error_in_one_file_is_its_rejection_and_the_watch_go
     registry, tmp_path, monkeypatch
 ):
     (tmp_path / "kv.yaml").write_text(GOOD)
-    real = config_dir_module.load_shard_file
+    real = config_dir_module.read_shard_text
 
     def flaky(path: Path, *args: object) -> object:
         if path.name == "bad.yaml":
             raise RecursionError("boom")
         return real(path, *args)
 
-    monkeypatch.setattr(config_dir_module, "load_shard_file", flaky)
+    monkeypatch.setattr(config_dir_module, "read_shard_text", flaky)
     source = ConfigDir(tmp_path, registry)
     task = await _watching(source)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class XdsServerProcess:
     def __init__(self, workdir: Path):
         self.config_dir = workdir / "shards"
         self.config_dir.mkdir(exist_ok=True)
+        self.data_dir = workdir / "data"  # the config store: kept across restarts
         self.xds_port = free_port()
         self.admin_port = free_port()
         self.workdir = workdir
@@ -67,6 +69,22 @@ class XdsServerProcess:
         )
         with urllib.request.urlopen(request, timeout=3) as r:
             return json.loads(r.read())
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             if_match: int | None = None, timeout: float = 5) -> tuple[int, dict]:
+        """Any admin API request; an HTTP error status is returned, not raised."""
+        headers = {"content-type": "application/json"}
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}",
+            data=None if body is None else json.dumps(body).encode(), headers=headers, method=method,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
 
     def report(self, shard: str, node_id: str, endpoints: list[dict]) -> None:
         self.post("/v1/reports", {"shard": shard, "node_id": node_id, "endpoints": endpoints})

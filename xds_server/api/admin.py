@@ -1,7 +1,8 @@
-"""The admin HTTP API (aiohttp): shard and node status, reports, discovery.
+"""The admin HTTP API (aiohttp): shard and node status, reports, discovery, and (with
+the config store) the operators' shard routes of ``shards_api``.
 
-Read-mostly for now; the live operations API (wiring edits, history, auth) grows
-here. Every handler is a thin view of ``ShardRegistry`` and the snapshot cache.
+Every handler here is a thin view of ``ShardRegistry`` and the snapshot cache; with
+the store, a shard's summary adds its stored version, owner and source.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from dgw_api.v1 import gateway_pb2
+from xds_server.api import shards_api
 from xds_server.api.admin_http import read_json
+from xds_server.changes import Changes
 from xds_server.config import quote
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
+from xds_server.store import ConfigStore
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Health:
 
 REGISTRY = web.AppKey("registry", ShardRegistry)
 HEALTH = web.AppKey("health", Health)
+STORE = web.AppKey("store", ConfigStore)  # the config store (audit log), with the store only
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,18 +94,39 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _changes(request: web.Request) -> Changes | None:
+    return request.app.get(shards_api.CHANGES)
+
+
 async def list_shards(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    names = sorted(set(registry.shards) | set(registry.rejections))
-    return _json({"shards": [_shard_summary(registry, n) for n in names]})
+    changes = _changes(request)
+    if changes is None:
+        names = sorted(set(registry.shards) | set(registry.rejections))
+        return _json({"shards": [_shard_summary(registry, n) for n in names]})
+    return _json({"shards": [
+        {**_shard_summary(registry, n), **shards_api.store_summary(changes, n)}
+        for n in shards_api.shard_names(changes)
+    ]})  # fmt: skip
 
 
 async def get_shard(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
+    changes = _changes(request)
     name = request.match_info["shard"]
-    if name not in registry.shards and name not in registry.rejections:
+    known = set(shards_api.shard_names(changes)) if changes else set(registry.shards) | set(registry.rejections)
+    if name not in known:
         return _json({"error": f"no shard {name!r}"}, status=404)
     summary = _shard_summary(registry, name)
+    headers: dict[str, str] = {}
+    if changes is not None:
+        summary.update(shards_api.store_summary(changes, name))
+        head = await changes.store.get(name)
+        # The text as written: `${VAR}` references stay references, so values read
+        # from the environment never appear here.
+        summary["yaml"] = head.text if head else None
+        if head is not None:
+            headers["ETag"] = f'"{head.meta.number}"'
     shard = registry.shards.get(name)
     # Interpolated values (secrets) are ***: only the sidecars get them (WatchConfig).
     summary["config"] = shard.shown_yaml() if shard else None
@@ -112,7 +138,9 @@ async def get_shard(request: web.Request) -> web.Response:
         }
         for node_id, node in sorted((shard.nodes if shard else {}).items())
     }
-    return _json(summary)
+    response = _json(summary)
+    response.headers.update(headers)
+    return response
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -141,7 +169,9 @@ async def discovery(request: web.Request) -> web.Response:
 
 
 def make_app(
-    registry: ShardRegistry, problem: Callable[[], str | None] = lambda: None
+    registry: ShardRegistry,
+    problem: Callable[[], str | None] = lambda: None,
+    changes: Changes | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=registry.limits.admin_body_bytes)
     app[REGISTRY] = registry
@@ -152,4 +182,7 @@ def make_app(
     app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_post("/v1/reports", post_report)
     app.router.add_get("/v1/discovery/{address}", discovery)
+    if changes is not None:
+        app[STORE] = changes.store
+        shards_api.register(app, changes)
     return app

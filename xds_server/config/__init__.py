@@ -10,6 +10,7 @@ from .load import (
     load_shard_checked,
     load_shard_file,
     load_shard_text,
+    read_shard_text,
 )
 from .model import DeployDesires, DeployFile, RuntimeConfig, ShardFile
 from .secrets import mask, mask_data, shown_problems
@@ -36,5 +37,6 @@ __all__ = [
     "mask_data",
     "parse_network_url",
     "quote",
+    "read_shard_text",
     "shown_problems",
 ]

@@ -140,6 +140,11 @@ def load_shard_file(
     return load_shard_checked(_read(path, limits), str(path), None, policy, limits)
 
 
+def read_shard_text(path: str | Path, limits: Limits = _DEFAULT_LIMITS) -> str:
+    """A shard file's text as written, its size checked before anything is read."""
+    return _read(path, limits)
+
+
 def load_served_config(text: str, source: str) -> ShardFile:
     """A config as the xds_server serves it to sidecars: already interpolated, so a
     ``${VAR}`` left in it (from ``$${VAR}``) is for the DAL's shell, not for us."""

@@ -2,7 +2,13 @@
 
 Each file is one shard's runtime config (optionally with ``deploy_desires``). A file
 that fails to load or translate is logged and recorded as a rejection; the shard's
-running config stays in force. Deleting a file removes its shard.
+running config stays in force.
+
+With the config store (``changes``, as the server runs it) the directory is the GitOps
+way in: a changed file becomes a new stored version authored ``file:<path>``
+(``xds_server.changes``), and a file that disappears does not take its shard down (it
+keeps serving, ``source_missing``). Without it (tests, benchmarks) files go straight
+to the registry and deleting a file removes its shard.
 
 What is read, and what is not:
 
@@ -40,7 +46,16 @@ from pathlib import Path
 import watchfiles
 
 from common.backoff import backoff_delay
-from xds_server.config import ConfigError, EnvPolicy, LoadedShard, Problem, load_shard_file, quote
+from xds_server.changes import Changes
+from xds_server.config import (
+    ConfigError,
+    EnvPolicy,
+    LoadedShard,
+    Problem,
+    load_shard_checked,
+    quote,
+    read_shard_text,
+)
 from xds_server.settings import Limits
 from xds_server.shards import ShardRegistry
 
@@ -63,7 +78,17 @@ def shard_of(path: Path) -> str | None:
 
 @dataclass(frozen=True)
 class _Loaded:
+    """Read and checked (without the store)."""
+
     loaded: LoadedShard
+    fingerprint: _Fingerprint
+
+
+@dataclass(frozen=True)
+class _Read:
+    """Read only: the store's changes load and check the text themselves."""
+
+    text: str
     fingerprint: _Fingerprint
 
 
@@ -83,7 +108,7 @@ class _Unchanged:
     pass
 
 
-_Outcome = _Loaded | _Refused | _Gone | _Unchanged
+_Outcome = _Loaded | _Read | _Refused | _Gone | _Unchanged
 
 
 class ConfigDir:
@@ -93,12 +118,14 @@ class ConfigDir:
         registry: ShardRegistry,
         policy: EnvPolicy | None = None,
         limits: Limits | None = None,
+        changes: Changes | None = None,
     ):
         # Absolute: watchfiles reports absolute paths, which must match ours.
         self.directory = Path(directory).absolute()
         self.registry = registry
         self.policy = policy or EnvPolicy()
         self.limits = limits or registry.limits
+        self.changes = changes
         self.failure: str | None = None  # why the watch is not working, for /healthz
         self._seen: dict[str, _Fingerprint | None] = {}  # file name → stat when loaded
         self._ignored: set[str] = set()
@@ -107,21 +134,25 @@ class ConfigDir:
 
     def load_all(self) -> None:
         """Load every shard file, and drop shards whose file is gone (on the caller's
-        thread: for start-up, tests and benchmarks)."""
+        thread, without the store: for tests and benchmarks)."""
         for path in self._scan():
             self.load(path)
 
     async def rescan(self) -> None:
-        """``load_all`` with reading and parsing off the loop."""
+        """``load_all`` with reading and parsing off the loop (the store's way)."""
         for path in self._scan():
             await self.load_off_loop(path)
 
     def load(self, path: Path) -> None:
-        self._settle(path, self._read(path))
+        assert self.changes is None, "with the store, files are loaded off the loop"
+        self._settle_registry(path, self._read(path))
 
     async def load_off_loop(self, path: Path) -> None:
         outcome = await asyncio.to_thread(self._read, path)
-        self._settle(path, outcome)
+        if self.changes is None:
+            self._settle_registry(path, outcome)
+        else:
+            await self._settle_store(self.changes, path, outcome)
 
     def _scan(self) -> list[Path]:
         """The shard files to (re)load, each shard whose file is gone removed."""
@@ -134,8 +165,12 @@ class ConfigDir:
             else:
                 self._ignore(path, "the name is not <shard>.yaml (shard: " + SHARD_NAME + ")")
         present = {shard_of(p) for p in paths}
-        for shard in sorted(set(self.registry.shards) - present):
-            self.registry.remove(shard)
+        if self.changes is None:
+            for shard in sorted(set(self.registry.shards) - present):
+                self.registry.remove(shard)
+        else:
+            for shard in sorted(self.changes.file_owned() - present):
+                self.changes.file_gone(shard)
         return paths
 
     def _read(self, path: Path) -> _Outcome:
@@ -165,7 +200,11 @@ class ConfigDir:
         if self._seen.get(path.name) == fingerprint:
             return _Unchanged()
         try:
-            return _Loaded(load_shard_file(path, self.policy, self.limits), fingerprint)
+            text = read_shard_text(path, self.limits)
+            if self.changes is not None:
+                return _Read(text, fingerprint)
+            loaded = load_shard_checked(text, str(path), None, self.policy, self.limits)
+            return _Loaded(loaded, fingerprint)
         except ConfigError as e:
             return _Refused(e, fingerprint)
 
@@ -181,7 +220,33 @@ class ConfigDir:
             return "a symlink to something that is not a regular file; refused"
         return None
 
-    def _settle(self, path: Path, outcome: _Outcome) -> None:
+    async def _settle_store(self, changes: Changes, path: Path, outcome: _Outcome) -> None:
+        shard = shard_of(path)
+        if shard is None:
+            self._ignore(path, "the name is not <shard>.yaml (shard: " + SHARD_NAME + ")")
+            return
+        match outcome:
+            case _Unchanged():
+                return
+            case _Gone():
+                self._seen.pop(path.name, None)
+                changes.file_gone(shard)
+            case _Refused(error, fingerprint):
+                self._seen[path.name] = fingerprint
+                self.registry.reject(shard, str(path), error)
+            case _Loaded():
+                raise AssertionError("with the store, files are read, not loaded")
+            case _Read(text, fingerprint):
+                self._seen[path.name] = fingerprint
+                try:
+                    await changes.from_file(shard, str(path), text)
+                except Exception as e:
+                    log.exception("event=config_apply_failed shard=%s path=%s", shard, path)
+                    self.registry.reject(shard, str(path), ConfigError([Problem(
+                        str(path), "", f"could not be applied ({type(e).__name__}); see the server log"
+                    )]))
+
+    def _settle_registry(self, path: Path, outcome: _Outcome) -> None:
         shard = shard_of(path)
         if shard is None:
             self._ignore(path, "the name is not <shard>.yaml (shard: " + SHARD_NAME + ")")
@@ -195,6 +260,8 @@ class ConfigDir:
             case _Refused(error, fingerprint):
                 self._seen[path.name] = fingerprint
                 self.registry.reject(shard, str(path), error)
+            case _Read():
+                raise AssertionError("without the store, files are loaded")
             case _Loaded(loaded, fingerprint):
                 self._seen[path.name] = fingerprint
                 try:

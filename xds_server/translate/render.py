@@ -47,6 +47,11 @@ def render_yaml(resources: Resources) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
+def render_resource(message: Message) -> str:
+    """One resource as YAML, as ``render_yaml`` prints it in its list."""
+    return str(yaml.dump(_to_dict(message), Dumper=_Dumper, sort_keys=False, default_flow_style=False))
+
+
 def _to_dict(message: Message) -> dict[str, Any]:
     """MessageToDict, with every proto map sorted by key: map iteration order is not
     stable from run to run, and a golden file must be."""

@@ -1,0 +1,344 @@
+"""Every change to a shard's config goes through here: store first, then serve.
+
+The config store (``xds_server.store``) is the source of truth; the registry serves
+the latest stored version of each shard. A change, from the operators' API or from a
+file of the watched directory, is loaded, validated and translated *before* it is
+stored, so what is stored is always servable; then it is written with compare-and-set
+on the version it was made from, and only then installed. A rejected change stores
+nothing and leaves the running config as it was.
+
+Ownership: a shard is owned by the API or by one file (``Version.owner``), never both.
+The API refuses to change a file-owned shard (``OwnedByFile``: edit the file); a file
+for an API-owned shard is refused as a rejection of that file. A file that disappears
+does not remove its shard: it keeps serving, marked ``source_missing``; only an
+explicit delete removes a shard.
+
+Changes are made one at a time (one lock): each reads the head, checks, stores and
+installs before the next begins, so the registry always serves the store's head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from xds_server.config import ConfigError, EnvPolicy, LoadedShard, Problem, load_shard_checked
+from xds_server.ops import wiring
+from xds_server.ops.diff import ResourceDiff, config_diff, resource_diff
+from xds_server.resources import Resources
+from xds_server.settings import Limits
+from xds_server.shards import Prepared, ShardRegistry
+from xds_server.store import (
+    API_OWNER,
+    ConfigStore,
+    Conflict,
+    NotFound,
+    ShardVersion,
+    Source,
+    StoreError,
+    Version,
+    content_hash,
+    file_owner,
+)
+
+log = logging.getLogger("xds_server.changes")
+
+FILE_OWNER_PREFIX = file_owner("")
+
+
+class OwnedByFile(Exception):
+    """The API may not change a shard a file owns."""
+
+    def __init__(self, shard: str, path: str, missing: bool):
+        self.shard, self.path = shard, path
+        advice = (
+            "its file is gone: delete the shard through the API to take it over"
+            if missing else "edit the file instead, or remove it and delete the shard"
+        )
+        super().__init__(f"shard {shard} is owned by file {path}; {advice}")
+
+
+class NodesConnected(Exception):
+    """A delete would take a shard away from connected Envoys."""
+
+    def __init__(self, shard: str, nodes: set[str]):
+        self.shard, self.nodes = shard, nodes
+        shown = ", ".join(sorted(nodes)[:5]) + (", ..." if len(nodes) > 5 else "")
+        super().__init__(f"{len(nodes)} Envoys of shard {shard} are connected ({shown}); "
+                         "stop them first, or delete with ?force=true")  # fmt: skip
+
+
+class BaseRequired(Exception):
+    """A change to an existing shard must name the version it was made from."""
+
+    def __init__(self, shard: str, current: int):
+        self.shard, self.current = shard, current
+        super().__init__(f"shard {shard} exists: name the version you changed (its current "
+                         f"version is {current})")  # fmt: skip
+
+
+class Invalid(Exception):
+    """The change is refused before anything is stored; ``problems`` say why."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Done:
+    version: Version
+    previous: int | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a change would do (``dry_run``); nothing was stored."""
+
+    config_diff: str
+    resources: ResourceDiff
+
+
+Outcome = Done | Preview
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who asks and why, for the version's author and message."""
+
+    author: str
+    message: str = ""
+    dry_run: bool = False
+
+
+def is_file_owned(meta: Version) -> bool:
+    return meta.owner.startswith(FILE_OWNER_PREFIX)
+
+
+def owner_path(meta: Version) -> str:
+    return meta.owner.removeprefix(FILE_OWNER_PREFIX)
+
+
+class Changes:
+    def __init__(
+        self,
+        store: ConfigStore,
+        registry: ShardRegistry,
+        policy: EnvPolicy | None = None,
+        limits: Limits | None = None,
+    ):
+        self.store = store
+        self.registry = registry
+        self.policy = policy or EnvPolicy()
+        self.limits = limits or registry.limits
+        self.heads: dict[str, Version] = {}  # every live stored shard's head
+        self.missing: set[str] = set()  # file-owned shards whose file is gone
+        self._lock = asyncio.Lock()
+
+    # --- start ---------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Serve the latest stored version of every shard (at start, before the files)."""
+        listing = await self.store.list()
+        for entry in listing.shards:
+            self.heads[entry.meta.shard] = entry.meta
+            label = _label(entry.meta)
+            try:
+                prepared = await self._prepare(entry.meta.shard, entry.text, label)
+            except Invalid as e:
+                self.registry.reject(entry.meta.shard, label, ConfigError(e.problems))
+                continue
+            self.registry.install(prepared)
+        log.info("event=store_loaded revision=%d shards=%d", listing.revision, len(listing.shards))
+
+    def file_owned(self) -> set[str]:
+        return {s for s, meta in self.heads.items() if is_file_owned(meta)}
+
+    # --- the operators' API -------------------------------------------------------
+
+    # ``base`` is the version a change was made from: 0 when the shard must not exist
+    # yet, None when the caller named none (allowed only for a shard that does not).
+
+    async def put(self, shard: str, text: str, base: int | None, request: Request) -> Outcome:
+        """Store ``text`` as the shard's next version."""
+        return await self._change(shard, base, request, "api", lambda _: text)
+
+    async def wiring(
+        self, shard: str, op: wiring.WiringOp, base: int | None, request: Request
+    ) -> Outcome:
+        def edit(head: ShardVersion | None) -> str:
+            if head is None:
+                raise NotFound(f"no shard {shard!r}")
+            try:
+                return wiring.apply(head.text, op)
+            except wiring.WiringError as e:
+                raise Invalid([Problem(shard, e.path, str(e))]) from None
+
+        return await self._change(shard, base, request, "api", edit)
+
+    async def rollback(self, shard: str, to: int, base: int | None, request: Request) -> Outcome:
+        target = await self.store.version(shard, to)
+        if target is None:
+            raise NotFound(f"shard {shard!r} has no version {to}; GET /v1/shards/{shard}/history lists them")
+        if target.meta.deleted:
+            raise NotFound(f"version {to} of shard {shard!r} is its deletion; roll back to one before it")
+
+        def edit(head: ShardVersion | None) -> str:
+            if head is None:
+                raise NotFound(f"no shard {shard!r}")
+            return target.text
+
+        message = request.message or f"rollback to version {to}"
+        return await self._change(shard, base, Request(request.author, message, request.dry_run),
+                                  "rollback", edit)  # fmt: skip
+
+    async def delete(self, shard: str, base: int | None, request: Request, force: bool) -> Outcome:
+        async with self._lock:
+            head = await self._head(shard, base, deleting=True)
+            if head is None:
+                raise NotFound(f"no shard {shard!r}")
+            connected = self.registry.connected_nodes(shard)
+            if connected and not force:
+                raise NodesConnected(shard, connected)
+            if request.dry_run:
+                return Preview(config_diff(head.text, "", shard),
+                               resource_diff(self.registry.resources(shard), Resources()))  # fmt: skip
+            version = await self.store.delete(shard, base_version=head.meta.number,
+                                              author=request.author, message=request.message)  # fmt: skip
+            self.registry.remove(shard)
+            self.heads.pop(shard, None)
+            self.missing.discard(shard)
+            log.info("event=shard_deleted shard=%s version=%d author=%s forced_nodes=%d",
+                     shard, version.number, request.author, len(connected))  # fmt: skip
+            return Done(version, head.meta.number)
+
+    async def _change(
+        self,
+        shard: str,
+        base: int | None,
+        request: Request,
+        source: Source,
+        edit: Callable[[ShardVersion | None], str],
+    ) -> Outcome:
+        async with self._lock:
+            head = await self._head(shard, base)
+            text = edit(head)
+            prepared = await self._prepare(shard, text, API_OWNER)
+            old = head.text if head else ""
+            if request.dry_run:
+                return Preview(config_diff(old, text, shard),
+                               resource_diff(self.registry.resources(shard), prepared.resources))  # fmt: skip
+            version = await self.store.put(
+                shard, text, base_version=head.meta.number if head else None,
+                author=request.author, message=request.message, source=source, owner=API_OWNER,
+            )  # fmt: skip
+            self._serve(version, prepared)
+            return Done(version, head.meta.number if head else None)
+
+    async def _head(self, shard: str, base: int | None, deleting: bool = False) -> ShardVersion | None:
+        """The shard's live head, if the API may change it (``OwnedByFile``; a
+        file-owned shard whose file is gone may be deleted) and ``base`` names it
+        (``BaseRequired``, ``Conflict`` with the current version)."""
+        head = await self.store.get(shard)
+        if head is not None and is_file_owned(head.meta):
+            missing = shard in self.missing
+            if not (deleting and missing):
+                raise OwnedByFile(shard, owner_path(head.meta), missing)
+        current = head.meta.number if head else 0
+        if base is None:
+            if head is not None:
+                raise BaseRequired(shard, current)
+            base = 0
+        if base != current:
+            meta = head.meta if head else next(iter(await self.store.history(shard, limit=1)), None)
+            raise Conflict(shard, base or None, meta)
+        return head
+
+    # --- the watched directory ---------------------------------------------------------
+
+    async def from_file(self, shard: str, path: str, text: str) -> None:
+        """A file's text became this: store it as a new version if it is new and the
+        file may own the shard; record a rejection otherwise."""
+        async with self._lock:
+            head = await self.store.get(shard)
+            if head is not None and not is_file_owned(head.meta):
+                self._refuse_file(shard, path, f"shard {shard} is owned by the API (version "
+                                  f"{head.meta.number}); the file is ignored: remove it, or delete "
+                                  "the shard through the API to let the file own it")  # fmt: skip
+                return
+            self.missing.discard(shard)
+            served = self.registry.shards.get(shard)
+            if head is not None and head.meta.content_hash == content_hash(text) and served is not None:
+                self.registry.rejections.pop(shard, None)
+                return
+            try:
+                prepared = await self._prepare(shard, text, path)
+            except Invalid as e:
+                self.registry.reject(shard, path, ConfigError(e.problems))
+                await self._audit_file(shard, path, head, None, str(e))
+                return
+            if head is not None and head.meta.content_hash == content_hash(text):
+                self._serve(head.meta, prepared)  # stored, but not served (e.g. env changed)
+                return
+            try:
+                version = await self.store.put(
+                    shard, text, base_version=head.meta.number if head else None,
+                    author=file_owner(path), message=f"file {path} changed", source="file",
+                    owner=file_owner(path),
+                )  # fmt: skip
+            except StoreError as e:
+                self._refuse_file(shard, path, f"not stored: {e}")
+                return
+            self._serve(version, prepared)
+            await self._audit_file(shard, path, head, version, "")
+
+    def file_gone(self, shard: str) -> None:
+        """The shard's file went away: the shard keeps serving, its source missing."""
+        self.registry.rejections.pop(shard, None)
+        meta = self.heads.get(shard)
+        if meta is None or not is_file_owned(meta) or shard in self.missing:
+            return
+        self.missing.add(shard)
+        log.warning("event=source_missing shard=%s path=%s version=%d serving=true", shard,
+                    owner_path(meta), meta.number)  # fmt: skip
+
+    def _refuse_file(self, shard: str, path: str, message: str) -> None:
+        self.registry.reject(shard, path, ConfigError([Problem(path, "", message)]))
+
+    async def _audit_file(self, shard: str, path: str, head: ShardVersion | None,
+                          version: Version | None, reason: str) -> None:  # fmt: skip
+        try:
+            await self.store.append_audit(
+                actor=file_owner(path), action="file", shard=shard,
+                base_version=head.meta.number if head else None,
+                new_version=version.number if version else None,
+                accepted=version is not None, reason=reason[:500],
+            )  # fmt: skip
+        except StoreError as e:
+            log.error("event=audit_failed shard=%s error=%s", shard, e)
+
+    # --- shared ------------------------------------------------------------------
+
+    async def _prepare(self, shard: str, text: str, label: str) -> Prepared:
+        """Load, validate and translate; ``Invalid`` lists every problem."""
+        try:
+            loaded: LoadedShard = await asyncio.to_thread(
+                load_shard_checked, text, label, None, self.policy, self.limits
+            )
+            return self.registry.prepare(shard, loaded.config, label, loaded.secrets)
+        except ConfigError as e:
+            raise Invalid(e.problems) from None
+
+    def _serve(self, version: Version, prepared: Prepared) -> None:
+        self.heads[version.shard] = version
+        self.registry.install(prepared)
+        log.info("event=version_served shard=%s version=%d source=%s author=%s config_version=%s",
+                 version.shard, version.number, version.source, version.author,
+                 prepared.version)  # fmt: skip
+
+
+def _label(meta: Version) -> str:
+    """Where a stored shard's config comes from: its file, or ``api``."""
+    return owner_path(meta) if is_file_owned(meta) else API_OWNER
