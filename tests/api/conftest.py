@@ -64,7 +64,13 @@ async def server(tmp_path: Path) -> AsyncIterator[XdsServer]:
         await running.stop()
 
 
+def admin_session(server: XdsServer) -> aiohttp.ClientSession:
+    """A client carrying the admin token the server made on its first start."""
+    token = server.admin_token_path.read_text().strip()
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+
+
 @pytest.fixture
 async def api(server: XdsServer) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
+    async with admin_session(server) as session:
         yield Api(server, session)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
 
@@ -15,7 +14,7 @@ from testkit.wait import eventually
 from xds_server.resources import CLUSTER, LISTENER
 from xds_server.server import DataDirError, XdsServer
 
-from .conftest import TWO_DALS, Api, settings
+from .conftest import TWO_DALS, Api, admin_session, settings
 
 SPLIT = TWO_DALS.replace("thrift: {mode: shadow, target: cql}", "thrift: {mode: split, target: cql, percent: 10}")
 
@@ -126,8 +125,10 @@ async def test_every_mutation_and_refusal_is_audited(api: Api) -> None:
     await api.put("kv", SPLIT, 0)
     await api.put("kv", SPLIT, 1, dry_run="true")
     entries = await api.server.store.audit_log()
+    token_id = api.server.admin_token_path.read_text().strip().split("_")[1]
+    ACTOR = f"admin ({token_id})"  # the first start's admin token, by name and id
     assert [(e.action, e.accepted, e.actor, e.base_version, e.new_version) for e in entries] == [
-        ("put", False, "anonymous", 0, None), ("put", True, "anonymous", 0, 1),
+        ("put", False, ACTOR, 0, None), ("put", True, ACTOR, 0, 1),
     ]
     assert entries[0].reason.startswith("409 ")
 
@@ -188,7 +189,7 @@ async def test_after_a_restart_the_same_versions_are_served(tmp_path: Path) -> N
     first = XdsServer(settings(tmp_path))
     await first.start()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with admin_session(first) as session:
             api = Api(first, session)
             await api.put("kv", TWO_DALS, 0)
             await api.put("kv", SPLIT, 1)

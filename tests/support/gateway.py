@@ -73,7 +73,7 @@ class XdsServerProcess:
     def call(self, method: str, path: str, body: dict | None = None,
              if_match: int | None = None, timeout: float = 5) -> tuple[int, dict]:
         """Any admin API request; an HTTP error status is returned, not raised."""
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", "Authorization": f"Bearer {self.token}"}
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"'
         request = urllib.request.Request(

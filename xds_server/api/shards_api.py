@@ -23,6 +23,7 @@ import yaml
 from aiohttp import web
 
 from xds_server.api.admin_http import read_json
+from xds_server.api.auth import PRINCIPAL
 from xds_server.changes import (
     BaseRequired,
     Changes,
@@ -71,9 +72,9 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 def _actor(request: web.Request) -> str:
-    principal = request.get("principal")
-    name = getattr(principal, "name", None)
-    return str(name) if name else "anonymous"
+    """Who asked, as the audit log names callers everywhere (``auth.Principal.actor``)."""
+    principal = request.get(PRINCIPAL)
+    return principal.actor if principal is not None else "anonymous"
 
 
 def _version_dict(meta: Version) -> dict[str, Any]:
