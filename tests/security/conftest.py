@@ -55,10 +55,10 @@ def settings(tmp_path: Path, **more: object) -> ServerSettings:
     shards.mkdir(exist_ok=True)
     (shards / "a.yaml").write_text(GOOD)
     (shards / "b.yaml").write_text(GOOD.replace("18080", "18090").replace("18081", "18091"))
-    return ServerSettings(
-        config_dir=shards, xds="127.0.0.1:0", admin="127.0.0.1:0", join="127.0.0.1:0",
-        data_dir=tmp_path / "data", **more,  # type: ignore[arg-type]
-    )
+    given: dict[str, object] = {
+        "xds": "127.0.0.1:0", "admin": "127.0.0.1:0", "join": "127.0.0.1:0", "data_dir": tmp_path / "data",
+    }
+    return ServerSettings(config_dir=shards, **(given | more))  # type: ignore[arg-type]
 
 
 @pytest.fixture
