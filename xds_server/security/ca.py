@@ -158,7 +158,9 @@ class CertificateAuthority:
             .issuer_name(self.certificate.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start - _BACKDATE)
+            # A short-lived leaf (tests, fast rotation) is backdated less, so that its
+            # half-life — when it is renewed — stays in the future.
+            .not_valid_before(start - min(_BACKDATE, lifetime / 10))
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
