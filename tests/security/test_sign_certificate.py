@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from dgw_api.v1 import gateway_pb2
+from sidecar.host_identity import SignedIdentity
+from sidecar.log import EventLog
 from xds_server.security.identity import SpiffeId, gateway_id
 from xds_server.security.keys import make_csr, new_private_key, private_key_pem
 from xds_server.server import XdsServer
@@ -134,3 +137,21 @@ def test_ca_is_made_on_first_start_with_a_private_key(secure_server: XdsServer) 
     ca_dir = secure_server.settings.ca_directory()
     assert os.stat(ca_dir / "ca.key").st_mode & 0o777 == 0o600
     assert (ca_dir / "ca.crt").read_bytes() == secure_server.ca.bundle_pem  # type: ignore[union-attr]
+
+
+async def test_sidecar_keeps_its_certificate_across_restarts(secure_server: XdsServer, tmp_path: Path) -> None:
+    def sidecar_identity(token: str | None) -> SignedIdentity:
+        return SignedIdentity(
+            identity=gateway_id("a"), directory=tmp_path / "identity",
+            server=f"127.0.0.1:{secure_server.xds_port}", join_server=f"127.0.0.1:{secure_server.join_port}",
+            shard="a", node_id="n1", join_token=token, trust_bundle=secure_server.ca.bundle_pem,  # type: ignore[union-attr]
+            rpc_timeout_s=5, log=EventLog("test"),
+        )
+
+    first = await sidecar_identity(secure_server.create_join_token("a")).first()
+    assert os.stat(tmp_path / "identity" / "key.pem").st_mode & 0o777 == 0o600
+    # Restarted without a token: the stored certificate, which renews itself.
+    again = sidecar_identity(None)
+    assert (await again.first()).serial == first.serial
+    renewed = await again.keeper.refresh()
+    assert renewed.serial != first.serial

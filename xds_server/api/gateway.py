@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -73,7 +73,6 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if self.signer is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "this server runs --insecure: it has no CA and signs no certificates")
-        assert self.signer is not None
         try:
             signed = self.signer.sign(
                 request.shard, request.node_id, request.csr_pem, request.join_token, caller
@@ -81,13 +80,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except SignRefused as e:
             await _refuse(context, "SignCertificate", Refusal(e.code, e.message), describe(caller),
                           request.shard, request.node_id)
-            raise  # not reached: abort raised
         return gateway_pb2.SignResponse(
             certificate_chain_pem=signed.chain_pem, trust_bundle_pem=signed.bundle_pem
         )
 
 
-async def _refuse(context: _Context, call: str, refusal: Refusal, caller: str, shard: str, node_id: str) -> None:
+async def _refuse(
+    context: _Context, call: str, refusal: Refusal, caller: str, shard: str, node_id: str
+) -> NoReturn:
     log.warning(
         "event=unauthorized call=%s caller=%s shard=%s node=%s code=%s message=%s",
         call, caller, shard[:253], node_id[:253], refusal.code.name, _quote(refusal.message),
