@@ -27,6 +27,7 @@ import watchfiles
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from common.backoff import backoff_delay, jittered
 from common.files import write_private
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.security.identity import SpiffeId
@@ -40,6 +41,9 @@ CERT_FILE = "cert.pem"
 BUNDLE_FILE = "bundle.pem"
 
 Subscriber = Callable[[Credentials], None]
+# A server that does not answer yet is waited for; any other refusal ends the start.
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+FIRST_RETRY_MAX_S = 5.0
 
 
 def _now() -> dt.datetime:
@@ -139,11 +143,25 @@ class SignedIdentity:
                 "--join-token or $DGW_JOIN_TOKEN (`dgw token create --role node --shard "
                 f"{self._shard}` on the server), or run against an --insecure server with --insecure"
             )
-        try:
-            return await self.keeper.refresh()
-        except grpc.aio.AioRpcError as e:
-            raise SidecarError(f"the xds_server refused this host's first certificate: "
-                               f"{e.code().name}: {e.details()}") from None
+        if self._trust_bundle is None:
+            raise SidecarError(
+                "the first certificate needs --trust-bundle: the xds_server's CA certificate "
+                "(ca.crt in the server's CA dir, <data-dir>/ca/), to check the server with"
+            )
+        attempts = 0
+        while True:
+            try:
+                return await self.keeper.refresh()
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in _UNREACHABLE:
+                    raise SidecarError(f"the xds_server refused this host's first certificate: "
+                                       f"{e.code().name}: {e.details()}") from None
+                attempts += 1
+                delay = jittered(backoff_delay(attempts, 0.25, FIRST_RETRY_MAX_S))
+                # Not yet up (or not reachable): the token is not spent, so wait and retry.
+                self._log.warning("join_server_unreachable", server=self._join_server,
+                                  error=e.code().name, retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
 
     async def _sign(self, csr_pem: bytes) -> Signed:
         current = self.keeper.current
