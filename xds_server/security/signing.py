@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .authz import Anonymous, Caller, Gateway, Unchecked, Workload, describe
 from .ca import CaError, CertificateAuthority, check_csr, csr_uris
@@ -77,7 +78,11 @@ class NodeSigner:
                 f"may only be {identity.uri}",
             )
         via = self._authenticate(shard, node_id, join_token, caller)
-        chain = self.ca.sign(csr_pem, identity, self.lifetime, self._clock(), common_name=node_id)
+        public = csr.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # check_csr made sure
+        # Issued from the checked CSR's key (``ca.sign`` would parse and verify it again).
+        chain = self.ca.issue(public, [x509.UniformResourceIdentifier(identity.uri)], self.lifetime,
+                              self._clock(), common_name=node_id)
         serial = x509.load_pem_x509_certificate(chain).serial_number
         log.info("event=certificate_signed shard=%s node=%s identity=%s serial=%x via=%s",
                  shard, node_id, identity, serial, via)
