@@ -117,7 +117,7 @@ class ServerChild:
 
     def start(self, timeout: float = 120.0) -> ServerChild:
         self.child = Child(
-            [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server",
+            [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server", "--insecure",
              "--config-dir", str(self.config_dir), "--xds", self.xds,
              "--admin", f"127.0.0.1:{self.admin_port}", "--data-dir", str(self.data_dir)],
             log=self.workdir / "xds_server.log",

@@ -71,7 +71,7 @@ class _Host:
         self.sidecar = Child(
             [sys.executable, "-m", "dgw.cli", "sidecar", "--server", self.server.xds, "--shard", SHARD,
              "--node-id", NODE, "--runtime", "process", "--state-dir", str(self.state_dir), "--resync", "1",
-             "--stop-dals-on-exit"],
+             "--stop-dals-on-exit", "--insecure"],
             log=workdir / "sidecar.log",
         )  # fmt: skip
 

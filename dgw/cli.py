@@ -15,11 +15,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from xds_server.config import ConfigError, DeployFile, Problem, ShardFile, load_any
-from xds_server.settings import DEFAULT_ADMIN, DEFAULT_XDS
+from xds_server.settings import DEFAULT_ADMIN, DEFAULT_JOIN, DEFAULT_XDS
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -136,6 +137,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         public_address=args.public_address,
         data_dir=args.data_dir,
         metrics_public=args.metrics_public,
+        **_security_settings(args),
     )
     try:
         asyncio.run(run(settings))
@@ -143,6 +145,28 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"dgw server: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _security_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``dgw server``'s control-channel security flags (docs/security.md)."""
+    values: dict[str, Any] = {"insecure": args.insecure, "join": args.join,
+                              "ca_dir": args.ca_dir, "server_names": tuple(args.server_name)}
+    if args.cert_ttl is not None:
+        values["cert_ttl_s"] = args.cert_ttl
+    return values
+
+
+def _duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h`` or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 24h, 30m, 90s)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: ~/.local/state/dgw-server/<hash of the config dir>)")
     p.add_argument("--metrics-public", action="store_true",
                    help="serve GET /metrics without a token (default: a reader token is needed)")
+    sec = p.add_argument_group("control channel security (docs/security.md)")
+    sec.add_argument("--insecure", action="store_true",
+                     help="plaintext gRPC, no CA, nothing authorized; loopback only, and logged loudly")
+    sec.add_argument("--ca-dir", type=Path, default=None,
+                     help="the CA (ca.key 0600, ca.crt); made on first start (default: DATA_DIR/ca)")
+    sec.add_argument("--cert-ttl", type=_duration, default=None,
+                     help="lifetime of the certificates the server signs and of its own (default: 24h)")
+    sec.add_argument("--join", default=DEFAULT_JOIN,
+                     help="HOST:PORT of the join port: TLS without a client certificate, for a new "
+                          "host's first certificate with a join token (default: %(default)s)")
+    sec.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                     help="a DNS name or IP the server's certificate holds besides loopback "
+                          "(the address remote hosts dial); repeatable")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")

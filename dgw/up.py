@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -33,6 +34,8 @@ UP_SERVER_DIR = "server"
 # How long to wait for "serving" before saying what is still missing (and waiting on).
 PATIENCE_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# The embedded sidecars use their join tokens within seconds of getting them.
+JOIN_TOKEN_TTL = dt.timedelta(minutes=10)
 
 log = EventLog("dgw.up")
 
@@ -108,10 +111,11 @@ async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str],
     busy = preflight.busy_server_ports({"--xds": args.xds, "--admin": args.admin})
     if busy:
         raise UpError("\n".join(busy))
-    # The server's data (config store, tokens, the first start's admin.token) beside the
-    # sidecars' state: `dgw get`/`dgw status` run from the same directory find the token.
+    # The server's data (config store, tokens, CA, the first start's admin.token) beside
+    # the sidecars' state: `dgw get`/`dgw status` run from the same directory find the
+    # token. The join port is only for this process's own sidecars, who are told where.
     server = XdsServer(ServerSettings(config_dir=args.config_dir, xds=args.xds, admin=args.admin,
-                                      data_dir=args.state_dir / UP_SERVER_DIR))
+                                      data_dir=args.state_dir / UP_SERVER_DIR, join="127.0.0.1:0"))
     await server.start()
     shards = sorted(server.registry.shards)
     admin_ports = {shard: args.envoy_admin_port + i for i, shard in enumerate(shards)}
@@ -159,7 +163,7 @@ async def _up(args: argparse.Namespace) -> None:
         settings = SidecarSettings(
             server=xds, shard=shard, node_id=args.node_id, runtime=choice.runtime,
             state_dir=args.state_dir, envoy_admin_port=admin_ports[shard],
-            stop_dals_on_exit=True,
+            stop_dals_on_exit=True, **_join(server, shard, args.state_dir),
         )
         agents.append(asyncio.create_task(run_sidecar(settings, stop, claims), name=f"sidecar-{shard}"))
     stopping = asyncio.create_task(stop.wait())
@@ -176,7 +180,24 @@ async def _up(args: argparse.Namespace) -> None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, STOP_TIMEOUT_S)
         agent_log.removeFilter(quiet_agent)
+        for token_file in args.state_dir.glob("join-*.token"):  # spent, but no need to keep
+            token_file.unlink(missing_ok=True)
         await server.stop()
+
+
+def _join(server: XdsServer, shard: str, state_dir: Path) -> dict[str, Any]:
+    """What the embedded sidecar of ``shard`` needs for its first certificate: a fresh
+    one-time join token in a 0600 file (never on a command line or in the log), where
+    the join port is, and the CA to check the server against."""
+    from common.files import write_private
+
+    token_file = (state_dir / f"join-{shard}.token").absolute()
+    write_private(token_file, server.create_join_token(shard, JOIN_TOKEN_TTL).encode())
+    return {
+        "join_token_file": token_file,
+        "join_server": f"127.0.0.1:{server.join_port}",
+        "trust_bundle": server.settings.ca_directory() / "ca.crt",
+    }
 
 
 async def _first(

@@ -15,6 +15,11 @@ XDS_CLUSTER = "dgw_xds"
 # The host sidecar's SDS server on a Unix socket: listeners with ``tls_creds`` (and
 # the client proxy) get certificates and trust bundles from it, never from a file.
 SDS_CLUSTER = "dgw_sds"
+# What Envoy's own connection to the xds_server uses when it is mTLS: the host's
+# gateway certificate and the CA bundle, both from the sidecar's SDS (``dgw_sds``).
+XDS_CERTIFICATE_SECRET = "dgw.xds.certificate"
+XDS_TRUST_BUNDLE_SECRET = "dgw.xds.trust_bundle"
+DEFAULT_XDS_SERVER_ID = "spiffe://dgw.local/xds-server"
 DEFAULT_ADMIN = "127.0.0.1:9901"
 # Envoy retries a broken ADS stream with jittered backoff from this base.
 XDS_CONNECT_TIMEOUT = "1s"
@@ -35,10 +40,19 @@ def make_bootstrap(
     admin: str | None = DEFAULT_ADMIN,
     delta: bool = False,
     sds_socket: str | None = None,
+    xds_tls: bool = False,
+    xds_server_id: str = DEFAULT_XDS_SERVER_ID,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for YAML/JSON) that gets all of its
     configuration from the xds_server at ``xds`` over one ADS stream, and, with
-    ``sds_socket``, its secrets from the host's SDS server on that Unix socket."""
+    ``sds_socket``, its secrets from the host's SDS server on that Unix socket.
+
+    ``xds_tls`` (needs ``sds_socket``): the ADS connection is mTLS — Envoy presents
+    ``dgw.xds.certificate`` and accepts only a server certificate that chains to
+    ``dgw.xds.trust_bundle`` and names ``xds_server_id``; both secrets come over SDS,
+    so a renewed certificate is used for the next connection without a restart."""
+    if xds_tls and not sds_socket:
+        raise ValueError("an mTLS connection to the xds_server needs the host's SDS socket (sds_socket)")
     xds_host, xds_port = split_host_port(xds, "--xds")
     config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": shard},
@@ -97,12 +111,53 @@ def make_bootstrap(
     }
     if sds_socket:
         config["static_resources"]["clusters"].append(sds_cluster(sds_socket))
+    if xds_tls:
+        config["static_resources"]["clusters"][0]["transport_socket"] = xds_transport_socket(
+            xds_host, xds_server_id
+        )
     if admin:
         admin_host, admin_port = split_host_port(admin, "--admin")
         config["admin"] = {
             "address": {"socket_address": {"address": admin_host, "port_value": admin_port}}
         }
     return config
+
+
+def _sds_secret(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+            },
+            "resource_api_version": "V3",
+        },
+    }
+
+
+def xds_transport_socket(server_host: str, server_id: str) -> dict[str, Any]:
+    """mTLS to the xds_server: our certificate and its CA from the local SDS; the
+    server must present ``server_id`` (its URI SAN); ALPN h2, as gRPC requires."""
+    context: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificate_sds_secret_configs": [_sds_secret(XDS_CERTIFICATE_SECRET)],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": server_id}}
+                    ]
+                },
+                "validation_context_sds_secret_config": _sds_secret(XDS_TRUST_BUNDLE_SECRET),
+            },
+        },
+    }
+    if not _is_ip(server_host):
+        context["sni"] = server_host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def sds_cluster(socket_path: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from common.hostport import split_host_port
 from dgw_api.health import Health
+from xds_server.config import RuntimeConfig
 
 from .config import SidecarSettings
 from .config_follower import ConfigFollower
@@ -76,6 +77,7 @@ class Agent:
         log: EventLog,
         claims: PortClaims,
         clock: Callable[[], float] = time.time,
+        on_config: Callable[[RuntimeConfig], None] = lambda _: None,
     ):
         self.settings = settings
         self.runtime = runtime
@@ -91,8 +93,9 @@ class Agent:
             backoff_reset_s=settings.backoff_reset_s,
             unhealthy_grace_s=settings.unhealthy_grace_s,
         )
+        self._on_config = on_config
         self.follower = ConfigFollower(
-            settings.shard, state_dir, log, on_change=self.wake, on_connect=self._connected
+            settings.shard, state_dir, log, on_change=self._followed, on_connect=self._connected
         )
         self.reporter = Reporter(
             control.report,
@@ -127,6 +130,13 @@ class Agent:
     def wake(self, reason: str) -> None:
         self.log.debug("wake", reason=reason)
         self._wake.set()
+
+    def _followed(self, reason: str) -> None:
+        """The follower's news: a new config also goes to ``on_config`` (the SDS
+        serves the TLS providers it names)."""
+        if self.follower.config is not None and reason == "config changed":
+            self._on_config(self.follower.config)
+        self.wake(reason)
 
     def _connected(self) -> None:
         self.reporter.resend()  # the server may have lost our report

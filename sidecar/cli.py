@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-dals-on-exit", action="store_true",
                    help="remove the DALs when the agent stops (default: leave them for "
                         "the next agent to adopt)")
+    sec = p.add_argument_group("control channel security (docs/security.md)")
+    sec.add_argument("--insecure", action="store_true",
+                     help="plaintext to an --insecure xds_server (no certificate; loopback only)")
+    sec.add_argument("--join-token-file", type=Path,
+                     help="file holding the one-time join token for this host's first certificate "
+                          "(`dgw token create --role node --shard S`); also --join-token or $DGW_JOIN_TOKEN")
+    sec.add_argument("--join-token", help="the join token itself (visible in `ps`: prefer the file)")
+    sec.add_argument("--join-server", help="the xds_server's join port HOST:PORT "
+                                           f"(default: --server's host, port {defaults.DEFAULT_JOIN_PORT})")
+    sec.add_argument("--trust-bundle", type=Path,
+                     help="the xds_server's CA certificate (its <data-dir>/ca/ca.crt), to check the "
+                          "server on first contact")
+    sec.add_argument("--tls-cert", type=Path, help="files provider: this host's certificate (PEM)")
+    sec.add_argument("--tls-key", type=Path, help="files provider: its private key (PEM, 0600)")
+    sec.add_argument("--tls-bundle", type=Path, help="files provider: the CA bundle (PEM)")
     p.add_argument("--resync", dest="resync_s", type=float, default=defaults.DEFAULT_RESYNC_S,
                    help="seconds between timer-driven reconcile passes")
 
@@ -67,6 +83,14 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         "delta_xds": args.delta_xds,
         "stop_dals_on_exit": args.stop_dals_on_exit,
         "resync_s": args.resync_s,
+        "insecure": args.insecure,
+        "join_server": args.join_server,
+        "join_token": args.join_token or os.environ.get("DGW_JOIN_TOKEN") or None,
+        "join_token_file": args.join_token_file,
+        "trust_bundle": args.trust_bundle,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_bundle": args.tls_bundle,
     }
     if args.node_id:
         values["node_id"] = args.node_id

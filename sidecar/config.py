@@ -6,9 +6,13 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 DEFAULT_SERVER = "127.0.0.1:18000"
+# The xds_server's join port (its --join), where a new host's first certificate is
+# signed; by default on --server's host.
+DEFAULT_JOIN_PORT = 18002
+DEFAULT_XDS_SERVER_ID = "spiffe://dgw.local/xds-server"
 DEFAULT_STATE_DIR = Path(".work/sidecar")
 DEFAULT_DAL_PORTS = (20000, 29999)  # below Linux's ephemeral range (32768-60999)
 
@@ -81,6 +85,24 @@ class SidecarSettings(BaseModel):
     envoy_backoff_max_s: float = DEFAULT_ENVOY_BACKOFF_MAX_S
     crash_log_lines: int = DEFAULT_CRASH_LOG_LINES
 
+    # --- the control channel's security (docs/security.md)
+    # Plaintext to an --insecure server: no certificate, no SDS for Envoy's xDS.
+    insecure: bool = False
+    # HOST:PORT of the server's join port; None: --server's host, DEFAULT_JOIN_PORT.
+    join_server: str | None = None
+    # The one-time join token for this host's first certificate (never logged).
+    join_token: SecretStr | None = None
+    join_token_file: Path | None = None
+    # The server's CA certificate, to check the server on the first contact; after it,
+    # the bundle the server returned (kept in the state dir) is used.
+    trust_bundle: Path | None = None
+    # The ``files`` provider: certificate, key and bundle from disk instead of the CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_bundle: Path | None = None
+    # The SPIFFE ID the xds_server's certificate must carry.
+    xds_server_id: str = DEFAULT_XDS_SERVER_ID
+
     @field_validator("server")
     @classmethod
     def _server(cls, v: str) -> str:
@@ -92,6 +114,25 @@ class SidecarSettings(BaseModel):
         if not v or any(c.isspace() for c in v):
             raise ValueError(f"{v!r} must be a non-empty name without spaces")
         return v
+
+    @field_validator("join_server")
+    @classmethod
+    def _join_server(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v, "--join-server")
+
+    @property
+    def join_address(self) -> str:
+        if self.join_server is not None:
+            return self.join_server
+        host = self.server.rpartition(":")[0]
+        return f"{host}:{DEFAULT_JOIN_PORT}"
+
+    @model_validator(mode="after")
+    def _files(self) -> SidecarSettings:
+        given = [f for f in ("tls_cert", "tls_key", "tls_bundle") if getattr(self, f) is not None]
+        if given and len(given) != 3:
+            raise ValueError("the files provider needs all of --tls-cert, --tls-key and --tls-bundle")
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> SidecarSettings:

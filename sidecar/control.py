@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -64,6 +65,7 @@ class ControlClient:
         reconnect_max_s: float,
         rpc_timeout_s: float,
         log: EventLog,
+        credentials: grpc.ChannelCredentials | None = None,
     ):
         self._server = server
         self._shard = shard
@@ -72,28 +74,48 @@ class ControlClient:
         self._log = log
         self._delays = ReconnectDelays(reconnect_base_s, reconnect_max_s)
         max_ms = int(reconnect_max_s * 1000)
-        self._channel = grpc.aio.insecure_channel(
-            server,
-            options=[
-                # gRPC's own reconnect backoff (1 s up to 120 s by default) would hide
-                # a returning server from us for minutes: keep it within ours.
-                ("grpc.initial_reconnect_backoff_ms", int(reconnect_base_s * 1000)),
-                ("grpc.min_reconnect_backoff_ms", int(reconnect_base_s * 1000)),
-                ("grpc.max_reconnect_backoff_ms", max_ms),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-        )
+        self._options = [
+            # gRPC's own reconnect backoff (1 s up to 120 s by default) would hide
+            # a returning server from us for minutes: keep it within ours.
+            ("grpc.initial_reconnect_backoff_ms", int(reconnect_base_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(reconnect_base_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", max_ms),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        self._retired: set[asyncio.Task[None]] = set()
+        self._channel = self._open(credentials)
         # The generated stub module has no type information.
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)  # type: ignore[no-untyped-call]
+        self._generation = 0
+        self._watch_call: Any = None
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(self._server, options=self._options)
+        return grpc.aio.secure_channel(self._server, credentials, options=self._options)
+
+    def rotate(self, credentials: grpc.ChannelCredentials, grace_s: float = 1.0) -> None:
+        """Use new credentials (a renewed certificate) from now on: a new channel; the
+        old one is closed after ``grace_s``, and the watch moves over at once."""
+        old = self._channel
+        self._channel = self._open(credentials)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)  # type: ignore[no-untyped-call]
+        self._generation += 1
+        if self._watch_call is not None:
+            self._watch_call.cancel()  # the watch reconnects at once on the new channel
+        task = asyncio.get_running_loop().create_task(old.close(grace_s))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def watch(self) -> AsyncIterator[WatchEvent]:
         """The shard's config, then every change; connection changes in between."""
         request = gateway_pb2.WatchRequest(shard=self._shard, node_id=self._node)
         down_since: float | None = None
         while True:
-            call = self._stub.WatchConfig(request)
+            generation = self._generation
+            call = self._watch_call = self._stub.WatchConfig(request)
             try:
                 first = True
                 async for msg in call:
@@ -110,8 +132,16 @@ class ControlClient:
                 error = "the server ended the stream"
             except grpc.aio.AioRpcError as e:
                 error = f"{e.code().name}: {e.details()}"
+            except asyncio.CancelledError:
+                # Our own rotate() cancelled the call; anything else is the task's end.
+                task = asyncio.current_task()
+                if generation == self._generation or (task is not None and task.cancelling()):
+                    raise
             finally:
                 call.cancel()
+            if generation != self._generation:  # our own rotation ended it: reconnect now
+                self._log.info("control_rotated", server=self._server)
+                continue
             delay = self._delays.next()
             # One warning per outage; the retries in between are debug noise.
             emit = self._log.warning if down_since is None else self._log.debug
@@ -128,3 +158,5 @@ class ControlClient:
 
     async def close(self) -> None:
         await self._channel.close(None)
+        for task in list(self._retired):
+            task.cancel()

@@ -1,8 +1,9 @@
 """Wire the agent together and run it until SIGTERM/SIGINT.
 
 ``run_sidecar(settings)`` is the entry point (``dgw sidecar`` calls it from
-``cli.run``, ``dgw up`` once per shard): pick the runtime, start Envoy, follow the
-xds_server, reconcile.
+``cli.run``, ``dgw up`` once per shard): get the host's certificate and serve it on
+the local SDS (``host_secrets``; not with ``--insecure``), pick the runtime, start
+Envoy, follow the xds_server, reconcile.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .config import SidecarSettings
 from .control import ControlClient
 from .envoy_supervisor import EnvoySupervisor
 from .errors import SidecarError
+from .host_secrets import HostSecrets
 from .log import EventLog
 from .ports import PortClaims
 from .runtimes.base import Runtime, RuntimeUnavailable
@@ -69,14 +71,25 @@ async def run_sidecar(
     state_dir = settings.state_dir / _UNSAFE.sub("_", f"{settings.shard}-{settings.node_id}")
     state_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting", server=settings.server, state_dir=str(state_dir))
-    runtime = await select_runtime(settings, state_dir, log)
+    # The first certificate before anything else: Envoy's first xDS connection is mTLS.
+    secrets = None if settings.insecure else await HostSecrets.start(
+        settings, state_dir, log.bind(component="identity")
+    )
+    try:
+        runtime = await select_runtime(settings, state_dir, log)
+    except BaseException:
+        if secrets is not None:
+            await secrets.close()
+        raise
     envoy: EnvoySupervisor | None = None
     if settings.envoy:
         try:
             admin = f"127.0.0.1:{settings.envoy_admin_port}"
             envoy = EnvoySupervisor(
                 bootstrap=make_bootstrap(
-                    settings.shard, settings.node_id, settings.server, admin, settings.delta_xds
+                    settings.shard, settings.node_id, settings.server, admin, settings.delta_xds,
+                    sds_socket=secrets.sds_socket if secrets else None, xds_tls=secrets is not None,
+                    xds_server_id=settings.xds_server_id,
                 ),
                 state_dir=state_dir,
                 binary=settings.envoy_binary,
@@ -87,6 +100,8 @@ async def run_sidecar(
             )
         except (EnvoyNotFound, ValueError) as e:
             await runtime.close()
+            if secrets is not None:
+                await secrets.close()
             raise SidecarError(str(e)) from None
     control = ControlClient(
         settings.server,
@@ -96,8 +111,12 @@ async def run_sidecar(
         reconnect_max_s=settings.reconnect_max_s,
         rpc_timeout_s=settings.rpc_timeout_s,
         log=log,
+        credentials=secrets.channel_credentials() if secrets else None,
     )
-    agent = Agent(settings, runtime, control, envoy, state_dir, log, claims or PortClaims())
+    if secrets is not None:
+        secrets.follow(control)
+    agent = Agent(settings, runtime, control, envoy, state_dir, log, claims or PortClaims(),
+                  on_config=secrets.config_changed if secrets else lambda _: None)
 
     own_stop = stop is None
     stop = stop or asyncio.Event()
@@ -105,9 +124,17 @@ async def run_sidecar(
     if own_stop:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+    keeping = (
+        asyncio.create_task(secrets.run(stop), name="identity") if secrets is not None else None
+    )
     try:
         await agent.run(stop)
     finally:
+        if keeping is not None:
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
+        if secrets is not None:
+            await secrets.close()
         if own_stop:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

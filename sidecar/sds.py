@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from envoy_proxy.bootstrap import XDS_CERTIFICATE_SECRET, XDS_TRUST_BUNDLE_SECRET
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.cache.store import SnapshotCache
 from xds_server.resources import SECRET, Resources
@@ -36,11 +37,11 @@ class SdsError(Exception):
 
 
 def secret_resources(providers: Iterable[str], creds: Credentials) -> Resources:
-    """For each TLS provider name a listener uses, its certificate and trust bundle."""
+    """For each TLS provider name a listener uses, its certificate and trust bundle;
+    and Envoy's own for its connection to the xds_server (``dgw.xds.*``)."""
     secrets = {}
-    for provider in sorted(set(providers)):
-        cert = certificate_secret(provider)
-        bundle = trust_bundle_secret(provider)
+    names = [(certificate_secret(p), trust_bundle_secret(p)) for p in sorted(set(providers))]
+    for cert, bundle in [(XDS_CERTIFICATE_SECRET, XDS_TRUST_BUNDLE_SECRET), *names]:
         secrets[cert] = certificate_resource(cert, creds.chain_pem, creds.key_pem)
         secrets[bundle] = trust_bundle_resource(bundle, creds.bundle_pem)
     return Resources({SECRET: secrets})

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import ipaddress
 import logging
 import resource
 import signal
@@ -36,12 +37,18 @@ from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.security.authz import ControlAuthz
+from xds_server.security.ca import CaError, CertificateAuthority
+from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
+from xds_server.security.server_tls import ServingCertificate, load_or_init_ca
+from xds_server.security.signing import NodeSigner
 from xds_server.security.token_store import SqliteTokenStore
+from xds_server.security.tokens import DEFAULT_JOIN_TTL, mint
 from xds_server.settings import ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
 from xds_server.store import ConfigStore, SqliteStore, StoreError
-from xds_server.translate import TranslateOptions
+from xds_server.translate import DISCOVERY_SHARD, TranslateOptions
 
 log = logging.getLogger("xds_server.server")
 
@@ -59,6 +66,12 @@ EXCLUSIVE_PORT = (("grpc.so_reuseport", 0),)
 # How often silent nodes are expired and changed reports written (so a crash loses
 # at most this much of the reports' history).
 HOUSEKEEPING_INTERVAL_S = 0.25
+# An --insecure server repeats its warning this often, so no one reading the log misses it.
+INSECURE_WARNING_EVERY_S = 60.0
+_INSECURE_WARNING = (
+    "event=insecure_control_channel WARNING: --insecure: the control channel is plaintext and "
+    "unauthenticated; any local process may fetch any shard's config and report as any node"
+)
 
 
 class BindError(OSError):
@@ -114,6 +127,7 @@ class XdsServer:
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
+        # Bearer tokens of the admin API and the one-time join tokens of new hosts.
         self.tokens: SqliteTokenStore | None = None
         # Where the first start saved its admin token (dgw reads it for a local server).
         self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
@@ -121,6 +135,19 @@ class XdsServer:
         self.admin_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_failure: str | None = None
+        self.ca: CertificateAuthority | None = None
+        self.serving_cert: ServingCertificate | None = None
+        self.join_port = 0
+        self.authz = ControlAuthz(DEFAULT_TRUST_DOMAIN, DISCOVERY_SHARD, enforce=not settings.insecure)
+
+    def create_join_token(self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = "") -> str:
+        """A one-time node token for ``shard``'s first certificate; shown once, stored hashed."""
+        token, record = mint(name or f"join-{shard}", "node", dt.datetime.now(dt.UTC),
+                             shard=shard, ttl=ttl, one_time=True)
+        if self.tokens is None:
+            raise RuntimeError("join tokens are made by a started server")
+        self.tokens.add(record)
+        return token
 
     async def start(self) -> None:
         """Bind both ports and load the config; on any failure release what was taken
@@ -138,6 +165,8 @@ class XdsServer:
             self.store = await SqliteStore.open(self.state_dir)
         except StoreError as e:
             raise DataDirError(str(e)) from None
+        self.tokens = SqliteTokenStore.open(self.state_dir)
+        auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
         self.changes = Changes(self.store, self.registry, self.policy, self.limits)
         self.config_dir.changes = self.changes
         await self.changes.load()  # what was stored is served first, as it was
@@ -145,16 +174,15 @@ class XdsServer:
         self.grpc_server = grpc.aio.server(
             options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
         )
-        AdsServer(self.cache, self.settings.ads_limits).register(self.grpc_server)
-        gateway.register(self.grpc_server, self.registry)
-        host, port = split_host_port(self.settings.xds, "--xds")
-        try:
-            self.xds_port = self.grpc_server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            self.xds_port = 0
-        if self.xds_port == 0:
-            raise BindError(f"cannot listen on --xds {self.settings.xds}: the port is in use "
-                            "(another dgw server?) or the address is not local")
+        signer = self._security()
+        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads).register(self.grpc_server)
+        gateway.register(self.grpc_server, self.registry, self.authz, signer)
+        host, _ = split_host_port(self.settings.xds, "--xds")
+        if self.serving_cert is None:
+            self.xds_port = self._bind("--xds", self.settings.xds, None)
+        else:
+            self.xds_port = self._bind("--xds", self.settings.xds, self.serving_cert.credentials(True))
+            self.join_port = self._bind("--join", self.settings.join, self.serving_cert.credentials(False))
         await self.grpc_server.start()
 
         self.admin_runner = admin_runner(await self._admin_app(), self.limits)
@@ -169,6 +197,8 @@ class XdsServer:
         self.admin_port = site.port
 
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.settings.insecure:
+            self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
         if self.settings.watch:
             watching = asyncio.Event()
             self._tasks.append(
@@ -176,25 +206,67 @@ class XdsServer:
             )
             await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
-            "event=started xds=%s:%d admin=%s:%d config_dir=%s data_dir=%s shards=%d rejected=%d "
-            "restored_reports=%d",
-            host, self.xds_port, ahost, self.admin_port, self.config_dir.directory, self.state_dir,
+            "event=started xds=%s:%d join=%s admin=%s:%d tls=%s config_dir=%s data_dir=%s "
+            "shards=%d rejected=%d restored_reports=%d",
+            host, self.xds_port, self.join_port or "-", ahost, self.admin_port,
+            "off" if self.settings.insecure else "mtls", self.config_dir.directory, self.state_dir,
             len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
         )
 
     async def _admin_app(self) -> web.Application:
         """The admin API behind access control; the config store keeps the audit log."""
-        assert self.store is not None and self.changes is not None  # opened by _start
-        self.tokens = SqliteTokenStore.open(self.state_dir)
-        auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
-        app = admin.make_app(self.registry, self.problem, self.changes)
+        assert self.store is not None and self.tokens is not None  # opened by _start
+        app = admin.make_app(self.registry, self.problem, self.changes, self.settings.insecure)
         fleet.add_routes(app, self.registry)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s,
         ))  # fmt: skip
         return app
+    def _security(self) -> NodeSigner | None:
+        """The CA and the server's certificate (None and plaintext with --insecure)."""
+        if self.settings.insecure:
+            host, _ = split_host_port(self.settings.xds, "--xds")
+            if not _is_loopback(host):
+                raise ValueError(f"--insecure serves only loopback: --xds {self.settings.xds} is not "
+                                 "(use 127.0.0.1, or drop --insecure to serve mTLS)")
+            log.warning(_INSECURE_WARNING)
+            return None
+        try:
+            self.ca = load_or_init_ca(self.settings.ca_directory())
+        except CaError as e:
+            raise ValueError(f"--ca-dir: {e}") from None
+        ttl = dt.timedelta(seconds=self.settings.cert_ttl_s)
+        self.serving_cert = ServingCertificate(self.ca, ttl, self.settings.server_names)
+        assert self.tokens is not None  # opened by _start
+        return NodeSigner(self.ca, self.tokens, ttl)
+
+    def _authorize_ads(self, context: grpc.aio.ServicerContext, shard: str, node_id: str  # type: ignore[type-arg]
+                       ) -> tuple[grpc.StatusCode, str] | None:
+        refusal = self.authz.ads(self.authz.caller(context), shard, node_id)
+        return None if refusal is None else (refusal.code, refusal.message)
+
+    def _bind(self, flag: str, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        assert self.grpc_server is not None
+        host, port = split_host_port(address, flag)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if credentials is None:
+                bound = self.grpc_server.add_insecure_port(target)
+            else:
+                bound = self.grpc_server.add_secure_port(target, credentials)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise BindError(f"cannot listen on {flag} {address}: the port is in use "
+                            "(another dgw server?) or the address is not local")
+        return bound
+
+    async def _warn_insecure(self) -> None:
+        while True:
+            await asyncio.sleep(INSECURE_WARNING_EVERY_S)
+            log.warning(_INSECURE_WARNING)
 
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
@@ -238,6 +310,15 @@ class XdsServer:
             await self.store.close()
             self.store = None
         log.info("event=stopped")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def run(settings: ServerSettings) -> None:

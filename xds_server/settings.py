@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_XDS = "127.0.0.1:18000"
 DEFAULT_ADMIN = "127.0.0.1:18001"
+# The join port: TLS without a client certificate, for a new host's first
+# SignCertificate with a join token (see xds_server/security/server_tls.py).
+DEFAULT_JOIN = "127.0.0.1:18002"
+DEFAULT_CERT_TTL_S = 24 * 3600.0
 # ``${VAR}`` in a shard file reads only variables whose name starts with this (plus
 # those named in ``allowed_env``): the server's own environment (HOME, tokens, cloud
 # credentials) is never readable by whoever can write a shard file.
@@ -104,7 +108,21 @@ class ServerSettings(BaseModel):
     # GET /metrics without a token (for a Prometheus that cannot send one).
     metrics_public: bool = False
     limits: Limits = Field(default_factory=Limits)
+    # --- the control channel's security (docs/security.md)
+    # Plaintext gRPC, no CA, nothing authorized: loopback only, and said loudly.
+    insecure: bool = False
+    join: str = DEFAULT_JOIN
+    # The CA's directory; None: <state dir>/ca, created on first start.
+    ca_dir: Path | None = None
+    # Lifetime of the certificates the server signs, and of its own.
+    cert_ttl_s: Annotated[float, Field(gt=0)] = DEFAULT_CERT_TTL_S
+    # Names (DNS or IP) the server's certificate holds besides loopback ones: what
+    # remote hosts dial in --server.
+    server_names: tuple[str, ...] = ()
     ads_limits: AdsLimits = Field(default_factory=AdsLimits)
+
+    def ca_directory(self) -> Path:
+        return self.ca_dir.absolute() if self.ca_dir is not None else self.state_dir() / "ca"
 
     def state_dir(self) -> Path:
         if self.data_dir is not None:

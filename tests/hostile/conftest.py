@@ -19,6 +19,7 @@ def settings(tmp_path: Path, **limits: float) -> ServerSettings:
     return ServerSettings(
         config_dir=shards, xds="127.0.0.1:0", admin="127.0.0.1:0",
         data_dir=tmp_path / "data", limits=Limits(**limits),  # type: ignore[arg-type]
+        insecure=True,
     )
 
 

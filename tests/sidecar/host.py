@@ -80,7 +80,7 @@ class Host:
             [sys.executable, "-m", "dgw.cli", "--log-level", "DEBUG", "sidecar",
              "--server", f"127.0.0.1:{self.server.xds_port}", "--shard", self.shard,
              "--node-id", NODE, "--runtime", self.runtime, "--state-dir", str(self.state_dir),
-             "--resync", "1", *extra],
+             "--resync", "1", "--insecure", *extra],
             log=self.workdir / f"sidecar-{self.runs}.log",
         )
         return self.sidecar

@@ -29,7 +29,7 @@ class XdsServerProcess:
 
     def start(self) -> XdsServerProcess:
         self.child = Child(
-            [sys.executable, "-m", "dgw.cli", "server", "--config-dir", str(self.config_dir),
+            [sys.executable, "-m", "dgw.cli", "server", "--insecure", "--config-dir", str(self.config_dir),
              "--xds", f"127.0.0.1:{self.xds_port}", "--admin", f"127.0.0.1:{self.admin_port}",
              "--data-dir", str(self.data_dir)],
             log=self.workdir / "xds_server.log",

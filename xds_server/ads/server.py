@@ -69,6 +69,9 @@ log = logging.getLogger("xds_server.ads")
 
 _Request: TypeAlias = "DiscoveryRequest | DeltaDiscoveryRequest"
 _Context: TypeAlias = "grpc.aio.ServicerContext[_Request, bytes]"
+# Who may open a stream as (shard, node id): None to allow, else the status and message
+# to end it with. The server's authorization by certificate lives behind it.
+Authorize: TypeAlias = "Callable[[_Context, str, str], tuple[grpc.StatusCode, str] | None]"
 
 # Options for the grpc.aio.Server that serves a fleet. When the control plane
 # restarts, every node reconnects at once; gRPC's default limits on calls the
@@ -128,9 +131,15 @@ class AdsServer:
     """Serves the cache over ADS and the per-type services. ``register`` adds them to a
     ``grpc.aio.Server``."""
 
-    def __init__(self, cache: SnapshotCache, limits: AdsLimits | None = None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        limits: AdsLimits | None = None,
+        authorize: Authorize | None = None,
+    ) -> None:
         self._cache = cache
         self._limits = limits if limits is not None else AdsLimits()
+        self._authorize = authorize
         self._names = NameSets()
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -191,6 +200,14 @@ class AdsServer:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, _MISSING_CLUSTER if not shard else _MISSING_ID
             )
+        if self._authorize is not None:
+            refusal = self._authorize(context, shard, node_id)
+            if refusal is not None:
+                log.warning(
+                    "event=unauthorized shard=%s node=%s stream=%s code=%s message=%s",
+                    shard[:253], node_id[:253], kind, refusal[0].name, _quote(refusal[1]),
+                )  # fmt: skip
+                await context.abort(*refusal)
         wake = _Waker()
         watch = self._cache.connect(shard, node_id, kind, wake.set)
         stream: _Stream = (

@@ -32,6 +32,8 @@ class Health:
     """Why the server is not healthy (e.g. the config watch failed), or None."""
 
     problem: Callable[[], str | None]
+    # The control channel runs without TLS (``--insecure``): said in every /healthz.
+    insecure: bool = False
 
 
 REGISTRY = web.AppKey("registry", ShardRegistry)
@@ -88,10 +90,12 @@ def _endpoints_version(registry: ShardRegistry, shard: str, node_id: str) -> str
 
 
 async def healthz(request: web.Request) -> web.Response:
-    problem = request.app[HEALTH].problem()
+    health = request.app[HEALTH]
+    problem = health.problem()
+    extra = {"insecure": True} if health.insecure else {}
     if problem is not None:
-        return web.json_response({"status": "failing", "problem": problem}, status=503)
-    return web.json_response({"status": "ok"})
+        return web.json_response({"status": "failing", "problem": problem, **extra}, status=503)
+    return web.json_response({"status": "ok", **extra})
 
 
 def _changes(request: web.Request) -> Changes | None:
@@ -172,10 +176,11 @@ def make_app(
     registry: ShardRegistry,
     problem: Callable[[], str | None] = lambda: None,
     changes: Changes | None = None,
+    insecure: bool = False,
 ) -> web.Application:
     app = web.Application(client_max_size=registry.limits.admin_body_bytes)
     app[REGISTRY] = registry
-    app[HEALTH] = Health(problem)
+    app[HEALTH] = Health(problem, insecure)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/shards", list_shards)
     app.router.add_get("/v1/shards/{shard}", get_shard)

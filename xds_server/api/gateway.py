@@ -1,27 +1,47 @@
-"""``dgw.v1.Gateway``: sidecars report endpoints and watch their shard's config."""
+"""``dgw.v1.Gateway``: sidecars report endpoints, watch their shard's config and get
+their certificate signed.
+
+Every call is authorized by the caller's certificate (``security.authz``) before its
+request is looked at: a gateway reports and watches only as itself; without a
+certificate only ``SignCertificate`` with a join token is served.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import grpc
 
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
+from xds_server.security.authz import ControlAuthz, Refusal, describe
+from xds_server.security.signing import NodeSigner, SignRefused
 from xds_server.shards import ShardRegistry
 
 log = logging.getLogger("xds_server.api.gateway")
 
+_Context = grpc.aio.ServicerContext[Any, Any]
+
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, registry: ShardRegistry):
+    def __init__(self, registry: ShardRegistry, authz: ControlAuthz, signer: NodeSigner | None):
         self.registry = registry
+        self.authz = authz
+        self.signer = signer
+
+    async def _check_node(self, context: _Context, call: str, shard: str, node_id: str) -> None:
+        caller = self.authz.caller(context)
+        refusal = self.authz.node(caller, shard, node_id)
+        if refusal is not None:
+            await _refuse(context, call, refusal, describe(caller), shard, node_id)
 
     async def Report(
         self,
         request: gateway_pb2.NodeReport,
         context: grpc.aio.ServicerContext[gateway_pb2.NodeReport, gateway_pb2.ReportAck],
     ) -> gateway_pb2.ReportAck:
+        await self._check_node(context, "Report", request.shard, request.node_id)
         try:
             generation = self.registry.report(request)
         except ValueError as e:
@@ -37,14 +57,51 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         # resolved; only views for people (admin API, logs) mask them.
         if not request.shard:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "WatchConfig needs a shard")
+        await self._check_node(context, "WatchConfig", request.shard, request.node_id)
         log.info("event=config_watch shard=%s node=%s", request.shard, request.node_id)
         async for state in self.registry.watch_config(request.shard):
             yield gateway_pb2.ShardConfig(
                 shard=state.name, version=state.config_version, yaml=state.config_yaml
             )
 
+    async def SignCertificate(
+        self,
+        request: gateway_pb2.SignRequest,
+        context: grpc.aio.ServicerContext[gateway_pb2.SignRequest, gateway_pb2.SignResponse],
+    ) -> gateway_pb2.SignResponse:
+        caller = self.authz.caller(context)
+        if self.signer is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this server runs --insecure: it has no CA and signs no certificates")
+        try:
+            signed = self.signer.sign(
+                request.shard, request.node_id, request.csr_pem, request.join_token, caller
+            )
+        except SignRefused as e:
+            await _refuse(context, "SignCertificate", Refusal(e.code, e.message), describe(caller),
+                          request.shard, request.node_id)
+        return gateway_pb2.SignResponse(
+            certificate_chain_pem=signed.chain_pem, trust_bundle_pem=signed.bundle_pem
+        )
 
-def register(server: grpc.aio.Server, registry: ShardRegistry) -> None:
+
+async def _refuse(
+    context: _Context, call: str, refusal: Refusal, caller: str, shard: str, node_id: str
+) -> NoReturn:
+    log.warning(
+        "event=unauthorized call=%s caller=%s shard=%s node=%s code=%s message=%s",
+        call, caller, shard[:253], node_id[:253], refusal.code.name, _quote(refusal.message),
+    )
+    await context.abort(refusal.code, refusal.message)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def register(
+    server: grpc.aio.Server, registry: ShardRegistry, authz: ControlAuthz, signer: NodeSigner | None
+) -> None:
     gateway_pb2_grpc.add_GatewayServicer_to_server(  # type: ignore[no-untyped-call]
-        GatewayService(registry), server
+        GatewayService(registry, authz, signer), server
     )

@@ -126,33 +126,41 @@ class CertificateAuthority:
         identity: SpiffeId,
         lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
         now: dt.datetime | None = None,
+        common_name: str | None = None,
     ) -> bytes:
         """A PEM leaf for ``identity`` with the CSR's public key, valid for ``lifetime``
-        (never past the CA's own expiry)."""
+        (never past the CA's own expiry). ``common_name``: the subject CN (a gateway's
+        node id), set by the caller like the SAN."""
         if identity.trust_domain != self.trust_domain:
             raise CaError(f"{identity} is outside this CA's trust domain {self.trust_domain}")
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as e:
-            raise CsrError("the CSR is not a PEM certificate signing request") from e
-        try:
-            valid = csr.is_signature_valid
-        except InvalidSignature:
-            valid = False
-        if not valid:
-            raise CsrError("the CSR's signature does not match its public key")
-        public = csr.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
-            raise CsrError("the CSR's key must be EC P-256")
+        public = check_csr(csr_pem).public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # check_csr made sure
+        return self.issue(public, [x509.UniformResourceIdentifier(identity.uri)], lifetime, now, common_name)
+
+    def issue(
+        self,
+        public: ec.EllipticCurvePublicKey,
+        names: list[x509.GeneralName],
+        lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
+        now: dt.datetime | None = None,
+        common_name: str | None = None,
+    ) -> bytes:
+        """A PEM leaf for ``public`` with exactly these SANs (the server's own
+        certificate: its SPIFFE ID, IP addresses and DNS names)."""
         start = now or _utcnow()
         end = min(start + lifetime, self.certificate.not_valid_after_utc)
+        subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.trust_domain)]
+        if common_name:
+            subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.trust_domain)]))
+            .subject_name(x509.Name(subject))
             .issuer_name(self.certificate.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start - _BACKDATE)
+            # A short-lived leaf (tests, fast rotation) is backdated less, so that its
+            # half-life — when it is renewed — stays in the future.
+            .not_valid_before(start - min(_BACKDATE, lifetime / 10))
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -167,7 +175,7 @@ class CertificateAuthority:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
@@ -175,3 +183,30 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def check_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    """A CSR we can sign: well-formed PEM, self-signed by its key, and the key EC P-256."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise CsrError("the CSR is not a PEM certificate signing request") from e
+    try:
+        valid = csr.is_signature_valid
+    except InvalidSignature:
+        valid = False
+    if not valid:
+        raise CsrError("the CSR's signature does not match its public key")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise CsrError("the CSR's key must be EC P-256")
+    return csr
+
+
+def csr_uris(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The URI SANs a CSR asks for (none when it has no SAN extension)."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(u) for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)]

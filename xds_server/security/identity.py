@@ -90,3 +90,8 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
         )
     td, account, app = parts
     return SpiffeId(_check_trust_domain(td), _check_segment(account, "account"), _check_segment(app, "app"))
+
+
+def server_uri(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+    """The xds_server's own SPIFFE ID: what Envoys and sidecars check its certificate for."""
+    return f"spiffe://{_check_trust_domain(trust_domain)}/xds-server"

@@ -108,6 +108,19 @@ def grants(have: Role, need: Role, *, have_shard: str | None = None, shard: str 
     return _RANK[have] >= _RANK[need]
 
 
+def peek(store: TokenStore, token: str) -> TokenRecord | None:
+    """The record of ``token`` if its secret matches, without spending or judging it
+    (to refuse a token for the wrong scope before it is spent)."""
+    try:
+        token_id, secret = parse(token)
+    except TokenError:
+        return None
+    record = store.get(token_id)
+    if record is None or not hmac.compare_digest(record.secret_sha256, _digest(secret)):
+        return None
+    return record
+
+
 def authenticate(
     store: TokenStore,
     token: str,

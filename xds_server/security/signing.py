@@ -1,0 +1,127 @@
+"""``SignCertificate``'s decision: who may get a gateway certificate, for what.
+
+A node proves itself with either a join token (one-time, short-lived, for one shard:
+``dgw token create --role node --shard S``) or, to renew, its current certificate for
+the same shard and node id. The CSR must be well formed, EC P-256, and ask for no
+identity but the shard's gateway identity; the certificate names exactly that
+identity (URI SAN) and the node id (subject CN) — the server sets both, never the CSR.
+The caller is checked first (the join port is open to anyone, so nothing costly is
+done for an unknown token), then the CSR; the token is spent last, so a CSR that
+cannot be signed, or a token for another shard, never spends it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .authz import Anonymous, Caller, Gateway, Unchecked, Workload, describe
+from .ca import CaError, CertificateAuthority, check_csr, csr_uris
+from .identity import IdentityError, gateway_id
+from .tokens import TokenError, TokenStore, authenticate, peek
+
+log = logging.getLogger("xds_server.security.signing")
+
+MAX_NODE_ID_CHARS = 253
+MAX_CSR_BYTES = 16 * 1024  # a P-256 CSR is under 1 KB
+
+
+class SignRefused(Exception):
+    """Not signed; ``message`` is safe to show (it names no secret)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Signed:
+    chain_pem: bytes
+    bundle_pem: bytes
+    serial: int
+
+
+class NodeSigner:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        tokens: TokenStore,
+        lifetime: dt.timedelta,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.ca = ca
+        self.tokens = tokens
+        self.lifetime = lifetime
+        self._clock = clock
+
+    def sign(self, shard: str, node_id: str, csr_pem: bytes, join_token: str, caller: Caller) -> Signed:
+        try:
+            identity = gateway_id(shard, self.ca.trust_domain)
+        except IdentityError as e:
+            raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"shard: {e}") from None
+        if not node_id or len(node_id) > MAX_NODE_ID_CHARS or any(c.isspace() or c in ",/+=" for c in node_id):
+            raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"node_id must be 1-{MAX_NODE_ID_CHARS} characters without spaces or , / + =")
+        # Who is asking, before any costly work: the join port is open to anyone.
+        self._precheck(shard, node_id, join_token, caller)
+        if len(csr_pem) > MAX_CSR_BYTES:
+            raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"the CSR is over {MAX_CSR_BYTES} bytes")
+        try:
+            csr = check_csr(csr_pem)
+        except CaError as e:
+            raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        asked = csr_uris(csr)
+        if asked and asked != [identity.uri]:
+            raise SignRefused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the CSR asks for {', '.join(a[:120] for a in asked)}; a node of shard {shard!r} "
+                f"may only be {identity.uri}",
+            )
+        via = self._spend(shard, join_token) if join_token else "renewal"
+        public = csr.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # check_csr made sure
+        # Issued from the checked CSR's key (``ca.sign`` would parse and verify it again).
+        chain = self.ca.issue(public, [x509.UniformResourceIdentifier(identity.uri)], self.lifetime,
+                              self._clock(), common_name=node_id)
+        serial = x509.load_pem_x509_certificate(chain).serial_number
+        log.info("event=certificate_signed shard=%s node=%s identity=%s serial=%x via=%s",
+                 shard, node_id, identity, serial, via)
+        return Signed(chain, self.ca.bundle_pem, serial)
+
+    def _precheck(self, shard: str, node_id: str, join_token: str, caller: Caller) -> None:
+        """SignRefused unless the caller holds a join token for ``shard`` (not yet judged
+        for expiry or use: ``_spend`` does that) or is the certificate it renews."""
+        if join_token:
+            record = peek(self.tokens, join_token)
+            if record is None:
+                raise SignRefused(grpc.StatusCode.UNAUTHENTICATED, "join token: unknown token")
+            if record.role == "node" and record.shard != shard:
+                raise SignRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"join token {record.name!r} is for shard {record.shard!r}, not {shard!r}")
+            return
+        match caller:
+            case Gateway(identity, cert_node) if identity.app == shard and cert_node == node_id:
+                return
+            case Gateway() | Workload():
+                raise SignRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"{describe(caller)} may renew only its own certificate, "
+                                  f"not one for {shard}/{node_id}")
+            case Anonymous() | Unchecked():
+                raise SignRefused(grpc.StatusCode.UNAUTHENTICATED,
+                                  "give a join token (`dgw token create --role node --shard "
+                                  f"{shard}`), or renew over mTLS with the current certificate")
+
+    def _spend(self, shard: str, join_token: str) -> str:
+        """Spend the join token (once, atomically in the store); how it was used, for the log."""
+        try:
+            record = authenticate(self.tokens, join_token, "node", self._clock(), shard=shard)
+        except TokenError as e:
+            raise SignRefused(grpc.StatusCode.UNAUTHENTICATED, f"join token: {e}") from None
+        return f"join_token:{record.name}"
