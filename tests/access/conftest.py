@@ -25,8 +25,10 @@ container_dals:
 def settings(tmp_path: Path, **extra: Any) -> ServerSettings:
     shards = tmp_path / "shards"
     shards.mkdir(exist_ok=True)
+    # Plaintext control channel: these tests are about access to the admin API and
+    # fleet status (tests/security covers mTLS).
     return ServerSettings(config_dir=shards, xds="127.0.0.1:0", admin="127.0.0.1:0",
-                          data_dir=tmp_path / "data", **extra)
+                          data_dir=tmp_path / "data", **{"insecure": True, **extra})
 
 
 @pytest.fixture

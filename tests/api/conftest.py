@@ -30,8 +30,10 @@ wiring:
 def settings(tmp_path: Path) -> ServerSettings:
     shards = tmp_path / "shards"
     shards.mkdir(exist_ok=True)
+    # Plaintext control channel: these tests are about the admin API (tests/security
+    # covers mTLS).
     return ServerSettings(config_dir=shards, xds="127.0.0.1:0", admin="127.0.0.1:0",
-                          data_dir=tmp_path / "data")
+                          data_dir=tmp_path / "data", insecure=True)
 
 
 class Api:
