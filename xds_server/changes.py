@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xds_server import metrics
 from xds_server.config import ConfigError, EnvPolicy, LoadedShard, Problem, load_shard_checked
 from xds_server.ops import wiring
 from xds_server.ops.diff import ResourceDiff, config_diff, resource_diff
@@ -205,8 +206,9 @@ class Changes:
             if request.dry_run:
                 return Preview(config_diff(head.text, "", shard),
                                resource_diff(self.registry.resources(shard), Resources()))  # fmt: skip
-            version = await self.store.delete(shard, base_version=head.meta.number,
-                                              author=request.author, message=request.message)  # fmt: skip
+            with metrics.STORE_WRITE_SECONDS.labels("delete").time():
+                version = await self.store.delete(shard, base_version=head.meta.number,
+                                                  author=request.author, message=request.message)  # fmt: skip
             self.registry.remove(shard)
             self.heads.pop(shard, None)
             self.missing.discard(shard)
@@ -230,10 +232,11 @@ class Changes:
             if request.dry_run:
                 return Preview(config_diff(old, text, shard),
                                resource_diff(self.registry.resources(shard), prepared.resources))  # fmt: skip
-            version = await self.store.put(
-                shard, text, base_version=head.meta.number if head else None,
-                author=request.author, message=request.message, source=source, owner=API_OWNER,
-            )  # fmt: skip
+            with metrics.STORE_WRITE_SECONDS.labels("put").time():
+                version = await self.store.put(
+                    shard, text, base_version=head.meta.number if head else None,
+                    author=request.author, message=request.message, source=source, owner=API_OWNER,
+                )  # fmt: skip
             self._serve(version, prepared)
             return Done(version, head.meta.number if head else None)
 
@@ -283,11 +286,12 @@ class Changes:
                 self._serve(head.meta, prepared)  # stored, but not served (e.g. env changed)
                 return
             try:
-                version = await self.store.put(
-                    shard, text, base_version=head.meta.number if head else None,
-                    author=file_owner(path), message=f"file {path} changed", source="file",
-                    owner=file_owner(path),
-                )  # fmt: skip
+                with metrics.STORE_WRITE_SECONDS.labels("put").time():
+                    version = await self.store.put(
+                        shard, text, base_version=head.meta.number if head else None,
+                        author=file_owner(path), message=f"file {path} changed", source="file",
+                        owner=file_owner(path),
+                    )  # fmt: skip
             except StoreError as e:
                 self._refuse_file(shard, path, f"not stored: {e}")
                 return

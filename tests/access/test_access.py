@@ -8,7 +8,7 @@ import stat
 
 import aiohttp
 
-from xds_server.api.auth import ROUTE_ROLES, required
+from xds_server.api.auth import ROUTE_ROLES, RefusalBudget, required
 from xds_server.server import XdsServer
 
 from .conftest import SHARD, Api, admin_token, settings
@@ -154,3 +154,24 @@ async def test_metrics_can_be_public(tmp_path):
             assert (await api.call("GET", "/v1/status", None))[0] == 401
     finally:
         await server.stop()
+
+
+def test_the_refusal_budget_itemizes_a_window_then_counts_the_rest():
+    now = [0.0]
+    budget = RefusalBudget(per_window=3, window_s=60, clock=lambda: now[0])
+    assert [budget.take() for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    now[0] = 61
+    assert budget.take() == (True, 2)  # the two left out are reported once
+    assert budget.take() == (True, 0)
+
+
+async def test_a_flood_of_anonymous_mutations_cannot_grow_the_audit_log_past_its_budget(
+    server: XdsServer, api: Api
+):
+    flood = RefusalBudget().per_window + 40
+    for i in range(flood):
+        status, _ = await api.call("PUT", f"/v1/shards/s{i}", None, json={"yaml": ""})
+        assert status == 401
+    assert server.store is not None
+    entries = await server.store.audit_log(limit=1000)
+    assert len([e for e in entries if not e.accepted]) == RefusalBudget().per_window

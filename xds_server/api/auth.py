@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -175,12 +176,41 @@ async def _report_shard(request: web.Request, timeout_s: float) -> str | None:
     return shard if isinstance(shard, str) else None
 
 
+class RefusalBudget:
+    """How many refused mutations are audited one by one: at most ``per_window`` a
+    window; the rest are counted and written as one entry when the next window opens.
+    A caller hammering the API with bad or no tokens cannot grow the audit log faster
+    than this, and the log still says how much was refused."""
+
+    def __init__(self, per_window: int = 60, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.per_window, self.window_s, self._clock = per_window, window_s, clock
+        self._start = clock()
+        self._used = 0
+        self.suppressed = 0
+
+    def take(self) -> tuple[bool, int]:
+        """(audit this one?, refusals left out in the window that just ended)."""
+        now = self._clock()
+        left_out = 0
+        if now - self._start >= self.window_s:
+            left_out, self.suppressed = self.suppressed, 0
+            self._start, self._used = now, 0
+        if self._used < self.per_window:
+            self._used += 1
+            return True, left_out
+        self.suppressed += 1
+        return False, left_out
+
+
 def auth_middleware(
     tokens: TokenStore, audit: AuditLog, *, metrics_public: bool = False,
     body_timeout_s: float = 10.0, clock: Callable[[], dt.datetime] | None = None,
+    refusal_budget: RefusalBudget | None = None,
 ) -> Any:  # fmt: skip
     """The aiohttp middleware: a ``Principal`` for every allowed request, 401/403 else."""
     now = clock or (lambda: dt.datetime.now(dt.UTC))
+    budget = refusal_budget or RefusalBudget()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -203,7 +233,14 @@ def auth_middleware(
         if status != 200 or principal is None:
             metrics.HTTP_REFUSED.labels(str(status)).inc()
             if request.method not in _READS:
-                await _audit_refusal(audit, request, pattern, shard, principal, status, message)
+                itemize, left_out = budget.take()
+                if left_out:
+                    await _audit(audit, actor="-", action="refusals not itemized", shard=None,
+                                 base_version=None, new_version=None, accepted=False,
+                                 reason=f"{left_out} more refused mutations in the last "
+                                        f"{budget.window_s:.0f} s (audit budget {budget.per_window})")  # fmt: skip
+                if itemize:
+                    await _audit_refusal(audit, request, pattern, shard, principal, status, message)
             return _error(status, message)
         set_principal(request, principal)
         return await handler(request)
