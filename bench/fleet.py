@@ -10,9 +10,10 @@ Method (see ``bench/README.md``):
    (computed here with the server's own translator and cache, and checked against the
    server's admin API afterwards). RSS again: (RSS_N − RSS_0) / nodes.
 3. Edits, one at a time: rewrite the wiring of the edited shards' files (atomic
-   rename, as an operator's editor does) or, with ``--via api``, PUT each edited
-   shard through the operators' API (``If-Match`` its current version; the shards
-   were created through the API too), stamping ``t0 = time.time()`` just before
+   rename, as an operator's editor does) or, with ``--via api``, one request to the
+   operators' API: a PUT of the shard, or ``POST /v1/batch`` of every edited shard
+   (each with its current version as the base; the shards were created through the
+   API too), stamping ``t0 = time.time()`` just before
    the first write. An edit has converged when every fleet node of those shards has
    ACKed the new versions (its ACK time on the same clock) and every real Envoy has
    applied them (Envoy's ``update_time``) and the server's node status shows the
@@ -53,6 +54,9 @@ from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import TranslateOptions, translate
 
 SUBSCRIBED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# --via api: shards per POST /v1/batch (an edit of more shards than one is one batch;
+# the initial load goes in batches of this many, within the admin body limit).
+BATCH_SHARDS = 100
 
 # The operator's series of wiring edits, applied in turn (each changes the routes).
 WIRINGS: tuple[str, ...] = (
@@ -192,16 +196,20 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
         versions = [expected_versions(t) for t in texts]
         current: dict[str, int] = {}  # --via api: each shard's stored version
 
-        def write(shard: str, text: str) -> None:
-            if options.via == "api":
-                current[shard] = server.put_shard(shard, text, current.get(shard, 0))
+        def write(shards_: list[str], text: str) -> None:
+            """One edit of these shards: files, or one API request (a batch for several)."""
+            if options.via == "api" and len(shards_) == 1:
+                current[shards_[0]] = server.put_shard(shards_[0], text, current.get(shards_[0], 0))
+            elif options.via == "api":
+                current.update(server.put_batch({s: (text, current.get(s, 0)) for s in shards_}))
             else:
-                server.write_shard(shard, text)
+                for shard in shards_:
+                    server.write_shard(shard, text)
 
         if options.via == "api":
             server.start()
-        for shard in shards:
-            write(shard, texts[0])
+        for start in range(0, len(shards), BATCH_SHARDS):
+            write(shards[start:start + BATCH_SHARDS], texts[0])
         if options.via != "api":
             server.start()
         wait_for(lambda: len(server.get("/v1/shards")["shards"]) == len(shards), min(60, left()), "every shard loaded")
@@ -313,7 +321,7 @@ def _check_server_versions(server: ServerChild, shards: list[str], expected: dic
 def _edit(
     k: int, wiring: str, text: str, target: dict[str, str], edited: list[str], server: ServerChild,
     workers: _Workers, envoys: list[BlockingEnvoy], options: FleetOptions, left: Callable[[], float],
-    write: Callable[[str, str], None],
+    write: Callable[[list[str], str], None],
 ) -> EditResult:
     targets = {s: target for s in edited}
     cpu_before = cpu_seconds(server.pid)
@@ -322,8 +330,7 @@ def _edit(
     # `converge` starts counting, so the API's bytes are counted around the write.
     counted_before = workers.ask("counters", {}, 30) if options.via == "api" else []
     t0 = time.time()
-    for shard in edited:
-        write(shard, text)
+    write(edited, text)
     timeout = min(options.edit_timeout, left())
     pool = workers.pool
     fleet = pool.submit(workers.ask, "converge", {"targets": targets, "timeout": timeout, "quiet": options.quiet},

@@ -149,7 +149,8 @@ class ServerChild:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.admin_port}/v1/shards/{shard}",
             data=json.dumps({"yaml": text, "message": "bench"}).encode(), method="PUT",
-            headers={"content-type": "application/json", "If-Match": f'"{if_match}"'},
+            headers={"content-type": "application/json", "If-Match": f'"{if_match}"',
+                     "Authorization": f"Bearer {self.token}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as r:
@@ -157,6 +158,21 @@ class ServerChild:
                 return version
         except urllib.error.HTTPError as e:
             raise BenchError(f"PUT /v1/shards/{shard}: {e.code} {e.read()[:500]!r}") from None
+
+    def put_batch(self, texts: dict[str, tuple[str, int]], timeout: float = 60.0) -> dict[str, int]:
+        """Store several shards' texts in one request (``POST /v1/batch``); their new versions."""
+        changes = [{"shard": s, "yaml": text, "base_version": base} for s, (text, base) in texts.items()]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/v1/batch",
+            data=json.dumps({"changes": changes, "message": "bench"}).encode(), method="POST",
+            headers={"content-type": "application/json", "Authorization": f"Bearer {self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                stored = json.loads(r.read())["shards"]
+        except urllib.error.HTTPError as e:
+            raise BenchError(f"POST /v1/batch: {e.code} {e.read()[:500]!r}") from None
+        return {shard: int(v["version"]) for shard, v in stored.items()}
 
     def stop(self) -> None:
         if self.child is not None:

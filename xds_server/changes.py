@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from xds_server import metrics
@@ -40,6 +40,7 @@ from xds_server.store import (
     Source,
     StoreError,
     Version,
+    Write,
     content_hash,
     file_owner,
 )
@@ -86,6 +87,23 @@ class Invalid(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One shard of ``put_many``: its text and the version it was made from (0: new)."""
+
+    shard: str
+    text: str
+    base: int
+
+
+class BatchRefused(Exception):
+    """A batch refused as a whole: why, per refused shard (nothing was stored)."""
+
+    def __init__(self, refused: dict[str, Exception]):
+        self.refused = refused
+        super().__init__(f"{len(refused)} of the batch's shards refused: {', '.join(sorted(refused))}")
 
 
 @dataclass(frozen=True)
@@ -194,6 +212,40 @@ class Changes:
         message = request.message or f"rollback to version {to}"
         return await self._change(shard, base, Request(request.author, message, request.dry_run),
                                   "rollback", edit)  # fmt: skip
+
+    async def put_many(self, items: Sequence[BatchItem], request: Request) -> list[Outcome]:
+        """Several shards' next versions as one change: every item is checked (owner,
+        base version) and loaded, validated and translated first; if any is refused,
+        ``BatchRefused`` says why per shard and nothing is stored. Otherwise all are
+        stored in one transaction and then served."""
+        async with self._lock:
+            checked: list[tuple[BatchItem, ShardVersion | None, Prepared]] = []
+            refused: dict[str, Exception] = {}
+            for item in items:
+                try:
+                    head = await self._head(item.shard, item.base)
+                    checked.append((item, head, await self._prepare(item.shard, item.text, API_OWNER)))
+                except (Invalid, OwnedByFile, BaseRequired, Conflict) as e:
+                    refused[item.shard] = e
+            if refused:
+                raise BatchRefused(refused)
+            if request.dry_run:
+                return [
+                    Preview(config_diff(head.text if head else "", item.text, item.shard),
+                            resource_diff(self.registry.resources(item.shard), prepared.resources))
+                    for item, head, prepared in checked
+                ]  # fmt: skip
+            writes = [Write(item.shard, item.text, head.meta.number if head else None, API_OWNER)
+                      for item, head, _ in checked]  # fmt: skip
+            with metrics.STORE_WRITE_SECONDS.labels("put_many").time():
+                versions = await self.store.put_many(
+                    writes, author=request.author, message=request.message, source="api"
+                )
+            outcomes: list[Outcome] = []
+            for version, (_, head, prepared) in zip(versions, checked, strict=True):
+                self._serve(version, prepared)
+                outcomes.append(Done(version, head.meta.number if head else None))
+            return outcomes
 
     async def delete(self, shard: str, base: int | None, request: Request, force: bool) -> Outcome:
         async with self._lock:

@@ -242,3 +242,31 @@ async def test_a_second_server_on_the_same_data_dir_fails_in_one_line(server: Xd
     second = XdsServer(settings(tmp_path))
     with pytest.raises(DataDirError, match=r"^the data directory .* is in use by another process \(pid \d+\)"):
         await second.start()
+
+
+async def test_a_batch_stores_every_shard_or_none(api: Api) -> None:
+    assert (await api.put("a", TWO_DALS, 0))[0] == 200
+    changes = [{"shard": "a", "yaml": SPLIT, "base_version": 1},
+               {"shard": "b", "yaml": TWO_DALS, "base_version": 0}]
+    status, body, _ = await api.call("POST", "/v1/batch?dry_run=true", {"changes": changes})
+    assert status == 200 and set(body["shards"]) == {"a", "b"}
+    assert "percent: 10" in body["shards"]["a"]["config_diff"]
+    assert "b" not in api.server.registry.shards  # a dry run stores and serves nothing
+
+    bad = [{"shard": "a", "yaml": SPLIT, "base_version": 1},
+           {"shard": "b", "yaml": TWO_DALS.replace("target: cql", "target: nowhere"), "base_version": 0}]
+    status, body, _ = await api.call("POST", "/v1/batch", {"changes": bad, "message": "fleet"})
+    assert status == 400 and list(body["shards"]) == ["b"] and body["shards"]["b"]["problems"]
+    stale = [{"shard": "a", "yaml": SPLIT, "base_version": 7}, changes[1]]
+    status, body, _ = await api.call("POST", "/v1/batch", {"changes": stale})
+    assert status == 409 and body["shards"]["a"]["current_version"] == 1
+    assert api.server.changes.heads["a"].number == 1 and "b" not in api.server.changes.heads
+
+    status, body, _ = await api.call("POST", "/v1/batch", {"changes": changes, "message": "fleet"})
+    assert status == 200, body
+    assert body["shards"] == {"a": {"version": 2, "previous_version": 1},
+                              "b": {"version": 1, "previous_version": None}}
+    assert {"a", "b"} <= set(api.server.registry.shards)
+    entries = await api.server.store.audit_log(limit=100)
+    assert {(e.shard, e.accepted) for e in entries if e.action == "batch.put"} == {
+        ("b", False), ("a", False), ("a", True), ("b", True)}

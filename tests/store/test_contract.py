@@ -15,6 +15,7 @@ from xds_server.store import (
     NotFound,
     ShardVersion,
     Version,
+    Write,
     content_hash,
     file_owner,
     rollback,
@@ -352,3 +353,21 @@ async def test_a_write_whose_caller_went_away_still_reaches_watches(store: Confi
     finally:
         waiting.cancel()
         await changes.aclose()
+
+
+async def test_put_many_stores_every_write_or_none(store: ConfigStore) -> None:
+    a1 = await put(store, "a", 1, None)
+    b1 = await put(store, "b", 1, None)
+    writes = [Write("a", shard_text(2), a1.number, API_OWNER), Write("b", shard_text(2), b1.number, API_OWNER),
+              Write("c", shard_text(2), None, API_OWNER)]
+    done = await store.put_many(writes, author="bob", message="fleet edit", source="api")
+    assert [(v.shard, v.number, v.author, v.message) for v in done] == [
+        ("a", 2, "bob", "fleet edit"), ("b", 2, "bob", "fleet edit"), ("c", 1, "bob", "fleet edit")]
+    assert len({v.revision for v in done}) == 3
+    # One stale base refuses the whole batch: nothing of it is stored.
+    stale = [Write("a", shard_text(3), 2, API_OWNER), Write("b", shard_text(3), 1, API_OWNER)]
+    with pytest.raises(Conflict) as refused:
+        await store.put_many(stale, author="bob", message="stale", source="api")
+    assert refused.value.shard == "b" and refused.value.current_version == 2
+    assert [(await store.get(s)).meta.number for s in ("a", "b", "c")] == [2, 2, 1]  # type: ignore[union-attr]
+    assert (await store.list()).revision == done[-1].revision

@@ -64,6 +64,7 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/openapi.json"): "reader",
     ("GET", "/v1/shards"): "reader",
     ("GET", "/v1/shards/{shard}"): "reader",
+    ("POST", "/v1/batch"): "operator",
     ("PUT", "/v1/shards/{shard}"): "operator",
     ("DELETE", "/v1/shards/{shard}"): "operator",
     ("POST", "/v1/shards/{shard}/wiring"): "operator",

@@ -26,6 +26,8 @@ from xds_server.api.admin_http import read_json
 from xds_server.api.auth import PRINCIPAL
 from xds_server.changes import (
     BaseRequired,
+    BatchItem,
+    BatchRefused,
     Changes,
     Invalid,
     NodesConnected,
@@ -49,6 +51,7 @@ OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 1000
 MESSAGE_CHARS = 1000
+BATCH_MAX = 1000  # shards in one POST /v1/batch (the body limit bounds it too)
 VERSION_MAX = 10**18 - 1  # what If-Match accepts: well inside SQLite's 64-bit integers
 _SHARD = re.compile(rf"^{SHARD_NAME}$")
 _IF_MATCH = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
@@ -218,6 +221,74 @@ async def post_rollback(request: web.Request) -> web.Response:
     return await _mutate(request, shard, lambda _: "rollback", run)
 
 
+async def post_batch(request: web.Request) -> web.Response:
+    """Several shards' next versions in one request, all stored or none (If-Match per
+    shard is its ``base_version`` in the body)."""
+    changes = request.app[CHANGES]
+    dry_run = _flag(request, "dry_run")
+    items: list[BatchItem] = []
+    try:
+        body = await _body(request, changes, True)
+        message = body.get("message", "")
+        if not isinstance(message, str) or len(message) > MESSAGE_CHARS:
+            raise _Refusal(400, {"error": f"\"message\" must be text of at most {MESSAGE_CHARS} characters"})
+        items = _batch_items(body.get("changes"))
+        outcomes = await changes.put_many(items, Request(_actor(request), message, dry_run))
+    except BatchRefused as e:
+        answers = {shard: _refusal(error, shard, _base_of(items, shard)) for shard, error in e.refused.items()}
+        statuses = {a.status for a in answers.values()}
+        status = 400 if 400 in statuses else min(statuses)
+        for shard, answer in answers.items():
+            await _audit(request, changes, "batch.put", shard, _base_of(items, shard), None, answer)
+        return _json({"error": f"{e}; nothing was stored",
+                      "shards": {shard: a.body for shard, a in sorted(answers.items())}}, status)  # fmt: skip
+    except Exception as e:
+        refusal = _refusal(e, "-", None)
+        await _audit(request, changes, "batch.put", None, None, None, refusal)
+        return _json(refusal.body, refusal.status)
+    if dry_run:
+        return _json({"dry_run": True, "shards": {
+            item.shard: {"config_diff": o.config_diff, "resources": o.resources.to_dict()}
+            for item, o in zip(items, outcomes, strict=True) if isinstance(o, Preview)
+        }})  # fmt: skip
+    stored: dict[str, Any] = {}
+    for item, outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, Preview):
+            continue
+        await _audit(request, changes, "batch.put", item.shard, item.base, outcome.version.number, None)
+        stored[item.shard] = {"version": outcome.version.number, "previous_version": outcome.previous}
+    return _json({"shards": stored})
+
+
+def _batch_items(raw: object) -> list[BatchItem]:
+    if not isinstance(raw, list) or not raw:
+        raise _Refusal(400, {"error": "the body needs \"changes\": a list of {shard, yaml, base_version}"})
+    if len(raw) > BATCH_MAX:
+        raise _Refusal(400, {"error": f"at most {BATCH_MAX} shards in one batch, not {len(raw)}"})
+    items: list[BatchItem] = []
+    for i, entry in enumerate(raw):
+        where = f"changes[{i}]"
+        if not isinstance(entry, dict):
+            raise _Refusal(400, {"error": f"{where} must be an object {{shard, yaml, base_version}}"})
+        shard, text, base = entry.get("shard"), entry.get("yaml"), entry.get("base_version")
+        if not isinstance(shard, str) or not _SHARD.match(shard):
+            raise _Refusal(400, {"error": f"{where}.shard {quote(str(shard))} is not a shard name"})
+        if not isinstance(text, str) or not text.strip():
+            raise _Refusal(400, {"error": f"{where}.yaml must be the shard file's text"})
+        if isinstance(base, bool) or not isinstance(base, int) or not 0 <= base <= VERSION_MAX:
+            raise _Refusal(400, {"error": f"{where}.base_version must be the version the change was "
+                                 "made from (0: a new shard)"})  # fmt: skip
+        items.append(BatchItem(shard, text, base))
+    shards = [item.shard for item in items]
+    if len(set(shards)) != len(shards):
+        raise _Refusal(400, {"error": "each shard at most once in a batch"})
+    return items
+
+
+def _base_of(items: list[BatchItem], shard: str) -> int | None:
+    return next((item.base for item in items if item.shard == shard), None)
+
+
 _Body = dict[str, Any]
 _Run = Callable[[Changes, int | None, Request, _Body], Awaitable[Outcome]]
 
@@ -285,7 +356,7 @@ def _refusal(error: Exception, shard: str, base: int | None) -> _Refusal:
     raise error
 
 
-async def _audit(request: web.Request, changes: Changes, action: str, shard: str, base: int | None,
+async def _audit(request: web.Request, changes: Changes, action: str, shard: str | None, base: int | None,
                  new_version: int | None, refusal: _Refusal | None) -> None:  # fmt: skip
     reason = "" if refusal is None else f"{refusal.status} {str(refusal.body.get('error', ''))[:400]}"
     try:
@@ -353,4 +424,5 @@ def register(app: web.Application, changes: Changes) -> None:
     app.router.add_get("/v1/shards/{shard}/history", history)
     app.router.add_get("/v1/shards/{shard}/versions/{number}", version)
     app.router.add_post("/v1/shards/{shard}/rollback", post_rollback)
+    app.router.add_post("/v1/batch", post_batch)
     app.router.add_get("/v1/openapi.json", openapi)

@@ -25,7 +25,7 @@ a later issue) implements the same ``ConfigStore`` and passes the same contract 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple, Protocol
@@ -110,6 +110,17 @@ class AuditEntry:
     """Why it was refused ("" when accepted)."""
 
 
+@dataclass(frozen=True)
+class Write:
+    """One shard's part of ``put_many``: its text and the version it was made from
+    (None: the shard must not exist, or be deleted)."""
+
+    shard: str
+    text: str
+    base_version: int | None
+    owner: str
+
+
 class StoreError(Exception):
     """A store operation could not be done; the message says why and what to do."""
 
@@ -178,6 +189,13 @@ class ConfigStore(Protocol):
         Every call makes a version, even with unchanged text: a caller that wants no-op
         writes skipped compares ``content_hash(text)`` with the head's first. A write,
         once called, runs to its end even if the caller is cancelled meanwhile."""
+        ...
+
+    async def put_many(
+        self, writes: Sequence[Write], *, author: str, message: str, source: Source
+    ) -> tuple[Version, ...]:
+        """``put`` of several shards as one transaction: every write is stored or none
+        is (``Conflict`` names the first stale base). One version per write, in order."""
         ...
 
     async def delete(self, shard: str, *, base_version: int, author: str, message: str) -> Version:

@@ -22,7 +22,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ from xds_server.store.base import (
     Source,
     StoreError,
     Version,
+    Write,
     content_hash,
 )
 
@@ -226,6 +227,15 @@ class SqliteStore:
             wakes=True,
         )
 
+    async def put_many(
+        self, writes: Sequence[Write], *, author: str, message: str, source: Source
+    ) -> tuple[Version, ...]:
+        if any(not w.shard for w in writes):
+            raise ValueError("a shard needs a name")
+        if len({w.shard for w in writes}) != len(writes):
+            raise ValueError("put_many: each shard at most once")
+        return await self._run(self._write_many, tuple(writes), author, message, source, wakes=True)
+
     async def delete(self, shard: str, *, base_version: int, author: str, message: str) -> Version:
         return await self._run(
             self._write, shard, base_version, True, "", author, message, "api", None, wakes=True
@@ -324,47 +334,60 @@ class SqliteStore:
     def _write(self, shard: str, base: int | None, deleted: bool, text: str, author: str, message: str,
                source: Source, owner: str | None) -> Version:  # fmt: skip
         with _transaction(self._conn, "BEGIN IMMEDIATE"):
-            head = self._head(shard)
-            if deleted and (head is None or head.deleted):
-                raise NotFound(
-                    f"shard {shard!r} does not exist" + (" (it is already deleted)" if head else "")
-                )
-            creating = base is None and (head is None or head.deleted)
-            if not creating and (head is None or head.number != base):
-                raise Conflict(shard, base, head)
-            at = self._clock()
-            # One writer (this thread, under the directory lock): max + 1 is never reused.
-            (revision,) = self._conn.execute(
-                "SELECT coalesce(max(revision), 0) + 1 FROM versions"
-            ).fetchone()
-            number = 1 if head is None else head.number + 1
-            # A tombstone keeps the deleted shard's owner: it says whose shard went.
-            owner = owner if owner is not None else cast(Version, head).owner
-            digest = content_hash(text)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO texts (content_hash, text) VALUES (?, ?)", (digest, text)
+            return self._insert(shard, base, deleted, text, author, message, source, owner)
+
+    def _write_many(self, writes: tuple[Write, ...], author: str, message: str,
+                    source: Source) -> tuple[Version, ...]:  # fmt: skip
+        with _transaction(self._conn, "BEGIN IMMEDIATE"):
+            return tuple(
+                self._insert(w.shard, w.base_version, False, w.text, author, message, source, w.owner)
+                for w in writes
             )
-            self._conn.execute(
-                "INSERT INTO versions (shard, number, revision, author, at, message, source, owner, content_hash, "
-                "deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    shard,
-                    number,
-                    revision,
-                    author,
-                    at.isoformat(),
-                    message,
-                    source,
-                    owner,
-                    digest,
-                    int(deleted),
-                ),
+
+    def _insert(self, shard: str, base: int | None, deleted: bool, text: str, author: str, message: str,
+                source: Source, owner: str | None) -> Version:  # fmt: skip
+        """One version, inside the caller's transaction (a raise rolls it all back)."""
+        head = self._head(shard)
+        if deleted and (head is None or head.deleted):
+            raise NotFound(
+                f"shard {shard!r} does not exist" + (" (it is already deleted)" if head else "")
             )
-            self._conn.execute(
-                "INSERT INTO heads (shard, number) VALUES (?, ?) "
-                "ON CONFLICT (shard) DO UPDATE SET number = excluded.number",
-                (shard, number),
-            )
+        creating = base is None and (head is None or head.deleted)
+        if not creating and (head is None or head.number != base):
+            raise Conflict(shard, base, head)
+        at = self._clock()
+        # One writer (this thread, under the directory lock): max + 1 is never reused.
+        (revision,) = self._conn.execute(
+            "SELECT coalesce(max(revision), 0) + 1 FROM versions"
+        ).fetchone()
+        number = 1 if head is None else head.number + 1
+        # A tombstone keeps the deleted shard's owner: it says whose shard went.
+        owner = owner if owner is not None else cast(Version, head).owner
+        digest = content_hash(text)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO texts (content_hash, text) VALUES (?, ?)", (digest, text)
+        )
+        self._conn.execute(
+            "INSERT INTO versions (shard, number, revision, author, at, message, source, owner, content_hash, "
+            "deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                shard,
+                number,
+                revision,
+                author,
+                at.isoformat(),
+                message,
+                source,
+                owner,
+                digest,
+                int(deleted),
+            ),
+        )
+        self._conn.execute(
+            "INSERT INTO heads (shard, number) VALUES (?, ?) "
+            "ON CONFLICT (shard) DO UPDATE SET number = excluded.number",
+            (shard, number),
+        )
         return Version(shard, number, revision, author, at, message, source, owner, digest, deleted)
 
     def _append_audit(self, row: tuple[Any, ...]) -> AuditEntry:
