@@ -221,10 +221,15 @@ class Changes:
         async with self._lock:
             checked: list[tuple[BatchItem, ShardVersion | None, Prepared]] = []
             refused: dict[str, Exception] = {}
-            for item in items:
+            # Every text parsed in one trip to a worker thread, then translated here.
+            loaded = await asyncio.to_thread(lambda: [self._load(i.text, API_OWNER) for i in items])
+            heads = await asyncio.gather(*(self._head(i.shard, i.base) for i in items),
+                                         return_exceptions=True)  # fmt: skip
+            for item, shard_loaded, head in zip(items, loaded, heads, strict=True):
                 try:
-                    head = await self._head(item.shard, item.base)
-                    checked.append((item, head, await self._prepare(item.shard, item.text, API_OWNER)))
+                    if isinstance(head, BaseException):
+                        raise head
+                    checked.append((item, head, self._translate(item.shard, shard_loaded, API_OWNER)))
                 except (Invalid, OwnedByFile, BaseRequired, Conflict) as e:
                     refused[item.shard] = e
             if refused:
@@ -379,10 +384,20 @@ class Changes:
 
     async def _prepare(self, shard: str, text: str, label: str) -> Prepared:
         """Load, validate and translate; ``Invalid`` lists every problem."""
+        loaded = await asyncio.to_thread(self._load, text, label)
+        return self._translate(shard, loaded, label)
+
+    def _load(self, text: str, label: str) -> LoadedShard | ConfigError:
+        """Parse and validate (off the loop: a big file must not stall it)."""
         try:
-            loaded: LoadedShard = await asyncio.to_thread(
-                load_shard_checked, text, label, None, self.policy, self.limits
-            )
+            return load_shard_checked(text, label, None, self.policy, self.limits)
+        except ConfigError as e:
+            return e
+
+    def _translate(self, shard: str, loaded: LoadedShard | ConfigError, label: str) -> Prepared:
+        try:
+            if isinstance(loaded, ConfigError):
+                raise loaded
             return self.registry.prepare(shard, loaded.config, label, loaded.secrets)
         except ConfigError as e:
             raise Invalid(e.problems) from None
