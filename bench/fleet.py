@@ -387,8 +387,10 @@ def _check_envoy_acks(server: ServerChild, envoys: list[BlockingEnvoy], target: 
 
 # Issue 4's targets: edit → every node ACKed p99, by fleet size; memory per node.
 P99_TARGET_MS = ((1000, 250.0), (5000, 1000.0))
-# Issue 12's: an API edit (no file watch on the path) at 1,000 nodes on one shard.
+# Issue 12's: an API edit (no file watch on the path) at 1,000 nodes on one shard; one
+# request (a batch) changing every shard of 1,000 nodes over 100 shards.
 P99_TARGET_MS_API = ((1000, 150.0),)
+P99_TARGET_MS_API_MANY_SHARDS = ((1000, 300.0),)
 RSS_TARGET_KIB = 50.0
 
 COLUMNS = ["nodes", "mode", "via", "shards", "nodes_per_edit", "p50_ms", "p99_ms", "max_ms", "envoy_max_ms",
@@ -398,7 +400,9 @@ COLUMNS = ["nodes", "mode", "via", "shards", "nodes_per_edit", "p50_ms", "p99_ms
 def targets_for(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets that apply to one run, each with its verdict."""
     checks = []
-    for limit_nodes, limit_ms in P99_TARGET_MS_API if run.get("via") == "api" else P99_TARGET_MS:
+    if run.get("via") == "api":
+        api_targets = P99_TARGET_MS_API if run.get("shards", 1) == 1 else P99_TARGET_MS_API_MANY_SHARDS
+    for limit_nodes, limit_ms in api_targets if run.get("via") == "api" else P99_TARGET_MS:
         if run["nodes"] <= limit_nodes:
             checks.append({"target": f"p99 ≤ {limit_ms:.0f} ms at {limit_nodes:,} nodes",
                            "value": run["p99_ms"], "ok": run["p99_ms"] <= limit_ms})  # fmt: skip

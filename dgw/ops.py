@@ -175,10 +175,41 @@ def _read_file(path: str) -> str:
 
 
 def cmd_apply(args: argparse.Namespace, client: Client) -> int:
+    if args.file != "-" and Path(args.file).is_dir():
+        return _apply_dir(args, client)
+    if not args.shard:
+        raise ClientError(f"-f {args.file} is one shard's file: name it with --shard S "
+                          "(or give a directory of SHARD.yaml files)")  # fmt: skip
     body = {"yaml": _read_file(args.file), "message": args.message or f"dgw apply -f {args.file}"}
     data = _mutate(args, client, "PUT", f"/v1/shards/{_path(args.shard)}", body, args.shard, must_exist=False)
     emit(args, data, _render_change)
     return 0
+
+
+def _apply_dir(args: argparse.Namespace, client: Client) -> int:
+    """Every ``SHARD.yaml`` of a directory as one batch: all stored, or none."""
+    directory = Path(args.file)
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if args.shard:
+        raise ClientError(f"-f {directory} is a directory: its files name their shards; drop --shard")
+    if not files:
+        raise ClientError(f"-f {directory}: no SHARD.yaml files in it")
+    listing = client.request("GET", "/v1/shards").body
+    versions = {s.get("shard"): s.get("version") for s in listing.get("shards", [])}
+    changes = [{"shard": f.stem, "yaml": _read_file(str(f)), "base_version": versions.get(f.stem) or 0}
+               for f in files]  # fmt: skip
+    body = {"changes": changes, "message": args.message or f"dgw apply -f {directory}"}
+    dry_run = bool(getattr(args, "dry_run", False))
+    data = client.request("POST", "/v1/batch", body, query={"dry_run": True} if dry_run else None).body
+    emit(args, data, _render_batch)
+    return 0
+
+
+def _render_batch(data: Any) -> str:
+    shards = data.get("shards", {}) if isinstance(data, dict) else {}
+    if isinstance(data, dict) and data.get("dry_run"):
+        return "\n".join(_render_change({"shard": s, "dry_run": True, **d}) for s, d in sorted(shards.items()))
+    return "\n".join(_render_change({"shard": s, **d}) for s, d in sorted(shards.items()))
 
 
 def cmd_diff(args: argparse.Namespace, client: Client) -> int:
@@ -415,8 +446,10 @@ def add_commands(sub: Any) -> None:
         ("diff", cmd_diff, "what applying a shard file would change (a dry run)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("-f", "--file", required=True, help="the shard file ('-': stdin)")
-        p.add_argument("--shard", required=True)
+        p.add_argument("-f", "--file", required=True,
+                       help="the shard file ('-': stdin), or a directory of SHARD.yaml files sent "
+                            "as one batch (all stored or none)")
+        p.add_argument("--shard", help="the shard a single file is for")
         if name == "apply":
             p.add_argument("--dry-run", action="store_true", help="show the change, store nothing")
         _versioned(p)

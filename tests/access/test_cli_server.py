@@ -117,3 +117,21 @@ async def test_status_wait_returns_once_synced_and_lists_a_laggard(server: XdsSe
             await client.stop()
     missing = await dgw(tmp_path, "status", "--shard", "nope", "--wait", **env)
     assert missing.code == 1 and "no shard 'nope'" in missing.stderr
+
+
+async def test_apply_of_a_directory_is_one_batch_all_or_nothing(server: XdsServer, tmp_path):
+    env = target(server, admin_token(server))
+    shards = tmp_path / "fleet"
+    shards.mkdir()
+    good = (Path(__file__).parents[1] / "examples" / "runtime" / "kv-service.yaml").read_text()
+    for name in ("a1", "a2"):
+        (shards / f"{name}.yaml").write_text(good)
+    (shards / "a3.yaml").write_text("proxy_config: {public_listeners: {x: {mode: carrier-pigeon}}}\n")
+    refused = await dgw(tmp_path, "apply", "-f", str(shards), **env)
+    assert refused.code == 1 and "a3" in refused.stderr and "nothing was stored" in refused.stderr
+    assert "a1" not in server.registry.shards  # all or nothing
+    (shards / "a3.yaml").write_text(good)
+    done = await dgw(tmp_path, "apply", "-f", str(shards), **env)
+    assert done.code == 0, done.stderr
+    assert {"shard a1: version 1 (new)", "shard a3: version 1 (new)"} <= set(done.stdout.splitlines())
+    assert {"a1", "a2", "a3"} <= set(server.registry.shards)
