@@ -6,7 +6,8 @@ Per type, in this order:
 
 - **NACKED**: the node rejected the latest response sent to it and still runs the
   version before (Envoy keeps its last good config); Envoy's message is kept. It
-  stays NACKED until a newer version is sent.
+  stays NACKED until a newer version is sent, or until the version the node runs is
+  again the one it should have (a rollback: nothing needs sending).
 - **STALE**: the cache changed since the stream last looked (a push is on its way),
   or a response is sent and not yet ACKed, or the node holds an older version.
 - **NOT_SENT**: nothing of the type was sent and the node holds nothing we know of
@@ -53,7 +54,10 @@ def type_state(
     the view it last worked from, whose version of the type was ``evaluated``;
     ``current``: that type's version in the cache's view now (None: no config)."""
     sent, acked, nack = status.sent_version, status.acked_version, status.last_nack
-    if nack is not None and nack.version and nack.version == sent and acked != sent:
+    rejected = nack is not None and nack.version and nack.version == sent and acked != sent
+    # A rejected version that is no longer wanted (a rollback to what the node runs) is
+    # no longer a NACK to show: the node holds what it should.
+    if rejected and (due is None or due != acked):
         return "NACKED"
     if current is not None and evaluated != current:
         return "STALE"

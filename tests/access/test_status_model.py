@@ -28,6 +28,8 @@ CASES = [
     ("cache changed, stream not yet woken", ("v1", "v1", None, "v1", "v1", "v2"), "STALE"),
     ("latest sent was rejected", ("v2", "v1", nack("v2"), "v2", "v2", "v2"), "NACKED"),
     ("rejected and the cache moved on (still rejected)", ("v2", "v1", nack("v2"), "v2", "v2", "v3"), "NACKED"),
+    ("rolled back to what the node runs (nothing to send)", ("v2", "v1", nack("v2"), "v1", "v3", "v3"), "SYNCED"),
+    ("rolled back, the stream has not looked yet", ("v2", "v1", nack("v2"), "v2", "v2", "v3"), "NACKED"),
     ("newer version after a NACK, not yet ACKed", ("v3", "v1", nack("v2"), "v3", "v3", "v3"), "STALE"),
     ("newer version after a NACK, ACKed", ("v3", "v3", nack("v2"), "v3", "v3", "v3"), "SYNCED"),
     ("NACK of a response we did not send", ("v1", "v1", nack(""), "v1", "v1", "v1"), "SYNCED"),

@@ -8,6 +8,7 @@ import json
 import socket
 
 import pytest
+import yaml
 
 from testkit.ports import free_port
 from testkit.wait import wait_until
@@ -71,3 +72,34 @@ def test_status_follows_envoy_through_a_nack_and_back(stack):
     assert wrong.returncode == 1 and "not no-such-version" in wrong.stderr
     log = stack.server.log()
     assert str(stack.server.data_dir / "admin.token") in log and stack.server.token not in log
+
+
+def test_a_nacked_api_change_is_shown_and_a_rollback_brings_every_node_back(stack, tmp_path):
+    """Through the operators' CLI only: apply, apply a change Envoy rejects, see it
+    NACKED with Envoy's message, roll back, wait until every node is SYNCED."""
+    dal_port = free_port()
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(shard(free_port(), dal_port)))
+    created = cli(stack, "apply", "-f", str(good), "--shard", "kv")
+    assert created.returncode == 0 and "version 1 (new)" in created.stdout, created.stderr
+    stack.envoy("kv")
+    assert cli(stack, "status", "--shard", "kv", "--wait", "--timeout", "20").returncode == 0
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        bad.write_text(yaml.safe_dump(shard(held.getsockname()[1], dal_port)))
+        applied = cli(stack, "apply", "-f", str(bad), "--shard", "kv", "-m", "move the listener")
+        assert applied.returncode == 0 and "version 2 (was 1)" in applied.stdout, applied.stderr
+        wait_until(lambda: lds(stack).get("state") == "NACKED", 20, what="LDS NACKED")
+        shown = cli(stack, "status", "--shard", "kv")
+        assert "NACKED" in shown.stdout and "in use" in shown.stdout
+
+        rolled = cli(stack, "rollback", "kv", "--to", "1")
+        assert rolled.returncode == 0 and "version 3 (was 2)" in rolled.stdout, rolled.stderr
+        back = cli(stack, "status", "--shard", "kv", "--wait", "--timeout", "20", "-o", "json")
+        assert back.returncode == 0, back.stderr
+        row = json.loads(back.stdout)["nodes"][0]
+        assert {t["state"] for t in row["types"].values()} == {"SYNCED"}
+    history = cli(stack, "history", "kv", "-o", "json")
+    assert [v["source"] for v in json.loads(history.stdout)["versions"]] == ["rollback", "api", "api"]
