@@ -12,6 +12,7 @@ import pytest
 
 from testkit.ports import free_port
 from testkit.wait import wait_until
+from tests.cli.run import dgw
 
 from .conftest import Stack, dal_requests, http_get
 
@@ -98,9 +99,16 @@ def test_each_wiring_operation_under_load_moves_traffic_and_fails_no_request(sot
     stack.envoy("mig")
     wait_until(lambda: http_get(api)[1].get("dal") == "thrift", 10, what="the primary through Envoy")
 
+    def synced() -> None:
+        """``dgw status --wait``: returns once every Envoy of the shard ACKed."""
+        env = {"DGW_SERVER": f"127.0.0.1:{server.admin_port}", "DGW_TOKEN": server.token}
+        waited = dgw("status", "--shard", "mig", "--wait", "--timeout", "20", env=env, timeout=60)
+        assert waited.returncode == 0, waited.stderr
+
     def wiring(body: dict, base: int) -> None:
         status, answer = server.call("POST", "/v1/shards/mig/wiring", body, base)
         assert (status, answer.get("version")) == (200, base + 1), answer
+        synced()
 
     with Load(api) as load:
         assert load.settles_on({"thrift"})
@@ -117,6 +125,7 @@ def test_each_wiring_operation_under_load_moves_traffic_and_fails_no_request(sot
         assert load.settles_on({"cql"})
         status, answer = server.call("POST", "/v1/shards/mig/rollback", {"to": 1}, 4)
         assert (status, answer["version"]) == (200, 5)
+        synced()
         wait_until(lambda: load.settles_on({"thrift"}), 20, what="rolled back to thrift")
     assert load.failures == [], load.failures[:10]
     assert len(load.answers) > 400
