@@ -64,6 +64,8 @@ async def test_join_token_gets_the_first_certificate_once(
     response, key = await _sign(secure_server, "a", "node-1", token)
     leaf = _leaf(response)
     assert _uris(leaf) == ["spiffe://dgw.local/gateway/a"]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["a.gateway.dgw.local"]  # for host-name checks
     assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-1"
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= dt.timedelta(hours=24, minutes=5)
     assert response.trust_bundle_pem == secure_server.ca.bundle_pem  # type: ignore[union-attr]

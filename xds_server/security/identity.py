@@ -61,6 +61,13 @@ def gateway_id(shard: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId
     return SpiffeId(_check_trust_domain(trust_domain), GATEWAY_ACCOUNT, _check_segment(shard, "shard"))
 
 
+def gateway_dns_name(shard: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+    """The DNS name a gateway certificate also holds, ``SHARD.gateway.TRUST_DOMAIN``:
+    what a client that checks host names (gRPC, curl, psql's sslmode=verify-full) is
+    told to expect, as SPIFFE-unaware clients cannot check the URI SAN."""
+    return f"{_check_segment(shard, 'shard')}.{GATEWAY_ACCOUNT}.{_check_trust_domain(trust_domain)}"
+
+
 def consumer_id(kind: str, value: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
     """The identity a deploy-desires consumer ``{type: kind, value: value}`` names."""
     td = _check_trust_domain(trust_domain)

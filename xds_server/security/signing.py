@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .authz import Anonymous, Caller, Gateway, Unchecked, Workload, describe
 from .ca import CaError, CertificateAuthority, check_csr, csr_uris
-from .identity import IdentityError, gateway_id
+from .identity import IdentityError, gateway_dns_name, gateway_id
 from .tokens import TokenError, TokenStore, authenticate, peek
 
 log = logging.getLogger("xds_server.security.signing")
@@ -88,8 +88,11 @@ class NodeSigner:
         public = csr.public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey)  # check_csr made sure
         # Issued from the checked CSR's key (``ca.sign`` would parse and verify it again).
-        chain = self.ca.issue(public, [x509.UniformResourceIdentifier(identity.uri)], self.lifetime,
-                              self._clock(), common_name=node_id)
+        names: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(identity.uri),
+            x509.DNSName(gateway_dns_name(shard, identity.trust_domain)),
+        ]
+        chain = self.ca.issue(public, names, self.lifetime, self._clock(), common_name=node_id)
         serial = x509.load_pem_x509_certificate(chain).serial_number
         log.info("event=certificate_signed shard=%s node=%s identity=%s serial=%x via=%s",
                  shard, node_id, identity, serial, via)
