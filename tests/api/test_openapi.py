@@ -3,8 +3,6 @@ app, and served at /v1/openapi.json."""
 
 from __future__ import annotations
 
-import re
-
 import yaml
 from openapi_spec_validator import validate
 
@@ -57,11 +55,6 @@ def test_mutations_document_if_match_dry_run_and_their_refusals() -> None:
         assert {"ifMatch", "dryRun"} <= names, (method, path)
         assert {"401", "403", "409", "428"} <= set(operation["responses"]), (method, path)
 
-
-def test_the_auth_helpers_routes_are_in_their_marked_block() -> None:
-    marked = {p for p, item in document()["paths"].items() if item.get("x-owner") == "auth"}
-    assert marked == {"/v1/status", "/metrics", "/v1/audit", "/v1/tokens", "/v1/tokens/{id}"}
-    assert re.search(r"^  # --- routes 10-16", OPENAPI_PATH.read_text(), re.MULTILINE)
 
 
 async def test_the_server_serves_it_as_json(api: Api) -> None:

@@ -69,6 +69,7 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("DELETE", "/v1/shards/{shard}"): "operator",
     ("POST", "/v1/shards/{shard}/wiring"): "operator",
     ("GET", "/v1/shards/{shard}/history"): "reader",
+    ("GET", "/v1/shards/{shard}/versions/{number}"): "reader",
     ("GET", "/v1/shards/{shard}/versions/{n}"): "reader",
     ("POST", "/v1/shards/{shard}/rollback"): "operator",
     ("GET", "/v1/status"): "reader",
