@@ -81,6 +81,15 @@ def config_yaml(config: ShardFile) -> str:
     return yaml.safe_dump(config.runtime().model_dump(mode="json"), sort_keys=True)
 
 
+def _desires_yaml(config: ShardFile) -> str:
+    """The deploy desires as they count for the config's version: the consumers become
+    RBAC, so an edit of them alone is a new version (nothing when there are none, so
+    the versions of configs without desires are what they always were)."""
+    if config.deploy_desires is None:
+        return ""
+    return yaml.safe_dump(config.deploy_desires.model_dump(mode="json"), sort_keys=True)
+
+
 _HEALTH_VALUES = frozenset(gateway_pb2.Health.values())
 
 
@@ -156,14 +165,15 @@ class ShardRegistry:
         connected Envoys without saying so. Returns True if the config changed."""
         started = time.perf_counter()
         text = config_yaml(config)
-        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        version = hashlib.sha256((text + _desires_yaml(config)).encode()).hexdigest()[:16]
         current = self.shards.get(shard)
         if current is not None and current.config_version == version:
             self.rejections.pop(shard, None)
             return False
         try:
             self._refuse_losing_every_listener(shard, config, source)
-            ir = build_ir(config.runtime(), dataclasses.replace(self.options, file=source))
+            # The whole file: its deploy desires' consumers are the listeners' RBAC.
+            ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             shown = ConfigError(shown_problems(e.problems, secrets, self.limits))
             self.reject(shard, source, shown)

@@ -1,0 +1,180 @@
+"""The secured data path with real parts: a test CA, a gateway Envoy whose certificates
+come over SDS from a ``LocalSds`` the test runs, a ``dgw server`` child, and ``dgw
+client-proxy`` children.
+
+The gateway's credentials are issued here from a test CA (not by the sidecar's
+IdentityKeeper), so the data path is proven on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+
+from dgw.ca_cli import issue
+from envoy_proxy import BlockingEnvoy, make_bootstrap
+from sidecar.identity import Credentials
+from sidecar.sds import LocalSds
+from testkit.ports import port_open
+from testkit.wait import wait_until
+from tests.support.gateway import XdsServerProcess
+from tests.support.procs import Child
+from xds_server.security.ca import CertificateAuthority
+from xds_server.security.identity import SpiffeId, consumer_id, gateway_id
+from xds_server.security.keys import make_csr, new_private_key, private_key_pem
+
+T = TypeVar("T")
+READY_TIMEOUT_S = 20.0
+
+
+class TestCa:
+    __test__ = False  # not a test class
+
+    def __init__(self, directory: Path) -> None:
+        self.ca = CertificateAuthority.init(directory / "ca")
+        self.directory = directory
+
+    def credentials(self, identity: SpiffeId, lifetime: dt.timedelta = dt.timedelta(hours=1)) -> Credentials:
+        key = new_private_key()
+        chain = self.ca.sign(make_csr(key, identity), identity, lifetime=lifetime)
+        leaf = x509.load_pem_x509_certificate(chain)
+        return Credentials(private_key_pem(key), chain, self.ca.bundle_pem, leaf.serial_number,
+                           leaf.not_valid_before_utc, leaf.not_valid_after_utc)  # fmt: skip
+
+    def app_files(self, account_app: str) -> dict[str, Path]:
+        """cert.pem, key.pem (0600), bundle.pem for ``ACCOUNT-APP`` as `dgw ca issue` writes them."""
+        return issue(self.ca, consumer_id("account-app", account_app), self.directory / account_app,
+                     dt.timedelta(hours=1))  # fmt: skip
+
+    def client_context(self, account_app: str | None) -> ssl.SSLContext:
+        """A client TLS context that trusts the CA and presents ``account_app``'s
+        certificate (none when None)."""
+        context = ssl.create_default_context(cadata=self.ca.bundle_pem.decode())
+        context.check_hostname = False  # gateways are named by their SPIFFE ID, not a host name
+        if account_app is not None:
+            files = self.app_files(account_app) if not (self.directory / account_app).exists() else {
+                "certificate": self.directory / account_app / "cert.pem",
+                "key": self.directory / account_app / "key.pem"}  # fmt: skip
+            context.load_cert_chain(files["certificate"], files["key"])
+        return context
+
+
+class SdsThread:
+    """A ``LocalSds`` on its own event loop in a thread, for synchronous tests."""
+
+    def __init__(self, socket_path: Path, shard: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sds", daemon=True)
+        self.thread.start()
+        self.sds = LocalSds(socket_path, shard)
+        self._call(self.sds.start())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def serve(self, providers: list[str], creds: Credentials) -> bool:
+        async def serve() -> bool:
+            return self.sds.serve(providers, creds)
+
+        return self._call(serve())
+
+    def stop(self) -> None:
+        try:
+            self._call(self.sds.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+class SecureStack:
+    """A ``dgw server``, gateway Envoys with SDS from the test, client proxies."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        # Unix socket paths must stay short: pytest's tmp_path can be long.
+        self.short = Path(tempfile.mkdtemp(prefix="dgw-dp-"))
+        self.ca = TestCa(workdir)
+        self.server = XdsServerProcess(workdir).start()
+        self.envoys: list[BlockingEnvoy] = []
+        self.sds: list[SdsThread] = []
+        self.children: list[Child] = []
+
+    def gateway(self, shard: str, node_id: str = "gw-1", providers: tuple[str, ...] = ("metatron",),
+                lifetime: dt.timedelta = dt.timedelta(hours=1)) -> tuple[BlockingEnvoy, SdsThread]:  # fmt: skip
+        """A gateway Envoy of ``shard`` with the gateway identity served over SDS."""
+        sds = SdsThread(self.short / f"{shard}-{node_id}.sock", shard)
+        self.sds.append(sds)
+        sds.serve(list(providers), self.ca.credentials(gateway_id(shard), lifetime))
+        config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", "127.0.0.1:0",
+                                sds_socket=str(sds.sds.socket_path))  # fmt: skip
+        envoy = BlockingEnvoy(config, self.workdir, name=f"envoy-{shard}-{node_id}", concurrency=1)
+        self.envoys.append(envoy)
+        envoy.wait_ready(READY_TIMEOUT_S)
+        return envoy, sds
+
+    def register(self, shard: str, node_id: str, address: str, endpoints: list[dict[str, Any]]) -> None:
+        self.server.post("/v1/reports", {
+            "shard": shard, "node_id": node_id, "host_address": "127.0.0.1",
+            "registrations": [address], "endpoints": endpoints,
+        })  # fmt: skip
+
+    def client_proxy(self, shard: str, listener: str, address: str, port: int, account_app: str) -> Child:
+        """``dgw client-proxy`` as a user runs it, with a certificate from `dgw ca issue`."""
+        files = self.ca.app_files(account_app)
+        child = Child(
+            [sys.executable, "-m", "dgw.cli", "client-proxy", "--shard", shard, "--listener", listener,
+             "--address", address, "--listen", f"127.0.0.1:{port}",
+             "--xds", f"127.0.0.1:{self.server.xds_port}", "--node-id", f"app-{account_app}-{port}",
+             "--identity", str(files["certificate"]), str(files["key"])],
+            log=self.workdir / f"client-proxy-{port}.log",
+        )  # fmt: skip
+        self.children.append(child)
+        wait_until(lambda: child.serving(port, "dgw client-proxy"), READY_TIMEOUT_S, what="the client proxy listening")
+        return child
+
+    def close(self) -> None:
+        for child in self.children:
+            child.stop()
+        for envoy in self.envoys:
+            envoy.stop()
+        for sds in self.sds:
+            sds.stop()
+        self.server.stop()
+        shutil.rmtree(self.short, ignore_errors=True)
+
+
+def envoy_log(envoy: BlockingEnvoy) -> str:
+    """What this Envoy wrote to stdout and stderr (its access log lines included)."""
+    return envoy.process.log_tail(chars=1_000_000)
+
+
+def refused_without_certificate(port: int, context: ssl.SSLContext) -> bool:
+    """Whether the listener on ``port`` refuses a TLS client that trusts it but has no
+    certificate: at the handshake, or (TLS 1.3, where the server's verdict arrives
+    after the client's Finished) as an alert on the first read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # PostgreSQL's SSLRequest
+                return tls.recv(1) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            return True
+
+
+def healthy(dal: str, listener: str, port: int) -> dict[str, Any]:
+    return {"dal": dal, "listener": listener, "address": "127.0.0.1", "port": port, "health": "HEALTHY"}
+
+
+__all__ = ["SecureStack", "TestCa", "envoy_log", "healthy", "port_open", "refused_without_certificate"]
