@@ -8,25 +8,22 @@ IdentityKeeper), so the data path is proven on its own.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import shutil
 import socket
 import ssl
 import sys
 import tempfile
-import threading
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography import x509
 
 from dgw.ca_cli import issue
 from envoy_proxy import BlockingEnvoy, make_bootstrap
 from sidecar.identity import Credentials
-from sidecar.sds import LocalSds
 from testkit.ports import port_open
+from testkit.sds import ThreadedSds
 from testkit.wait import wait_until
 from tests.support.gateway import XdsServerProcess
 from tests.support.procs import Child
@@ -34,7 +31,6 @@ from xds_server.security.ca import CertificateAuthority
 from xds_server.security.identity import SpiffeId, consumer_id, gateway_id
 from xds_server.security.keys import make_csr, new_private_key, private_key_pem
 
-T = TypeVar("T")
 READY_TIMEOUT_S = 20.0
 
 
@@ -70,34 +66,6 @@ class TestCa:
         return context
 
 
-class SdsThread:
-    """A ``LocalSds`` on its own event loop in a thread, for synchronous tests."""
-
-    def __init__(self, socket_path: Path, shard: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sds", daemon=True)
-        self.thread.start()
-        self.sds = LocalSds(socket_path, shard)
-        self._call(self.sds.start())
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def serve(self, providers: list[str], creds: Credentials) -> bool:
-        async def serve() -> bool:
-            return self.sds.serve(providers, creds)
-
-        return self._call(serve())
-
-    def stop(self) -> None:
-        try:
-            self._call(self.sds.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            self.loop.close()
-
-
 class SecureStack:
     """A ``dgw server``, gateway Envoys with SDS from the test, client proxies."""
 
@@ -108,17 +76,17 @@ class SecureStack:
         self.ca = TestCa(workdir)
         self.server = XdsServerProcess(workdir).start()
         self.envoys: list[BlockingEnvoy] = []
-        self.sds: list[SdsThread] = []
+        self.sds: list[ThreadedSds] = []
         self.children: list[Child] = []
 
     def gateway(self, shard: str, node_id: str = "gw-1", providers: tuple[str, ...] = ("metatron",),
-                lifetime: dt.timedelta = dt.timedelta(hours=1)) -> tuple[BlockingEnvoy, SdsThread]:  # fmt: skip
+                lifetime: dt.timedelta = dt.timedelta(hours=1)) -> tuple[BlockingEnvoy, ThreadedSds]:  # fmt: skip
         """A gateway Envoy of ``shard`` with the gateway identity served over SDS."""
-        sds = SdsThread(self.short / f"{shard}-{node_id}.sock", shard)
+        sds = ThreadedSds(self.short / f"{shard}-{node_id}.sock", shard)
         self.sds.append(sds)
         sds.serve(list(providers), self.ca.credentials(gateway_id(shard), lifetime))
         config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", "127.0.0.1:0",
-                                sds_socket=str(sds.sds.socket_path))  # fmt: skip
+                                sds_socket=str(sds.socket_path))  # fmt: skip
         envoy = BlockingEnvoy(config, self.workdir, name=f"envoy-{shard}-{node_id}", concurrency=1)
         self.envoys.append(envoy)
         envoy.wait_ready(READY_TIMEOUT_S)
