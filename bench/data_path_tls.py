@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ class _Stack:
         self.stack.callback(self.proxy.stop)
 
         for case, port in self.ports.items():
-            wait_for(lambda case=case, port=port: self._answers(case, port), 30, f"the {case} case answering")
+            wait_for(partial(self._answers, case, port), 30, f"the {case} case answering")
 
     def _answers(self, case: str, port: int) -> bool:
         """One request on a new connection (a failed one is not reused)."""
