@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from envoy_proxy import EnvoyProcess, UpstreamTls, make_client_bootstrap
 from sidecar.identity import Credentials, IdentityKeeper, Signed
@@ -191,6 +192,16 @@ def join_signer(
 # --- the proxy --------------------------------------------------------------------------
 
 
+def _bundle_trust_domain(bundle_pem: bytes) -> str:
+    """The trust domain a CA of ours names in its subject (O=TRUST_DOMAIN)."""
+    try:
+        ca = x509.load_pem_x509_certificates(bundle_pem)[0]
+    except ValueError:
+        raise ClientProxyError("--ca is not a PEM certificate bundle") from None
+    orgs = ca.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(orgs[0].value) if orgs else DEFAULT_TRUST_DOMAIN
+
+
 def _read(path: Path, flag: str) -> bytes:
     try:
         return path.read_bytes()
@@ -227,9 +238,11 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
     envoy: EnvoyProcess | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
+        # Envoy is started before anything of gRPC runs in this process (the SDS server,
+        # the signing channel): forking while gRPC's pollers run can crash them. Envoy
+        # retries the SDS socket until it answers, moments later.
         files: IdentityFiles | None = None
-        keeper: IdentityKeeper | None = None
-        await sds.start()
+        creds: Credentials | None = None
         if options.identity is not None:
             cert, key = options.identity
             bundle = options.ca or cert.parent / "bundle.pem"
@@ -237,34 +250,36 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
                 raise ClientProxyError(f"--ca: give the CA bundle (no {bundle} beside --identity CERT)")
             files = IdentityFiles(cert, key, bundle)
             creds = files.load()
+            trust_domain = trust_domain_of(creds.chain_pem)
         elif options.join is not None:
-            # The CA decides the identity it grants; the CSR's is only a request.
-            requested = SpiffeId(DEFAULT_TRUST_DOMAIN, "client", options.node_id)
+            bundle_pem = _read(options.ca, "--ca") if options.ca else None
+            trust_domain = _bundle_trust_domain(bundle_pem) if bundle_pem else DEFAULT_TRUST_DOMAIN
+        else:
+            raise ClientProxyError("give --identity CERT KEY (see `dgw ca issue`) or --join TOKEN")
+        envoy = EnvoyProcess(bootstrap(options, sds.socket_path, trust_domain), state,
+                             name="client-proxy-envoy", concurrency=1)  # fmt: skip
+        await envoy.start()
+        await sds.start()
+        if creds is None:
+            # --join: the CA decides the identity it grants; the CSR's is only a request.
             held: list[Credentials] = []
 
             def on_new(new: Credentials) -> None:
                 held[:] = [new]
                 sds.serve([TLS_PROVIDER], new)
 
-            bundle_pem = _read(options.ca, "--ca") if options.ca else None
-            sign = join_signer(options.xds, options.shard, options.node_id, options.join,
+            sign = join_signer(options.xds, options.shard, options.node_id, options.join or "",
                                lambda: held[0] if held else None, bundle_pem)  # fmt: skip
-            keeper = IdentityKeeper(requested, sign, on_new)
+            keeper = IdentityKeeper(SpiffeId(trust_domain, "client", options.node_id), sign, on_new)
             creds = await keeper.refresh()
-        else:
-            raise ClientProxyError("give --identity CERT KEY (see `dgw ca issue`) or --join TOKEN")
-        sds.serve([TLS_PROVIDER], creds)
-        if keeper is not None:
             tasks.append(asyncio.create_task(keeper.run(stop)))
+        sds.serve([TLS_PROVIDER], creds)
         if files is not None:
             tasks.append(asyncio.create_task(_follow_files(files, sds, stop)))
-        envoy = EnvoyProcess(bootstrap(options, sds.socket_path, trust_domain_of(creds.chain_pem)), state,
-                             name="client-proxy-envoy", concurrency=1)  # fmt: skip
-        await envoy.start()
         await envoy.wait_ready(READY_TIMEOUT_S)
         on_ready(
             f"client proxy: {options.listen} → {options.address}/{options.listener} "
-            f"(gateways spiffe://{trust_domain_of(creds.chain_pem)}/gateway/{options.shard}), "
+            f"(gateways spiffe://{trust_domain}/gateway/{options.shard}), "
             f"serial {creds.serial:x}, expires {creds.not_after.isoformat()}"
         )
         log.info("event=client_proxy_ready listen=%s target=%s/%s envoy_pid=%d admin=%s",

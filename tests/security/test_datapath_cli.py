@@ -98,3 +98,34 @@ def test_envoy_accepts_the_client_proxy_bootstrap(tmp_path):
     result = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.envoy
+def test_join_against_a_server_without_signing_says_to_use_identity(tmp_path):
+    """``--join`` calls ``dgw.v1.Gateway.SignCertificate``; a server that does not
+    implement it yet is named as such (the call itself is the contract)."""
+    import asyncio
+
+    import grpc
+
+    from dgw.client_proxy import ClientProxyError, run
+    from testkit.ports import free_port
+
+    async def scenario() -> str:
+        server = grpc.aio.server()
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            options = Options(shard="rds", listener="secure_postgres", address="rds.dgw",
+                              listen=f"127.0.0.1:{free_port()}", xds=f"127.0.0.1:{port}", node_id="app-1",
+                              admin="127.0.0.1:0", delta=False, identity=None, ca=None,
+                              join="dgw_0123456789ab_" + "x" * 43, state_dir=tmp_path / "s")  # fmt: skip
+            with pytest.raises(ClientProxyError) as caught:
+                await run(options, asyncio.Event())
+            return str(caught.value)
+        finally:
+            await server.stop(0)
+
+    message = asyncio.run(scenario())
+    assert "does not sign certificates" in message and "--identity CERT KEY" in message
+    assert "dgw_0123456789ab" not in message
