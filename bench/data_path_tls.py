@@ -187,6 +187,22 @@ def _connections(stack: _Stack, seconds: float, callers: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _envoy_cpu_per_request(loader: _Loader, stack: _Stack, rate: float, requests: int = 2000) -> dict[str, float]:
+    """The gateway Envoy's CPU (user + sys) per request of each case, one case at a
+    time: less at the mercy of a busy machine than latency, it shows what TLS + RBAC
+    cost the gateway itself (the client proxy's own Envoy is not counted)."""
+    out = {}
+    for case, port in stack.ports.items():
+        before = cpu_times(stack.envoy.pid)
+        reply = loader.ask("latency", {
+            "protocol": "http", "ports": {case: port}, "rate": max(rate, 1000.0), "block": requests, "rounds": 1,
+            "pause": 0.0, "tls": {"mtls": stack.tls},
+        }, requests / 100 + 60)  # fmt: skip
+        after = cpu_times(stack.envoy.pid)
+        out[case] = (sum(after) - sum(before)) / reply["sent"][case] * 1e6
+    return out
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = scratch_dir("data-path-tls")
     short = Path(tempfile.mkdtemp(prefix="dgw-bench-"))  # a Unix socket path is ≤ 107 bytes
@@ -203,6 +219,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "protocol": "http", "ports": stack.ports, "rate": args.rate, "block": args.block,
             "rounds": args.rounds, "pause": 0.05, "tls": {"mtls": stack.tls},
         }, seconds * 2 + args.rounds * len(CASES) * 0.05 + 120)  # fmt: skip
+        cpu_us = _envoy_cpu_per_request(loader, stack, args.rate)
         note(f"tls: new mTLS connections, {args.tls_callers} openssl s_time callers for {args.tls_seconds:g}s")
         connections = _connections(stack, args.tls_seconds, args.tls_callers)
         base = pooled(lat["latencies_ms"]["envoy"])
@@ -214,7 +231,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "p99_ms": percentile(values, 99),
                 "p50_added_ms": percentile(values, 50) - percentile(base, 50),
                 "p99_added_ms": percentile(values, 99) - percentile(base, 99),
-                "errors": lat["errors"][case],
+                "errors": lat["errors"][case], "gateway_cpu_us": cpu_us[case],
             })  # fmt: skip
         ok = True
         return {"rows": rows, "connections": connections, "cpu_dma_latency_us": held}
@@ -253,8 +270,10 @@ def main(args: argparse.Namespace) -> int:
     }  # fmt: skip
     if args.save:
         save_json(args.name or "data-path-tls", result, args.out)
-    text = table(rows, ["case", "requests", "p50_ms", "p99_ms", "p50_added_ms", "p99_added_ms", "errors"],
-                 "data-path --tls: latency on a kept-alive connection (paced, cases interleaved), added vs envoy")
+    text = table(rows, ["case", "requests", "p50_ms", "p99_ms", "p50_added_ms", "p99_added_ms", "errors",
+                        "gateway_cpu_us"],
+                 "data-path --tls: latency on a kept-alive connection (paced, cases interleaved), added vs envoy; "
+                 "gateway Envoy CPU per request")  # fmt: skip
     text += (f"\n  new mTLS connections: {connections['per_s']:.0f}/s through one Envoy "
              f"({connections['handshakes']} handshakes in {connections['seconds']}s, {connections['callers']} "
              f"callers; Envoy CPU {connections['envoy_cpu_us_per_handshake']:.0f} µs per handshake)")  # fmt: skip
