@@ -105,14 +105,16 @@ class _Stack:
         self.stack.callback(self.server.stop)
         self.dal = _dal("thrift", dal_ports, self.workdir, service_ms)
         self.stack.callback(self.dal.stop)
-        sds = ThreadedSds(short / "sds.sock", SHARD)
-        self.stack.callback(sds.stop)
-        sds.serve(["metatron"], IdentityFiles(gateway["certificate"], gateway["key"], gateway["bundle"]).load())
+        # Envoy is started (forked) before the SDS server: forking right as gRPC's
+        # pollers start can crash them. Envoy retries the socket until it answers.
         try:
             self.envoy = BlockingEnvoy(make_bootstrap(SHARD, "bench-gw", self.server.xds, "127.0.0.1:0",
-                                                      sds_socket=str(sds.socket_path)),
+                                                      sds_socket=str(short / "sds.sock")),
                                        self.workdir, name="envoy-tls", concurrency=1)  # fmt: skip
             self.stack.callback(self.envoy.stop)
+            sds = ThreadedSds(short / "sds.sock", SHARD)
+            self.stack.callback(sds.stop)
+            sds.serve(["metatron"], IdentityFiles(gateway["certificate"], gateway["key"], gateway["bundle"]).load())
             self.envoy.wait_ready(30)
         except EnvoyError as e:
             raise BenchError(str(e)) from None

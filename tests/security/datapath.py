@@ -81,14 +81,18 @@ class SecureStack:
 
     def gateway(self, shard: str, node_id: str = "gw-1", providers: tuple[str, ...] = ("metatron",),
                 lifetime: dt.timedelta = dt.timedelta(hours=1)) -> tuple[BlockingEnvoy, ThreadedSds]:  # fmt: skip
-        """A gateway Envoy of ``shard`` with the gateway identity served over SDS."""
-        sds = ThreadedSds(self.short / f"{shard}-{node_id}.sock", shard)
-        self.sds.append(sds)
-        sds.serve(list(providers), self.ca.credentials(gateway_id(shard), lifetime))
+        """A gateway Envoy of ``shard`` with the gateway identity served over SDS.
+
+        Envoy is started (forked) before the SDS server: forking right as gRPC's
+        pollers start can crash them. Envoy retries the socket until it answers."""
+        socket_path = self.short / f"{shard}-{node_id}.sock"
         config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", "127.0.0.1:0",
-                                sds_socket=str(sds.socket_path))  # fmt: skip
+                                sds_socket=str(socket_path))  # fmt: skip
         envoy = BlockingEnvoy(config, self.workdir, name=f"envoy-{shard}-{node_id}", concurrency=1)
         self.envoys.append(envoy)
+        sds = ThreadedSds(socket_path, shard)
+        self.sds.append(sds)
+        sds.serve(list(providers), self.ca.credentials(gateway_id(shard), lifetime))
         envoy.wait_ready(READY_TIMEOUT_S)
         return envoy, sds
 
