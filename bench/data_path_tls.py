@@ -2,7 +2,7 @@
 
 One gateway Envoy (``--concurrency 1``) of one shard serves two HTTP listeners in front
 of the same sample DAL: ``api`` in plaintext and ``secure_api`` with ``tls_creds`` and
-``authz`` (mTLS with its certificate over SDS from a LocalSds this process runs, and the
+``authz`` (mTLS with its certificate over SDS from a LocalSds in a child process, and the
 deny-by-default RBAC from the shard's consumers). A ``dgw client-proxy`` child
 originates mTLS to ``secure_api`` for a plaintext client.
 
@@ -47,10 +47,11 @@ from bench.procs import (
 from bench.report import emit, machine, note, percentile, save_json, table
 from bench.stats import pooled
 from dgw.ca_cli import issue
-from dgw.client_proxy import IdentityFiles
 from envoy_proxy import BlockingEnvoy, EnvoyError, make_bootstrap
 from testkit.ports import free_port
-from testkit.sds import ThreadedSds
+from testkit.procs import ChildExited
+from testkit.sds import SdsChild
+from testkit.wait import WaitTimeout
 from xds_server.security.ca import CertificateAuthority
 from xds_server.security.identity import consumer_id, gateway_id
 
@@ -105,16 +106,16 @@ class _Stack:
         self.stack.callback(self.server.stop)
         self.dal = _dal("thrift", dal_ports, self.workdir, service_ms)
         self.stack.callback(self.dal.stop)
-        # Envoy is started (forked) before the SDS server: forking right as gRPC's
-        # pollers start can crash them. Envoy retries the socket until it answers.
+        try:
+            self.sds = SdsChild(short / "sds.sock", SHARD, ["metatron"], gateway, self.workdir / "sds.log")
+        except (ChildExited, WaitTimeout) as e:
+            raise BenchError(str(e)) from None
+        self.stack.callback(self.sds.stop)
         try:
             self.envoy = BlockingEnvoy(make_bootstrap(SHARD, "bench-gw", self.server.xds, "127.0.0.1:0",
                                                       sds_socket=str(short / "sds.sock")),
                                        self.workdir, name="envoy-tls", concurrency=1)  # fmt: skip
             self.stack.callback(self.envoy.stop)
-            sds = ThreadedSds(short / "sds.sock", SHARD)
-            self.stack.callback(sds.stop)
-            sds.serve(["metatron"], IdentityFiles(gateway["certificate"], gateway["key"], gateway["bundle"]).load())
             self.envoy.wait_ready(30)
         except EnvoyError as e:
             raise BenchError(str(e)) from None

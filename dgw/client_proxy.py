@@ -275,7 +275,7 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
             tasks.append(asyncio.create_task(keeper.run(stop)))
         sds.serve([TLS_PROVIDER], creds)
         if files is not None:
-            tasks.append(asyncio.create_task(_follow_files(files, sds, stop)))
+            tasks.append(asyncio.create_task(follow_files(files, sds, [TLS_PROVIDER], stop)))
         await envoy.wait_ready(READY_TIMEOUT_S)
         on_ready(
             f"client proxy: {options.listen} → {options.address}/{options.listener} "
@@ -306,8 +306,9 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
             shutil.rmtree(state, ignore_errors=True)
 
 
-async def _follow_files(files: IdentityFiles, sds: LocalSds, stop: asyncio.Event) -> None:
-    """Serve the files again whenever they change (a renewal written by another tool)."""
+async def follow_files(files: IdentityFiles, sds: LocalSds, providers: list[str], stop: asyncio.Event) -> None:
+    """Serve the files again under ``providers`` whenever they change (a renewal written
+    by another tool), until ``stop`` is set."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), FILE_POLL_S)
@@ -318,7 +319,7 @@ async def _follow_files(files: IdentityFiles, sds: LocalSds, stop: asyncio.Event
         except ClientProxyError as e:
             log.warning("event=identity_reload_failed error=%s (the previous certificate stays)", e)
             continue
-        sds.serve([TLS_PROVIDER], creds)
+        sds.serve(providers, creds)
         log.info("event=identity_reloaded serial=%x not_after=%s", creds.serial, creds.not_after.isoformat())
 
 

@@ -1,55 +1,78 @@
-"""A ``LocalSds`` (the sidecar's SDS server) on its own event loop in a thread, for
-synchronous tests and benchmarks that hand a gateway Envoy its certificates."""
+"""A gateway's SDS server (the sidecar's ``LocalSds``) in a child process, for tests and
+benchmarks that hand a gateway Envoy its certificates from files.
+
+Why a child: a process whose gRPC pollers run must not fork with ``preexec_fn`` (as
+``testkit.procs.Child`` does): gRPC's fork handlers then run in the child and can abort
+it. Kept out of the test's own process, the SDS server cannot do that to anything the
+test starts. The certificate, key and bundle files are served as the secrets of the
+named providers and served again when they change (a rotation is a rewrite of them).
+
+``python -m testkit.sds SOCKET SHARD PROVIDER[,PROVIDER] CERT KEY BUNDLE``
+"""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Coroutine
+import signal
+import sys
 from pathlib import Path
-from typing import Any, TypeVar
 
-from sidecar.identity import Credentials
-from sidecar.sds import LocalSds
+from testkit.procs import Child
+from testkit.wait import wait_until
 
-T = TypeVar("T")
-_CALL_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 15.0
 
 
-class ThreadedSds:
-    def __init__(self, socket_path: Path, shard: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sds", daemon=True)
-        self.thread.start()
-        self.sds = LocalSds(socket_path, shard)
+class SdsChild:
+    """``python -m testkit.sds`` serving ``files`` (certificate, key, bundle) on ``socket_path``."""
+
+    def __init__(self, socket_path: Path, shard: str, providers: list[str], files: dict[str, Path], log: Path) -> None:
+        self.socket_path = socket_path
+        self.child = Child(
+            [sys.executable, "-m", "testkit.sds", str(socket_path), shard, ",".join(providers),
+             str(files["certificate"]), str(files["key"]), str(files["bundle"])],
+            log,
+        )  # fmt: skip
         try:
-            self._call(self.sds.start())
+            wait_until(lambda: self._ready(), READY_TIMEOUT_S, what=f"the SDS server on {socket_path}")
         except BaseException:
-            self._end_loop()
+            self.child.stop()
             raise
 
-    @property
-    def socket_path(self) -> Path:
-        return self.sds.socket_path
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(_CALL_TIMEOUT_S)
-
-    def serve(self, providers: list[str], creds: Credentials) -> bool:
-        """Serve ``creds`` under the providers' secret names; True if Envoy sees a change."""
-
-        async def serve() -> bool:  # on the server's loop: its streams are woken there
-            return self.sds.serve(providers, creds)
-
-        return self._call(serve())
+    def _ready(self) -> bool:
+        self.child.check("the SDS server")
+        return "event=sds_secrets" in self.child.log_tail(100_000)
 
     def stop(self) -> None:
-        try:
-            self._call(self.sds.stop())
-        finally:
-            self._end_loop()
+        self.child.stop()
 
-    def _end_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+
+async def _serve(socket_path: Path, shard: str, providers: list[str], files: list[Path]) -> None:
+    from dgw.client_proxy import IdentityFiles, follow_files
+    from sidecar.sds import LocalSds
+
+    identity = IdentityFiles(files[0], files[1], files[2])
+    creds = identity.load()
+    sds = LocalSds(socket_path, shard)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sds.start()
+    try:
+        sds.serve(providers, creds)
+        await follow_files(identity, sds, providers, stop)
+    finally:
+        await sds.stop()
+
+
+def main(argv: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    socket_path, shard, providers, *files = argv
+    asyncio.run(_serve(Path(socket_path), shard, providers.split(","), [Path(f) for f in files]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -21,15 +21,13 @@ from cryptography import x509
 
 from dgw.ca_cli import issue
 from envoy_proxy import BlockingEnvoy, make_bootstrap
-from sidecar.identity import Credentials
 from testkit.ports import port_open
-from testkit.sds import ThreadedSds
+from testkit.sds import SdsChild
 from testkit.wait import wait_until
 from tests.support.gateway import XdsServerProcess
 from tests.support.procs import Child
 from xds_server.security.ca import CertificateAuthority
 from xds_server.security.identity import SpiffeId, consumer_id, gateway_id
-from xds_server.security.keys import make_csr, new_private_key, private_key_pem
 
 READY_TIMEOUT_S = 20.0
 
@@ -41,17 +39,13 @@ class TestCa:
         self.ca = CertificateAuthority.init(directory / "ca")
         self.directory = directory
 
-    def credentials(self, identity: SpiffeId, lifetime: dt.timedelta = dt.timedelta(hours=1)) -> Credentials:
-        key = new_private_key()
-        chain = self.ca.sign(make_csr(key, identity), identity, lifetime=lifetime)
-        leaf = x509.load_pem_x509_certificate(chain)
-        return Credentials(private_key_pem(key), chain, self.ca.bundle_pem, leaf.serial_number,
-                           leaf.not_valid_before_utc, leaf.not_valid_after_utc)  # fmt: skip
-
     def app_files(self, account_app: str) -> dict[str, Path]:
         """cert.pem, key.pem (0600), bundle.pem for ``ACCOUNT-APP`` as `dgw ca issue` writes them."""
-        return issue(self.ca, consumer_id("account-app", account_app), self.directory / account_app,
-                     dt.timedelta(hours=1))  # fmt: skip
+        return self.files(consumer_id("account-app", account_app), account_app)
+
+    def files(self, identity: SpiffeId, name: str, lifetime: dt.timedelta = dt.timedelta(hours=1)) -> dict[str, Path]:
+        """A new key and certificate for ``identity`` in ``DIR/name`` (replacing what is there)."""
+        return issue(self.ca, identity, self.directory / name, lifetime)
 
     def client_context(self, account_app: str | None) -> ssl.SSLContext:
         """A client TLS context that trusts the CA and presents ``account_app``'s
@@ -76,25 +70,29 @@ class SecureStack:
         self.ca = TestCa(workdir)
         self.server = XdsServerProcess(workdir).start()
         self.envoys: list[BlockingEnvoy] = []
-        self.sds: list[ThreadedSds] = []
+        self.sds: list[SdsChild] = []
         self.children: list[Child] = []
 
     def gateway(self, shard: str, node_id: str = "gw-1", providers: tuple[str, ...] = ("metatron",),
-                lifetime: dt.timedelta = dt.timedelta(hours=1)) -> tuple[BlockingEnvoy, ThreadedSds]:  # fmt: skip
-        """A gateway Envoy of ``shard`` with the gateway identity served over SDS.
-
-        Envoy is started (forked) before the SDS server: forking right as gRPC's
-        pollers start can crash them. Envoy retries the socket until it answers."""
+                lifetime: dt.timedelta = dt.timedelta(hours=1)) -> BlockingEnvoy:  # fmt: skip
+        """A gateway Envoy of ``shard`` with the gateway identity served over SDS by a
+        child process that follows its files (``rotate_gateway`` replaces them)."""
         socket_path = self.short / f"{shard}-{node_id}.sock"
+        files = self.ca.files(gateway_id(shard), f"gateway-{shard}-{node_id}", lifetime)
+        self.sds.append(SdsChild(socket_path, shard, list(providers), files,
+                                 self.workdir / f"sds-{shard}-{node_id}.log"))  # fmt: skip
         config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", "127.0.0.1:0",
                                 sds_socket=str(socket_path))  # fmt: skip
         envoy = BlockingEnvoy(config, self.workdir, name=f"envoy-{shard}-{node_id}", concurrency=1)
         self.envoys.append(envoy)
-        sds = ThreadedSds(socket_path, shard)
-        self.sds.append(sds)
-        sds.serve(list(providers), self.ca.credentials(gateway_id(shard), lifetime))
         envoy.wait_ready(READY_TIMEOUT_S)
-        return envoy, sds
+        return envoy
+
+    def rotate_gateway(self, shard: str, node_id: str = "gw-1",
+                       lifetime: dt.timedelta = dt.timedelta(hours=1)) -> int:  # fmt: skip
+        """New gateway credentials written over the old files; the new serial number."""
+        files = self.ca.files(gateway_id(shard), f"gateway-{shard}-{node_id}", lifetime)
+        return x509.load_pem_x509_certificate(files["certificate"].read_bytes()).serial_number
 
     def register(self, shard: str, node_id: str, address: str, endpoints: list[dict[str, Any]]) -> None:
         self.server.post("/v1/reports", {

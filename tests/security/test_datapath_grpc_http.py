@@ -48,7 +48,7 @@ class Kv:
     def __init__(self, stack: SecureStack, dal: Child, grpc_port: int, http_port: int, dal_ports: dict[str, int]):
         self.stack, self.dal = stack, dal
         self.grpc_port, self.http_port, self.dal_ports = grpc_port, http_port, dal_ports
-        self.envoy, _ = stack.gateway(SHARD)
+        self.envoy = stack.gateway(SHARD)
 
 
 @pytest.fixture

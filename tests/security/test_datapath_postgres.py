@@ -16,7 +16,7 @@ import pytest
 from testkit.ports import free_port, port_open
 from testkit.wait import wait_until
 
-from .datapath import SecureStack, refused_without_certificate
+from .datapath import SecureStack, envoy_log, refused_without_certificate
 
 pytestmark = [pytest.mark.envoy, pytest.mark.postgres, pytest.mark.slow]
 
@@ -61,7 +61,7 @@ def psql(port: int, sql: str) -> subprocess.CompletedProcess[str]:
 def test_psql_through_client_proxy_and_gateway(secure: SecureStack):
     gateway_port = free_port()
     secure.server.write_shard(SHARD, rds_shard(gateway_port))
-    envoy, _ = secure.gateway(SHARD)
+    envoy = secure.gateway(SHARD)
     wait_until(lambda: port_open(gateway_port), 10, what="the gateway's secure_postgres listener")
     secure.register(SHARD, "gw-1", ADDRESS, [])
 
@@ -89,6 +89,9 @@ def test_psql_through_client_proxy_and_gateway(secure: SecureStack):
     # gateway's denial counter shows the attempt reached it and RBAC refused it.
     wait_until(refused_by_the_gateway, 15, what="the gateway's RBAC to refuse an unknown identity")
     assert "1" not in answers
+    # The refused connection is logged with the caller's identity.
+    wait_until(lambda: "dgw_denied listener=secure_postgres peer=spiffe://dgw.local/prod/intruder connection="
+               "rbac_access_denied" in envoy_log(envoy), 15, what="the denied connection in Envoy's log")  # fmt: skip
 
     # No client certificate at all: refused at the TLS handshake, nothing reaches RBAC.
     denied_before = envoy.stat("secure_postgres.rbac.denied")

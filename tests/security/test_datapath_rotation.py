@@ -22,7 +22,6 @@ from cryptography import x509
 from testkit.ports import free_port, port_open
 from testkit.wait import wait_until
 from tests.support.procs import sample_dal
-from xds_server.security.identity import gateway_id
 
 from .datapath import SecureStack, healthy
 
@@ -105,7 +104,7 @@ def test_rotation_under_load_fails_no_request(tmp_path):
         })  # fmt: skip
         dal = sample_dal("kv", {"secure_http": dal_port}, tmp_path / "dal.log")
         stack.register(SHARD, "gw-1", ADDRESS, [healthy("kv", "secure_http", dal_port)])
-        envoy, sds = stack.gateway(SHARD, lifetime=LIFETIME)
+        envoy = stack.gateway(SHARD, lifetime=LIFETIME)
         wait_until(lambda: port_open(gateway_port), 10, what="the secured listener")
         proxy = stack.client_proxy(SHARD, "secure_http", ADDRESS, proxy_port, APP)
         proxy_admin = re.search(r"admin=(\S+)", wait_until(lambda: "admin=" in proxy.log() and proxy.log(), 10)).group(1)
@@ -131,11 +130,11 @@ def test_rotation_under_load_fails_no_request(tmp_path):
         thread.start()
         wait_until(lambda: load.sent >= 20, 10, what="the load running")
 
-        # The gateway: new certificates over SDS, twice.
+        # The gateway: new certificates over SDS (its files rewritten, as a renewal
+        # would), twice.
         for round_ in range(2):
-            creds = stack.ca.credentials(gateway_id(SHARD), LIFETIME)
-            assert sds.serve(["metatron"], creds)
-            wait_until(lambda c=creds: c.serial in serials(envoy.admin_text("/certs")), 10,
+            serial = stack.rotate_gateway(SHARD, lifetime=LIFETIME)
+            wait_until(lambda s=serial: s in serials(envoy.admin_text("/certs")), 10,
                        what=f"gateway certificate {round_ + 1} in Envoy's /certs")  # fmt: skip
             sent = load.sent
             wait_until(lambda s=sent: load.sent >= s + 20, 10, what="requests after the rotation")

@@ -18,6 +18,7 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -38,6 +39,7 @@ TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
 STDOUT_ACCESS_LOG = "envoy.access_loggers.stdout"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 
 # Secrets come from the sidecar on the same host, never from the control plane: the
 # private key never leaves the host that made it.
@@ -57,6 +59,11 @@ _SDS = config_source_pb2.ConfigSource(
 _DENIED_LOG_FORMAT = (
     "dgw_denied listener=%s peer=%%DOWNSTREAM_PEER_URI_SAN%% method=%%REQ(:METHOD)%% "
     "path=%%REQ(:PATH)%% %s\n"
+)
+
+
+_DENIED_CONNECTION_FORMAT = (
+    "dgw_denied listener=%s peer=%%DOWNSTREAM_PEER_URI_SAN%% connection=%%CONNECTION_TERMINATION_DETAILS%%\n"
 )
 
 
@@ -114,6 +121,22 @@ def denied_access_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
         ))
     stdout = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
         text_format_source=base_pb2.DataSource(inline_string=_DENIED_LOG_FORMAT % (lst.listener, status)),
+    ))
+    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=_packed(stdout))
+
+
+def denied_connection_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
+    """A tcp listener's counterpart of ``denied_access_log``: one line per connection
+    its network RBAC closed, naming the caller's identity (the filter leaves its verdict
+    in the connection's termination details)."""
+    stdout = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=_DENIED_CONNECTION_FORMAT % lst.listener),
+    ))
+    denied = accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name=CEL_FILTER,
+        typed_config=_packed(cel_pb2.ExpressionFilter(
+            expression="connection.termination_details.startsWith('rbac_access_denied')",
+        )),
     ))
     return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=_packed(stdout))
 
