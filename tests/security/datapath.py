@@ -9,11 +9,13 @@ IdentityKeeper), so the data path is proven on its own.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import socket
 import ssl
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +76,12 @@ class SecureStack:
         self.children: list[Child] = []
 
     def gateway(self, shard: str, node_id: str = "gw-1", providers: tuple[str, ...] = ("metatron",),
-                lifetime: dt.timedelta = dt.timedelta(hours=1)) -> BlockingEnvoy:  # fmt: skip
-        """A gateway Envoy of ``shard`` with the gateway identity served over SDS by a
-        child process that follows its files (``rotate_gateway`` replaces them)."""
+                lifetime: dt.timedelta = dt.timedelta(hours=1), identity: SpiffeId | None = None,
+                ) -> BlockingEnvoy:  # fmt: skip
+        """A gateway Envoy of ``shard`` with the gateway identity (or ``identity``) served
+        over SDS by a child process that follows its files (``rotate_gateway`` replaces them)."""
         socket_path = self.short / f"{shard}-{node_id}.sock"
-        files = self.ca.files(gateway_id(shard), f"gateway-{shard}-{node_id}", lifetime)
+        files = self.ca.files(identity or gateway_id(shard), f"gateway-{shard}-{node_id}", lifetime)
         self.sds.append(SdsChild(socket_path, shard, list(providers), files,
                                  self.workdir / f"sds-{shard}-{node_id}.log"))  # fmt: skip
         config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", "127.0.0.1:0",
@@ -113,6 +116,17 @@ class SecureStack:
         self.children.append(child)
         wait_until(lambda: child.serving(port, "dgw client-proxy"), READY_TIMEOUT_S, what="the client proxy listening")
         return child
+
+    def proxy_stat(self, proxy: Child, name: str) -> int:
+        """A counter of a client proxy's Envoy (its admin address is in its ready line)."""
+        admin = re.search(r"admin=(\S+)", proxy.log())
+        assert admin, "the client proxy has not logged its admin address"
+        with urllib.request.urlopen(f"http://{admin.group(1)}/stats?filter=^{re.escape(name)}$", timeout=3) as r:
+            for line in r.read().decode().splitlines():
+                key, _, value = line.partition(": ")
+                if key == name:
+                    return int(value)
+        return 0
 
     def close(self) -> None:
         for child in self.children:

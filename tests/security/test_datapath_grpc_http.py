@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -17,6 +18,7 @@ import pytest
 from testkit.ports import free_port, port_open
 from testkit.wait import wait_until
 from tests.support.procs import Child, sample_dal
+from xds_server.security.identity import gateway_id
 
 from .datapath import SecureStack, envoy_log, healthy, refused_without_certificate
 
@@ -142,3 +144,43 @@ def test_http_groups_and_a_consumer_removed_live(kv: Kv):
     finally:
         for conn in (rw, ro, stranger):
             conn.close()
+
+
+def test_client_proxy_refuses_a_gateway_with_another_identity(tmp_path):
+    """A workload of the same CA posing as the shard's gateway: the client proxy checks
+    the gateway's SPIFFE ID and never sends it a byte of the application's."""
+    stack = SecureStack(tmp_path)
+    dal: Child | None = None
+    try:
+        http_port, dal_port, proxy_port = free_port(), free_port(), free_port()
+        stack.server.write_shard(SHARD, {
+            "proxy_config": {"public_listeners": {
+                "secure_http": {"mode": "http", "path": http_port, "tls_creds": "metatron", "authz": "gandalf"}}},
+            "container_dals": {"kv": {"container_listeners": {"secure_http": dal_port}}},
+            "registrations": [{"address": ADDRESS}],
+            "deploy_desires": {"consumers": [{"type": "account-app", "value": READ_WRITE, "group": "read-write"}]},
+        })  # fmt: skip
+        dal = sample_dal("kv", {"secure_http": dal_port}, tmp_path / "dal.log")
+        stack.register(SHARD, "gw-1", ADDRESS, [healthy("kv", "secure_http", dal_port)])
+        stack.gateway(SHARD, identity=gateway_id("impostor"))
+        wait_until(lambda: port_open(http_port), 10, what="the impostor's listener")
+        proxy = stack.client_proxy(SHARD, "secure_http", ADDRESS, proxy_port, READ_WRITE)
+
+        def refused() -> bool:
+            conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=5)
+            try:
+                conn.request("GET", "/item/1")
+                assert conn.getresponse().status != 200
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+            return stack.proxy_stat(proxy, "cluster.gateway.ssl.fail_verify_san") >= 1
+
+        wait_until(refused, 15, what="the client proxy to refuse the impostor's certificate")
+        # The DAL saw nothing.
+        assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{dal_port}/stats", timeout=3).read())["requests"] == 0
+    finally:
+        stack.close()
+        if dal is not None:
+            dal.stop()
