@@ -87,6 +87,10 @@ def cmd_translate_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_data_path(args: argparse.Namespace) -> int:
+    if args.tls:
+        from bench import data_path_tls
+
+        return data_path_tls.main(args)
     from bench import data_path
 
     return data_path.main(args)
@@ -145,6 +149,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="DAL service times to measure at, e.g. 0,1 (ms every DAL waits before answering)")
     p.add_argument("--let-cpus-sleep", dest="quick_wakeups", action="store_false",
                    help="do not hold /dev/cpu_dma_latency at 0 while measuring (idle CPUs halt, wake slowly)")
+    p.add_argument("--tls", action="store_true",
+                   help="the TLS case instead: latency added by mTLS + RBAC on a kept-alive connection (and "
+                        "through the client proxy), and new mTLS connections per second through one Envoy")
+    p.add_argument("--tls-seconds", type=float, default=5.0, help="with --tls: how long connections are opened")
+    p.add_argument("--tls-callers", type=int, default=2, help="with --tls: openssl s_time callers opening them")
     _common(p)
     p.set_defaults(func=_run(cmd_data_path))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import http.client
+import ssl
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -54,10 +55,25 @@ class _Client:
             await self._channel.close(grace=None)
 
 
-def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(call, close) of one keep-alive connection: ``http.client`` or a blocking gRPC channel."""
+def tls_context(tls: dict[str, str]) -> ssl.SSLContext:
+    """A client context with ``tls``'s certificate and key (mTLS) that trusts its ``ca``.
+    Gateways are named by their SPIFFE ID, not a host name: chaining is what is checked."""
+    context = ssl.create_default_context(cafile=tls["ca"])
+    context.check_hostname = False
+    context.load_cert_chain(tls["cert"], tls["key"])
+    return context
+
+
+def _blocking_call(
+    protocol: str, port: int, tls: dict[str, str] | None = None
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(call, close) of one keep-alive connection: ``http.client`` (over mTLS with
+    ``tls``) or a blocking gRPC channel."""
     if protocol == "http":
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=tls_context(tls)) if tls
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        )
 
         def call() -> None:
             conn.request("GET", "/v1/item")
@@ -67,6 +83,8 @@ def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callab
                 raise RuntimeError(f"HTTP {r.status}")
 
         return call, conn.close
+    if tls:
+        raise ValueError("gRPC over mTLS is measured through the client proxy, not here")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     echo = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
 
@@ -77,17 +95,19 @@ def _blocking_call(protocol: str, port: int) -> tuple[Callable[[], None], Callab
 
 
 def _interleaved(protocol: str, ports: dict[str, int], rate: float, block: int, rounds: int,
-                 pause: float, warmup: int = 5) -> dict[str, Any]:  # fmt: skip
+                 pause: float, warmup: int = 5, tls: dict[str, dict[str, str]] | None = None,
+                 ) -> dict[str, Any]:  # fmt: skip
     """Blocks of ``block`` requests, one every 1/rate s, case after case, ``rounds`` times.
 
     Every case has its own keep-alive connection, opened and warmed before timing. The
     order of the cases rotates each round, so no case always follows the same one.
     Before every block the loop pauses ``pause`` s, so what the last block left in
     flight (mirrored requests to a slow target) has landed, then sends ``warmup``
-    untimed requests: every block starts alike, whichever case it is. Returns, per
-    case, one list of latencies (ms) per round."""
+    untimed requests: every block starts alike, whichever case it is. A case named in
+    ``tls`` connects over mTLS with those files. Returns, per case, one list of
+    latencies (ms) per round."""
     names = list(ports)
-    calls = {name: _blocking_call(protocol, port) for name, port in ports.items()}
+    calls = {name: _blocking_call(protocol, port, (tls or {}).get(name)) for name, port in ports.items()}
     latencies: dict[str, list[list[float]]] = {name: [] for name in names}
     errors = {name: 0 for name in names}
     sent = {name: 0 for name in names}
@@ -155,7 +175,7 @@ async def _serve(conn: Connection) -> None:
         try:
             if command == "latency":
                 reply = _interleaved(args["protocol"], args["ports"], args["rate"], args["block"], args["rounds"],
-                                     args["pause"])  # fmt: skip
+                                     args["pause"], tls=args.get("tls"))  # fmt: skip
             else:
                 reply = await _throughput(args["protocol"], args["port"], args["concurrency"], args["seconds"])
         except Exception as e:  # report, do not die: the orchestrator decides

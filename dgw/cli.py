@@ -53,7 +53,7 @@ def check_file(path: Path, public_address: str = "127.0.0.1") -> ShardFile | Dep
 
     config = load_any(path)
     if isinstance(config, ShardFile):
-        translate(config.runtime(), TranslateOptions(public_address=public_address, file=str(path)))
+        translate(config, TranslateOptions(public_address=public_address, file=str(path)))
     return config
 
 
@@ -87,7 +87,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                 "runtime config: proxy_config, container_dals, network_dals, wiring)",
             )])
         resources = translate(
-            config.runtime(),
+            config,
             TranslateOptions(public_address=args.public_address, file=str(args.path)),
         )
     except ConfigError as e:
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import completion, daemon, logs, ops, schema, up
+    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
     schema.add_command(sub)
+    ca_cli.add_command(sub)
+    client_proxy_cli.add_command(sub)
     completion.add_command(sub)
     for command in sub.choices.values():
         # Where users type it too (`dgw up --log-level WARNING`); SUPPRESS keeps the

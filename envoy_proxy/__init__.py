@@ -20,9 +20,11 @@ from .bootstrap import (
     DEFAULT_ADMIN,
     SDS_CLUSTER,
     XDS_CLUSTER,
+    UpstreamTls,
     make_bootstrap,
     make_client_bootstrap,
     sds_cluster,
+    upstream_tls_socket,
 )
 from .errors import AdminUnavailable, EnvoyError, EnvoyExited, EnvoyNotFound, EnvoyNotReady
 from .process import EnvoyProcess
@@ -40,8 +42,10 @@ __all__ = [
     "EnvoyNotReady",
     "EnvoyProcess",
     "Stats",
+    "UpstreamTls",
     "find_envoy",
     "make_bootstrap",
     "make_client_bootstrap",
     "sds_cluster",
+    "upstream_tls_socket",
 ]

@@ -7,6 +7,7 @@ bootstrap is small and the same for every instance of a shard but for ``node.id`
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 from common.hostport import split_host_port
@@ -181,6 +182,55 @@ def sds_cluster(socket_path: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class UpstreamTls:
+    """mTLS that a client-side proxy originates to the gateways: its own certificate and
+    the trust bundle from the SDS server on ``sds_socket`` (secrets ``certificate`` and
+    ``trust_bundle``), and the one identity a gateway must present (``gateway_san``,
+    ``spiffe://TD/gateway/SHARD``)."""
+
+    sds_socket: str
+    gateway_san: str
+    certificate: str
+    trust_bundle: str
+    sni: str = ""
+
+
+def _sds_config() -> dict[str, Any]:
+    return {
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+        },
+        "resource_api_version": "V3",
+    }
+
+
+def upstream_tls_socket(tls: UpstreamTls) -> dict[str, Any]:
+    """The ``transport_socket`` of a cluster whose peers are gateways: a client
+    certificate is presented, and the peer must chain to the bundle *and* carry the
+    gateway's SPIFFE ID as its URI SAN (a certificate of another workload of the same CA
+    is refused)."""
+    context: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [{"name": tls.certificate, "sds_config": _sds_config()}],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": tls.gateway_san}},
+                    ],
+                },
+                "validation_context_sds_secret_config": {"name": tls.trust_bundle, "sds_config": _sds_config()},
+            },
+        },
+    }
+    if tls.sni:
+        context["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
 def make_client_bootstrap(
     node_id: str,
     xds: str,
@@ -188,12 +238,14 @@ def make_client_bootstrap(
     listen: str,
     admin: str | None = None,
     delta: bool = False,
+    tls: UpstreamTls | None = None,
 ) -> dict[str, Any]:
     """A client-side forward proxy: ``listen`` → the gateway hosts registered under
     ``target`` (``ADDRESS/LISTENER``), found over EDS from the xds_server.
 
     It forwards the byte stream (tcp_proxy), so it serves HTTP, gRPC and database
-    protocols alike.
+    protocols alike. With ``tls`` it originates mTLS to the gateways (the application
+    speaks plaintext to the proxy on loopback).
     """
     from xds_server.translate import DISCOVERY_SHARD
 
@@ -204,17 +256,19 @@ def make_client_bootstrap(
     config = make_bootstrap(DISCOVERY_SHARD, node_id, xds, admin, delta)
     del config["dynamic_resources"]["lds_config"]
     del config["dynamic_resources"]["cds_config"]
-    config["static_resources"]["clusters"].append(
-        {
-            "name": "gateway",
-            "type": "EDS",
-            "connect_timeout": "1s",
-            "eds_cluster_config": {
-                "service_name": target,
-                "eds_config": {"ads": {}, "resource_api_version": "V3"},
-            },
-        }
-    )
+    gateway: dict[str, Any] = {
+        "name": "gateway",
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {
+            "service_name": target,
+            "eds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+    }
+    if tls is not None:
+        gateway["transport_socket"] = upstream_tls_socket(tls)
+        config["static_resources"]["clusters"].append(sds_cluster(tls.sds_socket))
+    config["static_resources"]["clusters"].append(gateway)
     config["static_resources"]["listeners"] = [
         {
             "name": "client",

@@ -107,6 +107,21 @@ def config_yaml(config: ShardFile) -> str:
     return yaml.dump(config.runtime().model_dump(mode="json"), Dumper=_SafeDumper, sort_keys=True)
 
 
+def _desires_yaml(config: ShardFile) -> str:
+    """The deploy desires as they count for the config's version: the consumers become
+    RBAC, so an edit of them alone is a new version (nothing when there are none, so
+    the versions of configs without desires are what they always were)."""
+    if config.deploy_desires is None:
+        return ""
+    return yaml.dump(config.deploy_desires.model_dump(mode="json"), Dumper=_SafeDumper, sort_keys=True)
+
+
+def config_version(config: ShardFile, text: str) -> str:
+    """The config's version: its runtime text (``config_yaml``) and the deploy desires
+    that count (consumers become RBAC, so an edit of them alone is a new version)."""
+    return _version_of(text + _desires_yaml(config))
+
+
 _HEALTH_VALUES = frozenset(gateway_pb2.Health.values())
 
 
@@ -181,7 +196,7 @@ class ShardRegistry:
         nothing) when it cannot be translated or would take every listener away from
         connected Envoys without saying so. Returns True if the config changed."""
         current = self.shards.get(shard)
-        if current is not None and current.config_version == _version_of(config_yaml(config)):
+        if current is not None and current.config_version == config_version(config, config_yaml(config)):
             self.rejections.pop(shard, None)
             return False
         try:
@@ -200,10 +215,11 @@ class ShardRegistry:
         text = config_yaml(config)
         try:
             self._refuse_losing_every_listener(shard, config, source)
-            ir = build_ir(config.runtime(), dataclasses.replace(self.options, file=source))
+            # The whole file: its deploy desires' consumers are the listeners' RBAC.
+            ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
-        return Prepared(shard, config, source, secrets, text, _version_of(text), ir,
+        return Prepared(shard, config, source, secrets, text, config_version(config, text), ir,
                         to_resources(ir), started)  # fmt: skip
 
     def install(self, prepared: Prepared) -> bool:

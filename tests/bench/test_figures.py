@@ -92,6 +92,17 @@ def test_data_path_measures_every_case_and_protocol() -> None:
 
 
 @pytest.mark.envoy
+def test_data_path_tls_measures_latency_cpu_and_new_connections() -> None:
+    code, result = dgw_bench("data-path", "--tls", "--rate", "200", "--block", "10", "--rounds", "1",
+                             "--tls-seconds", "1", "--tls-callers", "1", timeout=300)  # fmt: skip
+    assert [r["case"] for r in result["rows"]] == ["envoy", "mtls", "client-proxy"]
+    assert all(r["errors"] == 0 and r["requests"] == 10 and r["gateway_cpu_us"] > 0 for r in result["rows"])
+    connections = result["connections"]
+    assert connections["handshakes"] > 0 and connections["per_s"] > 0 and connections["errors"] == 0
+    assert code in (0, 1)  # one round is too few to judge a 0.1 ms target
+
+
+@pytest.mark.envoy
 def test_sidecar_recovery_times_a_killed_dal() -> None:
     code, result = dgw_bench("sidecar-recovery", "--kills", "1", timeout=300)
     (row,) = result["rows"]

@@ -145,6 +145,7 @@ def _listener(lst: ir.Listener) -> listener_pb2.Listener:
         chain.transport_socket.CopyFrom(security.transport_socket(lst.tls))
     return listener_pb2.Listener(
         name=lst.name, address=_bind_address(lst.bind), filter_chains=[chain],
+        access_log=[security.denied_connection_log(lst)] if lst.authz is not None and not lst.route else [],
     )
 
 

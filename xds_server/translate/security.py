@@ -18,6 +18,7 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -38,6 +39,7 @@ TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
 STDOUT_ACCESS_LOG = "envoy.access_loggers.stdout"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 
 # Secrets come from the sidecar on the same host, never from the control plane: the
 # private key never leaves the host that made it.
@@ -51,10 +53,17 @@ _SDS = config_source_pb2.ConfigSource(
     ),
     resource_api_version=config_source_pb2.ApiVersion.V3,
 )
-# Every denied request is logged with the caller's identity.
+# Every denied request is logged with the caller's identity. A gRPC caller is denied
+# with HTTP 200 and grpc-status PERMISSION_DENIED (Envoy's gRPC local reply), so its
+# line is chosen and worded by the gRPC status.
 _DENIED_LOG_FORMAT = (
     "dgw_denied listener=%s peer=%%DOWNSTREAM_PEER_URI_SAN%% method=%%REQ(:METHOD)%% "
-    "path=%%REQ(:PATH)%% status=%%RESPONSE_CODE%%\n"
+    "path=%%REQ(:PATH)%% %s\n"
+)
+
+
+_DENIED_CONNECTION_FORMAT = (
+    "dgw_denied listener=%s peer=%%DOWNSTREAM_PEER_URI_SAN%% connection=%%CONNECTION_TERMINATION_DETAILS%%\n"
 )
 
 
@@ -97,19 +106,39 @@ def route_rbac(lst: ir.Listener, authz: ir.Authz) -> dict[str, any_pb2.Any]:
 
 def denied_access_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
     """One line per denied request on Envoy's stdout, naming the caller's identity."""
-    stdout = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
-        text_format_source=base_pb2.DataSource(inline_string=_DENIED_LOG_FORMAT % lst.listener),
-    ))
-    return accesslog_pb2.AccessLog(
-        name=STDOUT_ACCESS_LOG,
-        filter=accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+    if lst.protocol == "grpc":
+        status = "grpc_status=%GRPC_STATUS%"
+        denied = accesslog_pb2.AccessLogFilter(grpc_status_filter=accesslog_pb2.GrpcStatusFilter(
+            statuses=[accesslog_pb2.GrpcStatusFilter.PERMISSION_DENIED],
+        ))
+    else:
+        status = "status=%RESPONSE_CODE%"
+        denied = accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
             comparison=accesslog_pb2.ComparisonFilter(
                 op=accesslog_pb2.ComparisonFilter.EQ,
                 value=base_pb2.RuntimeUInt32(default_value=403, runtime_key="dgw.denied_log_status"),
             ),
+        ))
+    stdout = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=_DENIED_LOG_FORMAT % (lst.listener, status)),
+    ))
+    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=_packed(stdout))
+
+
+def denied_connection_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
+    """A tcp listener's counterpart of ``denied_access_log``: one line per connection
+    its network RBAC closed, naming the caller's identity (the filter leaves its verdict
+    in the connection's termination details)."""
+    stdout = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=_DENIED_CONNECTION_FORMAT % lst.listener),
+    ))
+    denied = accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name=CEL_FILTER,
+        typed_config=_packed(cel_pb2.ExpressionFilter(
+            expression="connection.termination_details.startsWith('rbac_access_denied')",
         )),
-        typed_config=_packed(stdout),
-    )
+    ))
+    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=_packed(stdout))
 
 
 def network_rbac_filter(lst: ir.Listener, authz: ir.Authz) -> network_rbac_pb2.RBAC:
