@@ -129,7 +129,7 @@ class _Stack:
         self.proxy = Child(
             [sys.executable, "-m", "dgw.cli", "client-proxy", "--shard", SHARD, "--listener", "secure_api",
              "--address", ADDRESS, "--listen", f"127.0.0.1:{self.ports['client-proxy']}", "--xds", self.server.xds,
-             "--node-id", "bench-client-proxy",
+             "--insecure", "--node-id", "bench-client-proxy",
              "--identity", str(self.app["certificate"]), str(self.app["key"])],
             self.workdir / "client-proxy.log",
         )  # fmt: skip

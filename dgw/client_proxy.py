@@ -66,6 +66,7 @@ class Options:
     ca: Path | None
     join: str | None
     state_dir: Path | None
+    insecure: bool = False  # the xds_server is plaintext (dgw server --insecure)
 
 
 # --- credentials ------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def bootstrap(options: Options, sds_socket: Path, trust_domain: str) -> dict[str
     )
     return make_client_bootstrap(
         options.node_id, options.xds, f"{options.address}/{options.listener}", options.listen,
-        options.admin, options.delta, tls=tls,
+        options.admin, options.delta, tls=tls, xds_tls=not options.insecure,
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         ca=args.ca,
         join=args.join,
         state_dir=args.state_dir,
+        insecure=args.insecure,
     )
 
 
@@ -82,6 +83,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--node-id", help="this proxy's node id at the xds_server (default: client-HOST-PID)")
     p.add_argument("--admin", default="127.0.0.1:0", help="Envoy admin HOST:PORT (default: a free port)")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
+    p.add_argument("--insecure", action="store_true",
+                   help="the xds_server is plaintext (dgw server --insecure); by default the proxy's "
+                        "Envoy reaches it over mTLS with the application's identity")
     p.add_argument("--state-dir", type=Path,
                    help="where the SDS socket, Envoy's bootstrap and log go (default: a private temporary "
                         "directory, removed at exit)")

@@ -239,13 +239,15 @@ def make_client_bootstrap(
     admin: str | None = None,
     delta: bool = False,
     tls: UpstreamTls | None = None,
+    xds_tls: bool = False,
 ) -> dict[str, Any]:
     """A client-side forward proxy: ``listen`` → the gateway hosts registered under
     ``target`` (``ADDRESS/LISTENER``), found over EDS from the xds_server.
 
     It forwards the byte stream (tcp_proxy), so it serves HTTP, gRPC and database
     protocols alike. With ``tls`` it originates mTLS to the gateways (the application
-    speaks plaintext to the proxy on loopback).
+    speaks plaintext to the proxy on loopback); with ``xds_tls`` too, its connection to
+    the xds_server is mTLS with the same identity (``make_bootstrap``'s ``xds_tls``).
     """
     from xds_server.translate import DISCOVERY_SHARD
 
@@ -253,7 +255,10 @@ def make_client_bootstrap(
     if not sep or not address or not listener:
         raise ValueError(f"--client {target!r} is not ADDRESS/LISTENER (e.g. shard.dgwkv/secure_grpc)")
     listen_host, listen_port = split_host_port(listen, "--listen")
-    config = make_bootstrap(DISCOVERY_SHARD, node_id, xds, admin, delta)
+    if xds_tls and tls is None:
+        raise ValueError("xds_tls needs tls: the proxy's identity comes over its SDS socket")
+    config = make_bootstrap(DISCOVERY_SHARD, node_id, xds, admin, delta,
+                            sds_socket=tls.sds_socket if tls else None, xds_tls=xds_tls)  # fmt: skip
     del config["dynamic_resources"]["lds_config"]
     del config["dynamic_resources"]["cds_config"]
     gateway: dict[str, Any] = {
@@ -267,7 +272,6 @@ def make_client_bootstrap(
     }
     if tls is not None:
         gateway["transport_socket"] = upstream_tls_socket(tls)
-        config["static_resources"]["clusters"].append(sds_cluster(tls.sds_socket))
     config["static_resources"]["clusters"].append(gateway)
     config["static_resources"]["listeners"] = [
         {

@@ -109,7 +109,7 @@ class SecureStack:
         child = Child(
             [sys.executable, "-m", "dgw.cli", "client-proxy", "--shard", shard, "--listener", listener,
              "--address", address, "--listen", f"127.0.0.1:{port}",
-             "--xds", f"127.0.0.1:{self.server.xds_port}", "--node-id", f"app-{account_app}-{port}",
+             "--xds", f"127.0.0.1:{self.server.xds_port}", "--insecure", "--node-id", f"app-{account_app}-{port}",
              "--identity", str(files["certificate"]), str(files["key"])],
             log=self.workdir / f"client-proxy-{port}.log",
         )  # fmt: skip

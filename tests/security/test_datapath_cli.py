@@ -89,6 +89,9 @@ def test_client_proxy_bootstrap_originates_mtls_to_the_shards_gateway_identity()
     assert validation["validation_context_sds_secret_config"]["name"] == "client.trust_bundle"
     assert clusters["dgw_sds"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/tmp/dgw-cp/sds.sock"}}
+    # The proxy's own ADS connection is mTLS too (the server's default), as the app.
+    xds = clusters["dgw_xds"]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert xds["tls_certificate_sds_secret_configs"][0]["name"] == "dgw.xds.certificate"
 
 
 @pytest.mark.envoy
