@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from xds_server.config.model import parse_duration
 from xds_server.security.identity import IdentityError, SpiffeId, consumer_id, parse_spiffe_id
-from xds_server.store.data_dir import default_data_dir
 
 if TYPE_CHECKING:  # cryptography loads only when a ca command runs: `dgw --help` stays quick
     from xds_server.security.ca import CertificateAuthority
@@ -29,8 +28,15 @@ BUNDLE_FILE = "bundle.pem"
 
 
 def ca_dir(data_dir: Path | None) -> Path:
-    """Where the CA of a server with this ``--data-dir`` lives."""
-    return (data_dir or default_data_dir()) / CA_SUBDIR
+    """Where the CA of a server with this ``--data-dir`` lives. Without one: the
+    default data dir's, or else that of the ``dgw up`` run from this directory (so a
+    demo needs no flag)."""
+    if data_dir is not None:
+        return data_dir / CA_SUBDIR
+    from .client import local_data_dirs
+
+    candidates = [d / CA_SUBDIR for d in local_data_dirs()]
+    return next((c for c in candidates if (c / "ca.crt").exists()), candidates[0])
 
 
 def parse_identity(text: str, trust_domain: str) -> SpiffeId:
@@ -99,7 +105,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ca = sub.add_parser("ca", help="the local certificate authority: create it, issue client certificates")
     commands = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
-    data_dir_help = "the server's data directory; the CA is DATA_DIR/ca (default: $DGW_DATA_DIR, else ~/.local/share/dgw)"
+    data_dir_help = ("the server's data directory; the CA is DATA_DIR/ca (default: $DGW_DATA_DIR, else "
+                     "~/.local/share/dgw, else the one of `dgw up` run from here: .work/up/server)")
 
     p = commands.add_parser("init", help="create the CA (EC P-256; key 0600)")
     p.add_argument("--data-dir", type=Path, default=None, help=data_dir_help)

@@ -42,6 +42,7 @@ class Up:
     child: Child
     http_port: int
     grpc_port: int
+    child_state: Path  # its --state-dir (the server's data dir is child_state/server)
     first_answer: tuple[int, str] | None = None  # the request made right after the banner
 
 
@@ -54,7 +55,7 @@ def start_up(workdir: Path, env: dict[str, str], *extra: str) -> Up:
         {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(grpc_port), **env},
         log=workdir / "up.log",
     )
-    return Up(child, http_port, grpc_port)
+    return Up(child, http_port, grpc_port, workdir / "state")
 
 
 def get(port: int, path: str = "/hello") -> tuple[int, str]:
@@ -114,10 +115,19 @@ def test_up_without_engine_says_why_it_runs_processes(up_without_engine: Up) -> 
 
 
 @pytest.mark.envoy
-def test_readme_grpc_try_step_works(up_without_engine: Up) -> None:
+def test_readme_grpc_try_step_works(up_without_engine: Up, tmp_path: Path) -> None:
+    """The README's secured gRPC step as written: a certificate from `dgw ca issue`,
+    then a call over mTLS that the consumers allow."""
     readme = (ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if "unary_unary" in line and "python" in line)
-    command = shlex.split(line.replace("8980", str(up_without_engine.grpc_port)))
+    issue = next(line for line in readme.splitlines() if "dgw ca issue --identity demo-app" in line)
+    call = next(line for line in readme.splitlines() if "unary_unary" in line and "secure_channel" in line)
+    out_dir = tmp_path / "demo-app"
+    issue_cmd = shlex.split(issue.replace(".work/demo-app", str(out_dir)))
+    issue_cmd[0] = str(ROOT / ".venv" / "bin" / "dgw")
+    server_dir = up_without_engine.child_state / "server"
+    issued = subprocess.run([*issue_cmd, "--data-dir", str(server_dir)], capture_output=True, text=True, timeout=60)
+    assert issued.returncode == 0, issued.stderr
+    command = shlex.split(call.replace("8980", str(up_without_engine.grpc_port)).replace(".work/demo-app/", f"{out_dir}/"))
     command[0] = sys.executable  # .venv/bin/python, relative to the checkout
 
     out = subprocess.run(command, capture_output=True, text=True, timeout=60)
