@@ -148,25 +148,13 @@ class _Stack:
         if case in _TARGET:
             endpoints += _endpoints("cql", self.ports[_TARGET[case]])
         report = {"shard": envoy.shard, "node_id": envoy.node_id, "endpoints": endpoints}
-        wait_for(lambda: self._post_report(report), 20, "the server to accept the report")
+        wait_for(lambda: self.server.post_report(report), 20, "the server to accept the report")
         versions = expected_versions(text)
         wait_applied(envoy, {t: versions[t] for t in (CLUSTER, LISTENER, ROUTE)}, 20)
         wanted = [f"dal.thrift.api::127.0.0.1:{self.ports['thrift']['api']}::health_flags::healthy"]
         if case in _TARGET:
             wanted.append(f"dal.cql.api::127.0.0.1:{self.ports[_TARGET[case]]['api']}::health_flags::healthy")
         wait_for(lambda: all(w in envoy.admin_text("/clusters") for w in wanted), 20, f"Envoy endpoints for {case}")
-
-    def _post_report(self, report: dict[str, Any]) -> bool:
-        import json
-        import urllib.request
-
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.server.admin_port}/v1/reports", data=json.dumps(report).encode(),
-            headers={"content-type": "application/json", "Authorization": f"Bearer {self.server.token}"},
-            method="POST",
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return bool(r.status == 200)
 
     def port(self, case: str, protocol: str) -> int:
         listener = "api" if protocol == "http" else "secure_grpc"

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -75,13 +74,6 @@ def _shard(api: int, secure: int, dal: dict[str, int]) -> str:
     })  # fmt: skip  (JSON is YAML)
 
 
-def _post(url: str, body: dict[str, Any]) -> bool:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")  # fmt: skip
-    with urllib.request.urlopen(request, timeout=5) as r:
-        return bool(r.status == 200)
-
-
 class _Stack:
     def __init__(self, workdir: Path, short: Path, service_ms: float) -> None:
         self.workdir = workdir
@@ -124,8 +116,7 @@ class _Stack:
             "endpoints": [{"dal": "thrift", "listener": n, "address": "127.0.0.1", "port": p, "health": "HEALTHY"}
                           for n, p in dal_ports.items()],
         }  # fmt: skip
-        reports = f"http://127.0.0.1:{self.server.admin_port}/v1/reports"
-        wait_for(lambda: _post(reports, report), 20, "the server to accept the report")
+        wait_for(lambda: self.server.post_report(report), 20, "the server to accept the report")
         self.proxy = Child(
             [sys.executable, "-m", "dgw.cli", "client-proxy", "--shard", SHARD, "--listener", "secure_api",
              "--address", ADDRESS, "--listen", f"127.0.0.1:{self.ports['client-proxy']}", "--xds", self.server.xds,

@@ -159,6 +159,16 @@ class ServerChild:
         except urllib.error.HTTPError as e:
             raise BenchError(f"PUT /v1/shards/{shard}: {e.code} {e.read()[:500]!r}") from None
 
+    def post_report(self, report: dict[str, Any]) -> bool:
+        """A node report as a sidecar sends it over HTTP (``POST /v1/reports``)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/v1/reports", data=json.dumps(report).encode(),
+            headers={"content-type": "application/json", "Authorization": f"Bearer {self.token}"},
+            method="POST",
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return bool(r.status == 200)
+
     def put_batch(self, texts: dict[str, tuple[str, int]], timeout: float = 60.0) -> dict[str, int]:
         """Store several shards' texts in one request (``POST /v1/batch``); their new versions."""
         changes = [{"shard": s, "yaml": text, "base_version": base} for s, (text, base) in texts.items()]
