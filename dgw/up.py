@@ -253,10 +253,11 @@ def _banner(server: XdsServer, shards: list[str], args: argparse.Namespace) -> N
     for shard in shards:
         for name, listener in server.registry.shards[shard].config.proxy_config.public_listeners.items():
             where = listener.address
-            if where.port and listener.mode == "http":
+            secured = ", mTLS: a client certificate from `dgw ca issue --identity ACCOUNT-APP`" if listener.tls_creds else ""
+            if where.port and listener.mode == "http" and not secured:
                 lines.append(f"  curl -s http://127.0.0.1:{where.port}/hello      # {shard}.{name} through Envoy")
             elif where.port:
-                lines.append(f"  127.0.0.1:{where.port}  ({listener.mode}, {shard}.{name})")
+                lines.append(f"  127.0.0.1:{where.port}  ({listener.mode}, {shard}.{name}{secured})")
         lines.append(f"  dgw get shard {shard}")
     lines += ["  dgw status                                  # every Envoy: SYNCED / STALE / NACKED",
               f"  (the admin API, {admin}, needs a token: {server.admin_token_path})",
