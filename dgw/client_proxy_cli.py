@@ -24,8 +24,14 @@ class UsageError(Exception):
 def options_from_args(args: argparse.Namespace) -> Options:
     from .client_proxy import Options
 
-    if (args.identity is None) == (args.join is None):
-        raise UsageError("give exactly one of --identity CERT KEY (see `dgw ca issue`) and --join TOKEN")
+    if args.join is not None:
+        # The server's SignCertificate issues gateway identities (node tokens) only; a
+        # consumer's join token (its role and identity) is not there yet.
+        raise UsageError("--join: the xds_server does not yet issue consumer identities for join "
+                         "tokens; give --identity CERT KEY (`dgw ca issue --identity ACCOUNT-APP "
+                         "--out DIR` makes them from the local CA, or use your own PKI)")
+    if args.identity is None:
+        raise UsageError("give --identity CERT KEY (see `dgw ca issue`)")
     split_host_port(args.listen, "--listen", allow_zero=False)
     split_host_port(args.xds, "--xds", allow_zero=False)
     return Options(
