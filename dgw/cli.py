@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-address", default="127.0.0.1",
                    help="where Envoys bind public listeners (0.0.0.0 in production)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="where the config store (every shard version) and node reports are kept "
-                        "(default: ~/.local/state/dgw-server/<hash of the config dir>)")
+                   help="where the config store (every shard version), tokens, the CA and node "
+                        "reports are kept; one server per directory (default: $DGW_DATA_DIR, else "
+                        "~/.local/share/dgw, where `dgw` looks for a local server's token and CA)")
     p.add_argument("--metrics-public", action="store_true",
                    help="serve GET /metrics without a token (default: a reader token is needed)")
     sec = p.add_argument_group("control channel security (docs/security.md)")

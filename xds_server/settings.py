@@ -6,8 +6,6 @@ what happens when it is hit. Nothing else in the server hard-codes a bound.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -99,9 +97,8 @@ class ServerSettings(BaseModel):
     public_address: str = "127.0.0.1"
     watch: bool = True
     # Where the server keeps what must survive a restart: the config store
-    # (store.sqlite3) and node reports, 0600. None:
-    # $XDG_STATE_HOME/dgw-server/<hash of the absolute config dir> (~/.local/state/...),
-    # so two servers on two config dirs never share one.
+    # (store.sqlite3), tokens, the CA and node reports, 0600. None: ``state_dir()``'s
+    # default (the one ``dgw`` looks in), one server at a time.
     data_dir: Path | None = None
     # Variables ``${VAR}`` may read besides those starting with ENV_PREFIX.
     allowed_env: frozenset[str] = frozenset()
@@ -125,8 +122,10 @@ class ServerSettings(BaseModel):
         return self.ca_dir.absolute() if self.ca_dir is not None else self.state_dir() / "ca"
 
     def state_dir(self) -> Path:
-        if self.data_dir is not None:
-            return self.data_dir.absolute()
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        key = hashlib.sha256(str(self.config_dir.absolute()).encode()).hexdigest()[:16]
-        return base / "dgw-server" / key
+        """The data directory: ``--data-dir``, else ``$DGW_DATA_DIR``, else
+        ``~/.local/share/dgw`` (``default_data_dir``: where ``dgw`` looks for a local
+        server's admin token and CA too). One server per directory: a second one
+        started on it fails at once, naming it."""
+        from xds_server.store.data_dir import default_data_dir
+
+        return (self.data_dir if self.data_dir is not None else default_data_dir()).absolute()
