@@ -67,6 +67,7 @@ class Options:
     join: str | None
     state_dir: Path | None
     insecure: bool = False  # the xds_server is plaintext (dgw server --insecure)
+    join_server: str | None = None  # the server's join port (--join): the first certificate
 
 
 # --- credentials ------------------------------------------------------------------------
@@ -155,19 +156,21 @@ _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKey
 
 def join_signer(
     xds: str, shard: str, node_id: str, token: str, current: Callable[[], Credentials | None],
-    bundle_pem: bytes | None = None,
+    bundle_pem: bytes | None = None, join_server: str | None = None,
 ) -> Callable[[bytes], Awaitable[Signed]]:
     """A signer for ``IdentityKeeper``: the first CSR goes with the one-time join token
-    (over TLS checked against ``bundle_pem`` when given), the next ones over mTLS with
-    the current certificate (empty token)."""
+    to the server's join port (TLS checked against ``bundle_pem`` when given), the next
+    ones over mTLS with the current certificate (empty token) to ``xds``."""
     from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
+
+    first = join_server or xds
 
     async def sign(csr_pem: bytes) -> Signed:
         held = current()
         if held is None:
             channel = (
-                grpc.aio.secure_channel(xds, grpc.ssl_channel_credentials(bundle_pem)) if bundle_pem
-                else grpc.aio.insecure_channel(xds)
+                grpc.aio.secure_channel(first, grpc.ssl_channel_credentials(bundle_pem)) if bundle_pem
+                else grpc.aio.insecure_channel(first)
             )
             request = gateway_pb2.SignRequest(shard=shard, node_id=node_id, csr_pem=csr_pem, join_token=token)
         else:
@@ -270,8 +273,9 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
                 sds.serve([TLS_PROVIDER], new)
 
             sign = join_signer(options.xds, options.shard, options.node_id, options.join or "",
-                               lambda: held[0] if held else None, bundle_pem)  # fmt: skip
-            keeper = IdentityKeeper(SpiffeId(trust_domain, "client", options.node_id), sign, on_new)
+                               lambda: held[0] if held else None, bundle_pem,
+                               options.join_server)  # fmt: skip
+            keeper = IdentityKeeper(None, sign, on_new)  # the token names the consumer
             creds = await keeper.refresh()
             tasks.append(asyncio.create_task(keeper.run(stop)))
         sds.serve([TLS_PROVIDER], creds)

@@ -24,14 +24,12 @@ class UsageError(Exception):
 def options_from_args(args: argparse.Namespace) -> Options:
     from .client_proxy import Options
 
-    if args.join is not None:
-        # The server's SignCertificate issues gateway identities (node tokens) only; a
-        # consumer's join token (its role and identity) is not there yet.
-        raise UsageError("--join: the xds_server does not yet issue consumer identities for join "
-                         "tokens; give --identity CERT KEY (`dgw ca issue --identity ACCOUNT-APP "
-                         "--out DIR` makes them from the local CA, or use your own PKI)")
-    if args.identity is None:
-        raise UsageError("give --identity CERT KEY (see `dgw ca issue`)")
+    if (args.identity is None) == (args.join is None):
+        raise UsageError("give exactly one of --identity CERT KEY (see `dgw ca issue`) and --join TOKEN "
+                         "(`dgw token create --role client --identity ACCOUNT-APP`)")
+    if args.join is not None and args.ca is None and not args.insecure:
+        raise UsageError("--join needs --ca: the server's CA bundle, to check the server before "
+                         "sending it the token (dgw up's: .work/up/server/ca/ca.crt)")
     split_host_port(args.listen, "--listen", allow_zero=False)
     split_host_port(args.xds, "--xds", allow_zero=False)
     return Options(
@@ -48,6 +46,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         join=args.join,
         state_dir=args.state_dir,
         insecure=args.insecure,
+        join_server=args.join_server,
     )
 
 
@@ -85,7 +84,10 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="the application's certificate and key (PEM; `dgw ca issue` makes a demo one)")
     p.add_argument("--ca", type=Path, help="the trust bundle gateways chain to (default: bundle.pem beside CERT); with --join, "
                         "the bundle the server's certificate is checked against")
-    p.add_argument("--join", metavar="TOKEN", help="get an identity from the server's CA with a one-time join token")
+    p.add_argument("--join", metavar="TOKEN", help="get an identity from the server's CA with a one-time client token "
+                   "(dgw token create --role client --identity ACCOUNT-APP)")
+    p.add_argument("--join-server", default="127.0.0.1:18002",
+                   help="the server's join port, for the first certificate with --join (default: %(default)s)")
     p.add_argument("--node-id", help="this proxy's node id at the xds_server (default: client-HOST-PID)")
     p.add_argument("--admin", default="127.0.0.1:0", help="Envoy admin HOST:PORT (default: a free port)")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")

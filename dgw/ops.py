@@ -361,6 +361,8 @@ def cmd_token(args: argparse.Namespace, client: Client) -> int:
         body: dict[str, Any] = {"role": args.role, "name": args.name, "one_time": args.one_time}
         if args.shard:
             body["shard"] = args.shard
+        if args.identity:
+            body["identity"] = args.identity
         if args.ttl is not None:
             body["ttl_s"] = args.ttl
         data = client.request("POST", "/v1/tokens", body).body
@@ -495,9 +497,12 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("token", help="create, list or revoke API tokens (admin)")
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="create|list|revoke")
     c = tsub.add_parser("create", help="make a token; it is printed once")
-    c.add_argument("--role", required=True, choices=["reader", "operator", "admin", "node"])
+    c.add_argument("--role", required=True, choices=["reader", "operator", "admin", "node", "client"],
+                   help="node: a gateway host's join token for --shard; client: an application's "
+                        "join token for --identity (dgw client-proxy --join)")
     c.add_argument("--name", required=True, help="who or what it is for (shown in the audit log)")
     c.add_argument("--shard", help="a node token's shard")
+    c.add_argument("--identity", metavar="ACCOUNT-APP", help="a client token's consumer, as in deploy_desires")
     c.add_argument("--ttl", type=parse_ttl, help="expires after this long: 90s, 15m, 12h, 30d")
     c.add_argument("--one-time", action="store_true", help="spent by its first use")
     _client_options(c)

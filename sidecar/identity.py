@@ -61,7 +61,7 @@ def renew_at(creds: Credentials, fraction: float = RENEW_AT_FRACTION) -> dt.date
 class IdentityKeeper:
     def __init__(
         self,
-        identity: SpiffeId,
+        identity: SpiffeId | None,  # None: whatever the CA grants (a client join token names it)
         sign: Signer,
         on_new: Callable[[Credentials], None],
         *,
@@ -93,9 +93,11 @@ class IdentityKeeper:
         )
         self.current = creds
         self._on_new(creds)
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        granted = san.get_values_for_type(x509.UniformResourceIdentifier)
         log.info(
             "event=certificate_issued identity=%s serial=%x not_after=%s",
-            self.identity, creds.serial, creds.not_after.isoformat(),
+            granted[0] if granted else self.identity, creds.serial, creds.not_after.isoformat(),
         )
         return creds
 

@@ -57,8 +57,8 @@ def test_client_proxy_refuses_bad_flags_and_files_without_quoting_a_key(tmp_path
     assert main(base) == 2
     assert "--identity CERT KEY" in capsys.readouterr().err
     assert main([*base, "--join", "dgw_x"]) == 2
-    assert "does not yet issue consumer identities" in capsys.readouterr().err
-    assert main([*base[:-1], "127.0.0.1", "--identity", "c.pem", "k.pem"]) == 2
+    assert "--join needs --ca" in capsys.readouterr().err
+    assert main([*base[:-1], "127.0.0.1", "--join", "dgw_x", "--ca", "ca.crt"]) == 2
     assert "--listen" in capsys.readouterr().err
 
     assert ca(tmp_path, "init") == 0

@@ -18,8 +18,9 @@ from cryptography.x509.oid import NameOID
 from dgw_api.v1 import gateway_pb2
 from sidecar.host_identity import SignedIdentity
 from sidecar.log import EventLog
-from xds_server.security.identity import SpiffeId, gateway_id
+from xds_server.security.identity import SpiffeId, consumer_id, gateway_id
 from xds_server.security.keys import make_csr, new_private_key, private_key_pem
+from xds_server.security.tokens import TokenError, grants, mint
 from xds_server.server import XdsServer
 
 from .conftest import ClientCert, control_channel, gateway_stub
@@ -86,7 +87,7 @@ async def test_join_token_gets_the_first_certificate_once(
 
     logged = caplog.text
     assert "event=certificate_signed shard=a node=node-1" in logged
-    assert token not in logged and token.split("_")[2] not in logged
+    assert token not in logged and token.split("_", 2)[2] not in logged
     assert b"PRIVATE KEY" not in logged.encode() and key.decode() not in logged
 
 
@@ -157,3 +158,44 @@ async def test_sidecar_keeps_its_certificate_across_restarts(secure_server: XdsS
     assert (await again.first()).serial == first.serial
     renewed = await again.keeper.refresh()
     assert renewed.serial != first.serial
+
+
+async def test_a_client_token_gets_its_consumer_identity_once_and_it_renews_itself(secure_server: XdsServer) -> None:
+    """`dgw token create --role client --identity demo-app` → `dgw client-proxy --join`."""
+    assert secure_server.tokens is not None
+    token, record = mint("demo-app-join", "client", dt.datetime.now(dt.UTC), identity="demo-app",
+                         ttl=dt.timedelta(minutes=10), one_time=True)
+    secure_server.tokens.add(record)
+    consumer = consumer_id("account-app", "demo-app")
+    key = new_private_key()
+
+    # A CSR for another identity is refused, and the token stays unspent.
+    greedy = await _refused(secure_server, "a", "app-1", token, csr=make_csr(key, gateway_id("a")))
+    assert greedy.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    response, _ = await _sign(secure_server, "a", "app-1", token, csr=make_csr(key, consumer))
+    leaf = _leaf(response)
+    assert _uris(leaf) == [consumer.uri]  # the token's consumer, whatever shard was named
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == []
+    used = await _refused(secure_server, "a", "app-2", token, csr=make_csr(new_private_key(), consumer))
+    assert used.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Renewal over mTLS with the current certificate: the same identity, nothing else.
+    cert = ClientCert(private_key_pem(key), response.certificate_chain_pem)
+    renewed, _ = await _sign(secure_server, "a", "app-1", cert=cert, csr=make_csr(new_private_key(), consumer))
+    assert _uris(_leaf(renewed)) == [consumer.uri]
+    other = await _refused(secure_server, "a", "app-1", cert=cert,
+                           csr=make_csr(new_private_key(), consumer_id("account-app", "prod-api")))
+    assert other.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_client_tokens_name_one_consumer_and_grant_no_api_role() -> None:
+    now = dt.datetime.now(dt.UTC)
+    with pytest.raises(TokenError, match="--identity"):
+        mint("x", "client", now)
+    with pytest.raises(TokenError, match="drop --identity"):
+        mint("x", "node", now, shard="a", identity="demo-app")
+    _, record = mint("x", "client", now, identity="demo-app")
+    assert not any(grants("client", need) for need in ("reader", "operator", "admin", "node"))
+    assert record.identity == "demo-app"

@@ -36,8 +36,10 @@ from aiohttp import web
 
 from common.files import write_private
 from xds_server import metrics
+from xds_server.security.identity import IdentityError, consumer_id
 from xds_server.security.tokens import (
     ROLES,
+    SCOPED,
     Role,
     TokenError,
     TokenRecord,
@@ -296,7 +298,7 @@ def _allows(record: TokenRecord, need: Need, shard: str | None) -> bool:
         if record.role == "admin":
             return True
         return shard is not None and grants(record.role, "node", have_shard=record.shard, shard=shard)
-    return record.role != "node" and grants(record.role, need)
+    return record.role not in SCOPED and grants(record.role, need)
 
 
 async def _audit_refusal(
@@ -353,6 +355,7 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
 
     return {
         "id": record.token_id, "name": record.name, "role": record.role, "shard": record.shard,
+        "identity": record.identity,
         "created_at": record.created_at.isoformat(), "expires_at": iso(record.expires_at),
         "one_time": record.one_time, "used_at": iso(record.used_at), "revoked": record.revoked,
     }  # fmt: skip
@@ -366,12 +369,18 @@ class _BadRequest(Exception):
     pass
 
 
-def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | None, bool]:
+def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | None, bool, str | None]:
     if not isinstance(body, dict):
         raise _BadRequest('the body must be a JSON object: {"role": ..., "name": ...}')
-    unknown = sorted(set(body) - {"role", "name", "shard", "ttl_s", "one_time"})
+    unknown = sorted(set(body) - {"role", "name", "shard", "ttl_s", "one_time", "identity"})
     if unknown:
-        raise _BadRequest(f"unknown field {unknown[0]!r}; allowed: role, name, shard, ttl_s, one_time")
+        raise _BadRequest(f"unknown field {unknown[0]!r}; allowed: role, name, shard, ttl_s, one_time, identity")
+    identity = body.get("identity")
+    if identity is not None:
+        try:
+            consumer_id("account-app", identity if isinstance(identity, str) else "")
+        except IdentityError as e:
+            raise _BadRequest(f"identity: {e}") from None
     role, name, shard = body.get("role"), body.get("name"), body.get("shard")
     if role not in ROLES:
         raise _BadRequest(f"role must be one of {', '.join(ROLES)}, not {str(role)[:80]!r}")
@@ -389,7 +398,7 @@ def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | Non
     one_time = body.get("one_time", False)
     if not isinstance(one_time, bool):
         raise _BadRequest("one_time must be true or false")
-    return name, role, shard, ttl, one_time
+    return name, role, shard, ttl, one_time, identity
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -398,8 +407,9 @@ async def create_token(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(access.body_timeout_s):
             body = await request.json()
-        name, role, shard, ttl, one_time = _token_request(body)
-        token, record = mint(name, role, access.clock(), shard=shard, ttl=ttl, one_time=one_time)
+        name, role, shard, ttl, one_time, identity = _token_request(body)
+        token, record = mint(name, role, access.clock(), shard=shard, ttl=ttl, one_time=one_time,
+                             identity=identity)  # fmt: skip
     except TimeoutError:
         return _error(408, "the request body did not arrive in time")
     except (ValueError, _BadRequest, TokenError) as e:

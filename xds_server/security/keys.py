@@ -27,12 +27,15 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_csr(key: CertificateIssuerPrivateKeyTypes, identity: SpiffeId) -> bytes:
-    """A PEM CSR asking for ``identity`` (the CA decides what it grants)."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.trust_domain)]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False)
-        .sign(key, hashes.SHA256())
+def make_csr(key: CertificateIssuerPrivateKeyTypes, identity: SpiffeId | None) -> bytes:
+    """A PEM CSR asking for ``identity`` (the CA decides what it grants); with None it
+    asks for no name (the CA's choice, e.g. the consumer a client join token names)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.trust_domain)]) if identity
+        else x509.Name([])
     )
-    return csr.public_bytes(serialization.Encoding.PEM)
+    if identity is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

@@ -1,4 +1,9 @@
-"""``SignCertificate``'s decision: who may get a gateway certificate, for what.
+"""``SignCertificate``'s decision: who may get a certificate, for what.
+
+An application (``dgw client-proxy --join``) proves itself with a one-time ``client``
+token that names its consumer (``dgw token create --role client --identity
+ACCOUNT-APP``) or, to renew, its current certificate; it gets exactly that consumer's
+SPIFFE ID. Gateways:
 
 A node proves itself with either a join token (one-time, short-lived, for one shard:
 ``dgw token create --role node --shard S``) or, to renew, its current certificate for
@@ -23,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .authz import Anonymous, Caller, Gateway, Unchecked, Workload, describe
 from .ca import CaError, CertificateAuthority, check_csr, csr_uris
-from .identity import IdentityError, gateway_dns_name, gateway_id
-from .tokens import TokenError, TokenStore, authenticate, peek
+from .identity import IdentityError, SpiffeId, consumer_id, gateway_dns_name, gateway_id
+from .tokens import Role, TokenError, TokenStore, authenticate, peek
 
 log = logging.getLogger("xds_server.security.signing")
 
@@ -62,15 +67,19 @@ class NodeSigner:
         self._clock = clock
 
     def sign(self, shard: str, node_id: str, csr_pem: bytes, join_token: str, caller: Caller) -> Signed:
-        try:
-            identity = gateway_id(shard, self.ca.trust_domain)
-        except IdentityError as e:
-            raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"shard: {e}") from None
         if not node_id or len(node_id) > MAX_NODE_ID_CHARS or any(c.isspace() or c in ",/+=" for c in node_id):
             raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT,
                               f"node_id must be 1-{MAX_NODE_ID_CHARS} characters without spaces or , / + =")
         # Who is asking, before any costly work: the join port is open to anyone.
-        self._precheck(shard, node_id, join_token, caller)
+        consumer = self._consumer(join_token, caller)
+        if consumer is not None:
+            identity = consumer
+        else:
+            try:
+                identity = gateway_id(shard, self.ca.trust_domain)
+            except IdentityError as e:
+                raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"shard: {e}") from None
+            self._precheck(shard, node_id, join_token, caller)
         if len(csr_pem) > MAX_CSR_BYTES:
             raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"the CSR is over {MAX_CSR_BYTES} bytes")
         try:
@@ -79,19 +88,23 @@ class NodeSigner:
             raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         asked = csr_uris(csr)
         if asked and asked != [identity.uri]:
+            who = "this application" if consumer is not None else f"a node of shard {shard!r}"
             raise SignRefused(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"the CSR asks for {', '.join(a[:120] for a in asked)}; a node of shard {shard!r} "
-                f"may only be {identity.uri}",
+                f"the CSR asks for {', '.join(a[:120] for a in asked)}; {who} may only be {identity.uri}",
             )
-        via = self._spend(shard, join_token) if join_token else "renewal"
+        if not join_token:
+            via = "renewal"
+        elif consumer is not None:
+            via = self._spend_as("client", None, join_token)
+        else:
+            via = self._spend(shard, join_token)
         public = csr.public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey)  # check_csr made sure
         # Issued from the checked CSR's key (``ca.sign`` would parse and verify it again).
-        names: list[x509.GeneralName] = [
-            x509.UniformResourceIdentifier(identity.uri),
-            x509.DNSName(gateway_dns_name(shard, identity.trust_domain)),
-        ]
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+        if consumer is None:
+            names.append(x509.DNSName(gateway_dns_name(shard, identity.trust_domain)))
         chain = self.ca.issue(public, names, self.lifetime, self._clock(), common_name=node_id)
         serial = x509.load_pem_x509_certificate(chain).serial_number
         log.info("event=certificate_signed shard=%s node=%s identity=%s serial=%x via=%s",
@@ -123,8 +136,26 @@ class NodeSigner:
 
     def _spend(self, shard: str, join_token: str) -> str:
         """Spend the join token (once, atomically in the store); how it was used, for the log."""
+        return self._spend_as("node", shard, join_token)
+
+    def _spend_as(self, role: Role, shard: str | None, join_token: str) -> str:
         try:
-            record = authenticate(self.tokens, join_token, "node", self._clock(), shard=shard)
+            record = authenticate(self.tokens, join_token, role, self._clock(), shard=shard)
         except TokenError as e:
             raise SignRefused(grpc.StatusCode.UNAUTHENTICATED, f"join token: {e}") from None
         return f"join_token:{record.name}"
+
+    def _consumer(self, join_token: str, caller: Caller) -> SpiffeId | None:
+        """The consumer identity asked for: a client join token's, or, to renew, the
+        calling application's own; None for a gateway's request."""
+        if join_token:
+            record = peek(self.tokens, join_token)
+            if record is None or record.role != "client":
+                return None  # a gateway's token (or an unknown one): _precheck says why
+            try:
+                return consumer_id("account-app", record.identity or "", self.ca.trust_domain)
+            except IdentityError as e:
+                raise SignRefused(grpc.StatusCode.FAILED_PRECONDITION, f"join token: {e}") from None
+        if isinstance(caller, Workload):
+            return caller.identity
+        return None

@@ -26,7 +26,7 @@ from xds_server.security.tokens import ROLES, TokenRecord
 from xds_server.store.base import StoreError
 
 DB_NAME = "tokens.sqlite3"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: client tokens' identity column
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     token_id      TEXT PRIMARY KEY,
@@ -38,10 +38,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at    TEXT,
     one_time      INTEGER NOT NULL CHECK (one_time IN (0, 1)),
     used_at       TEXT,
-    revoked       INTEGER NOT NULL CHECK (revoked IN (0, 1))
+    revoked       INTEGER NOT NULL CHECK (revoked IN (0, 1)),
+    identity      TEXT
 ) WITHOUT ROWID
 """
-_COLUMNS = "token_id, name, role, secret_sha256, created_at, shard, expires_at, one_time, used_at, revoked"
+_COLUMNS = ("token_id, name, role, secret_sha256, created_at, shard, expires_at, one_time, used_at, revoked, "
+            "identity")
 
 
 class TokenStoreError(StoreError):
@@ -70,10 +72,12 @@ class SqliteTokenStore:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA busy_timeout = 5000")
             (schema,) = conn.execute("PRAGMA user_version").fetchone()
-            if schema not in (0, _SCHEMA_VERSION):
+            if schema not in (0, 1, _SCHEMA_VERSION):
                 raise TokenStoreError(f"token store {path} has schema {schema}; this dgw reads "
                                       f"schema {_SCHEMA_VERSION} (was it written by a newer dgw?)")  # fmt: skip
             conn.execute(_SCHEMA)
+            if schema == 1:  # its tokens stay; client tokens need the identity column
+                conn.execute("ALTER TABLE tokens ADD COLUMN identity TEXT")
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             rows = conn.execute(f"SELECT {_COLUMNS} FROM tokens").fetchall()
             records = {r.token_id: r for r in map(_record, rows)}
@@ -92,7 +96,7 @@ class SqliteTokenStore:
 
     def add(self, record: TokenRecord) -> None:
         self._write(
-            f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record)
+            f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record)
         )
         self._records[record.token_id] = record
 
@@ -138,11 +142,11 @@ def _time(value: str | None) -> dt.datetime | None:
 
 def _row(r: TokenRecord) -> tuple[Any, ...]:
     return (r.token_id, r.name, r.role, r.secret_sha256, r.created_at.isoformat(), r.shard,
-            _iso(r.expires_at), int(r.one_time), _iso(r.used_at), int(r.revoked))  # fmt: skip
+            _iso(r.expires_at), int(r.one_time), _iso(r.used_at), int(r.revoked), r.identity)  # fmt: skip
 
 
 def _record(row: tuple[Any, ...]) -> TokenRecord:
-    token_id, name, role, digest, created, shard, expires, one_time, used, revoked = row
+    token_id, name, role, digest, created, shard, expires, one_time, used, revoked, identity = row
     if role not in ROLES:
         raise TokenStoreError(f"token {token_id} has an unknown role {role!r}")
     return TokenRecord(
@@ -156,4 +160,5 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
         one_time=bool(one_time),
         used_at=_time(used),
         revoked=bool(revoked),
+        identity=identity,
     )

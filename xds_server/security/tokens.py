@@ -6,8 +6,10 @@ slow password hash would add nothing), compared in constant time. The ``dgw_`` p
 lets secret scanners, and our own tests, find a token that leaked into a log.
 
 Roles: ``reader`` < ``operator`` < ``admin`` for the operators' API; ``node`` for a
-gateway host of one shard (its reports, its first certificate). A one-time token is
-spent by its first use; an expired one is refused.
+gateway host of one shard (its reports, its first certificate); ``client`` for an
+application's first certificate as one consumer (``identity``: its ``ACCOUNT-APP``, e.g.
+for ``dgw client-proxy --join``). A one-time token is spent by its first use; an
+expired one is refused.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-Role = Literal["reader", "operator", "admin", "node"]
-ROLES: tuple[Role, ...] = ("reader", "operator", "admin", "node")
+Role = Literal["reader", "operator", "admin", "node", "client"]
+ROLES: tuple[Role, ...] = ("reader", "operator", "admin", "node", "client")
+# Roles scoped to one thing, outside the operators' ranks: a shard's node, a consumer.
+SCOPED: frozenset[Role] = frozenset({"node", "client"})
 _RANK: dict[Role, int] = {"reader": 1, "operator": 2, "admin": 3}
 PREFIX = "dgw_"
 _TOKEN = re.compile(r"^dgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -44,6 +48,7 @@ class TokenRecord:
     one_time: bool = False
     used_at: dt.datetime | None = None
     revoked: bool = False
+    identity: str | None = None  # client tokens: the consumer (ACCOUNT-APP) they make
 
 
 class TokenStore(Protocol):
@@ -70,6 +75,7 @@ def mint(
     shard: str | None = None,
     ttl: dt.timedelta | None = None,
     one_time: bool = False,
+    identity: str | None = None,
 ) -> tuple[str, TokenRecord]:
     """A new token (shown once) and the record to store (which cannot rebuild it)."""
     if role not in ROLES:
@@ -78,6 +84,10 @@ def mint(
         raise TokenError("a node token is for one shard: give --shard")
     if role != "node" and shard:
         raise TokenError(f"a {role} token is not scoped to a shard: drop --shard")
+    if role == "client" and not identity:
+        raise TokenError("a client token is for one consumer: give --identity ACCOUNT-APP")
+    if role != "client" and identity:
+        raise TokenError(f"a {role} token names no consumer: drop --identity")
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     record = TokenRecord(
@@ -89,6 +99,7 @@ def mint(
         shard=shard,
         expires_at=now + ttl if ttl else None,
         one_time=one_time,
+        identity=identity,
     )
     return f"{PREFIX}{token_id}_{secret}", record
 
@@ -103,8 +114,8 @@ def parse(token: str) -> tuple[str, str]:
 
 def grants(have: Role, need: Role, *, have_shard: str | None = None, shard: str | None = None) -> bool:
     """Whether a token of role ``have`` may act as ``need`` (for ``shard`` if given)."""
-    if need == "node" or have == "node":
-        return have == need and (shard is None or have_shard == shard)
+    if need in SCOPED or have in SCOPED:
+        return have == need and (need != "node" or shard is None or have_shard == shard)
     return _RANK[have] >= _RANK[need]
 
 
