@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.server import running_server
 from xds_server.server import XdsServer
 from xds_server.settings import ServerSettings
 
@@ -35,16 +36,8 @@ def settings(tmp_path: Path, **extra: Any) -> ServerSettings:
 async def server(tmp_path: Path) -> AsyncIterator[XdsServer]:
     s = settings(tmp_path)
     (s.config_dir / "kv.yaml").write_text(SHARD)
-    running = XdsServer(s)
-    await running.start()
-    try:
+    async with running_server(s) as running:
         yield running
-    finally:
-        await running.stop()
-
-
-def admin_token(server: XdsServer) -> str:
-    return server.admin_token_path.read_text().strip()
 
 
 class Api:

@@ -8,10 +8,11 @@ import stat
 
 import aiohttp
 
+from tests.support.server import admin_token
 from xds_server.api.auth import ROUTE_ROLES, RefusalBudget, required
 from xds_server.server import XdsServer
 
-from .conftest import SHARD, Api, admin_token, settings
+from .conftest import SHARD, Api, settings
 
 READS = {"GET", "HEAD", "OPTIONS"}
 PARAMS = {"shard": "kv", "token_id": "0123456789ab", "n": "1", "address": "kv.dgw"}

@@ -14,10 +14,9 @@ import yaml
 
 from testkit.ads_client import AdsCall, XdsClient, sotw_request
 from tests.cli.run import DGW
+from tests.support.server import admin_token
 from xds_server.resources import CLUSTER
 from xds_server.server import XdsServer
-
-from .conftest import admin_token
 
 pytestmark = pytest.mark.slow  # each test runs dgw as a child process
 

@@ -9,11 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.ads_client import AdsCall, XdsClient, sotw_request
 from testkit.wait import eventually
+from tests.support.server import admin_token
 from xds_server.api import fleet
 from xds_server.resources import CLUSTER, LISTENER
 from xds_server.server import XdsServer
 
-from .conftest import SHARD, Api, admin_token
+from .conftest import SHARD, Api
 
 TYPES = ("CDS", "EDS", "LDS", "RDS")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.server import admin_headers, running_server
 from xds_server.server import XdsServer
 from xds_server.settings import ServerSettings
 
@@ -58,18 +59,13 @@ class Api:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[XdsServer]:
-    running = XdsServer(settings(tmp_path))
-    await running.start()
-    try:
+    async with running_server(settings(tmp_path)) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 def admin_session(server: XdsServer) -> aiohttp.ClientSession:
     """A client carrying the admin token the server made on its first start."""
-    token = server.admin_token_path.read_text().strip()
-    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+    return aiohttp.ClientSession(headers=admin_headers(server))
 
 
 @pytest.fixture

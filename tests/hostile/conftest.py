@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.server import running_server
 from xds_server.server import XdsServer
 from xds_server.settings import Limits, ServerSettings
 
@@ -23,18 +24,9 @@ def settings(tmp_path: Path, **limits: float) -> ServerSettings:
     )
 
 
-def admin_headers(server: XdsServer) -> dict[str, str]:
-    """The admin API needs a token: the one the server made on its first start."""
-    return {"Authorization": f"Bearer {server.admin_token_path.read_text().strip()}"}
-
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[XdsServer]:
     s = settings(tmp_path)
     (s.config_dir / "kv.yaml").write_text(GOOD)
-    running = XdsServer(s)
-    await running.start()
-    try:
+    async with running_server(s) as running:
         yield running
-    finally:
-        await running.stop()

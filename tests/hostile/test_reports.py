@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from dgw_api.v1 import gateway_pb2
+from tests.support.server import admin_headers
 from xds_server.cache import SnapshotCache
 from xds_server.config import load_shard_text
 from xds_server.resources import ENDPOINT
@@ -18,7 +19,7 @@ from xds_server.server import XdsServer
 from xds_server.shards import ShardRegistry
 from xds_server.translate import DISCOVERY_SHARD
 
-from .conftest import admin_headers, settings
+from .conftest import settings
 from .corpus import GOOD
 
 

@@ -6,9 +6,10 @@ import logging
 
 import aiohttp
 
+from tests.support.server import admin_headers
 from xds_server.server import XdsServer
 
-from .conftest import admin_headers, settings
+from .conftest import settings
 from .corpus import SECRET, SECRET_SHARD
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from dgw_api.v1 import gateway_pb2_grpc
 from tests.hostile.corpus import GOOD
+from tests.support.server import running_server
 from xds_server.security.identity import SpiffeId, gateway_id
 from xds_server.security.keys import make_csr, new_private_key, private_key_pem
 from xds_server.server import XdsServer
@@ -63,9 +64,5 @@ def settings(tmp_path: Path, **more: object) -> ServerSettings:
 
 @pytest.fixture
 async def secure_server(tmp_path: Path) -> AsyncIterator[XdsServer]:
-    server = XdsServer(settings(tmp_path))
-    await server.start()
-    try:
+    async with running_server(settings(tmp_path)) as server:
         yield server
-    finally:
-        await server.stop()
