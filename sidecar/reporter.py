@@ -80,6 +80,10 @@ class Reporter:
             try:
                 await self._send(report)
             except grpc.aio.AioRpcError as e:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # gRPC turned our own cancellation into a CANCELLED call: stop, don't retry.
+                    raise asyncio.CancelledError from None
                 self._failures += 1
                 error = f"{e.code().name}: {e.details()}"
                 # One warning per outage; the retries in between are debug noise.
