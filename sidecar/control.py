@@ -131,6 +131,10 @@ class ControlClient:
                     yield msg
                 error = "the server ended the stream"
             except grpc.aio.AioRpcError as e:
+                # gRPC may turn our task's own cancellation into a CANCELLED call.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
                 error = f"{e.code().name}: {e.details()}"
             except asyncio.CancelledError:
                 # Our own rotate() cancelled the call; anything else is the task's end.
