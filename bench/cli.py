@@ -130,6 +130,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--server-log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--via", default="file", choices=["file", "api"],
                    help="edits as file writes (the watched dir) or PUTs through the operators' API")
+    p.add_argument("--tls", action="store_true",
+                   help="mTLS control port: every node connects with its own certificate (no real Envoys)")
+    p.add_argument("--renew-rate", type=float, default=0.0,
+                   help="with mTLS: certificate renewals per second during every other edit, after a storm "
+                        "of --renewals that measures the server's CPU per 1,000 signatures")
+    p.add_argument("--renewals", type=int, default=1000, help="renewals in the storm (with --renew-rate)")
     _common(p)
     p.set_defaults(func=_run(cmd_fleet))
 

@@ -2,7 +2,8 @@
 
 Each node is an ``testkit.ads_client.XdsClient`` on its own stream (one stream per
 node, as Envoy opens; ``streams_per_channel`` nodes share one HTTP/2 connection, 1 by
-default so that every node has its own connection like a real Envoy). A node
+default so that every node has its own connection like a real Envoy; always 1 with
+mTLS, where each node presents its own certificate). A node
 subscribes to clusters and listeners as wildcards, then to the endpoints and route
 configurations they use, and ACKs every response (a node in ``nack_nodes`` NACKs
 every route configuration after its first, to test the harness and the server's
@@ -57,6 +58,10 @@ class WorkerSpec:
     streams_per_channel: int = 1
     connect_batch: int = 500
     nack_nodes: frozenset[str] = frozenset()
+    # mTLS to the control port: each node's (key PEM, certificate chain PEM), and the
+    # trust bundle; None for a plaintext (--insecure) server.
+    tls: dict[str, tuple[bytes, bytes]] | None = None
+    bundle_pem: bytes = b""
 
 
 @dataclass
@@ -193,11 +198,8 @@ class Fleet:
             batch, pending = pending[: spec.connect_batch], pending[spec.connect_batch :]
             new: list[_Node] = []
             for node_id, shard in batch:
-                if channel is None or on_channel >= spec.streams_per_channel:
-                    channel = _CountingChannel(
-                        grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS),
-                        self.counters,
-                    )
+                if channel is None or on_channel >= spec.streams_per_channel or spec.tls is not None:
+                    channel = _CountingChannel(self._channel(node_id), self.counters)
                     self.channels.append(channel)
                     on_channel = 0
                 on_channel += 1
@@ -227,6 +229,15 @@ class Fleet:
             "seconds": time.monotonic() - started,
             "errors": self._errors(),
         }
+
+    def _channel(self, node_id: str) -> grpc.aio.Channel:
+        """A new connection; with mTLS, presenting this node's own certificate."""
+        spec = self.spec
+        if spec.tls is None:
+            return grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS)
+        key_pem, chain_pem = spec.tls[node_id]
+        creds = grpc.ssl_channel_credentials(spec.bundle_pem, key_pem, chain_pem)
+        return grpc.aio.secure_channel(spec.address, creds, options=CHANNEL_OPTIONS)
 
     async def converge(self, targets: Targets, timeout: float, quiet: float) -> dict[str, Any]:
         started = time.monotonic()

@@ -96,8 +96,9 @@ class Child(testkit.procs.Child):
 class ServerChild:
     """A ``dgw server`` child on free loopback ports, with its own config dir."""
 
-    def __init__(self, workdir: Path, log_level: str = "INFO") -> None:
+    def __init__(self, workdir: Path, log_level: str = "INFO", tls: bool = False) -> None:
         self.workdir = workdir
+        self.tls = tls  # mTLS control port (its CA in the data dir), else --insecure
         self.config_dir = workdir / "shards"
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.xds_port = free_port()
@@ -116,8 +117,9 @@ class ServerChild:
         return self.child.pid
 
     def start(self, timeout: float = 120.0) -> ServerChild:
+        security = ["--join", f"127.0.0.1:{free_port()}"] if self.tls else ["--insecure"]
         self.child = Child(
-            [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server", "--insecure",
+            [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server", *security,
              "--config-dir", str(self.config_dir), "--xds", self.xds,
              "--admin", f"127.0.0.1:{self.admin_port}", "--data-dir", str(self.data_dir)],
             log=self.workdir / "xds_server.log",
@@ -129,6 +131,11 @@ class ServerChild:
         assert self.child is not None
         self.child.check("dgw server")
         return port_open(self.admin_port)
+
+    @property
+    def ca_dir(self) -> Path:
+        """Where a server with ``tls`` keeps its CA (the default: in its data dir)."""
+        return self.data_dir / "ca"
 
     def write_shard(self, shard: str, text: str) -> None:
         path = self.config_dir / f"{shard}.yaml"

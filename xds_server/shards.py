@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -53,12 +55,17 @@ class Shard:
     config: ShardFile
     ir: GatewayIR
     source: str
-    config_yaml: str
     config_version: str
     accepted_at: float
     nodes: dict[str, NodeState] = field(default_factory=dict)
     # Values interpolated from the environment: the sidecars get them, people see ***.
     secrets: frozenset[str] = frozenset()
+
+    @functools.cached_property
+    def config_yaml(self) -> str:
+        """What the sidecars receive (``WatchConfig``): made when first asked, not while
+        a change is being pushed to the Envoys."""
+        return config_yaml(self.config)
 
     def shown_yaml(self) -> str:
         """The config for people (admin API): every interpolated value masked."""
@@ -86,8 +93,7 @@ class Prepared:
     config: ShardFile
     source: str
     secrets: frozenset[str]
-    text: str  # config_yaml(config)
-    version: str
+    version: str  # config_version(config)
     ir: GatewayIR
     resources: Resources
     started: float  # perf_counter when translation began, for the log
@@ -97,8 +103,8 @@ def _version_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# libyaml's emitter when PyYAML has it (the pure-Python one took ~7 ms a shard: most of
-# a 100-shard batch's time); the same text either way.
+# libyaml's emitter when PyYAML has it (the pure-Python one took ~7 ms a shard); the
+# same text either way.
 _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -107,19 +113,19 @@ def config_yaml(config: ShardFile) -> str:
     return yaml.dump(config.runtime().model_dump(mode="json"), Dumper=_SafeDumper, sort_keys=True)
 
 
-def _desires_yaml(config: ShardFile) -> str:
-    """The deploy desires as they count for the config's version: the consumers become
-    RBAC, so an edit of them alone is a new version (nothing when there are none, so
-    the versions of configs without desires are what they always were)."""
-    if config.deploy_desires is None:
-        return ""
-    return yaml.dump(config.deploy_desires.model_dump(mode="json"), Dumper=_SafeDumper, sort_keys=True)
+def _canonical(data: object) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def config_version(config: ShardFile, text: str) -> str:
-    """The config's version: its runtime text (``config_yaml``) and the deploy desires
-    that count (consumers become RBAC, so an edit of them alone is a new version)."""
-    return _version_of(text + _desires_yaml(config))
+def config_version(config: ShardFile) -> str:
+    """The config's version: a hash of the runtime config as the sidecars get it (in
+    canonical JSON: a tenth of the YAML's cost, and a 100-shard change makes 100) and
+    of the deploy desires that count (consumers become RBAC, so an edit of them alone
+    is a new version)."""
+    text = _canonical(config.runtime().model_dump(mode="json"))
+    if config.deploy_desires is not None:
+        text += "\n" + _canonical(config.deploy_desires.model_dump(mode="json"))
+    return _version_of(text)
 
 
 _HEALTH_VALUES = frozenset(gateway_pb2.Health.values())
@@ -196,7 +202,7 @@ class ShardRegistry:
         nothing) when it cannot be translated or would take every listener away from
         connected Envoys without saying so. Returns True if the config changed."""
         current = self.shards.get(shard)
-        if current is not None and current.config_version == config_version(config, config_yaml(config)):
+        if current is not None and current.config_version == config_version(config):
             self.rejections.pop(shard, None)
             return False
         try:
@@ -212,14 +218,13 @@ class ShardRegistry:
         """Translate a checked config without installing it (what a change would serve).
         Raises ConfigError, fit to show (secrets masked), and records nothing."""
         started = time.perf_counter()
-        text = config_yaml(config)
         try:
             self._refuse_losing_every_listener(shard, config, source)
             # The whole file: its deploy desires' consumers are the listeners' RBAC.
             ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
-        return Prepared(shard, config, source, secrets, text, config_version(config, text), ir,
+        return Prepared(shard, config, source, secrets, config_version(config), ir,
                         to_resources(ir), started)  # fmt: skip
 
     def install(self, prepared: Prepared) -> bool:
@@ -231,7 +236,7 @@ class ShardRegistry:
             current.source = prepared.source
             return False
         nodes = current.nodes if current else self._early_reports.pop(shard, {})
-        state = Shard(shard, prepared.config, prepared.ir, prepared.source, prepared.text, version,
+        state = Shard(shard, prepared.config, prepared.ir, prepared.source, version,
                       time.time(), nodes, prepared.secrets)  # fmt: skip
         changed = self.cache.set_shard(shard, prepared.resources)
         for node_id, node in nodes.items():

@@ -11,7 +11,6 @@ the auth middleware; ``anonymous`` without one).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -66,8 +65,7 @@ class _Refusal(Exception):
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers,
-                             dumps=lambda d: json.dumps(d, indent=1))  # fmt: skip
+    return web.json_response(data, status=status, headers=headers)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
