@@ -13,8 +13,9 @@ Commands over the ``multiprocessing`` pipe, each answered with one dict:
 
 - ``storm``: renew ``count`` hosts as fast as ``concurrency`` calls in flight allow,
   each over a new connection, or over the hosts' connections ``connect`` opened (the
-  call alone, without a handshake: as a sidecar renews), closed after;
+  call alone, without a handshake: as a sidecar renews);
 - ``connect``: open the next ``count`` hosts' connections, each with its certificate;
+  ``disconnect``: close them;
 - ``start``: renew at ``rate`` per second, paced, in the background (at most
   ``concurrency`` in flight; a tick that finds them all busy is counted as ``behind``);
 - ``finish``: stop the paced renewals, wait for those in flight, answer their figures;
@@ -146,13 +147,12 @@ class Renewer:
         for task in pending:
             task.cancel()
         tally.error_count += len(pending)
-        answer = tally.answer()
-        await self._close_open()
-        return answer
+        return tally.answer()
 
-    async def _close_open(self) -> None:
+    async def disconnect(self) -> dict[str, Any]:
         channels, self._open = list(self._open.values()), {}
         await asyncio.gather(*(c.close(None) for c in channels), return_exceptions=True)
+        return {"closed": len(channels)}
 
     def start(self, rate: float, prepare: int) -> dict[str, Any]:
         self.prepare(max(0, prepare - len(self.fresh)))
@@ -181,7 +181,6 @@ class Renewer:
             self._paced = None
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=self.spec.rpc_timeout + 1)
-        await self._close_open()
         return self._tally.answer()
 
 
@@ -195,12 +194,15 @@ async def _serve(conn: Connection, spec: RenewSpec) -> None:
                 reply = await renewer.storm(**args)
             elif command == "connect":
                 reply = await renewer.connect(**args)
+            elif command == "disconnect":
+                reply = await renewer.disconnect()
             elif command == "start":
                 reply = renewer.start(**args)
             elif command == "finish":
                 reply = await renewer.finish()
             elif command == "stop":
                 await renewer.finish()
+                await renewer.disconnect()
                 conn.send({"stopped": True})
                 return
             else:
@@ -208,6 +210,7 @@ async def _serve(conn: Connection, spec: RenewSpec) -> None:
             conn.send(reply)
     finally:
         await renewer.finish()
+        await renewer.disconnect()
 
 
 def renew_main(conn: Connection, spec: RenewSpec) -> None:

@@ -48,6 +48,21 @@ def test_xds_fleet_counts_a_nacking_node_as_an_error() -> None:
     assert code == 1
 
 
+def test_xds_fleet_with_renewals_reports_signing_cpu_and_the_paired_effect() -> None:
+    code, result = dgw_bench("xds-fleet", "--nodes", "10", "--renew-rate", "20", "--renewals", "20",
+                             "--edits", "2", timeout=300)  # fmt: skip
+    (run,) = result["runs"]
+    assert run["tls"] and run["real_envoys"] == 0 and run["errors"] == 0
+    renewal = run["renewal"]
+    assert renewal["storm"]["calls"]["renewed"] == 20 and renewal["storm"]["connections"]["renewed"] == 20
+    assert 0 < renewal["signing_cpu_s_per_1000"] and 0 < renewal["server_cpu_s_per_1000"]
+    assert renewal["pairs"] == 1 and renewal["renewed_during_edits"] > 0
+    assert [e["renewing"] for e in run["per_edit"]] == [False, True]
+    assert {c["target"] for c in run["targets"]} >= {
+        "server CPU ≤ 1 s per 1,000 renewals", "edit → ACK p99 with renewals ≤ +10 % of quiet"}
+    assert code in (0, 1)
+
+
 @pytest.mark.envoy
 def test_xds_fleet_waits_for_real_envoys() -> None:
     code, result = dgw_bench("xds-fleet", "--nodes", "10", "--envoys", "2", "--edits", "2")

@@ -53,6 +53,7 @@ async def test_each_renewal_replaces_the_hosts_certificate(server: XdsServer) ->
     assert await renewer.connect(count=3, timeout=30) == {"connected": 3}
     held = await renewer.storm(count=3, timeout=30)  # over the open connections
     assert held["renewed"] == 3 and held["error_count"] == 0, held
+    assert await renewer.disconnect() == {"closed": 3}
 
 
 async def test_paced_renewals_run_until_finished(server: XdsServer) -> None:
