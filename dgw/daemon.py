@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 BANNER = "Data Gateway is up"
+# Set for the background child: its banner then names `dgw down`, not Ctrl-C.
+BACKGROUND_ENV = "DGW_UP_BACKGROUND"
 POLL_S = 0.1
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
@@ -56,6 +58,7 @@ def detach(args: argparse.Namespace, argv: list[str]) -> int:
         child = subprocess.Popen(
             [sys.executable, "-m", "dgw.cli", *argv],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, BACKGROUND_ENV: "1"},
         )
     pid_file(state_dir).write_text(f"{child.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -72,7 +75,7 @@ def detach(args: argparse.Namespace, argv: list[str]) -> int:
         print("\n".join(failures or text.splitlines()[-20:]), file=sys.stderr)
         return 1
     banner = text[text.index(BANNER):].splitlines()
-    print("\n".join(banner[: next(i for i, line in enumerate(banner) if "Ctrl-C" in line)]))
+    print("\n".join(banner[: next(i for i, line in enumerate(banner) if line.startswith("Edit "))]))
     print(f"Running in the background (pid {child.pid}): `dgw logs [DAL|envoy]` shows the logs, "
           "`dgw down` stops everything.")
     return 0

@@ -50,6 +50,11 @@ def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> N
             print(text)
 
 
+def _cut(text: str, width: int) -> str:
+    """At most ``width`` characters, an ellipsis marking a cut (``-o json`` has it all)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _short_time(value: Any) -> str:
     return str(value or "")[:19].replace("T", " ")
 
@@ -85,13 +90,13 @@ def _path(segment: str) -> str:
 
 
 def _mutate(
-    args: argparse.Namespace, client: Client, method: str, path: str, body: dict[str, Any],
-    shard: str, *, must_exist: bool = True,
+    args: argparse.Namespace, client: Client, method: str, path: str, body: dict[str, Any] | None,
+    shard: str, *, must_exist: bool = True, query: dict[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     base = _base_version(args, client, shard, must_exist=must_exist)
     dry_run = bool(getattr(args, "dry_run", False))
-    response = client.request(method, path, body, headers={"If-Match": f'"{base}"'},
-                              query={"dry_run": True} if dry_run else None)  # fmt: skip
+    query = {**(query or {}), **({"dry_run": True} if dry_run else {})}
+    response = client.request(method, path, body, headers={"If-Match": f'"{base}"'}, query=query or None)
     return response.body
 
 
@@ -112,6 +117,8 @@ def _render_change(data: Any) -> str:
                 lines.append(str(r["diff"]).rstrip())
         return "\n".join(lines)
     shard, version, previous = data.get("shard"), data.get("version"), data.get("previous_version")
+    if data.get("unchanged"):
+        return f"shard {shard}: version {version} (unchanged)"
     return f"shard {shard}: version {version}" + (f" (was {previous})" if previous else " (new)")
 
 
@@ -223,7 +230,7 @@ def cmd_wiring(args: argparse.Namespace, client: Client) -> int:
              "promote": ("target",), "clear": ("source",)}[args.op]  # fmt: skip
     for name in needs:
         if getattr(args, name) is None:
-            raise ClientError(f"dgw wiring {args.op} needs --{name}")
+            raise ClientError(f"{args.op} needs --{name}")
         body[name] = getattr(args, name)
     if args.op == "shadow" and args.percent is not None:
         body["percent"] = args.percent
@@ -241,7 +248,7 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
     emit(args, data, lambda d: table(
         ["VERSION", "TIME", "AUTHOR", "SOURCE", "MESSAGE"],
         [[v.get("version"), _short_time(v.get("time")), v.get("author"), v.get("source"),
-          (v.get("message") or "")[:60]] for v in d.get("versions", [])],
+          _cut(v.get("message") or "", 60)] for v in d.get("versions", [])],
     ))  # fmt: skip
     return 0
 
@@ -250,6 +257,17 @@ def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
     body = {"to": args.to, "message": args.message or f"dgw rollback to version {args.to}"}
     data = _mutate(args, client, "POST", f"/v1/shards/{_path(args.shard)}/rollback", body, args.shard)
     emit(args, data, _render_change)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    """Delete a shard (its history stays); refused while its Envoys are connected,
+    unless ``--force``."""
+    body = {"message": args.message} if args.message else None
+    data = _mutate(args, client, "DELETE", f"/v1/shards/{_path(args.name)}", body, args.name,
+                   query={"force": True} if args.force else None)  # fmt: skip
+    emit(args, data, lambda d: f"shard {args.name}: deleted (version {d.get('version')}); "
+                               f"its versions stay in `dgw history {args.name}`")
     return 0
 
 
@@ -280,12 +298,14 @@ def _render_status(data: Any) -> str:
     return "\n".join(lines)
 
 
-def _reached(wanted: str | None, current: Any) -> bool:
-    if wanted is None:
-        return True
-    if isinstance(current, int) and wanted.isdigit():
-        return current >= int(wanted)
-    return str(current) == wanted
+def _reached(wanted: str | None, info: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the shard is at ``wanted``: a version number from ``dgw history`` (that
+    one or a later one), or a config version hash (exactly); and where it is."""
+    if wanted is not None and wanted.isdigit():
+        current = info.get("version")
+        return isinstance(current, int) and current >= int(wanted), f"version {current}"
+    current = info.get("config_version")
+    return wanted is None or str(current) == wanted, f"config version {current}"
 
 
 def laggards(data: Any, shard: str | None, wanted: str | None) -> tuple[bool, list[str]]:
@@ -295,8 +315,9 @@ def laggards(data: Any, shard: str | None, wanted: str | None) -> tuple[bool, li
     for name, info in sorted(shards.items()):
         if shard is not None and name != shard:
             continue
-        if not _reached(wanted, info.get("config_version")):
-            behind.append(f"shard {name} is at config version {info.get('config_version')}, not {wanted}")
+        reached, where = _reached(wanted, info)
+        if not reached:
+            behind.append(f"shard {name} is at {where}, not {wanted}")
     for n in data.get("nodes", []):
         if shard is not None and n.get("shard") != shard:
             continue
@@ -483,6 +504,14 @@ def add_commands(sub: Any) -> None:
     _versioned(p)
     _client_options(p)
     p.set_defaults(func=_run(cmd_rollback))
+
+    p = sub.add_parser("delete", help="delete a shard (dgw delete shard S); its history stays")
+    p.add_argument("what", choices=["shard"])
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="even while Envoys of the shard are connected")
+    _versioned(p)
+    _client_options(p)
+    p.set_defaults(func=_run(cmd_delete))
 
     p = sub.add_parser("status", help="every connected Envoy: SYNCED / STALE / NACKED per xDS type")
     p.add_argument("--shard")

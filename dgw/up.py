@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from sidecar.log import EventLog
 from xds_server.settings import DEFAULT_ADMIN, DEFAULT_XDS, ServerSettings
 
+from .daemon import BACKGROUND_ENV
+
 if TYPE_CHECKING:  # the running parts load only when `dgw up` runs: `dgw --help` stays quick
     from xds_server.server import XdsServer
 
@@ -261,7 +263,8 @@ def _banner(server: XdsServer, shards: list[str], args: argparse.Namespace) -> N
         lines.append(f"  dgw get shard {shard}")
     lines += ["  dgw status                                  # every Envoy: SYNCED / STALE / NACKED",
               f"  (the admin API, {admin}, needs a token: {server.admin_token_path})",
-              f"Edit {args.config_dir}/*.yaml to rewire live; Ctrl-C stops everything."]
+              f"Edit {args.config_dir}/*.yaml to rewire live; "
+              + ("`dgw down` stops everything." if os.environ.get(BACKGROUND_ENV) else "Ctrl-C stops everything.")]
     print("\n".join(lines), flush=True)
 
 

@@ -110,6 +110,7 @@ class BatchRefused(Exception):
 class Done:
     version: Version
     previous: int | None
+    unchanged: bool = False  # the text was the head's: no new version (as kubectl's "unchanged")
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ class Changes:
     async def rollback(self, shard: str, to: int, base: int | None, request: Request) -> Outcome:
         target = await self.store.version(shard, to)
         if target is None:
-            raise NotFound(f"shard {shard!r} has no version {to}; GET /v1/shards/{shard}/history lists them")
+            raise NotFound(f"shard {shard!r} has no version {to}; `dgw history {shard}` "
+                           f"(GET /v1/shards/{shard}/history) lists them")
         if target.meta.deleted:
             raise NotFound(f"version {to} of shard {shard!r} is its deletion; roll back to one before it")
 
@@ -240,14 +242,24 @@ class Changes:
                             resource_diff(self.registry.resources(item.shard), prepared.resources))
                     for item, head, prepared in checked
                 ]  # fmt: skip
+            changed = [(item, head, prepared) for item, head, prepared in checked
+                       if head is None or head.meta.content_hash != content_hash(item.text)]  # fmt: skip
             writes = [Write(item.shard, item.text, head.meta.number if head else None, API_OWNER)
-                      for item, head, _ in checked]  # fmt: skip
-            with metrics.STORE_WRITE_SECONDS.labels("put_many").time():
-                versions = await self.store.put_many(
-                    writes, author=request.author, message=request.message, source="api"
-                )
+                      for item, head, _ in changed]  # fmt: skip
+            versions: Sequence[Version] = ()
+            if writes:
+                with metrics.STORE_WRITE_SECONDS.labels("put_many").time():
+                    versions = await self.store.put_many(
+                        writes, author=request.author, message=request.message, source="api"
+                    )
+            stored = {item.shard: version for version, (item, _, _) in zip(versions, changed, strict=True)}
             outcomes: list[Outcome] = []
-            for version, (_, head, prepared) in zip(versions, checked, strict=True):
+            for item, head, prepared in checked:
+                version = stored.get(item.shard)
+                if version is None:
+                    assert head is not None  # unchanged: there is a head
+                    outcomes.append(self._unchanged(head.meta, prepared))
+                    continue
                 self._serve(version, prepared)
                 outcomes.append(Done(version, head.meta.number if head else None))
             return outcomes
@@ -289,6 +301,8 @@ class Changes:
             if request.dry_run:
                 return Preview(config_diff(old, text, shard),
                                resource_diff(self.registry.resources(shard), prepared.resources))  # fmt: skip
+            if head is not None and head.meta.content_hash == content_hash(text):
+                return self._unchanged(head.meta, prepared)
             with metrics.STORE_WRITE_SECONDS.labels("put").time():
                 version = await self.store.put(
                     shard, text, base_version=head.meta.number if head else None,
@@ -296,6 +310,14 @@ class Changes:
                 )  # fmt: skip
             self._serve(version, prepared)
             return Done(version, head.meta.number if head else None)
+
+    def _unchanged(self, head: Version, prepared: Prepared) -> Done:
+        """A change to what the shard already holds: no new version. Served again only
+        if what runs differs (the stored text was refused at start, e.g. a variable)."""
+        served = self.registry.shards.get(head.shard)
+        if served is None or served.config_version != prepared.version:
+            self._serve(head, prepared)
+        return Done(head, head.number, unchanged=True)
 
     async def _head(self, shard: str, base: int | None, deleting: bool = False) -> ShardVersion | None:
         """The shard's live head, if the API may change it (``OwnedByFile``; a

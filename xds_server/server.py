@@ -218,7 +218,9 @@ class XdsServer:
         """The admin API behind access control; the config store keeps the audit log."""
         assert self.store is not None and self.tokens is not None  # opened by _start
         app = admin.make_app(self.registry, self.problem, self.changes, self.settings.insecure)
-        fleet.add_routes(app, self.registry)
+        changes = self.changes
+        fleet.add_routes(app, self.registry,
+                         lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s,

@@ -156,7 +156,7 @@ async def test_wiring_operations_send_what_the_contract_names(contract, tmp_path
                        "--dry-run", "-o", "json", **env)
     assert json.loads(shadow.stdout)["dry_run"] is True
     lacking = await dgw(tmp_path, "wiring", "split", "--shard", "kv", "--source", "a", "--target", "b", **env)
-    assert lacking.code == 1 and lacking.stderr.strip() == "dgw wiring: dgw wiring split needs --percent"
+    assert lacking.code == 1 and lacking.stderr.strip() == "dgw wiring: split needs --percent"
     extra = await dgw(tmp_path, "wiring", "clear", "--shard", "kv", "--source", "a", "--target", "b", **env)
     assert extra.code == 1 and "takes no --target" in extra.stderr
 

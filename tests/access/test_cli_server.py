@@ -102,6 +102,11 @@ async def test_status_wait_returns_once_synced_and_lists_a_laggard(server: XdsSe
             ok = await dgw(tmp_path, "status", "--shard", "kv", "--wait", "--timeout", "20", **env)
             assert ok.code == 0, ok.stderr
             assert "good" in ok.stdout and "SYNCED" in ok.stdout
+            # A version as `dgw history` numbers them: that one or a later one.
+            at = await dgw(tmp_path, "status", "--shard", "kv", "--wait", "1", "--timeout", "20", **env)
+            assert at.code == 0, at.stderr
+            ahead = await dgw(tmp_path, "status", "--shard", "kv", "--wait", "2", "--timeout", "0.3", **env)
+            assert ahead.code == 1 and "shard kv is at version 1, not 2" in ahead.stderr, ahead.stderr
             lazy = AdsCall(channel)
             try:
                 await lazy.send(sotw_request(CLUSTER, node=XdsClient(channel, "lazy", "kv").node))
@@ -134,3 +139,32 @@ async def test_apply_of_a_directory_is_one_batch_all_or_nothing(server: XdsServe
     assert done.code == 0, done.stderr
     assert {"shard a1: version 1 (new)", "shard a3: version 1 (new)"} <= set(done.stdout.splitlines())
     assert {"a1", "a2", "a3"} <= set(server.registry.shards)
+
+
+async def test_apply_twice_is_unchanged_and_delete_refuses_while_a_node_is_connected(server: XdsServer, tmp_path):
+    env = target(server, admin_token(server))
+    good = tmp_path / "api1.yaml"
+    good.write_text((Path(__file__).parents[1] / "examples" / "runtime" / "kv-service.yaml").read_text())
+    first = await dgw(tmp_path, "apply", "-f", str(good), "--shard", "api1", **env)
+    assert first.code == 0 and first.stdout.strip() == "shard api1: version 1 (new)", first.stderr
+    again = await dgw(tmp_path, "apply", "-f", str(good), "--shard", "api1", **env)
+    assert again.code == 0 and again.stdout.strip() == "shard api1: version 1 (unchanged)", again.stderr
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.xds_port}") as channel:
+        client = XdsClient(channel, "n1", "api1")
+        await client.start()
+        try:
+            await client.wait_for(lambda c: c.types[CLUSTER].version != "", 20)
+            held = await dgw(tmp_path, "delete", "shard", "api1", **env)
+            assert held.code == 1 and "n1" in held.stderr and "Traceback" not in held.stderr, held.stderr
+            assert "api1" in server.registry.shards
+            forced = await dgw(tmp_path, "delete", "shard", "api1", "--force", "-m", "retired", **env)
+            assert forced.code == 0, forced.stderr
+            assert forced.stdout.strip().startswith("shard api1: deleted (version 2)")
+        finally:
+            await client.stop()
+    gone = await dgw(tmp_path, "get", "shard", "api1", **env)
+    assert gone.code == 1 and "no shard 'api1'" in gone.stderr
+    history = json.loads((await dgw(tmp_path, "history", "api1", "-o", "json", **env)).stdout)
+    newest = history["versions"][0]
+    assert (newest["version"], newest["message"]) == (2, "retired")

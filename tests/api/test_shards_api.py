@@ -20,12 +20,14 @@ SPLIT = TWO_DALS.replace("thrift: {mode: shadow, target: cql}", "thrift: {mode: 
 
 
 async def test_create_read_and_update_with_if_match(api: Api) -> None:
-    assert await api.put("kv", TWO_DALS, 0) == (200, {"shard": "kv", "version": 1, "previous_version": None})
+    assert await api.put("kv", TWO_DALS, 0) == (200, {"shard": "kv", "version": 1, "previous_version": None,
+                                                      "unchanged": False})
     status, shard, headers = await api.call("GET", "/v1/shards/kv")
     assert status == 200 and headers["ETag"] == '"1"'
     assert shard["yaml"] == TWO_DALS and shard["owner"] == "api" and shard["version"] == 1
     assert shard["source_missing"] is False and shard["config_version"]
-    assert await api.put("kv", SPLIT, 1) == (200, {"shard": "kv", "version": 2, "previous_version": 1})
+    assert await api.put("kv", SPLIT, 1) == (200, {"shard": "kv", "version": 2, "previous_version": 1,
+                                                   "unchanged": False})
     listed = (await api.call("GET", "/v1/shards"))[1]["shards"]
     assert [(s["shard"], s["version"], s["owner"]) for s in listed] == [("kv", 2, "api")]
 
@@ -154,7 +156,8 @@ async def test_a_file_owned_shard_refuses_api_changes_and_keeps_serving_without_
     # With its file gone, the shard may be deleted, then re-created through the API.
     assert (await api.call("DELETE", "/v1/shards/kv", None, 1))[0] == 200
     assert (await api.call("GET", "/v1/shards/kv"))[0] == 404
-    assert await api.put("kv", SPLIT, 0) == (200, {"shard": "kv", "version": 3, "previous_version": None})
+    assert await api.put("kv", SPLIT, 0) == (200, {"shard": "kv", "version": 3, "previous_version": None,
+                                                   "unchanged": False})
 
 
 async def test_a_file_for_an_api_owned_shard_is_refused(api: Api) -> None:
@@ -264,9 +267,36 @@ async def test_a_batch_stores_every_shard_or_none(api: Api) -> None:
 
     status, body, _ = await api.call("POST", "/v1/batch", {"changes": changes, "message": "fleet"})
     assert status == 200, body
-    assert body["shards"] == {"a": {"version": 2, "previous_version": 1},
-                              "b": {"version": 1, "previous_version": None}}
+    assert body["shards"] == {"a": {"version": 2, "previous_version": 1, "unchanged": False},
+                              "b": {"version": 1, "previous_version": None, "unchanged": False}}
     assert {"a", "b"} <= set(api.server.registry.shards)
     entries = await api.server.store.audit_log(limit=100)
     assert {(e.shard, e.accepted) for e in entries if e.action == "batch.put"} == {
         ("b", False), ("a", False), ("a", True), ("b", True)}
+
+
+async def test_a_change_to_what_the_shard_holds_makes_no_new_version(api: Api) -> None:
+    """As ``kubectl apply``'s "unchanged": the same text, a wiring the shard already has,
+    a rollback to the current content, a batch item that changes nothing."""
+    await api.put("kv", TWO_DALS, 0)
+    assert await api.put("kv", TWO_DALS, 1) == (200, {"shard": "kv", "version": 1, "previous_version": 1,
+                                                      "unchanged": True})
+    status, body, _ = await api.call("POST", "/v1/shards/kv/wiring",
+                                     {"op": "shadow", "source": "thrift", "target": "cql"}, 1)  # fmt: skip
+    assert status == 200 and body["unchanged"] is True and body["version"] == 1
+    await api.put("kv", SPLIT, 1)
+    await api.put("kv", TWO_DALS, 2)
+    status, body, _ = await api.call("POST", "/v1/shards/kv/rollback", {"to": 1}, 3)
+    assert status == 200 and body["unchanged"] is True and body["version"] == 3
+    history = (await api.call("GET", "/v1/shards/kv/history"))[1]
+    assert [v["version"] for v in history["versions"]] == [3, 2, 1]
+
+    changes = [{"shard": "kv", "yaml": TWO_DALS, "base_version": 3},
+               {"shard": "other", "yaml": TWO_DALS, "base_version": 0}]  # fmt: skip
+    status, body, _ = await api.call("POST", "/v1/batch", {"changes": changes})
+    assert status == 200 and body["shards"] == {
+        "kv": {"version": 3, "previous_version": 3, "unchanged": True},
+        "other": {"version": 1, "previous_version": None, "unchanged": False}}  # fmt: skip
+    status, body, _ = await api.call("POST", "/v1/batch", {"changes": [changes[0]]})
+    assert status == 200 and body["shards"]["kv"]["unchanged"] is True
+    assert (await api.call("GET", "/v1/shards/kv"))[1]["version"] == 3

@@ -55,7 +55,7 @@ def test_xds_fleet_with_renewals_reports_signing_cpu_and_the_paired_effect() -> 
     assert run["tls"] and run["real_envoys"] == 0 and run["errors"] == 0
     renewal = run["renewal"]
     assert renewal["storm"]["calls"]["renewed"] == 20 and renewal["storm"]["connections"]["renewed"] == 20
-    assert 0 < renewal["signing_cpu_s_per_1000"] and 0 < renewal["server_cpu_s_per_1000"]
+    assert renewal["signing_cpu_s_per_1000"] > 0 and renewal["server_cpu_s_per_1000"] > 0
     assert renewal["pairs"] == 1 and renewal["renewed_during_edits"] > 0
     assert [e["renewing"] for e in run["per_edit"]] == [False, True]
     assert {c["target"] for c in run["targets"]} >= {

@@ -4,7 +4,8 @@ registry and ``xds_server.metrics``; the decisions live in ``xds_server.status``
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 from aiohttp import web
 
@@ -14,7 +15,10 @@ from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 from xds_server.status import STATUS_TYPES, dal_health, node_row
 
+StoredVersion: TypeAlias = Callable[[str], "int | None"]
+
 FLEET_REGISTRY = web.AppKey("fleet_registry", ShardRegistry)
+STORED_VERSION: web.AppKey[StoredVersion] = web.AppKey("stored_version")
 
 
 def _dals(registry: ShardRegistry, shard: str, node_id: str) -> dict[str, dict[str, Any]]:
@@ -28,8 +32,11 @@ def _dals(registry: ShardRegistry, shard: str, node_id: str) -> dict[str, dict[s
     )
 
 
-def status(registry: ShardRegistry, shard: str | None = None) -> dict[str, Any]:
-    """The ``/v1/status`` document (for one shard, or all)."""
+def status(
+    registry: ShardRegistry, shard: str | None = None, stored: StoredVersion = lambda _: None
+) -> dict[str, Any]:
+    """The ``/v1/status`` document (for one shard, or all). ``stored``: a shard's
+    version number in the config store (what ``dgw history`` lists), if stored."""
     cache = registry.cache
     rows = []
     for node in cache.node_status(shard):
@@ -46,6 +53,7 @@ def status(registry: ShardRegistry, shard: str | None = None) -> dict[str, Any]:
         state = registry.shards.get(name)
         versions = cache.shard_versions(name)
         shards[name] = {
+            "version": stored(name) if state else None,
             "config_version": state.config_version if state else None,
             # EDS is per node (each Envoy fronts its own host): no shard-wide version.
             "xds_versions": {short: versions[t] for t, short in STATUS_TYPES.items()
@@ -61,7 +69,7 @@ async def get_status(request: web.Request) -> web.Response:
     shard = request.query.get("shard") or None
     if shard is not None and len(shard) > 253:
         return web.json_response({"error": "shard names are at most 253 characters"}, status=400)
-    return web.json_response(status(registry, shard))
+    return web.json_response(status(registry, shard, request.app[STORED_VERSION]))
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -71,7 +79,10 @@ async def get_metrics(request: web.Request) -> web.Response:
     return response
 
 
-def add_routes(app: web.Application, registry: ShardRegistry) -> None:
+def add_routes(
+    app: web.Application, registry: ShardRegistry, stored: StoredVersion = lambda _: None
+) -> None:
     app[FLEET_REGISTRY] = registry
+    app[STORED_VERSION] = stored
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/metrics", get_metrics)

@@ -254,7 +254,8 @@ async def post_batch(request: web.Request) -> web.Response:
         if isinstance(outcome, Preview):
             continue
         await _audit(request, changes, "batch.put", item.shard, item.base, outcome.version.number, None)
-        stored[item.shard] = {"version": outcome.version.number, "previous_version": outcome.previous}
+        stored[item.shard] = {"version": outcome.version.number, "previous_version": outcome.previous,
+                              "unchanged": outcome.unchanged}
     return _json({"shards": stored})
 
 
@@ -324,7 +325,7 @@ async def _mutate(
                       "resources": outcome.resources.to_dict()})  # fmt: skip
     await _audit(request, changes, action(body), shard, base, outcome.version.number, None)
     return _json({"shard": shard, "version": outcome.version.number,
-                  "previous_version": outcome.previous})  # fmt: skip
+                  "previous_version": outcome.previous, "unchanged": outcome.unchanged})  # fmt: skip
 
 
 def _refusal(error: Exception, shard: str, base: int | None) -> _Refusal:
