@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from bench.procs import serve_pipe
 from testkit.ads_client import Rejector, Response, XdsClient
 from testkit.procs import raise_open_files_limit
 from xds_server.resources import ROUTE
@@ -290,28 +291,16 @@ class Fleet:
 
 
 async def _serve(conn: Connection, spec: WorkerSpec) -> None:
-    loop = asyncio.get_running_loop()
     fleet = Fleet(spec)
-    try:
-        while True:
-            command, args = await loop.run_in_executor(None, conn.recv)
-            if command == "connect":
-                reply = await fleet.connect(**args)
-                gc.collect()
-                gc.freeze()  # the nodes live until the end: keep them out of collections
-            elif command == "converge":
-                reply = await fleet.converge(**args)
-            elif command == "counters":
-                reply = fleet.snapshot_counters()
-            elif command == "stop":
-                await fleet.close()
-                conn.send({"stopped": True})
-                return
-            else:
-                reply = {"error": f"unknown command {command!r}"}
-            conn.send(reply)
-    finally:
-        await fleet.close()
+
+    async def connect(**args: Any) -> dict[str, Any]:
+        reply = await fleet.connect(**args)
+        gc.collect()
+        gc.freeze()  # the nodes live until the end: keep them out of collections
+        return reply
+
+    await serve_pipe(conn, {"connect": connect, "converge": fleet.converge,
+                            "counters": fleet.snapshot_counters}, fleet.close)  # fmt: skip
 
 
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:

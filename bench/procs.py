@@ -4,6 +4,8 @@ failures as BenchError. Starting and stopping children by PID is ``testkit.procs
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -11,7 +13,8 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -194,3 +197,27 @@ class ServerChild:
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop()
+
+
+Handler = Callable[..., "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
+async def serve_pipe(conn: Connection, handlers: dict[str, Handler], close: Callable[[], Awaitable[None]]) -> None:
+    """A load-generator process's loop: each ``(command, args)`` from the orchestrator
+    answered with one dict, until ``stop`` (answered once ``close`` is done)."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            command, args = await loop.run_in_executor(None, conn.recv)
+            if command == "stop":
+                await close()
+                conn.send({"stopped": True})
+                return
+            handler = handlers.get(command)
+            if handler is None:
+                conn.send({"error": f"unknown command {command!r}"})
+                continue
+            reply = handler(**args)
+            conn.send(await reply if inspect.isawaitable(reply) else reply)
+    finally:
+        await close()

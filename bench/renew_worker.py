@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from bench.procs import serve_pipe
 from bench.report import percentile
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.security.keys import make_csr, new_private_key, private_key_pem
@@ -185,32 +186,16 @@ class Renewer:
 
 
 async def _serve(conn: Connection, spec: RenewSpec) -> None:
-    loop = asyncio.get_running_loop()
     renewer = Renewer(spec)
-    try:
-        while True:
-            command, args = await loop.run_in_executor(None, conn.recv)
-            if command == "storm":
-                reply = await renewer.storm(**args)
-            elif command == "connect":
-                reply = await renewer.connect(**args)
-            elif command == "disconnect":
-                reply = await renewer.disconnect()
-            elif command == "start":
-                reply = renewer.start(**args)
-            elif command == "finish":
-                reply = await renewer.finish()
-            elif command == "stop":
-                await renewer.finish()
-                await renewer.disconnect()
-                conn.send({"stopped": True})
-                return
-            else:
-                reply = {"error": f"unknown command {command!r}"}
-            conn.send(reply)
-    finally:
+
+    async def close() -> None:
         await renewer.finish()
         await renewer.disconnect()
+
+    await serve_pipe(conn, {
+        "storm": renewer.storm, "connect": renewer.connect, "disconnect": renewer.disconnect,
+        "start": renewer.start, "finish": renewer.finish,
+    }, close)  # fmt: skip
 
 
 def renew_main(conn: Connection, spec: RenewSpec) -> None:

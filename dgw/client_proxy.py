@@ -29,10 +29,10 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from envoy_proxy import EnvoyProcess, UpstreamTls, make_client_bootstrap
+from sidecar.host_identity import read_credentials
 from sidecar.identity import Credentials, IdentityKeeper, Signed
 from sidecar.sds import LocalSds
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN, SpiffeId, gateway_id
@@ -73,18 +73,6 @@ class Options:
 # --- credentials ------------------------------------------------------------------------
 
 
-def credentials_from_pem(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Credentials:
-    leaf = x509.load_pem_x509_certificate(chain_pem)
-    return Credentials(
-        key_pem=key_pem,
-        chain_pem=chain_pem,
-        bundle_pem=bundle_pem,
-        serial=leaf.serial_number,
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
-    )
-
-
 def trust_domain_of(chain_pem: bytes) -> str:
     """The trust domain of the leaf's SPIFFE ID: the gateways are in the same one."""
     leaf = x509.load_pem_x509_certificate(chain_pem)
@@ -114,33 +102,10 @@ class IdentityFiles:
 
     def load(self) -> Credentials:
         """The credentials now on disk; ClientProxyError naming the flag if unusable."""
-        data = {}
-        for flag, path in self.paths.items():
-            try:
-                data[flag] = path.read_bytes()
-            except OSError as e:
-                raise ClientProxyError(f"{flag} {path}: {e.strerror or e}") from None
         try:
-            creds = credentials_from_pem(data["--identity CERT"], data["--identity KEY"], data["--ca"])
-        except ValueError:
-            raise ClientProxyError(f"--identity CERT {self.paths['--identity CERT']} is not a PEM certificate") from None
-        try:
-            key = serialization.load_pem_private_key(data["--identity KEY"], password=None)
-        except (ValueError, TypeError):
-            # The message never quotes the file: it holds a private key.
-            raise ClientProxyError(
-                f"--identity KEY {self.paths['--identity KEY']} is not an unencrypted PEM private key"
-            ) from None
-        leaf = x509.load_pem_x509_certificate(creds.chain_pem)
-        if key.public_key().public_bytes(*_SPKI) != leaf.public_key().public_bytes(*_SPKI):
-            raise ClientProxyError(
-                f"--identity KEY {self.paths['--identity KEY']} does not belong to the certificate "
-                f"{self.paths['--identity CERT']}"
-            )
-        try:
-            x509.load_pem_x509_certificates(creds.bundle_pem)
-        except ValueError:
-            raise ClientProxyError(f"--ca {self.paths['--ca']} is not a PEM certificate bundle") from None
+            creds = read_credentials(*self.paths.items())
+        except ValueError as e:
+            raise ClientProxyError(str(e)) from None
         self._stamp = self._stamps()
         return creds
 
@@ -151,7 +116,6 @@ class IdentityFiles:
             return False  # mid-replacement: look again at the next poll
 
 
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def join_signer(

@@ -50,17 +50,52 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class PemError(ValueError):
+    """Which of the three is unusable (``part``: cert, key or bundle), and why; the
+    message never quotes the input (a key is secret)."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
 def credentials_from_pem(key_pem: bytes, chain_pem: bytes, bundle_pem: bytes) -> Credentials:
-    """Credentials from PEM; ValueError when they do not parse or do not belong together."""
-    leaf = x509.load_pem_x509_certificate(chain_pem)
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    x509.load_pem_x509_certificates(bundle_pem)
+    """Credentials from PEM; PemError when one does not parse or they do not belong together."""
+    try:
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+    except ValueError:
+        raise PemError("cert", "is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise PemError("key", "is not an unencrypted PEM private key") from None
+    try:
+        x509.load_pem_x509_certificates(bundle_pem)
+    except ValueError:
+        raise PemError("bundle", "is not a PEM certificate bundle") from None
     if _spki(key.public_key()) != _spki(leaf.public_key()):
-        raise ValueError("the private key does not belong to the certificate")
+        raise PemError("key", "does not belong to the certificate")
     return Credentials(
         key_pem=key_pem, chain_pem=chain_pem, bundle_pem=bundle_pem, serial=leaf.serial_number,
         not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
     )
+
+
+def read_credentials(cert: tuple[str, Path], key: tuple[str, Path], bundle: tuple[str, Path]) -> Credentials:
+    """Credentials from three files, each given with the flag that named it;
+    ValueError naming the flag, the file and what is wrong with it."""
+    files = {"cert": cert, "key": key, "bundle": bundle}
+    data = {}
+    for part, (flag, path) in files.items():
+        try:
+            data[part] = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{flag} {path}: {e.strerror or e}") from None
+    try:
+        return credentials_from_pem(data["key"], data["cert"], data["bundle"])
+    except PemError as e:
+        flag, path = files[e.part]
+        raise ValueError(f"{flag} {path} {e}") from None
 
 
 def _spki(public: object) -> bytes:
@@ -202,17 +237,10 @@ class FilesIdentity:
         self._subscribers.append(subscriber)
 
     def load(self) -> Credentials:
-        data = {}
-        for flag, path in self._paths.items():
-            try:
-                data[flag] = path.read_bytes()
-            except OSError as e:
-                raise SidecarError(f"{flag} {path}: {e.strerror or e}") from None
         try:
-            creds = credentials_from_pem(data["--tls-key"], data["--tls-cert"], data["--tls-bundle"])
+            creds = read_credentials(*self._paths.items())
         except ValueError as e:
-            files = ", ".join(str(p) for p in self._paths.values())
-            raise SidecarError(f"--tls-cert/--tls-key/--tls-bundle ({files}): {str(e)[:200]}") from None
+            raise SidecarError(str(e)) from None
         self.current = creds
         return creds
 

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -49,7 +49,7 @@ from xds_server.security.tokens import (
     mint,
     parse,
 )
-from xds_server.store.base import AuditEntry
+from xds_server.store.base import AuditLog
 
 log = logging.getLogger("xds_server.api.auth")
 
@@ -120,26 +120,6 @@ def set_principal(request: web.Request, principal: Principal) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         request["principal"] = principal
-
-
-class AuditLog(Protocol):
-    """Where refusals and token operations are recorded: ``ConfigStore`` is one."""
-
-    async def append_audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        shard: str | None,
-        base_version: int | None,
-        new_version: int | None,
-        accepted: bool,
-        reason: str = "",
-    ) -> AuditEntry: ...
-
-    async def audit_log(
-        self, *, limit: int = 100, before: int | None = None, shard: str | None = None
-    ) -> tuple[AuditEntry, ...]: ...
 
 
 @dataclass(frozen=True)

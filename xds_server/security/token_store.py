@@ -14,15 +14,13 @@ Only SHA-256 digests of the secrets are stored; the file is 0600 anyway, in the
 
 from __future__ import annotations
 
-import builtins
 import datetime as dt
 import os
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xds_server.security.tokens import ROLES, TokenRecord
+from xds_server.security.tokens import ROLES, MemoryTokenStore, TokenRecord
 from xds_server.store.base import StoreError
 
 DB_NAME = "tokens.sqlite3"
@@ -50,10 +48,12 @@ class TokenStoreError(StoreError):
     """The token database cannot be used; the message names the file."""
 
 
-class SqliteTokenStore:
-    """``TokenStore`` over one SQLite file. Open with ``SqliteTokenStore.open(data_dir)``."""
+class SqliteTokenStore(MemoryTokenStore):
+    """``TokenStore`` over one SQLite file: the records in memory (``MemoryTokenStore``),
+    each change written through first. Open with ``SqliteTokenStore.open(data_dir)``."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, records: dict[str, TokenRecord]):
+        super().__init__()
         self.path = path
         self._conn = conn
         self._records = records
@@ -92,16 +92,13 @@ class SqliteTokenStore:
     def close(self) -> None:
         self._conn.close()
 
-    # --- TokenStore -------------------------------------------------------------
+    # --- TokenStore: written through, then kept in memory ---------------------------
 
     def add(self, record: TokenRecord) -> None:
         self._write(
             f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record)
         )
-        self._records[record.token_id] = record
-
-    def get(self, token_id: str) -> TokenRecord | None:
-        return self._records.get(token_id)
+        super().add(record)
 
     def spend(self, token_id: str, now: dt.datetime) -> bool:
         record = self._records.get(token_id)
@@ -109,19 +106,13 @@ class SqliteTokenStore:
             return False
         self._write("UPDATE tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL",
                     (now.isoformat(), token_id))  # fmt: skip
-        self._records[token_id] = replace(record, used_at=now)
-        return True
+        return super().spend(token_id, now)
 
     def revoke(self, token_id: str) -> bool:
-        record = self._records.get(token_id)
-        if record is None:
+        if token_id not in self._records:
             return False
         self._write("UPDATE tokens SET revoked = 1 WHERE token_id = ?", (token_id,))
-        self._records[token_id] = replace(record, revoked=True)
-        return True
-
-    def list(self) -> builtins.list[TokenRecord]:
-        return sorted(self._records.values(), key=lambda r: (r.created_at, r.token_id))
+        return super().revoke(token_id)
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         try:

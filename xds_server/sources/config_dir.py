@@ -220,59 +220,65 @@ class ConfigDir:
             return "a symlink to something that is not a regular file; refused"
         return None
 
-    async def _settle_store(self, changes: Changes, path: Path, outcome: _Outcome) -> None:
+    def _record(self, path: Path, outcome: _Outcome) -> tuple[str, _Loaded | _Read | _Gone] | None:
+        """What both ways share: the name check, the file's fingerprint, a refusal.
+        Returns what is left to apply (the shard, and its file or its going), or None."""
         shard = shard_of(path)
         if shard is None:
             self._ignore(path, "the name is not <shard>.yaml (shard: " + SHARD_NAME + ")")
-            return
+            return None
         match outcome:
             case _Unchanged():
-                return
-            case _Gone():
-                self._seen.pop(path.name, None)
-                changes.file_gone(shard)
+                return None
             case _Refused(error, fingerprint):
                 self._seen[path.name] = fingerprint
                 self.registry.reject(shard, str(path), error)
+                return None
+            case _Gone():
+                self._seen.pop(path.name, None)
+            case _Loaded(fingerprint=fingerprint) | _Read(fingerprint=fingerprint):
+                self._seen[path.name] = fingerprint
+        return shard, outcome
+
+    def _apply_failed(self, shard: str, path: Path, e: Exception) -> None:
+        log.exception("event=config_apply_failed shard=%s path=%s", shard, path)
+        self.registry.reject(shard, str(path), ConfigError([Problem(
+            str(path), "", f"could not be applied ({type(e).__name__}); see the server log"
+        )]))
+
+    async def _settle_store(self, changes: Changes, path: Path, outcome: _Outcome) -> None:
+        todo = self._record(path, outcome)
+        if todo is None:
+            return
+        shard, what = todo
+        match what:
+            case _Gone():
+                changes.file_gone(shard)
             case _Loaded():
                 raise AssertionError("with the store, files are read, not loaded")
-            case _Read(text, fingerprint):
-                self._seen[path.name] = fingerprint
+            case _Read(text):
                 try:
                     await changes.from_file(shard, str(path), text)
                 except Exception as e:
-                    log.exception("event=config_apply_failed shard=%s path=%s", shard, path)
-                    self.registry.reject(shard, str(path), ConfigError([Problem(
-                        str(path), "", f"could not be applied ({type(e).__name__}); see the server log"
-                    )]))
+                    self._apply_failed(shard, path, e)
 
     def _settle_registry(self, path: Path, outcome: _Outcome) -> None:
-        shard = shard_of(path)
-        if shard is None:
-            self._ignore(path, "the name is not <shard>.yaml (shard: " + SHARD_NAME + ")")
+        todo = self._record(path, outcome)
+        if todo is None:
             return
-        match outcome:
-            case _Unchanged():
-                return
+        shard, what = todo
+        match what:
             case _Gone():
-                self._seen.pop(path.name, None)
                 self.registry.remove(shard)
-            case _Refused(error, fingerprint):
-                self._seen[path.name] = fingerprint
-                self.registry.reject(shard, str(path), error)
             case _Read():
                 raise AssertionError("without the store, files are loaded")
-            case _Loaded(loaded, fingerprint):
-                self._seen[path.name] = fingerprint
+            case _Loaded(loaded):
                 try:
                     self.registry.apply(shard, loaded.config, str(path), loaded.secrets)
                 except ConfigError:
                     pass  # already recorded and logged as a rejection by the registry
                 except Exception as e:
-                    log.exception("event=config_apply_failed shard=%s path=%s", shard, path)
-                    self.registry.reject(shard, str(path), ConfigError([Problem(
-                        str(path), "", f"could not be applied ({type(e).__name__}); see the server log"
-                    )]))
+                    self._apply_failed(shard, path, e)
 
     def _ignore(self, path: Path, reason: str) -> None:
         if path.name in self._ignored or len(self._ignored) >= _IGNORED_REMEMBERED:

@@ -159,7 +159,35 @@ class DataDirInUse(StoreError):
     """Another process has this data directory open."""
 
 
-class ConfigStore(Protocol):
+class AuditLog(Protocol):
+    """Where mutations, refusals and token operations are recorded (``ConfigStore``
+    is one; the admin API's access control needs only this)."""
+
+    async def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        shard: str | None,
+        base_version: int | None,
+        new_version: int | None,
+        accepted: bool,
+        reason: str = "",
+    ) -> AuditEntry:
+        """Record one mutation attempt. The store does not audit by itself: the caller
+        knows who asked and what, and records refusals that never reach the store
+        (no token, invalid config) the same way."""
+        ...
+
+    async def audit_log(
+        self, *, limit: int = 100, before: int | None = None, shard: str | None = None
+    ) -> tuple[AuditEntry, ...]:
+        """Audit entries, newest first: at most ``limit``, ids below ``before`` when
+        given, only the shard's when ``shard`` is given."""
+        ...
+
+
+class ConfigStore(AuditLog, Protocol):
     """What every backend offers. All operations are coroutines and never block the
     event loop; every acknowledged write survives a crash of the process."""
 
@@ -216,29 +244,6 @@ class ConfigStore(Protocol):
 
     async def version(self, shard: str, number: int) -> ShardVersion | None:
         """One version of the shard with its text (a tombstone's text is empty)."""
-        ...
-
-    async def append_audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        shard: str | None,
-        base_version: int | None,
-        new_version: int | None,
-        accepted: bool,
-        reason: str = "",
-    ) -> AuditEntry:
-        """Record one mutation attempt. The store does not audit by itself: the caller
-        knows who asked and what, and records refusals that never reach the store
-        (no token, invalid config) the same way."""
-        ...
-
-    async def audit_log(
-        self, *, limit: int = 100, before: int | None = None, shard: str | None = None
-    ) -> tuple[AuditEntry, ...]:
-        """Audit entries, newest first: at most ``limit``, ids below ``before`` when
-        given, only the shard's when ``shard`` is given."""
         ...
 
     def watch(self, after_revision: int = 0) -> AsyncIterator[ShardVersion]:
