@@ -243,7 +243,7 @@ class Changes:
                     for item, head, prepared in checked
                 ]  # fmt: skip
             changed = [(item, head, prepared) for item, head, prepared in checked
-                       if head is None or head.meta.content_hash != content_hash(item.text)]  # fmt: skip
+                       if not _holds(head, item.text)]  # fmt: skip
             writes = [Write(item.shard, item.text, head.meta.number if head else None, API_OWNER)
                       for item, head, _ in changed]  # fmt: skip
             versions: Sequence[Version] = ()
@@ -301,7 +301,7 @@ class Changes:
             if request.dry_run:
                 return Preview(config_diff(old, text, shard),
                                resource_diff(self.registry.resources(shard), prepared.resources))  # fmt: skip
-            if head is not None and head.meta.content_hash == content_hash(text):
+            if head is not None and _holds(head, text):
                 return self._unchanged(head.meta, prepared)
             with metrics.STORE_WRITE_SECONDS.labels("put").time():
                 version = await self.store.put(
@@ -352,7 +352,7 @@ class Changes:
                 return
             self.missing.discard(shard)
             served = self.registry.shards.get(shard)
-            if head is not None and head.meta.content_hash == content_hash(text) and served is not None:
+            if _holds(head, text) and served is not None:
                 self.registry.rejections.pop(shard, None)
                 return
             try:
@@ -361,7 +361,7 @@ class Changes:
                 self.registry.reject(shard, path, ConfigError(e.problems))
                 await self._audit_file(shard, path, head, None, str(e))
                 return
-            if head is not None and head.meta.content_hash == content_hash(text):
+            if head is not None and _holds(head, text):
                 self._serve(head.meta, prepared)  # stored, but not served (e.g. env changed)
                 return
             try:
@@ -430,6 +430,11 @@ class Changes:
         log.info("event=version_served shard=%s version=%d source=%s author=%s config_version=%s",
                  version.shard, version.number, version.source, version.author,
                  prepared.version)  # fmt: skip
+
+
+def _holds(head: ShardVersion | None, text: str) -> bool:
+    """Whether the shard's head already is ``text``."""
+    return head is not None and head.meta.content_hash == content_hash(text)
 
 
 def _label(meta: Version) -> str:
