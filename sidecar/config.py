@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from common.names import NODE_ID_RULE, SHARD_RULE, is_node_id, is_shard
+
 DEFAULT_SERVER = "127.0.0.1:18000"
 # The xds_server's join port (its --join), where a new host's first certificate is
 # signed; by default on --server's host.
@@ -108,11 +110,18 @@ class SidecarSettings(BaseModel):
     def _server(cls, v: str) -> str:
         return _host_port(v, "--server")
 
-    @field_validator("shard", "node_id")
+    @field_validator("shard")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not v or any(c.isspace() for c in v):
-            raise ValueError(f"{v!r} must be a non-empty name without spaces")
+    def _shard(cls, v: str) -> str:
+        if not is_shard(v):
+            raise ValueError(f"{v[:80]!r} is not a shard name: {SHARD_RULE}")
+        return v
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        if not is_node_id(v):
+            raise ValueError(f"{v[:80]!r} is not a node id: {NODE_ID_RULE} (the host name is the default)")
         return v
 
     @field_validator("join_server")

@@ -223,7 +223,7 @@ class XdsServer:
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
-            body_timeout_s=self.limits.admin_body_timeout_s,
+            body_timeout_s=self.limits.admin_body_timeout_s, json_depth=self.limits.admin_json_depth,
         ))  # fmt: skip
         return app
     def _security(self) -> NodeSigner | None:

@@ -64,6 +64,9 @@ class Limits(BaseModel):
     admin_idle_timeout_s: float = 10.0
     admin_body_timeout_s: float = 10.0  # a request's body must arrive within this
     admin_body_bytes: int = 128 * 1024  # POST bodies (a report is well under)
+    # Nesting of a JSON body (arrays and objects); every body the API takes is under 6
+    # deep. Deeper is a 400 (and, for a mutation, an audited refusal).
+    admin_json_depth: int = 32
 
 
 class AdsLimits(BaseModel):

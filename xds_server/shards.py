@@ -28,6 +28,15 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from common.names import (
+    DISCOVERY_ADDRESS_RULE,
+    NODE_ID_RULE,
+    SHARD_RULE,
+    is_config_name,
+    is_discovery_address,
+    is_node_id,
+    is_shard,
+)
 from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
 from xds_server.cache import SnapshotCache
@@ -153,9 +162,17 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
         if len(name) > limits.name_chars:
             raise ValueError(f"{what} {quote(name)} is longer than {limits.name_chars} characters")
     for e in report.endpoints:
-        name = f"endpoint {e.dal or '?'}.{e.listener or '?'}"
         if not e.dal or not e.listener:
-            raise ValueError(f"{name} needs dal and listener")
+            raise ValueError(f"endpoint {quote(e.dal)}.{quote(e.listener)} needs dal and listener")
+    # Every name in full (never a prefix: "demo\n" is not "demo"), before it is indexed or logged.
+    grammars = {"shard": (is_shard, SHARD_RULE), "node_id": (is_node_id, NODE_ID_RULE),
+                "registration": (is_discovery_address, DISCOVERY_ADDRESS_RULE)}  # fmt: skip
+    for what, name in names:
+        check, rule = grammars.get(what, (is_config_name, SHARD_RULE))
+        if not check(name):
+            raise ValueError(f"{what} {quote(name)} is not allowed: {rule}")
+    for e in report.endpoints:
+        name = f"endpoint {e.dal}.{e.listener}"
         try:
             ipaddress.ip_address(e.address)
         except ValueError:

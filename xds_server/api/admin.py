@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from dgw_api.v1 import gateway_pb2
 from xds_server.api import shards_api
 from xds_server.api.admin_http import read_json
+from xds_server.api.guard import guard_middleware
 from xds_server.changes import Changes
 from xds_server.config import quote
 from xds_server.resources import ENDPOINT
@@ -197,7 +198,7 @@ def make_app(
     changes: Changes | None = None,
     insecure: bool = False,
 ) -> web.Application:
-    app = web.Application(client_max_size=registry.limits.admin_body_bytes)
+    app = web.Application(client_max_size=registry.limits.admin_body_bytes, middlewares=[guard_middleware])
     app[REGISTRY] = registry
     app[HEALTH] = Health(problem, insecure)
     app.router.add_get("/healthz", healthz)

@@ -13,6 +13,7 @@ headers never linger); a request body must arrive within ``admin_body_timeout_s`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -90,6 +91,23 @@ def runner(app: web.Application, limits: Limits) -> web.AppRunner:
 
 
 async def read_json(request: web.Request, limits: Limits) -> Any:
-    """The request's JSON body, within the body timeout (aiohttp bounds its size)."""
+    """The request's JSON body, within the body timeout (aiohttp bounds its size) and
+    ``admin_json_depth``; ValueError if it is not JSON or nested too deep."""
     async with asyncio.timeout(limits.admin_body_timeout_s):
-        return await request.json()
+        raw = await request.read()
+    return parse_json(raw, limits.admin_json_depth)
+
+
+def parse_json(raw: bytes, depth: int) -> Any:
+    """JSON text → value, refusing (ValueError) what is nested deeper than ``depth``:
+    Python's parser recurses, so a deep enough body would end in a RecursionError."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"the body is nested deeper than {depth} levels") from None
+    level: list[Any] = [value]
+    for _ in range(depth + 1):
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())]
+        if not level:
+            return value
+    raise ValueError(f"the body is nested deeper than {depth} levels")

@@ -31,8 +31,8 @@ DEFAULT_HEALTHCHECK_RETRIES = 3
 DEFAULT_HEALTHCHECK_START_PERIOD = "0s"
 DEFAULT_SHADOW_PERCENT = 100.0
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s|us))+$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s|us))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 
@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 def parse_duration(value: str) -> float:
     """docker-compose style durations ("1m30s", "500ms", "10s") in seconds."""
     text = value.strip()
-    if not _DURATION.match(text):
+    if not _DURATION.fullmatch(text):
         raise ValueError(f"{quote(value)} is not a duration: use forms like 10s, 500ms, 1m30s")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
@@ -131,7 +131,7 @@ class ProxyConfig(_Strict):
     @classmethod
     def _names(cls, v: dict[str, PublicListener]) -> dict[str, PublicListener]:
         for name in v:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"listener name {quote(name)} must match {_NAME}")
         return v
 
@@ -175,11 +175,11 @@ class Healthcheck(_Strict):
 EnvValue = Annotated[str | int | float | bool | None, BeforeValidator(_scalar_env)]
 
 
-_GRPC_METHOD = re.compile(r"^/[A-Za-z0-9_.*]+/[A-Za-z0-9_*]+$")
+_GRPC_METHOD = re.compile(r"/[A-Za-z0-9_.*]+/[A-Za-z0-9_*]+")
 
 
 def _grpc_method_pattern(value: str) -> str:
-    if not _GRPC_METHOD.match(value):
+    if not _GRPC_METHOD.fullmatch(value):
         raise ValueError(
             f"{value[:80]!r} is not a gRPC method pattern: write /package.Service/Method, "
             "with * for any characters within one part (e.g. /dgw.kv.v1.KeyValue/Get*)"
@@ -206,7 +206,7 @@ class ContainerDal(_Strict):
     @classmethod
     def _ports(cls, v: dict[str, int | str]) -> dict[str, int | str]:
         for name in v:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"listener name {quote(name)} must match {_NAME}")
         return v
 
@@ -292,7 +292,7 @@ class RuntimeConfig(_Strict):
     @classmethod
     def _dal_names(cls, v: dict[str, object]) -> dict[str, object]:
         for name in v:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"DAL name {quote(name)} must match {_NAME}")
         return v
 
