@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from xds_server.config import ConfigError, DeployFile, Problem, ShardFile, load_any
-from xds_server.settings import DEFAULT_ADMIN, DEFAULT_JOIN, DEFAULT_XDS
+from xds_server.settings import DEFAULT_ADMIN, DEFAULT_ALLOWED_ENV, DEFAULT_JOIN, DEFAULT_XDS
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -137,6 +137,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         public_address=args.public_address,
         data_dir=args.data_dir,
         metrics_public=args.metrics_public,
+        allowed_env=tuple(args.allow_env or DEFAULT_ALLOWED_ENV),
         **_security_settings(args),
     )
     try:
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.local/share/dgw, where `dgw` looks for a local server's token and CA)")
     p.add_argument("--metrics-public", action="store_true",
                    help="serve GET /metrics without a token (default: a reader token is needed)")
+    p.add_argument("--allow-env", action="append", metavar="PATTERN",
+                   help="a variable ${VAR} in a shard file may read: a name or a shell pattern "
+                        "(DGW_DB_*); repeatable, replaces the default DGW_*; the platform's own "
+                        "(DGW_TOKEN, DGW_JOIN_TOKEN, ...) never")
     sec = p.add_argument_group("control channel security (docs/security.md)")
     sec.add_argument("--insecure", action="store_true",
                      help="plaintext gRPC, no CA, nothing authorized; loopback only, and logged loudly")

@@ -37,6 +37,7 @@ from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.redact import LogMasking
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
@@ -139,6 +140,7 @@ class XdsServer:
         self.serving_cert: ServingCertificate | None = None
         self.join_port = 0
         self.authz = ControlAuthz(DEFAULT_TRUST_DOMAIN, DISCOVERY_SHARD, enforce=not settings.insecure)
+        self._log_masking = LogMasking(self.registry.secrets)
 
     def create_join_token(self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = "") -> str:
         """A one-time node token for ``shard``'s first certificate; shown once, stored hashed."""
@@ -159,6 +161,7 @@ class XdsServer:
             raise
 
     async def _start(self) -> None:
+        self._log_masking.install()
         for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
             self.registry.restore(shard, node)
         try:
@@ -312,6 +315,7 @@ class XdsServer:
             await self.store.close()
             self.store = None
         log.info("event=stopped")
+        self._log_masking.uninstall()
 
 
 def _is_loopback(host: str) -> bool:

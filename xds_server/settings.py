@@ -17,10 +17,18 @@ DEFAULT_ADMIN = "127.0.0.1:18001"
 # SignCertificate with a join token (see xds_server/security/server_tls.py).
 DEFAULT_JOIN = "127.0.0.1:18002"
 DEFAULT_CERT_TTL_S = 24 * 3600.0
-# ``${VAR}`` in a shard file reads only variables whose name starts with this (plus
-# those named in ``allowed_env``): the server's own environment (HOME, tokens, cloud
-# credentials) is never readable by whoever can write a shard file.
-ENV_PREFIX = "DGW_"
+# ``${VAR}`` in a shard file reads only variables that match one of ``allowed_env``'s
+# patterns (shell-style; default: ``DGW_*``) and are not the platform's own
+# (``RESERVED_ENV``): the server's environment (HOME, cloud credentials) and the
+# platform's credentials are never readable by whoever can write a shard file.
+DEFAULT_ALLOWED_ENV: tuple[str, ...] = ("DGW_*",)
+# Variables the platform's own programs read (an operator's $DGW_TOKEN exported in the
+# shell that started the server, a sidecar's $DGW_JOIN_TOKEN, ...): never a shard's,
+# whatever the patterns say. ``tests/hostile/test_env_policy.py`` checks that every
+# DGW_ variable the code reads is here.
+RESERVED_ENV: frozenset[str] = frozenset({
+    "DGW_TOKEN", "DGW_SERVER", "DGW_JOIN_TOKEN", "DGW_DATA_DIR", "DGW_ENVOY", "DGW_UP_BACKGROUND",
+})  # fmt: skip
 
 
 class Limits(BaseModel):
@@ -103,8 +111,9 @@ class ServerSettings(BaseModel):
     # (store.sqlite3), tokens, the CA and node reports, 0600. None: ``state_dir()``'s
     # default (the one ``dgw`` looks in), one server at a time.
     data_dir: Path | None = None
-    # Variables ``${VAR}`` may read besides those starting with ENV_PREFIX.
-    allowed_env: frozenset[str] = frozenset()
+    # The variables ``${VAR}`` may read: names or shell-style patterns (``DGW_DB_*``);
+    # RESERVED_ENV never.
+    allowed_env: tuple[str, ...] = DEFAULT_ALLOWED_ENV
     # GET /metrics without a token (for a Prometheus that cannot send one).
     metrics_public: bool = False
     limits: Limits = Field(default_factory=Limits)

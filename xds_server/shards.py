@@ -41,6 +41,7 @@ from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
+from xds_server.config.masking import masking
 from xds_server.discovery import Discovery
 from xds_server.resources import Resources
 from xds_server.settings import Limits
@@ -209,6 +210,7 @@ class ShardRegistry:
         self._early_reports: dict[str, dict[str, NodeState]] = {}
         self._config_changed: dict[str, asyncio.Event] = {}
         self._discovery = Discovery(cache)
+        self._secrets: frozenset[str] | None = None  # every served shard's, made when asked
 
     # --- configuration -------------------------------------------------------
 
@@ -238,7 +240,8 @@ class ShardRegistry:
         try:
             self._refuse_losing_every_listener(shard, config, source)
             # The whole file: its deploy desires' consumers are the listeners' RBAC.
-            ir = build_ir(config, dataclasses.replace(self.options, file=source))
+            with masking(secrets):
+                ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
         return Prepared(shard, config, source, secrets, config_version(config), ir,
@@ -259,6 +262,7 @@ class ShardRegistry:
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)
         self.shards[shard] = state
+        self._secrets = None
         self._discovery.declare(prepared.config)
         self._register(state, nodes.values())
         self._wake(shard)
@@ -267,6 +271,12 @@ class ShardRegistry:
             shard, prepared.source, version, changed, (time.perf_counter() - prepared.started) * 1000,
         )
         return True
+
+    def secrets(self) -> frozenset[str]:
+        """Every value a served shard read from the environment (to mask them all)."""
+        if self._secrets is None:
+            self._secrets = frozenset().union(*(s.secrets for s in self.shards.values()))
+        return self._secrets
 
     def resources(self, shard: str) -> Resources:
         """The Envoy resources the shard's running config translates to (none if no config)."""
@@ -311,6 +321,7 @@ class ShardRegistry:
         state = self.shards.pop(shard, None)
         if state is None:
             return
+        self._secrets = None
         self.cache.remove_shard(shard)
         self._discovery.drop_shard(shard)
         self._wake(shard)

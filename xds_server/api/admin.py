@@ -22,6 +22,7 @@ from xds_server.api.admin_http import read_json
 from xds_server.api.guard import guard_middleware
 from xds_server.changes import Changes
 from xds_server.config import quote
+from xds_server.redact import masking_middleware
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 from xds_server.store import ConfigStore
@@ -198,7 +199,10 @@ def make_app(
     changes: Changes | None = None,
     insecure: bool = False,
 ) -> web.Application:
-    app = web.Application(client_max_size=registry.limits.admin_body_bytes, middlewares=[guard_middleware])
+    # Outermost first: every answer is masked (redact), every name checked (guard),
+    # then auth.install adds access control.
+    app = web.Application(client_max_size=registry.limits.admin_body_bytes,
+                          middlewares=[masking_middleware(registry.secrets), guard_middleware])
     app[REGISTRY] = registry
     app[HEALTH] = Health(problem, insecure)
     app.router.add_get("/healthz", healthz)
