@@ -42,9 +42,10 @@ def _leaks(text: str, secret: str) -> list[str]:
 
 
 async def _call(server: XdsServer, method: str, path: str, **kwargs: object) -> tuple[int, str]:
-    async with aiohttp.ClientSession(headers=admin_headers(server)) as http:
-        async with http.request(method, f"http://127.0.0.1:{server.admin_port}{path}", **kwargs) as r:  # type: ignore[arg-type]
-            return r.status, await r.text()
+    url = f"http://127.0.0.1:{server.admin_port}{path}"
+    async with aiohttp.ClientSession(headers=admin_headers(server)) as http, \
+            http.request(method, url, **kwargs) as r:  # type: ignore[arg-type]
+        return r.status, await r.text()
 
 
 async def test_the_platforms_own_variables_are_never_readable(tmp_path: Path, monkeypatch):
