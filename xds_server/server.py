@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import time
+from collections.abc import Callable
 
 import grpc
 from aiohttp import web
@@ -31,9 +32,10 @@ from aiohttp import web
 from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
-from xds_server.api import admin, auth, fleet, gateway
+from xds_server.api import admin, auth, fleet, gateway, revocations_api
 from xds_server.api.admin_http import LimitedSite
 from xds_server.api.admin_http import runner as admin_runner
+from xds_server.api.gateway import peer_ip
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
@@ -41,7 +43,10 @@ from xds_server.redact import LogMasking
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
+from xds_server.security.revocations import REFRESH_S as REVOCATIONS_REFRESH_S
+from xds_server.security.revocations import Revocation, Revocations
 from xds_server.security.server_tls import ServingCertificate, load_or_init_ca
+from xds_server.security.sessions import Ended, Lease, Sessions
 from xds_server.security.signing import NodeSigner
 from xds_server.security.token_store import SqliteTokenStore
 from xds_server.security.tokens import DEFAULT_JOIN_TTL, mint
@@ -136,10 +141,14 @@ class XdsServer:
         self.admin_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_failure: str | None = None
+        self._revocations_read = time.monotonic()
         self.ca: CertificateAuthority | None = None
         self.serving_cert: ServingCertificate | None = None
         self.join_port = 0
-        self.authz = ControlAuthz(DEFAULT_TRUST_DOMAIN, DISCOVERY_SHARD, enforce=not settings.insecure)
+        self.sessions = Sessions(settings.ads_limits.max_streams_per_identity)
+        self.revocations: Revocations | None = None  # with the store
+        self.authz = ControlAuthz(DEFAULT_TRUST_DOMAIN, DISCOVERY_SHARD, enforce=not settings.insecure,
+                                  revoked=self._revoked, sessions=self.sessions)  # fmt: skip
         self._log_masking = LogMasking(self.registry.secrets)
 
     def create_join_token(self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = "") -> str:
@@ -169,6 +178,8 @@ class XdsServer:
         except StoreError as e:
             raise DataDirError(str(e)) from None
         self.tokens = SqliteTokenStore.open(self.state_dir)
+        self.revocations = Revocations(self.store, self._end_streams)
+        await self.revocations.refresh()
         auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
         self.changes = Changes(self.store, self.registry, self.policy, self.limits)
         self.config_dir.changes = self.changes
@@ -178,7 +189,7 @@ class XdsServer:
             options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
         )
         signer = self._security()
-        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads).register(self.grpc_server)
+        AdsServer(self.cache, self.settings.ads_limits, self._admit_ads).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry, self.authz, signer)
         host, _ = split_host_port(self.settings.xds, "--xds")
         if self.serving_cert is None:
@@ -224,6 +235,8 @@ class XdsServer:
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        assert self.revocations is not None
+        revocations_api.register(app, self.revocations, self.store, self.limits)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s, json_depth=self.limits.admin_json_depth,
@@ -245,12 +258,28 @@ class XdsServer:
         ttl = dt.timedelta(seconds=self.settings.cert_ttl_s)
         self.serving_cert = ServingCertificate(self.ca, ttl, self.settings.server_names)
         assert self.tokens is not None  # opened by _start
-        return NodeSigner(self.ca, self.tokens, ttl)
+        return NodeSigner(self.ca, self.tokens, ttl, revoked=self._revoked)
 
-    def _authorize_ads(self, context: grpc.aio.ServicerContext, shard: str, node_id: str  # type: ignore[type-arg]
-                       ) -> tuple[grpc.StatusCode, str] | None:
-        refusal = self.authz.ads(self.authz.caller(context), shard, node_id)
-        return None if refusal is None else (refusal.code, refusal.message)
+    def _admit_ads(self, context: grpc.aio.ServicerContext, shard: str, node_id: str,  # type: ignore[type-arg]
+                   wake: Callable[[], None]) -> tuple[grpc.StatusCode, str] | Lease:  # fmt: skip
+        caller = self.authz.caller(context)
+        admitted = self.authz.ads(caller, shard, node_id) or self.authz.admit(
+            caller, shard, node_id, peer_ip(context.peer()), wake)
+        return admitted if isinstance(admitted, Lease) else (admitted.code, admitted.message)
+
+    def _revoked(self, shard: str, node: str) -> str | None:
+        """Why (shard, node) is revoked (when, by whom), or None."""
+        revocation = self.revocations.revoked(shard, node) if self.revocations is not None else None
+        if revocation is None:
+            return None
+        return f"revoked at {revocation.at} by {revocation.by}" + (f": {revocation.reason}" if revocation.reason else "")
+
+    def _end_streams(self, revocation: Revocation) -> None:
+        ended = self.sessions.end(revocation.shard, revocation.node, Ended(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"node {revocation.shard}/{revocation.node} was revoked: an admin may reinstate it "
+            "(dgw node reinstate), then it needs a new join token"))  # fmt: skip
+        log.warning("event=node_streams_ended shard=%s node=%s streams=%d", revocation.shard, revocation.node, ended)
 
     def _bind(self, flag: str, address: str, credentials: grpc.ServerCredentials | None) -> int:
         assert self.grpc_server is not None
@@ -284,10 +313,22 @@ class XdsServer:
             try:
                 self.registry.expire_reports(time.time())
                 await self.persist_reports()
+                await self._refresh_revocations()
                 self._housekeeping_failure = None
             except OSError as e:
                 self._housekeeping_failure = f"cannot write {self.state_dir}: {e.strerror or e}"
                 log.error("event=reports_not_persisted dir=%s error=%s", self.state_dir, e)
+
+    async def _refresh_revocations(self) -> None:
+        """Revocations another server of an HA set recorded (this one's are in memory)."""
+        now = time.monotonic()
+        if self.revocations is None or now - self._revocations_read < REVOCATIONS_REFRESH_S:
+            return
+        self._revocations_read = now
+        try:
+            await self.revocations.refresh()
+        except StoreError as e:
+            log.error("event=revocations_not_read error=%s", e)
 
     async def persist_reports(self) -> None:
         if not self.registry.dirty:

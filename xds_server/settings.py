@@ -95,6 +95,10 @@ class AdsLimits(BaseModel):
     # Characters of a NACK's ``error_detail.message`` kept in the log and the node
     # status; Envoy's own messages name the problem well within it.
     max_error_detail_chars: Annotated[int, Field(ge=64)] = 2_048
+    # Long-lived control streams (ADS of every kind, WatchConfig) one identity may hold
+    # at once: a gateway certificate's node, or an application's identity on one host
+    # (security/sessions.py). A gateway holds two; more is a client gone wrong.
+    max_streams_per_identity: Annotated[int, Field(ge=1)] = 32
 
 
 class ServerSettings(BaseModel):

@@ -193,6 +193,40 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
             ) from None
 
 
+def _declared(config: ShardFile) -> frozenset[str]:
+    return frozenset(a for reg in config.registrations for a in reg.addresses())
+
+
+def check_registrations(report: gateway_pb2.NodeReport, config: ShardFile | None, peer: str | None) -> None:
+    """ValueError unless every registration is one the shard's config declares (when it
+    has one) and ``host_address`` is where the report came from (``peer``; loopback
+    for loopback: a host reaching the server over ::1 may register 127.0.0.1)."""
+    if config is not None:
+        undeclared = sorted(set(report.registrations) - _declared(config))
+        if undeclared:
+            allowed = ", ".join(sorted(_declared(config))) or "none"
+            raise ValueError(f"registration {quote(undeclared[0])} is not one of shard "
+                             f"{report.shard}'s registrations ({allowed}): a node registers only "
+                             "under its own shard's discovery names")  # fmt: skip
+    if peer is None:
+        return
+    host, source = ipaddress.ip_address(report.host_address), _ip(peer)
+    if source is None or not (host == source or (host.is_loopback and source.is_loopback)):
+        raise ValueError(f"host_address {quote(report.host_address)} is not the address this "
+                         f"report came from ({quote(peer)}): a node registers only at its own "
+                         "address (set the sidecar's --host-address to it)")  # fmt: skip
+
+
+def _ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(peer.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class ShardRegistry:
     def __init__(
         self,
@@ -329,11 +363,17 @@ class ShardRegistry:
 
     # --- reports -------------------------------------------------------------
 
-    def report(self, report: gateway_pb2.NodeReport) -> int:
+    def report(self, report: gateway_pb2.NodeReport, peer: str | None = None) -> int:
         """Replace a node's report; its endpoints become that node's EDS at once.
-        Raises ValueError (and keeps the previous report) if the report is unusable."""
+        Raises ValueError (and keeps the previous report) if the report is unusable.
+
+        ``peer``: the IP address the report came from (None: from this process). A node
+        registers only under its own shard's discovery names, and only at the address
+        its reports come from: neither can send another shard's clients elsewhere."""
         check_report(report, self.limits)
         shard = self.shards.get(report.shard)
+        if report.registrations:
+            check_registrations(report, shard.config if shard else None, peer)
         if shard is None:
             pending = self._early_reports.get(report.shard, {})
             if report.node_id not in pending and self._pending_nodes() >= self.limits.pending_report_nodes:
@@ -410,7 +450,10 @@ class ShardRegistry:
             for name, lst in shard.config.proxy_config.public_listeners.items()
             if lst.address.port
         }
-        self._discovery.update(shard.name, ports, [node.report for node in nodes])
+        # Reports kept from before the config (or before a restart) name what they
+        # named then: only the names this config declares are indexed.
+        declared = _declared(shard.config)
+        self._discovery.update(shard.name, ports, [node.report for node in nodes], declared)
 
     # --- config watch (sidecars) --------------------------------------------
 

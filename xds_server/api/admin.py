@@ -182,7 +182,7 @@ async def post_report(request: web.Request) -> web.Response:
     except (ValueError, json_format.ParseError) as e:
         return _json({"error": f"not a NodeReport: {quote(str(e), 300)}"}, status=400)
     try:
-        generation = registry.report(report)
+        generation = registry.report(report, request.remote or "127.0.0.1")
     except ValueError as e:
         return _json({"error": str(e)}, status=400)
     return _json({"generation": generation})

@@ -24,7 +24,6 @@ import asyncio
 import datetime as dt
 import logging
 import re
-import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from common.budget import Budget
 from common.files import write_private
 from common.names import SHARD_RULE, TOKEN_NAME_RULE, is_shard, is_token_name
 from xds_server import metrics
@@ -85,6 +85,9 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/tokens"): "admin",
     ("POST", "/v1/tokens"): "admin",
     ("DELETE", "/v1/tokens/{token_id}"): "admin",
+    ("GET", "/v1/revocations"): "admin",
+    ("PUT", "/v1/revocations/{shard}/{node}"): "admin",
+    ("DELETE", "/v1/revocations/{shard}/{node}"): "admin",
 }
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -164,31 +167,11 @@ async def _report_shard(request: web.Request, timeout_s: float, json_depth: int)
     return shard if isinstance(shard, str) else None
 
 
-class RefusalBudget:
+class RefusalBudget(Budget):
     """How many refused mutations are audited one by one: at most ``per_window`` a
     window; the rest are counted and written as one entry when the next window opens.
     A caller hammering the API with bad or no tokens cannot grow the audit log faster
     than this, and the log still says how much was refused."""
-
-    def __init__(self, per_window: int = 60, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.per_window, self.window_s, self._clock = per_window, window_s, clock
-        self._start = clock()
-        self._used = 0
-        self.suppressed = 0
-
-    def take(self) -> tuple[bool, int]:
-        """(audit this one?, refusals left out in the window that just ended)."""
-        now = self._clock()
-        left_out = 0
-        if now - self._start >= self.window_s:
-            left_out, self.suppressed = self.suppressed, 0
-            self._start, self._used = now, 0
-        if self._used < self.per_window:
-            self._used += 1
-            return True, left_out
-        self.suppressed += 1
-        return False, left_out
 
 
 def auth_middleware(

@@ -62,11 +62,13 @@ class NodeSigner:
         tokens: TokenStore,
         lifetime: dt.timedelta,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        revoked: Callable[[str, str], str | None] = lambda shard, node: None,
     ) -> None:
         self.ca = ca
         self.tokens = tokens
         self.lifetime = lifetime
         self._clock = clock
+        self._revoked = revoked
 
     def sign(self, shard: str, node_id: str, csr_pem: bytes, join_token: str, caller: Caller) -> Signed:
         # What the certificate can hold is checked before anything else, the token
@@ -119,7 +121,13 @@ class NodeSigner:
 
     def _precheck(self, shard: str, node_id: str, join_token: str, caller: Caller) -> None:
         """SignRefused unless the caller holds a join token for ``shard`` (not yet judged
-        for expiry or use: ``_spend`` does that) or is the certificate it renews."""
+        for expiry or use: ``_spend`` does that) or is the certificate it renews, and
+        the node is not revoked (neither renewal nor a new join brings it back)."""
+        why = self._revoked(shard, node_id)
+        if why is not None:
+            raise SignRefused(grpc.StatusCode.PERMISSION_DENIED,
+                              f"node {shard}/{node_id} is {why}; an admin may reinstate it "
+                              "(dgw node reinstate), then it needs a new join token")  # fmt: skip
         if join_token:
             record = peek(self.tokens, join_token)
             if record is None:
