@@ -8,6 +8,8 @@ the way ``repr`` does, and leaves every other character as it is.
 
 from __future__ import annotations
 
+import re
+
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -30,3 +32,16 @@ def printable(text: str, keep: str = "") -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:@/#+=,~-]*")
+
+
+def log_value(text: str, limit: int = 253) -> str:
+    """``text`` as one value of a ``key=value`` log line: as it is when it is a plain
+    word, else in double quotes with quotes, backslashes and control characters
+    escaped, so it can neither end the line nor pass for another key."""
+    text = text[:limit]
+    if _PLAIN.fullmatch(text):
+        return text
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'

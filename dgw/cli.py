@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, up
+    from . import ca_cli, client_proxy_cli, completion, daemon, logs, node_cli, ops, schema, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_commands(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
+    node_cli.add_command(sub)
     client_proxy_cli.add_command(sub)
     completion.add_command(sub)
     for command in sub.choices.values():

@@ -457,6 +457,12 @@ def _client_options(p: argparse.ArgumentParser, output: bool = True) -> None:
         p.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="table (default), json or yaml")
 
 
+# For the other command modules that talk to the admin API (dgw/*_cli.py).
+api_command = _run
+api_client_options = _client_options
+path_segment = _path
+
+
 def _versioned(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-version", type=int, metavar="N",
                    help="the base version to send as If-Match (default: the one a GET returns now)")  # fmt: skip

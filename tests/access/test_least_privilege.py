@@ -160,3 +160,18 @@ def test_a_config_file_named_with_a_newline_is_not_a_shard(tmp_path: Path):
 
     assert shard_of(tmp_path / "demo.yaml") == "demo"
     assert shard_of(tmp_path / "demo.yaml\n") is None
+
+
+async def test_dgw_node_revoke_lists_and_reinstates(server: XdsServer):
+    flags = ["--server", f"http://127.0.0.1:{server.admin_port}", "--token", admin_token(server)]
+    code, out, err = await _dgw("node", "revoke", "n1", "--shard", "kv", "--reason", "stolen laptop", *flags)
+    assert code == 0 and "revoked" in out, err
+    code, out, _ = await _dgw("node", "revocations", *flags)
+    assert code == 0 and "n1" in out and "stolen laptop" in out
+    code, _, err = await _dgw("node", "revoke", "n9", *flags)
+    assert code == 1 and "--shard" in err
+    code, out, _ = await _dgw("node", "reinstate", "n1", "--shard", "kv", *flags)
+    assert code == 0 and "reinstated" in out
+    code, out, _ = await _dgw("node", "revocations", *flags)
+    assert "no node is revoked" in out
+    assert server.revocations is not None and server.revocations.list() == []

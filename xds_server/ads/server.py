@@ -33,7 +33,7 @@ import grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from common.budget import LogBudget
-from common.text import printable
+from common.text import log_value, printable
 from xds_server import metrics
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.events import Outgoing, Received, Refused
@@ -232,7 +232,7 @@ class AdsServer:
             if isinstance(admitted, tuple):
                 self._refusals.log(
                     "event=unauthorized shard=%s node=%s stream=%s code=%s message=%s",
-                    _quote(shard[:253]), _quote(node_id[:253]), kind, admitted[0].name, _quote(admitted[1]),
+                    log_value(shard), log_value(node_id), kind, admitted[0].name, _quote(admitted[1]),
                 )  # fmt: skip
                 await context.abort(*admitted)
             admission = admitted

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import grpc
 
 from common.budget import LogBudget
-from common.text import printable
+from common.text import log_value, printable
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.security.authz import ControlAuthz, Refusal, describe
 from xds_server.security.signing import NodeSigner, SignRefused
@@ -33,12 +33,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.registry = registry
         self.authz = authz
         self.signer = signer
+        # Every refusal is logged, within a budget: a bad join token retried in a loop
+        # (the join port is open to anyone) must not write a line each time.
+        self._refusals = LogBudget(log, "unauthorized_calls")
 
     async def _check_node(self, context: _Context, call: str, shard: str, node_id: str) -> None:
         caller = self.authz.caller(context)
         refusal = self.authz.node(caller, shard, node_id)
         if refusal is not None:
-            await _refuse(context, call, refusal, describe(caller), shard, node_id)
+            await _refuse(context, call, refusal, describe(caller), shard, node_id, self._refusals)
 
     async def Report(
         self,
@@ -67,14 +70,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         admitted = self.authz.node(caller, shard, node_id) or self.authz.admit(
             caller, shard, node_id, peer_ip(context.peer()), ended.set)
         if isinstance(admitted, Refusal):
-            await _refuse(context, "WatchConfig", admitted, describe(caller), shard, node_id)
+            await _refuse(context, "WatchConfig", admitted, describe(caller), shard, node_id, self._refusals)
         log.info("event=config_watch shard=%s node=%s", shard, node_id)
         try:
             async for state in _until(self.registry.watch_config(shard), ended):
                 yield gateway_pb2.ShardConfig(shard=state.name, version=state.config_version, yaml=state.config_yaml)
             why = admitted.ended
             if why is not None:
-                await _refuse(context, "WatchConfig", Refusal(why.code, why.message), describe(caller), shard, node_id)
+                await _refuse(context, "WatchConfig", Refusal(why.code, why.message), describe(caller), shard, node_id,
+                              self._refusals)
         finally:
             admitted.release()
 
@@ -93,7 +97,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         except SignRefused as e:
             await _refuse(context, "SignCertificate", Refusal(e.code, e.message), describe(caller),
-                          request.shard, request.node_id)
+                          request.shard, request.node_id, self._refusals)
         return gateway_pb2.SignResponse(
             certificate_chain_pem=signed.chain_pem, trust_bundle_pem=signed.bundle_pem
         )
@@ -118,17 +122,12 @@ async def _until(states: AsyncIterator[Shard], stop: asyncio.Event) -> AsyncIter
         await states.aclose()  # type: ignore[attr-defined]
 
 
-# Every refusal is logged, within a budget: a bad join token retried in a loop (the join
-# port is open to anyone) must not write a line each time.
-_REFUSALS = LogBudget(log, "unauthorized_calls")
-
-
 async def _refuse(
-    context: _Context, call: str, refusal: Refusal, caller: str, shard: str, node_id: str
+    context: _Context, call: str, refusal: Refusal, caller: str, shard: str, node_id: str, budget: LogBudget
 ) -> NoReturn:
-    _REFUSALS.log(
+    budget.log(
         "event=unauthorized call=%s caller=%s shard=%s node=%s code=%s message=%s",
-        call, caller, _quote(shard[:253]), _quote(node_id[:253]), refusal.code.name, _quote(refusal.message),
+        call, log_value(caller), log_value(shard), log_value(node_id), refusal.code.name, _quote(refusal.message),
     )
     await context.abort(refusal.code, refusal.message)
 
