@@ -33,7 +33,7 @@ from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.api import admin, auth, fleet, gateway, revocations_api
-from xds_server.api.admin_http import LimitedSite
+from xds_server.api.admin_http import TRUSTED, LimitedSite, Trusted
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.api.gateway import peer_ip
 from xds_server.cache import SnapshotCache
@@ -202,7 +202,8 @@ class XdsServer:
         self.admin_runner = admin_runner(await self._admin_app(), self.limits)
         await self.admin_runner.setup()
         ahost, aport = split_host_port(self.settings.admin, "--admin")
-        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections)
+        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections,
+                           self.admin_runner.app[TRUSTED])
         try:
             await site.start()
         except OSError as e:
@@ -232,6 +233,7 @@ class XdsServer:
         """The admin API behind access control; the config store keeps the audit log."""
         assert self.store is not None and self.tokens is not None  # opened by _start
         app = admin.make_app(self.registry, self.problem, self.changes, self.settings.insecure)
+        app[TRUSTED] = Trusted()
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)

@@ -36,7 +36,7 @@ from common.budget import Budget
 from common.files import write_private
 from common.names import SHARD_RULE, TOKEN_NAME_RULE, is_shard, is_token_name
 from xds_server import metrics
-from xds_server.api.admin_http import parse_json
+from xds_server.api.admin_http import TRUSTED, parse_json
 from xds_server.config import quote
 from xds_server.security.identity import IdentityError, consumer_id
 from xds_server.security.tokens import (
@@ -218,6 +218,9 @@ def auth_middleware(
                     await _audit_refusal(audit, request, pattern, shard, principal, status, message)
             return _error(status, message)
         set_principal(request, principal)
+        trusted = request.app.get(TRUSTED)
+        if trusted is not None:
+            trusted.trust(request.transport)  # never closed to make room for others
         return await handler(request)
 
     return middleware
