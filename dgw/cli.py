@@ -106,11 +106,12 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
             raise ValueError("--shard and --client exclude each other: --shard makes a gateway "
                              "instance's bootstrap, --client a client-side proxy's")
         if args.client:
-            config = make_client_bootstrap(args.node_id, args.xds, args.client, args.listen, args.admin, args.delta)
+            config = make_client_bootstrap(args.node_id, args.xds, args.client, args.listen, args.delta,
+                                           admin_socket=args.admin_socket)
         elif not args.shard:
             raise ValueError("give --shard (a gateway instance) or --client ADDRESS/LISTENER (a client-side proxy)")
         else:
-            config = make_bootstrap(args.shard, args.node_id, args.xds, args.admin, args.delta)
+            config = make_bootstrap(args.shard, args.node_id, args.xds, args.delta, admin_socket=args.admin_socket)
     except ValueError as e:
         print(f"dgw bootstrap: {e}", file=sys.stderr)
         return 2
@@ -222,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="the gateway instance's shard")
     p.add_argument("--node-id", required=True)
     p.add_argument("--xds", required=True, help="the xds_server's gRPC HOST:PORT")
-    p.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
+    p.add_argument("--admin-socket", metavar="PATH",
+                   help="Envoy's admin on this Unix socket, mode 0600 (default: no admin); admin "
+                        "never listens on a TCP port, where any local user could stop Envoy")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--client", metavar="ADDRESS/LISTENER",
                    help="a client-side forward proxy to the hosts registered under ADDRESS, for LISTENER")

@@ -38,8 +38,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         address=args.address or args.shard,
         listen=args.listen,
         xds=args.xds,
-        node_id=args.node_id or f"client-{socket.gethostname()}-{os.getpid()}",
-        admin=args.admin,
+        node_id=args.node_id or f"client-{socket.gethostname()}-{os.getpid()}"[-64:],
         delta=args.delta,
         identity=(args.identity[0], args.identity[1]) if args.identity else None,
         ca=args.ca,
@@ -89,7 +88,6 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--join-server", default="127.0.0.1:18002",
                    help="the server's join port, for the first certificate with --join (default: %(default)s)")
     p.add_argument("--node-id", help="this proxy's node id at the xds_server (default: client-HOST-PID)")
-    p.add_argument("--admin", default="127.0.0.1:0", help="Envoy admin HOST:PORT (default: a free port)")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--insecure", action="store_true",
                    help="the xds_server is plaintext (dgw server --insecure); by default the proxy's "

@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # the running parts load only when `dgw up` runs: `dgw --help
     from .ready import NotServing
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "shards"
-DEFAULT_ENVOY_ADMIN_PORT = 9901
 DEFAULT_STATE_DIR = Path(".work/up")
 UP_SERVER_DIR = "server"
 # How long to wait for "serving" before saying what is still missing (and waiting on).
@@ -44,12 +43,6 @@ log = EventLog("dgw.up")
 
 class UpError(Exception):
     """``dgw up`` cannot serve; the message says what to change."""
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return int(text)
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,9 +66,6 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "has the DAL images, else local processes, and logs why")
     p.add_argument("--node-id", default="local-1",
                    help="this host's node id: Envoy's node.id and the sidecar's (default: %(default)s)")
-    p.add_argument("--envoy-admin-port", type=_port, default=DEFAULT_ENVOY_ADMIN_PORT,
-                   help="Envoy's admin port on 127.0.0.1 for the first shard, +1 for each next "
-                        "one (default: %(default)s)")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                    help="where Envoy's bootstrap, the DALs' logs and process records live "
                         "(default: %(default)s)")
@@ -103,9 +93,9 @@ class _AgentRuntimeLine(logging.Filter):
         return not record.getMessage().startswith("event=runtime_selected")
 
 
-async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str], dict[str, int]]:
-    """The control plane, started, with its shards and their Envoy admin ports; or
-    UpError when a port is taken or no shard is usable (nothing left running)."""
+async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str]]:
+    """The control plane, started, with its shards; or UpError when a port is taken or
+    no shard is usable (nothing left running)."""
     from xds_server.server import XdsServer
 
     from . import preflight
@@ -120,22 +110,21 @@ async def _start_server(args: argparse.Namespace) -> tuple[XdsServer, list[str],
                                       data_dir=args.state_dir / UP_SERVER_DIR, join="127.0.0.1:0"))
     await server.start()
     shards = sorted(server.registry.shards)
-    admin_ports = {shard: args.envoy_admin_port + i for i, shard in enumerate(shards)}
     if not shards:
         rejected = [e for r in server.registry.rejections.values() for e in r.errors]
         problems = [f"no usable shard in {args.config_dir}", *rejected]
     else:
         configs = {s: (server.registry.shards[s].config, server.registry.shards[s].source) for s in shards}
-        problems = preflight.busy_ports(configs, admin_ports, server.settings.public_address)
+        problems = preflight.busy_ports(configs, server.settings.public_address)
     if problems:
         await server.stop()
         raise UpError("\n".join(problems))
-    return server, shards, admin_ports
+    return server, shards
 
 
 async def _up(args: argparse.Namespace) -> None:
     from sidecar.config import SidecarSettings
-    from sidecar.main import run_sidecar
+    from sidecar.main import envoy_admin_socket, run_sidecar
     from sidecar.ports import PortClaims
 
     from .runtime_choice import RuntimeChoice, choose_runtime
@@ -143,7 +132,7 @@ async def _up(args: argparse.Namespace) -> None:
     # DAL commands like `python3 -m dals.sample` must find this installation's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     forget_cached_configs(args.state_dir)
-    server, shards, admin_ports = await _start_server(args)
+    server, shards = await _start_server(args)
 
     if args.runtime == "auto":
         choice = choose_runtime([server.registry.shards[s].config for s in shards])
@@ -161,15 +150,16 @@ async def _up(args: argparse.Namespace) -> None:
     xds = f"{args.xds.rpartition(':')[0]}:{server.xds_port}"
     agents = []
     claims = PortClaims()
+    admin_sockets: dict[str, Path] = {}
     for shard in shards:
         settings = SidecarSettings(
             server=xds, shard=shard, node_id=args.node_id, runtime=choice.runtime,
-            state_dir=args.state_dir, envoy_admin_port=admin_ports[shard],
-            stop_dals_on_exit=True, **_join(server, shard, args.state_dir),
+            state_dir=args.state_dir, stop_dals_on_exit=True, **_join(server, shard, args.state_dir),
         )
+        admin_sockets[shard] = envoy_admin_socket(settings)
         agents.append(asyncio.create_task(run_sidecar(settings, stop, claims), name=f"sidecar-{shard}"))
     stopping = asyncio.create_task(stop.wait())
-    serving = asyncio.create_task(_serving(server, shards, args.node_id, admin_ports))
+    serving = asyncio.create_task(_serving(server, shards, args.node_id, admin_sockets))
     try:
         await _first(serving, stopping, agents)
         if serving.done():
@@ -214,12 +204,12 @@ async def _first(
             raise error
 
 
-async def _serving(server: XdsServer, shards: list[str], node_id: str, admin_ports: dict[str, int]) -> None:
+async def _serving(server: XdsServer, shards: list[str], node_id: str, admin_sockets: dict[str, Path]) -> None:
     for shard in shards:
-        await _shard_serving(server, shard, node_id, admin_ports[shard])
+        await _shard_serving(server, shard, node_id, admin_sockets[shard])
 
 
-async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port: int) -> None:
+async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_socket: Path) -> None:
     from . import ready
     def slow(waits: list[str]) -> None:
         print(f"dgw up: shard {shard} not serving yet, still waiting: {'; '.join(waits)}",
@@ -228,7 +218,7 @@ async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port
     try:
         await ready.wait_serving(
             lambda: server.registry.shards[shard].ir,
-            f"127.0.0.1:{admin_port}",
+            admin_socket,
             lambda: [s for s in server.cache.node_status() if s.shard == shard and s.node_id == node_id],
             PATIENCE_S,
             slow,

