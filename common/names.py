@@ -62,3 +62,18 @@ SHARD_RULE = "an ASCII letter or digit, then up to 62 letters, digits, _ . or -"
 NODE_ID_RULE = "an ASCII letter or digit, then up to 63 letters, digits, _ . or -"
 TOKEN_NAME_RULE = "1-64 characters: letters, digits and _ . @ : / - (starting with a letter or digit)"
 DISCOVERY_ADDRESS_RULE = "an ASCII letter or digit, then up to 252 letters, digits, _ . : or -"
+
+
+SOCKET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.sock"
+"""A public listener's Unix socket (``path: api.sock``): a name, never a path. The
+gateway makes it in its socket directory, ``LISTENER_SOCKETS`` under its Envoy's
+working directory (the sidecar's ``STATE_DIR/SHARD-NODE``), a directory the sidecar
+owns: a shard file can never make Envoy replace a file elsewhere on the host."""
+
+LISTENER_SOCKETS = "sockets"
+
+_SOCKET_NAME = re.compile(SOCKET_NAME)
+
+
+def is_socket_name(name: object) -> TypeGuard[str]:
+    return isinstance(name, str) and _SOCKET_NAME.fullmatch(name) is not None

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.files import open_log
+
 BANNER = "Data Gateway is up"
 # Set for the background child: its banner then names `dgw down`, not Ctrl-C.
 BACKGROUND_ENV = "DGW_UP_BACKGROUND"
@@ -52,9 +54,10 @@ def detach(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"dgw up: already running in the background (pid {pid}); `dgw down` stops it",
               file=sys.stderr)
         return 1
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     log = log_file(state_dir)
-    with open(log, "wb") as out:
+    log.unlink(missing_ok=True)  # each run's log starts empty (a link there is removed, not followed)
+    with open_log(log) as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "dgw.cli", *argv],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

@@ -64,6 +64,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto",
                    help="where DALs run: auto (default) uses Docker when an engine answers and "
                         "has the DAL images, else local processes, and logs why")
+    p.add_argument("--dal-user", metavar="USER",
+                   help="run the local-process DALs as this user (e.g. nobody; needs root); "
+                        "default: your own user")
     p.add_argument("--node-id", default="local-1",
                    help="this host's node id: Envoy's node.id and the sidecar's (default: %(default)s)")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
@@ -154,7 +157,8 @@ async def _up(args: argparse.Namespace) -> None:
     for shard in shards:
         settings = SidecarSettings(
             server=xds, shard=shard, node_id=args.node_id, runtime=choice.runtime,
-            state_dir=args.state_dir, stop_dals_on_exit=True, **_join(server, shard, args.state_dir),
+            state_dir=args.state_dir, stop_dals_on_exit=True, dal_user=args.dal_user,
+            **_join(server, shard, args.state_dir),
         )
         admin_sockets[shard] = envoy_admin_socket(settings)
         agents.append(asyncio.create_task(run_sidecar(settings, stop, claims), name=f"sidecar-{shard}"))

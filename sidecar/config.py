@@ -66,6 +66,9 @@ class SidecarSettings(BaseModel):
     host_address: str = "127.0.0.1"
     state_dir: Path = DEFAULT_STATE_DIR
     dal_ports: tuple[int, int] = DEFAULT_DAL_PORTS
+    # Run DALs (and their health checks) as this user (name or uid; the sidecar must be
+    # root), in containers as its UID:GID; None: the sidecar's own user (docs/security.md).
+    dal_user: str | None = None
     envoy: bool = True
     envoy_binary: str | None = None
     envoy_log_level: str = "warning"

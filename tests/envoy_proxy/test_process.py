@@ -128,3 +128,29 @@ def test_admin_listens_on_no_port_and_no_other_user_reaches_it() -> None:
     finally:
         envoy.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.envoy
+def test_a_listener_socket_is_made_in_the_envoys_own_socket_directory(tmp_path: Path) -> None:
+    """Issue #17, item 2: a shard's Unix listener names a socket, and Envoy makes it in
+    ``sockets/`` of its working directory (the sidecar's state dir), nowhere else."""
+    from google.protobuf.json_format import MessageToDict
+
+    from xds_server.config import load_shard_text
+    from xds_server.resources import CLUSTER, LISTENER
+    from xds_server.translate import TranslateOptions, build_ir, to_resources
+
+    shard = load_shard_text(
+        "proxy_config:\n  public_listeners:\n    db: {mode: tcp, path: db.sock}\n"
+        "network_dals:\n  pg:\n    listeners: {db: 'tcp://127.0.0.1:5432'}\n    mode: static\n", "s.yaml", env={})
+    resources = to_resources(build_ir(shard, TranslateOptions()))
+    static = {kind: [MessageToDict(m) for m in resources.of(url).values()]
+              for kind, url in (("listeners", LISTENER), ("clusters", CLUSTER))}  # fmt: skip
+    (tmp_path / "sockets").mkdir()
+    envoy = BlockingEnvoy(static_bootstrap() | {"static_resources": static}, tmp_path, concurrency=1)
+    try:
+        envoy.wait_ready(READY_S)
+        made = tmp_path / "sockets" / "db.sock"
+        assert stat.S_ISSOCK(os.stat(made).st_mode)
+    finally:
+        envoy.stop()

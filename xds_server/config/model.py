@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from common.names import LISTENER_SOCKETS, is_socket_name
+
 from .errors import quote
 
 # Defaults live here, next to the models (STYLE.md: one place per program).
@@ -86,22 +88,30 @@ PortValue = Annotated[int | str, AfterValidator(_checked_port)]
 
 
 class ListenAddress(_Strict):
-    """Where a public listener binds: a TCP port on all addresses, or a unix socket."""
+    """Where a public listener binds: a TCP port on all addresses, or a Unix socket
+    named ``socket`` in the gateway's socket directory."""
 
     port: int | None = None
-    unix_path: str | None = None
+    socket: str | None = None
 
     def __str__(self) -> str:
-        return self.unix_path if self.unix_path else str(self.port)
+        return self.socket if self.socket else str(self.port)
 
 
 def parse_listen_path(value: int | str) -> ListenAddress:
-    if isinstance(value, str) and value.startswith("/"):
-        return ListenAddress(unix_path=value)
-    if isinstance(value, str) and not value.strip().isdigit():
+    if isinstance(value, str) and "/" in value:
         raise ValueError(
-            f"{quote(value)} is neither a port (1-65535) nor an absolute unix socket path (/...)"
+            f"{quote(value)} is a path on the gateway host; a listener's Unix socket is a name "
+            f"ending in .sock (e.g. api.sock), made in the gateway's own socket directory "
+            f"(<state dir>/<shard>-<node>/{LISTENER_SOCKETS}/): a shard file may not place files on the host"
         )
+    if isinstance(value, str) and value.endswith(".sock"):
+        if not is_socket_name(value):
+            raise ValueError(f"{quote(value)} is not a socket name: a letter or digit, then letters, "
+                             "digits, _ . or -, ending in .sock (at most 105 characters)")  # fmt: skip
+        return ListenAddress(socket=value)
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise ValueError(f"{quote(value)} is neither a port (1-65535) nor a Unix socket name (NAME.sock)")
     return ListenAddress(port=_port(value))
 
 
