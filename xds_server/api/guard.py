@@ -4,7 +4,7 @@ Each path parameter must be a whole name of its grammar (``common.names``): a sh
 called ``demo\\n`` or ``x\\r\\n\\x1b[8m`` is answered 400 here, before authentication,
 so neither the audit log nor a log line ever holds it. A route whose parameter has no
 grammar in ``PARAMETERS`` refuses every request (a new route cannot be left open to
-any name by mistake; ``tests/api/test_guard.py`` checks the table covers them all).
+any name by mistake; ``tests/access/test_route_table.py`` checks the table covers them all).
 """
 
 from __future__ import annotations
