@@ -44,7 +44,9 @@ MEANINGS: dict[str, dict[str, str]] = {
     },
     "PublicListener": {
         "mode": "The protocol Envoy speaks on it.",
-        "path": "A TCP port (1-65535) on the public address, or an absolute unix socket path.",
+        "path": "A TCP port (1-65535) on the public address, or a Unix socket named NAME.sock, which "
+                "the gateway makes in its own socket directory (<state dir>/<shard>-<node>/sockets/; "
+                "never a path on the host).",
         "tls_creds": "TLS credentials name. Accepted by validation, refused by the translator until TLS lands.",
         "authz": "Authorization policy name. Accepted by validation, refused by the translator until authorization lands.",
     },
