@@ -12,9 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.server import admin_headers, running_server
-from xds_server.config import EnvPolicy
 from xds_server.server import XdsServer
-from xds_server.settings import RESERVED_ENV
 
 from .conftest import settings
 
@@ -88,7 +86,8 @@ async def test_a_dry_run_diff_never_shows_an_interpolated_value(tmp_path: Path, 
 async def test_a_value_is_masked_before_a_message_is_cut(tmp_path: Path, monkeypatch, caplog):
     monkeypatch.setenv("DGW_LP_LONG", LONG)
     s = settings(tmp_path)
-    bad = SECURED + "wiring:\n  kv: {mode: shadow, target: AAAAAAAA${DGW_LP_LONG}ZZZ}\n"
+    # Quoted, the target is cut at 68 characters: 59 of them the secret's, unless masked first.
+    bad = SECURED + "wiring:\n  kv: {mode: shadow, target: AAAAAAAA${DGW_LP_LONG}" + "Z" * 40 + "}\n"
     (s.config_dir / "filed.yaml").write_text(bad)
     with caplog.at_level(logging.DEBUG):
         async with running_server(s) as server:
@@ -120,6 +119,9 @@ async def test_no_answer_or_log_line_holds_a_served_value(tmp_path: Path, monkey
 
 
 def test_the_allow_list_names_what_a_shard_may_read():
+    from xds_server.config import EnvPolicy
+    from xds_server.settings import RESERVED_ENV
+
     default = EnvPolicy()
     assert default.allows("DGW_DB_PASSWORD") and not default.allows("HOME")
     assert not any(default.allows(name) for name in RESERVED_ENV)
@@ -132,6 +134,8 @@ def test_every_dgw_variable_the_platform_reads_is_reserved():
     """A new variable of the platform's own (a credential, a path) must not become
     readable by a shard by accident: every DGW_ name in the programs is reserved,
     except those the sidecar sets for its DALs (sidecar/spec.py)."""
+    from xds_server.settings import RESERVED_ENV
+
     found: set[str] = set()
     for package in ("common", "dgw", "envoy_proxy", "sidecar", "xds_server"):
         for path in (ROOT / package).rglob("*.py"):

@@ -19,9 +19,7 @@ from sidecar.log import EventLog
 from sidecar.main import run_sidecar
 from sidecar.runtimes.base import DalRunError
 from sidecar.runtimes.process import ProcessRuntime
-from sidecar.runtimes.run_as import RunAsError, resolve
 from sidecar.spec import build_spec
-from sidecar.state_dir import StateDirError, prepare
 from tests.support.procs import free_port
 from xds_server.config.model import RuntimeConfig
 
@@ -43,6 +41,8 @@ def _spec(out: Path, port: int, name: str = "d"):  # type: ignore[no-untyped-def
 
 
 def test_a_state_dir_others_can_write_is_refused(tmp_path: Path) -> None:
+    from sidecar.state_dir import StateDirError, prepare
+
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
@@ -54,13 +54,20 @@ def test_a_state_dir_others_can_write_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateDirError, match="writable by others"):
         prepare(above / "state", above / "state" / "s-n")
     # The sidecar refuses to start there, before it writes anything.
-    settings = SidecarSettings(shard="s", node_id="n", state_dir=shared, insecure=True, runtime="process")
+    settings = SidecarSettings(shard="s", node_id="n", state_dir=shared, insecure=True, runtime="process",
+                               server=f"127.0.0.1:{free_port()}")  # fmt: skip
+
+    async def start() -> None:
+        await asyncio.wait_for(run_sidecar(settings, asyncio.Event()), 20)
+
     with pytest.raises(SidecarError, match="writable by others"):
-        asyncio.run(run_sidecar(settings, asyncio.Event()))
+        asyncio.run(start())
     assert not (shared / "s-n").exists()
 
 
 def test_a_node_dir_that_is_a_link_is_refused_and_a_good_one_is_made_private(tmp_path: Path) -> None:
+    from sidecar.state_dir import StateDirError, prepare
+
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
     elsewhere = tmp_path / "elsewhere"
@@ -110,6 +117,8 @@ async def test_a_dal_inherits_nothing_of_the_sidecar_and_its_files_are_private(t
 @ROOT_ONLY
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="a Python the user nobody may run")
 async def test_dals_run_as_the_dal_user(tmp_path: Path) -> None:
+    from sidecar.runtimes.run_as import resolve
+
     # The DAL says who it is on its output, which goes to the log the sidecar opened.
     cfg = RuntimeConfig.model_validate({"container_dals": {"d": {
         "container_cmd": ["/usr/bin/python3", "-c", "import os,time; print('uid', os.getuid(), os.environ.get('USER'), "
@@ -137,6 +146,8 @@ def _lines(path: Path) -> list[str]:
 
 
 def test_the_dal_user_must_be_an_unprivileged_user_of_this_host() -> None:
+    from sidecar.runtimes.run_as import RunAsError, resolve
+
     with pytest.raises(RunAsError, match="no such user"):
         resolve("no-such-user-lp17")
     with pytest.raises(RunAsError, match="root"):
