@@ -145,7 +145,7 @@ class KvClient:
         return cls(channel, **options)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self) -> KvClient:
         return self

@@ -109,7 +109,7 @@ class KvConfig(_Strict):
     engines: dict[str, EngineConfig]
     namespaces: dict[str, NamespaceConfig]
     cache: CacheConfig | None = None
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=lambda: Limits.model_validate({}))
     purge_interval_s: float = Field(600.0, gt=0)
     """How often old tombstones and abandoned chunks are purged."""
 
