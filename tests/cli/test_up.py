@@ -237,7 +237,7 @@ def test_up_uses_docker_when_an_engine_has_the_image(tmp_path: Path) -> None:
 @pytest.mark.envoy
 def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
     http_port, state = free_port(), tmp_path / "state"
-    env = {**NO_ENGINE, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
+    env = {**NO_ENGINE, **DEMO_ENV, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
     args = ["--state-dir", str(state)]
     up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", NODE,
              "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)
