@@ -16,7 +16,6 @@ import asyncio
 import os
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PROBE_TIMEOUT_S = 3.0
@@ -43,8 +42,9 @@ async def probe_postgres(dsn: str, timeout: float = PROBE_TIMEOUT_S) -> str | No
     return None
 
 
-async def prepare(state_dir: Path, env: MutableMapping[str, str] = os.environ) -> StorageChoice:
-    env.setdefault("DGW_UP_STATE_DIR", str(state_dir.absolute()))
+async def prepare(state_dir: str, env: MutableMapping[str, str] = os.environ) -> StorageChoice:
+    """``state_dir``: absolute."""
+    env.setdefault("DGW_UP_STATE_DIR", state_dir)
     if env.get("DGW_DEMO_CQL_ENGINE"):
         return StorageChoice(env["DGW_DEMO_CQL_ENGINE"], "DGW_DEMO_CQL_ENGINE is set")
     dsn = env.get("DGW_DEMO_POSTGRES_DSN") or DEFAULT_DSN

@@ -146,7 +146,7 @@ async def _up(args: argparse.Namespace) -> None:
     if args.config_dir.resolve() == DEMO_DIR:
         from .demo_storage import prepare
 
-        storage = await prepare(args.state_dir)
+        storage = await prepare(str(args.state_dir.absolute()))
         log.info("demo_storage", dal="cql", engine=storage.engine, reason=storage.reason)
     server, shards, admin_ports = await _start_server(args)
 

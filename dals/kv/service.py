@@ -132,15 +132,16 @@ class KvService:
             if inline:
                 applied += await ns.engine.write(ns.name, req.id, normalize(inline), version)
             for key, chunks in staged.items():
-                await ns.engine.stage_chunks(ns.name, req.id, key, version, chunks, self._now_us())
+                late = await ns.engine.stage_chunks(ns.name, req.id, key, version, chunks, self._now_us())
+                applied += late is CommitOutcome.APPLIED
             for item in commits:
                 outcome = await ns.engine.commit_chunks(ns.name, req.id, item.key, version, item.chunk.count,
                                                         item.chunk.total_size)  # fmt: skip
                 if outcome is CommitOutcome.INCOMPLETE:
                     raise precondition(
-                        f"cannot commit key {_show(item.key)}: not all {item.chunk.count} chunks of "
+                        f"key {_show(item.key)} is not committed yet: not all {item.chunk.count} chunks of "
                         f"{item.chunk.total_size} bytes are staged under this token (every chunk but the "
-                        "last the same size); stage them first")  # fmt: skip
+                        "last the same size); the commit applies when the missing ones are staged")  # fmt: skip
                 applied += outcome is CommitOutcome.APPLIED
         return await self._written(ns, req.id, applied)
 

@@ -94,9 +94,10 @@ async def test_chunks_commit_at_once_and_a_newer_value_replaces_them(engine: Eng
     await engine.stage_chunks(NS, "r", b"big", v(10), parts[:2], 1)
     assert await engine.commit_chunks(NS, "r", b"big", v(10), 3, len(value)) is CommitOutcome.INCOMPLETE
     assert await values(engine) == {}  # staged chunks are invisible
-    await engine.stage_chunks(NS, "r", b"big", v(10), parts[2:], 1)
-    assert await engine.commit_chunks(NS, "r", b"big", v(10), 3, len(value) + 1) is CommitOutcome.INCOMPLETE
-    assert await engine.commit_chunks(NS, "r", b"big", v(10), 3, len(value)) is CommitOutcome.APPLIED
+    await engine.stage_chunks(NS, "r", b"other", v(10), parts, 1)
+    assert await engine.commit_chunks(NS, "r", b"other", v(10), 3, len(value) + 1) is CommitOutcome.INCOMPLETE
+    # The last chunk completes the commit that came early.
+    assert await engine.stage_chunks(NS, "r", b"big", v(10), parts[2:], 1) is CommitOutcome.APPLIED
     [item] = await engine.read_items(NS, "r", KeyRange(), None, 10)
     assert (item.value, item.size, item.chunk_size, item.chunks) == (None, len(value), 4096, 3)
     assert b"".join(await engine.read_chunks(NS, "r", b"big", v(10), 0, 2) or []) == value
@@ -115,6 +116,25 @@ async def test_chunks_commit_at_once_and_a_newer_value_replaces_them(engine: Eng
     # Chunks whose sizes do not line up are not a value.
     await engine.stage_chunks(NS, "r", b"odd", v(30), [(0, b"ab"), (1, b"abc")], 1)
     assert await engine.commit_chunks(NS, "r", b"odd", v(30), 2, 5) is CommitOutcome.INCOMPLETE
+
+
+async def test_a_commit_that_comes_before_its_last_chunk_applies_when_the_chunk_does(engine: Engine) -> None:
+    """What a shadow delivers: the mirrored calls of one write in any order."""
+    assert await engine.stage_chunks(NS, "r", b"big", v(10), [(1, b"cd")], 1) is None
+    assert await engine.commit_chunks(NS, "r", b"big", v(10), 2, 4) is CommitOutcome.INCOMPLETE
+    assert await values(engine) == {}
+    assert await engine.stage_chunks(NS, "r", b"big", v(10), [(0, b"ab")], 1) is CommitOutcome.APPLIED
+    assert b"".join(await engine.read_chunks(NS, "r", b"big", v(10), 0, 1) or []) == b"abcd"
+    # An early commit of an older write is superseded at once; its late chunk changes nothing.
+    assert await engine.commit_chunks(NS, "r", b"big", v(5), 1, 2) is CommitOutcome.SUPERSEDED
+    assert await engine.stage_chunks(NS, "r", b"big", v(5), [(0, b"zz")], 1) is None
+    assert await engine.read_chunks(NS, "r", b"big", v(5), 0, 0) is None
+    assert b"".join(await engine.read_chunks(NS, "r", b"big", v(10), 0, 1) or []) == b"abcd"
+    # An intent whose chunks never come is purged with them.
+    await engine.stage_chunks(NS, "r", b"lost", v(20), [(0, b"xx")], 1)
+    assert await engine.commit_chunks(NS, "r", b"lost", v(20), 2, 3) is CommitOutcome.INCOMPLETE
+    assert await engine.purge(tombstones_before_us=0, staged_before_us=50) == 2  # lost's and big's v5 chunk
+    assert await engine.stage_chunks(NS, "r", b"lost", v(20), [(0, b"xx"), (1, b"y")], 100) is None
 
 
 async def test_a_range_tombstone_supersedes_an_older_chunked_commit(engine: Engine) -> None:

@@ -235,7 +235,7 @@ async def test_chunks_are_staged_then_committed_under_one_token(tmp_path: Path) 
             req = kv_pb2.PutItemsRequest(namespace="ns", id="r", items=items, idempotency_token=tok)
             assert (await svc.put_items(req, req.ByteSize())).applied == 0
         early = kv_pb2.PutItemsRequest(namespace="ns", id="r", items=[commit], idempotency_token=tok)
-        await refused(svc.put_items(early, 1), Code.FAILED_PRECONDITION, "not all 4 chunks")
+        await refused(svc.put_items(early, 1), Code.FAILED_PRECONDITION, "not all 4 chunks", "applies when")
         assert (await read_all(svc))[0] == {}
         last = kv_pb2.PutItemsRequest(namespace="ns", id="r", items=[chunk(2), commit], idempotency_token=tok)
         assert (await svc.put_items(last, last.ByteSize())).applied == 1

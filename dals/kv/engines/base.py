@@ -24,8 +24,11 @@ suite against each):
 - **Chunks.** A value too large for one item is staged as numbered chunks under its
   version (``stage_chunks``), then ``commit_chunks`` makes them the item's value in one
   step if the version is newer (the chunks of the value it replaces are dropped with it)
-  or drops them if it is not. Staged chunks never committed are purged. A reader that
-  reads an item and then its chunks gets ``None`` if that version was replaced meanwhile.
+  or drops them if it is not. A commit that finds chunks missing is kept as an intent,
+  and the staging that completes the set applies it: a shadow (or any copy sent
+  without waiting for answers) may deliver the commit before the last chunk. Staged
+  chunks never committed are purged, with their intents. A reader that reads an item
+  and then its chunks gets ``None`` if that version was replaced meanwhile.
 - **Order.** Items come in key order (bytes, unsigned), records in id order (the UTF-8
   bytes of the id, i.e. code point order): the same order on every engine, so a scan
   is resumable anywhere and two engines can be compared record by record.
@@ -112,7 +115,8 @@ class CommitOutcome(enum.Enum):
     """The item holds a newer (or this same) version: the staged chunks were dropped."""
     INCOMPLETE = "incomplete"
     """Not every chunk 0..count-1 is staged, or their sizes do not add up to total_size
-    (or differ where they must be equal): nothing changed, the chunks stay staged."""
+    (or differ where they must be equal): the chunks stay staged and the commit is kept
+    as an intent, applied by the staging that completes them."""
 
 
 class EngineError(Exception):
@@ -142,9 +146,11 @@ class Engine(Protocol):
         version: Version,
         chunks: Sequence[tuple[int, bytes]],
         staged_at_us: int,
-    ) -> None:
+    ) -> CommitOutcome | None:
         """Keep (index, bytes) chunks of the value ``version`` will write to ``key``;
-        staging a chunk again replaces it. Invisible to readers until committed."""
+        staging a chunk again replaces it. Invisible to readers until committed. If a
+        commit of this version came first and these chunks complete it, it is applied
+        now: its outcome (APPLIED or SUPERSEDED); None otherwise."""
         ...
 
     async def commit_chunks(

@@ -63,6 +63,19 @@ CREATE TABLE {s}.chunks (
 """),
     # The purge finds old tombstones without reading every item.
     (2, "CREATE INDEX items_tombstones ON {s}.items (write_time) WHERE value IS NULL AND chunk_size = 0;"),
+    # Commits that arrived before their last chunk (a shadow copy does not wait).
+    (3, """
+CREATE TABLE {s}.commits (
+    namespace  text COLLATE "C" NOT NULL,
+    id         text COLLATE "C" NOT NULL,
+    key        bytea   NOT NULL,
+    write_time bigint  NOT NULL,
+    writer     bytea   NOT NULL,
+    count      integer NOT NULL,
+    total      bigint  NOT NULL,
+    PRIMARY KEY (namespace, id, key, write_time, writer)
+);
+"""),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -150,6 +163,8 @@ BEGIN
             DELETE FROM {s}.chunks WHERE namespace = p_ns AND id = p_id AND key = p_key
                 AND write_time = p_wt AND writer = p_wr;
         END IF;
+        DELETE FROM {s}.commits WHERE namespace = p_ns AND id = p_id AND key = p_key
+            AND write_time = p_wt AND writer = p_wr;
         RETURN 'superseded';
     END IF;
     SELECT count(*) AS n, coalesce(sum(length(data)), 0) AS total, min(idx) AS lo, max(idx) AS hi,
@@ -160,6 +175,9 @@ BEGIN
         WHERE namespace = p_ns AND id = p_id AND key = p_key AND write_time = p_wt AND writer = p_wr;
     IF p_count < 1 OR st.n <> p_count OR st.lo <> 0 OR st.hi <> p_count - 1 OR st.total <> p_total
        OR st.sizes > 1 OR st.last > st.first THEN
+        INSERT INTO {s}.commits VALUES (p_ns, p_id, p_key, p_wt, p_wr, p_count, p_total)
+            ON CONFLICT (namespace, id, key, write_time, writer) DO UPDATE SET
+                count = EXCLUDED.count, total = EXCLUDED.total;
         RETURN 'incomplete';
     END IF;
     IF have AND cur.chunk_size > 0 THEN
@@ -171,7 +189,29 @@ BEGIN
     ON CONFLICT (namespace, id, key) DO UPDATE SET
         value = NULL, size = EXCLUDED.size, chunk_size = EXCLUDED.chunk_size,
         write_time = EXCLUDED.write_time, writer = EXCLUDED.writer;
+    DELETE FROM {s}.commits WHERE namespace = p_ns AND id = p_id AND key = p_key
+        AND write_time = p_wt AND writer = p_wr;
     RETURN 'applied';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION {s}.kv_stage(
+    p_ns text, p_id text, p_key bytea, p_wt bigint, p_wr bytea, p_idx integer[], p_data bytea[], p_at bigint
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    intent record;
+BEGIN
+    PERFORM {s}.kv_lock(p_ns, p_id);
+    INSERT INTO {s}.chunks SELECT p_ns, p_id, p_key, p_wt, p_wr, c.i, c.d, p_at
+        FROM unnest(p_idx, p_data) AS c(i, d)
+        ON CONFLICT (namespace, id, key, write_time, writer, idx) DO UPDATE SET
+            data = EXCLUDED.data, staged_at = EXCLUDED.staged_at;
+    SELECT count, total INTO intent FROM {s}.commits
+        WHERE namespace = p_ns AND id = p_id AND key = p_key AND write_time = p_wt AND writer = p_wr;
+    IF NOT FOUND THEN
+        RETURN 'staged';
+    END IF;
+    RETURN {s}.kv_commit(p_ns, p_id, p_key, p_wt, p_wr, intent.count, intent.total);
 END
 $$;
 """
@@ -191,10 +231,7 @@ class PostgresEngine:
         self._sql = {
             "write": f"SELECT {s}.kv_write($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             "commit": f"SELECT {s}.kv_commit($1, $2, $3, $4, $5, $6, $7)",
-            "stage": f"INSERT INTO {s}.chunks SELECT $1, $2, $3, $4, $5, c.i, c.d, $8 "
-                     f"FROM unnest($6::integer[], $7::bytea[]) AS c(i, d) "
-                     f"ON CONFLICT (namespace, id, key, write_time, writer, idx) DO UPDATE SET "
-                     f"data = EXCLUDED.data, staged_at = EXCLUDED.staged_at",
+            "stage": f"SELECT {s}.kv_stage($1, $2, $3, $4, $5, $6, $7, $8)",
             "range": f"SELECT {_ITEM} FROM {s}.items WHERE namespace = $1 AND id = $2 AND {_LIVE} "
                      f"AND key >= $3 AND ($4::bytea IS NULL OR key < $4) AND ($5::bytea IS NULL OR key > $5) "
                      f"ORDER BY key LIMIT $6",
@@ -269,10 +306,11 @@ class PostgresEngine:
     async def stage_chunks(
         self, namespace: str, record_id: str, key: bytes, version: Version,
         chunks: Sequence[tuple[int, bytes]], staged_at_us: int,
-    ) -> None:  # fmt: skip
+    ) -> CommitOutcome | None:  # fmt: skip
         async with self._conn() as c:
-            await c.execute(self._sql["stage"], namespace, record_id, key, version.write_time_us, version.writer,
-                            [i for i, _ in chunks], [d for _, d in chunks], staged_at_us)  # fmt: skip
+            outcome = await c.fetchval(self._sql["stage"], namespace, record_id, key, version.write_time_us,
+                                       version.writer, [i for i, _ in chunks], [d for _, d in chunks], staged_at_us)  # fmt: skip
+        return None if outcome in ("staged", "incomplete") else CommitOutcome(outcome)
 
     async def commit_chunks(
         self, namespace: str, record_id: str, key: bytes, version: Version, count: int, total_size: int
@@ -323,6 +361,9 @@ class PostgresEngine:
                 f"DELETE FROM {s}.chunks c WHERE staged_at < $1 AND NOT EXISTS (SELECT 1 FROM {s}.items i "
                 "WHERE i.namespace = c.namespace AND i.id = c.id AND i.key = c.key AND "
                 "i.write_time = c.write_time AND i.writer = c.writer AND i.chunk_size > 0)", staged_before_us))  # fmt: skip
+            await c.execute(
+                f"DELETE FROM {s}.commits m WHERE NOT EXISTS (SELECT 1 FROM {s}.chunks h WHERE h.namespace = "
+                "m.namespace AND h.id = m.id AND h.key = m.key AND h.write_time = m.write_time AND h.writer = m.writer)")  # fmt: skip
         return n
 
     async def close(self) -> None:

@@ -68,10 +68,24 @@ CREATE TABLE chunks (
 """),
     # The purge finds old tombstones without reading every item.
     (2, "CREATE INDEX items_tombstones ON items (write_time) WHERE value IS NULL AND chunk_size = 0;"),
+    # Commits that arrived before their last chunk (a shadow copy does not wait).
+    (3, """
+CREATE TABLE commits (
+    namespace  TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    key        BLOB    NOT NULL,
+    write_time INTEGER NOT NULL,
+    writer     BLOB    NOT NULL,
+    count      INTEGER NOT NULL,
+    total      INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id, key, write_time, writer)
+) WITHOUT ROWID;
+"""),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _LIVE = "(value IS NOT NULL OR chunk_size > 0)"
+_VERSION_OF = "namespace = ? AND id = ? AND key = ? AND write_time = ? AND writer = ?"
 _ITEM = "key, value, size, chunk_size, write_time, writer"
 
 
@@ -196,14 +210,21 @@ class SqliteEngine:
     async def stage_chunks(
         self, namespace: str, record_id: str, key: bytes, version: Version,
         chunks: Sequence[tuple[int, bytes]], staged_at_us: int,
-    ) -> None:  # fmt: skip
+    ) -> CommitOutcome | None:  # fmt: skip
         rows = [(namespace, record_id, key, version.write_time_us, version.writer, i, data, staged_at_us)
                 for i, data in chunks]  # fmt: skip
-        await self._run(self._stage, rows)
+        return await self._run(self._stage, namespace, record_id, key, version, rows)
 
-    def _stage(self, rows: list[tuple[Any, ...]]) -> None:
+    def _stage(self, ns: str, rid: str, key: bytes, v: Version, rows: list[tuple[Any, ...]]) -> CommitOutcome | None:
         with self._tx() as c:
             c.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            intent = c.execute(
+                "SELECT count, total FROM commits WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? "
+                "AND writer = ?", (ns, rid, key, v.write_time_us, v.writer)).fetchone()  # fmt: skip
+            if intent is None:
+                return None
+            outcome = self._commit_in(c, ns, rid, key, v, intent[0], intent[1])
+        return None if outcome is CommitOutcome.INCOMPLETE else outcome
 
     async def commit_chunks(
         self, namespace: str, record_id: str, key: bytes, version: Version, count: int, total_size: int
@@ -212,31 +233,40 @@ class SqliteEngine:
 
     def _commit(self, ns: str, rid: str, key: bytes, v: Version, count: int, total: int) -> CommitOutcome:
         with self._tx() as c:
-            covered = c.execute(
-                "SELECT 1 FROM ranges WHERE namespace = ? AND id = ? AND start_key <= ? "
-                "AND (end_key IS NULL OR ? < end_key) AND (write_time, writer) > (?, ?) LIMIT 1",
-                (ns, rid, key, key, v.write_time_us, v.writer),
-            ).fetchone()
-            row = c.execute(
-                "SELECT write_time, writer, chunk_size FROM items WHERE namespace = ? AND id = ? AND key = ?",
-                (ns, rid, key),
-            ).fetchone()
-            current = Version(row[0], row[1]) if row is not None else None
-            if covered or (current is not None and current >= v):
-                if current != v:
-                    self._drop_chunks(c, ns, rid, key, v)
-                return CommitOutcome.SUPERSEDED
-            sizes = c.execute(
-                "SELECT idx, length(data) FROM chunks WHERE namespace = ? AND id = ? AND key = ? "
-                "AND write_time = ? AND writer = ? ORDER BY idx",
-                (ns, rid, key, v.write_time_us, v.writer),
-            ).fetchall()
-            if not _complete(sizes, count, total):
-                return CommitOutcome.INCOMPLETE
-            if row is not None and row[2]:
-                self._drop_chunks(c, ns, rid, key, current)  # type: ignore[arg-type]
-            c.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
-                      (ns, rid, key, total, sizes[0][1], v.write_time_us, v.writer))  # fmt: skip
+            return self._commit_in(c, ns, rid, key, v, count, total)
+
+    def _commit_in(
+        self, c: sqlite3.Connection, ns: str, rid: str, key: bytes, v: Version, count: int, total: int
+    ) -> CommitOutcome:
+        pk = (ns, rid, key, v.write_time_us, v.writer)
+        covered = c.execute(
+            "SELECT 1 FROM ranges WHERE namespace = ? AND id = ? AND start_key <= ? "
+            "AND (end_key IS NULL OR ? < end_key) AND (write_time, writer) > (?, ?) LIMIT 1",
+            (ns, rid, key, key, v.write_time_us, v.writer),
+        ).fetchone()
+        row = c.execute(
+            "SELECT write_time, writer, chunk_size FROM items WHERE namespace = ? AND id = ? AND key = ?",
+            (ns, rid, key),
+        ).fetchone()
+        current = Version(row[0], row[1]) if row is not None else None
+        if covered or (current is not None and current >= v):
+            if current != v:
+                self._drop_chunks(c, ns, rid, key, v)
+            c.execute(f"DELETE FROM commits WHERE {_VERSION_OF}", pk)
+            return CommitOutcome.SUPERSEDED
+        sizes = c.execute(
+            "SELECT idx, length(data) FROM chunks WHERE namespace = ? AND id = ? AND key = ? "
+            "AND write_time = ? AND writer = ? ORDER BY idx",
+            (ns, rid, key, v.write_time_us, v.writer),
+        ).fetchall()
+        if not _complete(sizes, count, total):
+            c.execute("INSERT OR REPLACE INTO commits VALUES (?, ?, ?, ?, ?, ?, ?)", (*pk, count, total))
+            return CommitOutcome.INCOMPLETE
+        if row is not None and row[2]:
+            self._drop_chunks(c, ns, rid, key, current)  # type: ignore[arg-type]
+        c.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+                  (ns, rid, key, total, sizes[0][1], v.write_time_us, v.writer))  # fmt: skip
+        c.execute(f"DELETE FROM commits WHERE {_VERSION_OF}", pk)
         return CommitOutcome.APPLIED
 
     # --- reads ---------------------------------------------------------------------
@@ -315,6 +345,9 @@ class SqliteEngine:
                 "i.write_time = chunks.write_time AND i.writer = chunks.writer AND i.chunk_size > 0)",
                 (staged_before,),
             ).rowcount
+            c.execute("DELETE FROM commits WHERE NOT EXISTS (SELECT 1 FROM chunks h WHERE h.namespace = "
+                      "commits.namespace AND h.id = commits.id AND h.key = commits.key AND "
+                      "h.write_time = commits.write_time AND h.writer = commits.writer)")  # fmt: skip
         return n
 
     async def close(self) -> None:
