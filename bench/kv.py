@@ -256,6 +256,7 @@ def _profile(stack: _Stack, loader: _Loader, args: argparse.Namespace, out: Path
         own[leaf.split(" (")[0] + " (" + leaf.split("(")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" if "(" in leaf else leaf] += int(count)
         total += int(count)
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
         shutil.copy(raw, out / "kv-dal.pyspy.txt")
     return {"samples": total, "top": [{"function": f, "share_pct": 100 * n / total} for f, n in own.most_common(15)]}
 
@@ -284,15 +285,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         dropped = {c: 0 for c in CASES}
         sent = {c: 0 for c in CASES}
         cpu: dict[str, dict[str, float]] = {c: collections.defaultdict(float) for c in CASES}
+        redis_pids = [stack.redis.child.pid] if stack.redis.child else []
+        loader_pid = loader.proc.pid or 0
+
+        def parts(case: str) -> dict[str, float]:
+            return {"dal": _cpu([stack.dal.pid]), "envoy": _cpu([stack.envoy.pid]), "postgres": _cpu(pg_pids[case]),
+                    "redis": _cpu(redis_pids), "generator": _cpu([loader_pid])}  # fmt: skip
+
         cache_before = stack.dal_stats().get("cache", {})
         for r in range(args.rounds):
             for case in CASES[r % len(CASES):] + CASES[:r % len(CASES)]:
-                before = {"dal": _cpu([stack.dal.pid]), "envoy": _cpu([stack.envoy.pid]),
-                          "postgres": _cpu(pg_pids[case]), "redis": _cpu([stack.redis.child.pid] if stack.redis.child else [])}  # fmt: skip
+                before = parts(case)
                 reply = loader.ask("block", {"case": case, "rate": args.rate, "seconds": args.block, "seed": r},
                                    args.block * 4 + 60)  # fmt: skip
-                after = {"dal": _cpu([stack.dal.pid]), "envoy": _cpu([stack.envoy.pid]),
-                         "postgres": _cpu(pg_pids[case]), "redis": _cpu([stack.redis.child.pid] if stack.redis.child else [])}  # fmt: skip
+                after = parts(case)
                 for part in before:
                     cpu[case][part] += after[part] - before[part]
                 for op in ("get", "put"):
@@ -384,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
     if args.save:
         save_json(args.name or "kv", result, args.out)
     text = table(rows, ["case", "op", "requests", "p50_ms", "p99_ms", "max_ms", "errors", "dropped", "dal_cpu_us",
-                        "envoy_cpu_us", "postgres_cpu_us", "redis_cpu_us"],
+                        "envoy_cpu_us", "postgres_cpu_us", "redis_cpu_us", "generator_cpu_us"],
                  f"kv: open loop at {args.rate:g}/s, 80 % GetItems / 20 % PutItems of 1 KiB, cases interleaved; "
                  "CPU µs per request of each part")  # fmt: skip
     cache = data["cache"]
