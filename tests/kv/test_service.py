@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dals.kv.config import KvConfig
+from dals.kv.engines import Engine
 from dals.kv.engines.sqlite import SqliteEngine
 from dals.kv.errors import Code, KvError
 from dals.kv.service import WRITE_TIME_BYTES, KvService
@@ -37,6 +38,15 @@ async def svc(tmp_path: Path) -> AsyncIterator[KvService]:
         yield service
     finally:
         await service.close()
+
+
+@pytest.fixture
+def on_each_engine(engine: Engine) -> KvService:
+    """The service on every engine of ``conftest.ENGINES`` (the fixture closes the engine)."""
+    config = KvConfig.model_validate({
+        "engines": {"local": {"kind": "sqlite", "path": "unused"}}, "namespaces": {"ns": {"engine": "local"}},
+    })  # fmt: skip
+    return KvService(config, {"local": engine}, now_us=lambda: NOW, monotonic=FakeClock())
 
 
 async def make_service(tmp_path: Path, clock: FakeClock | None = None, **limits: int) -> KvService:
@@ -181,7 +191,8 @@ async def test_a_token_from_another_read_is_refused(svc: KvService) -> None:
     await refused(svc.get_items(changed, 1), Code.INVALID_ARGUMENT, "other options")
 
 
-async def test_ten_thousand_items_page_by_page_each_once_each_page_in_budget(svc: KvService) -> None:
+async def test_ten_thousand_items_page_by_page_each_once_each_page_in_budget(on_each_engine: KvService) -> None:
+    svc = on_each_engine
     items = {f"key-{i:05d}".encode(): bytes([i % 251]) * (i % 300) for i in range(10_000)}
     for start in range(0, 10_000, 1000):
         chunk = dict(list(items.items())[start:start + 1000])
@@ -286,7 +297,8 @@ async def test_deletes_and_mutations(svc: KvService) -> None:
     assert await put(svc, {b"late": b"x"}, token(NOW - 75)) == 0  # older than the record delete
 
 
-async def test_a_scan_resumed_from_its_cursor_sees_each_record_once(svc: KvService) -> None:
+async def test_a_scan_resumed_from_its_cursor_sees_each_record_once(on_each_engine: KvService) -> None:
+    svc = on_each_engine
     for i in range(300):
         await put(svc, {b"a": b"x" * 50, b"b": b"y" * 50}, token(NOW, i + 1), rid=f"rec-{i:03d}")
     seen: list[tuple[str, bytes]] = []
