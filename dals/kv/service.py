@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from . import pages, tokens
@@ -495,7 +495,3 @@ def _show(key: bytes) -> str:
     text = key[:40].decode("utf-8", "backslashreplace")
     return repr(text + ("…" if len(key) > 40 else ""))
 
-
-def split_value(value: bytes, chunk_size: int) -> Sequence[bytes]:
-    """A value cut into chunks of ``chunk_size`` (the last may be shorter)."""
-    return [value[i:i + chunk_size] for i in range(0, len(value), chunk_size)] or [b""]
