@@ -187,11 +187,8 @@ def _drop_schema(schema: str) -> None:
     asyncio.run(drop())
 
 
-async def _fill(port: int, records: int) -> list[int]:
-    """Every record in both namespaces, the cached one read once (a warm cache); and the
-    PostgreSQL backends the DAL uses (to count their CPU)."""
-    import asyncpg
-
+async def _fill(port: int, records: int) -> None:
+    """Every record in both namespaces, the cached one read once (a warm cache)."""
     from dals.kv.client import KvClient
 
     client = KvClient.connect(f"127.0.0.1:{port}")
@@ -205,11 +202,25 @@ async def _fill(port: int, records: int) -> list[int]:
             await asyncio.gather(*(client.get("bench_cached", f"rec-{i:05d}") for i in range(start, min(start + 50, records))))
     finally:
         await client.close()
-    conn = await asyncpg.connect(DSN, timeout=10)
-    try:
-        return [r[0] for r in await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = 'dals.kv'")]
-    finally:
-        await conn.close()
+
+
+def _backends() -> dict[str, dict[int, float]]:
+    """CPU seconds so far of every PostgreSQL backend, by its application name: the pools
+    open and close connections while they run, so backends are listed at every reading."""
+    import asyncpg
+
+    async def pids() -> list[tuple[str, int]]:
+        conn = await asyncpg.connect(DSN, timeout=10)
+        try:
+            return [(r[0], r[1]) for r in await conn.fetch(
+                "SELECT application_name, pid FROM pg_stat_activity WHERE application_name IN ('dals.kv', 'bench-direct')")]  # fmt: skip
+        finally:
+            await conn.close()
+
+    out: dict[str, dict[int, float]] = {"dals.kv": {}, "bench-direct": {}}
+    for app, pid in asyncio.run(pids()):
+        out[app][pid] = _cpu([pid])
+    return out
 
 
 def _cpu(pids: list[int]) -> float:
@@ -272,11 +283,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         stack = _Stack(workdir, short)
         note(f"kv: filling {args.records} records in both namespaces")
-        dal_backends = asyncio.run(_fill(stack.dal_ports["secure_grpc"], args.records))
-        prepared = loader.ask("prepare", {"target": f"127.0.0.1:{stack.grpc_port}", "tls": stack.tls,
+        asyncio.run(_fill(stack.dal_ports["secure_grpc"], args.records))
+        loader.ask("prepare", {"target": f"127.0.0.1:{stack.grpc_port}", "tls": stack.tls,
                                           "server_name": gateway_dns_name(SHARD), "dsn": DSN, "schema": stack.schema,
                                           "records": args.records}, 60)  # fmt: skip
-        pg_pids = {"direct": prepared["direct_backends"], "gateway": dal_backends, "gateway-cached": dal_backends}
+        pg_app = {"direct": "bench-direct", "gateway": "dals.kv", "gateway-cached": "dals.kv"}
         for case in CASES:  # warm every path (connections, Envoy's pool, prepared statements)
             loader.ask("block", {"case": case, "rate": 100, "seconds": 1, "seed": 7}, 60)
         note(f"kv: {len(CASES)} cases interleaved, {args.rounds} rounds of {args.block:g}s at {args.rate:g}/s")
@@ -288,8 +299,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         redis_pids = [stack.redis.child.pid] if stack.redis.child else []
         loader_pid = loader.proc.pid or 0
 
-        def parts(case: str) -> dict[str, float]:
-            return {"dal": _cpu([stack.dal.pid]), "envoy": _cpu([stack.envoy.pid]), "postgres": _cpu(pg_pids[case]),
+        def parts(case: str) -> dict[str, Any]:
+            return {"dal": _cpu([stack.dal.pid]), "envoy": _cpu([stack.envoy.pid]), "postgres": _backends()[pg_app[case]],
                     "redis": _cpu(redis_pids), "generator": _cpu([loader_pid])}  # fmt: skip
 
         cache_before = stack.dal_stats().get("cache", {})
@@ -300,7 +311,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                    args.block * 4 + 60)  # fmt: skip
                 after = parts(case)
                 for part in before:
-                    cpu[case][part] += after[part] - before[part]
+                    if part == "postgres":  # a backend that came meanwhile counts from its start
+                        cpu[case][part] += sum(t - before[part].get(pid, 0.0) for pid, t in after[part].items())
+                    else:
+                        cpu[case][part] += after[part] - before[part]
                 for op in ("get", "put"):
                     rounds[case][op].append(reply["latencies_ms"][op])
                 rounds[case]["all"].append(reply["latencies_ms"]["get"] + reply["latencies_ms"]["put"])
