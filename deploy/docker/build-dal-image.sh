@@ -24,8 +24,10 @@ while [ $# -gt 0 ]; do
 done
 case "$DAL" in
   sample) IMAGE=${IMAGE:-dgw-sample-dal:test}; CMD='["python3", "-m", "dals.sample"]'
+          DISTS="aiohttp grpcio"
           CHECK='import aiohttp, grpc, dals.sample, dals.sample.probe' ;;
   kv) IMAGE=${IMAGE:-dgw-kv:test}; CMD='["python3", "-m", "dals.kv", "serve"]'
+      DISTS="aiohttp grpcio protobuf asyncpg redis pydantic PyYAML"
       CHECK='import dals.kv.server, dals.kv.engines.sqlite, dals.kv.engines.postgres, dals.kv.cache, sqlite3' ;;
   *) echo "$0: --dal must be sample or kv, not '$DAL'" >&2; exit 2 ;;
 esac
@@ -48,7 +50,8 @@ START=$SECONDS
 OLD=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 ROOT=$(mktemp -d /tmp/dgw-rootfs.XXXXXX)
 trap 'rm -rf "$ROOT"' EXIT
-"$PY" deploy/docker/rootfs.py "$ROOT"
+# shellcheck disable=SC2086  # one word per distribution
+"$PY" deploy/docker/rootfs.py "$ROOT" $DISTS
 tar -C "$ROOT" --numeric-owner --owner=0 --group=0 -c . | docker import \
   --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
   --change 'ENV PYTHONPATH=/app' \

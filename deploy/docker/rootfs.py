@@ -6,7 +6,7 @@ library, the distributions the DALs import (found through their metadata,
 with their dependencies), the project's ``dals`` package, ``/bin/sh`` (Docker's
 CMD-SHELL health checks need it) and every shared library ``ldd`` says they load.
 
-    python deploy/docker/rootfs.py ROOT [DIST ...]     (default DISTs: what dals/ imports)
+    python deploy/docker/rootfs.py ROOT [DIST ...]     (default DISTs: aiohttp grpcio)
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 PROJECT = Path(__file__).resolve().parents[2]
-# What dals/ imports: the sample DAL (aiohttp, grpcio) and the KV DAL (those, protobuf,
-# asyncpg, redis, pydantic, PyYAML). One root filesystem serves every DAL image.
-DEFAULT_DISTS = ("aiohttp", "grpcio", "protobuf", "asyncpg", "redis", "pydantic", "PyYAML")
+# What the sample DAL imports; build-dal-image.sh names the KV DAL's (these, protobuf,
+# asyncpg, redis, pydantic, PyYAML).
+DEFAULT_DISTS = ("aiohttp", "grpcio")
 # Parts of the standard library a server never imports; leaving them out keeps the
 # image (copied whole per container by the vfs storage driver) small.
 STDLIB_SKIP = {
