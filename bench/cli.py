@@ -108,6 +108,12 @@ def cmd_store(args: argparse.Namespace) -> int:
     return store.main(args)
 
 
+def cmd_etcd_client(args: argparse.Namespace) -> int:
+    from bench import etcd_client
+
+    return etcd_client.main(args)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its figures to the ``dgw`` command."""
     bench = sub.add_parser("bench", help="performance checks (see bench/README.md)")
@@ -177,3 +183,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="where the scratch data directory goes (its disk's fsync is measured)")
     _common(p)
     p.set_defaults(func=_run(cmd_store))
+
+    p = figures.add_parser("etcd-client", help="etcd's gRPC API vs its JSON gateway: latency, client CPU per op")
+    p.add_argument("--ops", type=int, default=500, help="operations of each kind per client and round")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the clients alternate first)")
+    _common(p)
+    p.set_defaults(func=_run(cmd_etcd_client))
