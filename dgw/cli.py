@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, up
+    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, stats_cli, up
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_command(sub, up.DEFAULT_STATE_DIR)
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
+    stats_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
     client_proxy_cli.add_command(sub)
