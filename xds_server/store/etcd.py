@@ -9,7 +9,9 @@ Keys, under a prefix (``/dgw/`` unless the URL names one; names are %-quoted):
 - ``log/<revision>`` — every change in store order, what ``watch`` replays and follows;
 - ``text/<sha256>`` — each distinct text once (a rollback stores no text again);
 - ``audit-seq``, ``audit/<id>``, ``audit-shard/<shard>/<id>`` — the audit log, ids
-  stored inverted so a plain ascending range reads newest first.
+  stored inverted so a plain ascending range reads newest first;
+- ``rec/<kind>/<name>`` — records; a record's version is the key's own etcd version
+  (1 when created, +1 on every write, back to 1 after a delete), compared by each write.
 
 A write is one etcd transaction: it compares the shard's head *and* ``seq`` with what
 was read (compare-and-set on the base revision) and puts head, version, log entry and
@@ -49,11 +51,14 @@ from xds_server.store.base import (
     Conflict,
     Listing,
     NotFound,
+    Record,
+    RecordConflict,
     ShardVersion,
     Source,
     StoreError,
     Version,
     Write,
+    check_record_key,
     content_hash,
 )
 from xds_server.store.etcd_client import (
@@ -61,6 +66,7 @@ from xds_server.store.etcd_client import (
     EtcdClient,
     EtcdError,
     absent,
+    delete,
     get,
     mod_is,
     parse_endpoints,
@@ -367,6 +373,62 @@ class EtcdStore:
         return rpc_pb2.RequestOp(request_txn=rpc_pb2.TxnRequest(compare=[absent(key)],
                                                                 success=[put(key, text.encode())]))
 
+    # --- records ---------------------------------------------------------------------
+
+    def _record_key(self, kind: str, name: str) -> bytes:
+        return self.prefix + f"rec/{kind}/{name}".encode()
+
+    async def get_record(self, kind: str, name: str) -> Record | None:
+        response = await self._call(self.client.range(rpc_pb2.RangeRequest(key=self._record_key(kind, name))))
+        return _record(kind, response.kvs[0])[0] if response.kvs else None
+
+    async def list_records(self, kind: str) -> tuple[Record, ...]:
+        start = self.prefix + f"rec/{kind}/".encode()
+        response = await self._call(self.client.range(rpc_pb2.RangeRequest(key=start, range_end=prefix_end(start))))
+        return tuple(_record(kind, kv)[0] for kv in response.kvs)
+
+    async def put_record(self, kind: str, name: str, data: str, *, base_version: int | None) -> Record:
+        check_record_key(kind, name)
+        return await self._record_write(kind, name, data, base_version)
+
+    async def delete_record(self, kind: str, name: str, *, base_version: int) -> None:
+        await self._record_write(kind, name, None, base_version)
+
+    async def _record_write(self, kind: str, name: str, data: str | None, base: int | None) -> Record:
+        """A put (``data``) or delete (None) with compare-and-set on the key's version;
+        it runs to its end even if the caller is cancelled."""
+        if self._closed:
+            raise StoreError(f"the config store at {self.url} is closed")
+        return await asyncio.shield(asyncio.ensure_future(self._record_until_done(kind, name, data, base)))
+
+    async def _record_until_done(self, kind: str, name: str, data: str | None, base: int | None) -> Record:
+        key = self._record_key(kind, name)
+        write_id = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WRITE_DEADLINE_S
+        at = self._clock()
+        value = json.dumps({"data": data, "at": at.isoformat(), "wid": write_id}).encode()
+        op = put(key, value) if data is not None else delete(key)
+        compare = rpc_pb2.Compare(result=rpc_pb2.Compare.EQUAL, target=rpc_pb2.Compare.VERSION, key=key,
+                                  version=base or 0)  # fmt: skip
+        unsure = False  # an attempt's answer was lost: it may have been applied
+        while True:
+            try:
+                response = await self.client.txn([compare], [op], [get(key)])
+            except EtcdError as e:
+                if loop.time() >= deadline:
+                    raise StoreError(f"the config store at {self.url} is unreachable: {e}") from None
+                unsure = True
+                await asyncio.sleep(0.1)
+                continue
+            if response.succeeded:
+                return Record(kind, name, (base or 0) + 1, data or "", at)
+            kvs = response.responses[0].response_range.kvs
+            current, current_id = _record(kind, kvs[0]) if kvs else (None, "")
+            if unsure and (current_id == write_id if data is not None else current is None):
+                return current or Record(kind, name, 0, "", at)
+            raise RecordConflict(kind, name, base, current)
+
     # --- audit -----------------------------------------------------------------------
 
     async def append_audit(self, *, actor: str, action: str, shard: str | None, base_version: int | None,
@@ -464,6 +526,12 @@ def _meta(value: bytes) -> tuple[Version, str]:
     d = json.loads(value)
     return (Version(d["shard"], d["n"], d["rev"], d["author"], datetime.fromisoformat(d["at"]), d["message"],
                     d["source"], d["owner"], d["hash"], d["deleted"]), d.get("wid", ""))  # fmt: skip
+
+
+def _record(kind: str, kv: kv_pb2.KeyValue) -> tuple[Record, str]:
+    d = json.loads(kv.value)
+    name = kv.key.decode().rsplit("/", 1)[1]
+    return Record(kind, name, int(kv.version), d["data"], datetime.fromisoformat(d["at"])), d.get("wid", "")
 
 
 def _audit_json(e: AuditEntry) -> dict[str, Any]:
