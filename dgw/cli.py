@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")
     p.add_argument("--shard", help="the gateway instance's shard")
     p.add_argument("--node-id", required=True)
-    p.add_argument("--xds", required=True, help="the xds_server's gRPC HOST:PORT")
+    p.add_argument("--xds", required=True,
+                   help="the xds_server's gRPC HOST:PORT; several replicas: IP:PORT,IP:PORT,...")
     p.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--client", metavar="ADDRESS/LISTENER",

@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from common.hostport import split_host_port
+from common.hostport import split_addresses, split_host_port
 
 from .stats import LATENCY_BUCKETS_MS, STATS_FLUSH_INTERVAL_S
 
@@ -56,7 +56,10 @@ def make_bootstrap(
     so a renewed certificate is used for the next connection without a restart."""
     if xds_tls and not sds_socket:
         raise ValueError("an mTLS connection to the xds_server needs the host's SDS socket (sds_socket)")
-    xds_host, xds_port = split_host_port(xds, "--xds")
+    # Several replicas (``a:18000,b:18000``): one endpoint each; Envoy's ADS stream
+    # goes to one of them and, when it breaks, to another.
+    servers = split_addresses(xds, "--xds")
+    xds_host = servers[0][0]
     config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": shard},
         "dynamic_resources": {
@@ -86,16 +89,9 @@ def make_bootstrap(
                         "endpoints": [
                             {
                                 "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
+                                    {"endpoint": {"address": {"socket_address": {
+                                        "address": host, "port_value": port}}}}
+                                    for host, port in servers
                                 ]
                             }
                         ],

@@ -72,7 +72,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "WatchConfig needs a shard")
         await self._check_node(context, "WatchConfig", request.shard, request.node_id)
         log.info("event=config_watch shard=%s node=%s", request.shard, request.node_id)
-        async for state in self.registry.watch_config(request.shard):
+        async for state in self.registry.watch_config(request.shard, request.node_id):
             yield gateway_pb2.ShardConfig(
                 shard=state.name, version=state.config_version, yaml=state.config_yaml
             )
