@@ -52,7 +52,8 @@ class Session:
         if self._unreachable_since is None:
             return None
         return (f"etcd unreachable for {time.monotonic() - self._unreachable_since:.0f}s "
-                f"({self._last_error}); serving the last state read, refusing writes")  # fmt: skip
+                f"({self._last_error}); this replica serves the last state it read and refuses "
+                "writes until etcd answers")  # fmt: skip
 
     @property
     def connected(self) -> bool:

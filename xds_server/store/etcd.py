@@ -116,6 +116,9 @@ class EtcdStore:
         self._seq_key = self.prefix + b"seq"
         self._audit_seq_key = self.prefix + b"audit-seq"
         self._closing = asyncio.Event()
+        # Why writes cannot be made now (a replica's session says etcd is unreachable):
+        # they are refused at once with that reason instead of each waiting it out.
+        self.refuse_writes: Callable[[], str | None] = lambda: None
 
     @classmethod
     async def open(cls, url: str, *, clock: Callable[[], datetime] = _utc_now,
@@ -300,8 +303,7 @@ class EtcdStore:
                      source: Source) -> tuple[Version, ...]:  # fmt: skip
         """Run to the end even if the caller is cancelled: it could not tell whether
         the write was stored anyway."""
-        if self._closed:
-            raise StoreError(f"the config store at {self.url} is closed")
+        self._check_writable()
         task = asyncio.ensure_future(self._write_until_done(writes, author, message, source))
         return await asyncio.shield(task)
 
@@ -397,9 +399,15 @@ class EtcdStore:
     async def _record_write(self, kind: str, name: str, data: str | None, base: int | None) -> Record:
         """A put (``data``) or delete (None) with compare-and-set on the key's version;
         it runs to its end even if the caller is cancelled."""
+        self._check_writable()
+        return await asyncio.shield(asyncio.ensure_future(self._record_until_done(kind, name, data, base)))
+
+    def _check_writable(self) -> None:
         if self._closed:
             raise StoreError(f"the config store at {self.url} is closed")
-        return await asyncio.shield(asyncio.ensure_future(self._record_until_done(kind, name, data, base)))
+        reason = self.refuse_writes()
+        if reason is not None:
+            raise StoreError(f"the config store at {self.url} refuses writes now: {reason}")
 
     async def _record_until_done(self, kind: str, name: str, data: str | None, base: int | None) -> Record:
         key = self._record_key(kind, name)
