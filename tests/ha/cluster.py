@@ -161,6 +161,7 @@ class Cluster:
     lab: Lab
     workdir: Path
     etcd: EtcdCluster
+    etcd_hosts: list[Host]
     replicas: dict[str, Replica] = field(default_factory=dict)
     gateways: dict[str, Gateway] = field(default_factory=dict)
     token: str = ""
@@ -174,18 +175,18 @@ class Cluster:
                                prefixes=[h.prefix for h in etcd_hosts])  # fmt: skip
             for m in etcd.members:
                 m.client_port, m.peer_port = 2379, 2380
-            cluster = cls(lab, workdir, etcd)
-            cluster._start(etcd_hosts)
+            cluster = cls(lab, workdir, etcd, etcd_hosts)
+            cluster._start()
             return cluster
         except BaseException:
             lab.close()
             raise
 
-    def _start(self, etcd_hosts: list[Host]) -> None:
+    def _start(self) -> None:
         self.etcd.start()
         ca_dir = self.workdir / "ca"
         load_or_init_ca(ca_dir)  # one CA, given to every replica (docs/ha.md)
-        store = "etcd://" + ",".join(f"{h.address('ctl')}:2379" for h in etcd_hosts) + "/hatest"
+        store = "etcd://" + ",".join(f"{h.address('ctl')}:2379" for h in self.etcd_hosts) + "/hatest"
         for i in (1, 2, 3):
             name = f"r{i}"
             self.replicas[name] = Replica(name, self.lab.add_host(name, ("ctl", "edge")), self.workdir / name,

@@ -25,6 +25,11 @@ log = logging.getLogger("xds_server.ha")
 
 Listener = Callable[[int], Awaitable[None]]
 
+# etcd elects a new leader within a second or two: an outage shorter than this is not
+# reported (writes meanwhile wait it out), a longer one refuses writes at once.
+OUTAGE_AFTER_S = 3.0
+RETRY_S = 0.5
+
 
 class Session:
     def __init__(self, client: EtcdClient, prefix: bytes, replica_id: str, ttl_s: float,
@@ -48,8 +53,9 @@ class Session:
         self._listeners.append(listener)
 
     def problem(self) -> str | None:
-        """Why this replica cannot write to etcd now (None: it can)."""
-        if self._unreachable_since is None:
+        """Why this replica cannot write to etcd now (None: it can, or lost it only
+        just now — a leader election — and writes still try, within their deadline)."""
+        if self._unreachable_since is None or time.monotonic() - self._unreachable_since < OUTAGE_AFTER_S:
             return None
         return (f"etcd unreachable for {time.monotonic() - self._unreachable_since:.0f}s "
                 f"({self._last_error}); this replica serves the last state it read and refuses "
@@ -74,7 +80,8 @@ class Session:
     async def run(self) -> None:
         """Keep the lease alive until cancelled; re-grant one after an outage."""
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            # Quicker while etcd does not answer: the next attempt goes to another member.
+            await asyncio.sleep(self.ttl_s / 3 if self._unreachable_since is None else RETRY_S)
             try:
                 if self.lease == 0:
                     await self._grant()

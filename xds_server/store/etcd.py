@@ -39,10 +39,10 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from etcd_api import kv_pb2, rpc_pb2
@@ -65,6 +65,7 @@ from xds_server.store.etcd_client import (
     Compacted,
     EtcdClient,
     EtcdError,
+    EtcdUnavailable,
     absent,
     delete,
     get,
@@ -76,9 +77,12 @@ from xds_server.store.etcd_client import (
 
 log = logging.getLogger("xds_server.store.etcd")
 
+T = TypeVar("T")
+
 # How long a write may keep trying (a leader election takes a second or two) before it
 # is refused as "etcd unreachable".
 WRITE_DEADLINE_S = 6.0
+READ_DEADLINE_S = 3.0
 _WATCH_BATCH = 256
 _TEXT_CACHE = 512  # texts kept by hash (immutable, so never stale)
 _AUDIT_IDS = 10**16  # ids are stored as _AUDIT_IDS - 1 - id: newest first in key order
@@ -170,7 +174,7 @@ class EtcdStore:
 
     async def list(self) -> Listing:
         heads = self.prefix + b"head/"
-        response = await self._call(self.client.txn([], [get(self._seq_key), get(heads, prefix_end(heads))]))
+        response = await self._read(lambda: self.client.txn([], [get(self._seq_key), get(heads, prefix_end(heads))]))
         seq_kvs, head_kvs = (r.response_range.kvs for r in response.responses)
         revision = int(seq_kvs[0].value) if seq_kvs else 0
         metas = [meta for kv in head_kvs if not (meta := _meta(kv.value)[0]).deleted]
@@ -189,19 +193,19 @@ class EtcdStore:
         if top < 1:
             return ()
         bottom = max(1, top - limit + 1)
-        response = await self._call(self.client.range(rpc_pb2.RangeRequest(
+        response = await self._read(lambda: self.client.range(rpc_pb2.RangeRequest(
             key=self._ver_key(shard, bottom), range_end=self._ver_key(shard, top + 1))))  # fmt: skip
         return tuple(reversed([_meta(kv.value)[0] for kv in response.kvs]))
 
     async def version(self, shard: str, number: int) -> ShardVersion | None:
-        response = await self._call(self.client.range(rpc_pb2.RangeRequest(key=self._ver_key(shard, number))))
+        response = await self._read(lambda: self.client.range(rpc_pb2.RangeRequest(key=self._ver_key(shard, number))))
         if not response.kvs:
             return None
         meta = _meta(response.kvs[0].value)[0]
         return ShardVersion(meta, await self._text(meta.content_hash))
 
     async def _heads(self, shards: Sequence[str]) -> builtins.list[_Head]:
-        response = await self._call(self.client.txn([], [get(self._head_key(s)) for s in shards]))
+        response = await self._read(lambda: self.client.txn([], [get(self._head_key(s)) for s in shards]))
         return [_head(r.response_range.kvs) for r in response.responses]
 
     async def _text(self, digest: str) -> str:
@@ -212,7 +216,8 @@ class EtcdStore:
         missing = sorted({d for d in digests if d not in found})
         for start in range(0, len(missing), 100):
             chunk = missing[start:start + 100]
-            response = await self._call(self.client.txn([], [get(self._text_key(d)) for d in chunk]))
+            ops = [get(self._text_key(d)) for d in chunk]
+            response = await self._read(lambda ops=ops: self.client.txn([], ops))  # type: ignore[misc]
             for digest, r in zip(chunk, response.responses, strict=True):
                 if not r.response_range.kvs:
                     raise StoreError(f"the config store at {self.url} has no text {digest} "
@@ -227,11 +232,19 @@ class EtcdStore:
             self._texts.popitem(last=False)
         return text
 
-    async def _call(self, call: Any) -> Any:
-        if self._closed:
-            call.close()
-            raise StoreError(f"the config store at {self.url} is closed")
-        return await call
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A read, tried again for a little while if no member answers (a leader
+        election, members coming back); at once ``StoreError`` in an outage."""
+        deadline = asyncio.get_running_loop().time() + READ_DEADLINE_S
+        while True:
+            if self._closed:
+                raise StoreError(f"the config store at {self.url} is closed")
+            try:
+                return await call()
+            except EtcdUnavailable as e:
+                if self._closed or asyncio.get_running_loop().time() >= deadline or self.refuse_writes():
+                    raise StoreError(f"the config store at {self.url} is unreachable: {e}") from None
+            await asyncio.sleep(0.1)
 
     # --- watch -----------------------------------------------------------------------
 
@@ -243,8 +256,9 @@ class EtcdStore:
             try:
                 # Catch up from our own log, then follow it from the revision read at.
                 while True:
-                    response = await self._call(self.client.range(rpc_pb2.RangeRequest(
-                        key=self._log_key(revision + 1), range_end=prefix_end(log_prefix), limit=_WATCH_BATCH)))
+                    request = rpc_pb2.RangeRequest(key=self._log_key(revision + 1),
+                                                   range_end=prefix_end(log_prefix), limit=_WATCH_BATCH)
+                    response = await self._read(lambda r=request: self.client.range(r))  # type: ignore[misc]
                     for entry in await self._entries([kv.value for kv in response.kvs]):
                         revision = entry.meta.revision
                         yield entry
@@ -381,12 +395,12 @@ class EtcdStore:
         return self.prefix + f"rec/{kind}/{name}".encode()
 
     async def get_record(self, kind: str, name: str) -> Record | None:
-        response = await self._call(self.client.range(rpc_pb2.RangeRequest(key=self._record_key(kind, name))))
+        response = await self._read(lambda: self.client.range(rpc_pb2.RangeRequest(key=self._record_key(kind, name))))
         return _record(kind, response.kvs[0])[0] if response.kvs else None
 
     async def list_records(self, kind: str) -> tuple[Record, ...]:
         start = self.prefix + f"rec/{kind}/".encode()
-        response = await self._call(self.client.range(rpc_pb2.RangeRequest(key=start, range_end=prefix_end(start))))
+        response = await self._read(lambda: self.client.range(rpc_pb2.RangeRequest(key=start, range_end=prefix_end(start))))
         return tuple(_record(kind, kv)[0] for kv in response.kvs)
 
     async def put_record(self, kind: str, name: str, data: str, *, base_version: int | None) -> Record:
@@ -468,7 +482,7 @@ class EtcdStore:
             seq, seq_mod = (int(kvs[0].value), kvs[0].mod_revision) if kvs else (0, 0)
 
     async def _audit_seq(self) -> tuple[int, int]:
-        response = await self._call(self.client.range(rpc_pb2.RangeRequest(key=self._audit_seq_key)))
+        response = await self._read(lambda: self.client.range(rpc_pb2.RangeRequest(key=self._audit_seq_key)))
         return (int(response.kvs[0].value), response.kvs[0].mod_revision) if response.kvs else (0, 0)
 
     async def audit_log(self, *, limit: int = 100, before: int | None = None,
@@ -477,7 +491,7 @@ class EtcdStore:
             raise ValueError(f"limit must be 1 or more, not {limit}")
         base = self.prefix + (b"audit/" if shard is None else f"audit-shard/{_name(shard)}/".encode())
         start = base if before is None else base + f"{_AUDIT_IDS - before:016d}".encode()
-        response = await self._call(self.client.range(rpc_pb2.RangeRequest(
+        response = await self._read(lambda: self.client.range(rpc_pb2.RangeRequest(
             key=start, range_end=prefix_end(base), limit=limit)))  # fmt: skip
         return tuple(_audit_entry(json.loads(kv.value)) for kv in response.kvs)
 

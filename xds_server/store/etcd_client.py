@@ -172,23 +172,32 @@ class EtcdClient:
                                    code=error.code())  # fmt: skip
         return EtcdError(f"etcd {where} refused {call}: {detail or error.code().name}", code=error.code())
 
-    async def _unary(self, service: type[Any], method: str, request: Any, timeout_s: float | None) -> Any:
+    async def _unary(self, service: type[Any], method: str, request: Any, timeout_s: float | None,
+                     *, reads_only: bool = False) -> Any:  # fmt: skip
+        """One call to the current member. A call that only reads is tried on the next
+        member when this one could not be reached at all (nothing was done there)."""
         if self._closed:
             raise EtcdError("the etcd client is closed")
-        index = self._current
-        stubs = self._stubs[index]
-        stub = stubs.get(service)
-        if stub is None:
-            stub = stubs[service] = service(self._channels[index])
-        try:
-            return await getattr(stub, method)(request, timeout=timeout_s or self.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise self._error(index, method, e) from None
+        tries = len(self.endpoints) if reads_only else 1
+        while True:
+            index = self._current
+            stubs = self._stubs[index]
+            stub = stubs.get(service)
+            if stub is None:
+                stub = stubs[service] = service(self._channels[index])
+            try:
+                return await getattr(stub, method)(request, timeout=timeout_s or self.timeout_s)
+            except grpc.aio.AioRpcError as e:
+                tries -= 1
+                if tries <= 0 or e.code() != grpc.StatusCode.UNAVAILABLE or self._closed:
+                    raise self._error(index, method, e) from None
+                self._failed(index, e)
 
     # --- KV ------------------------------------------------------------------------
 
     async def range(self, request: rpc_pb2.RangeRequest, timeout_s: float | None = None) -> rpc_pb2.RangeResponse:
-        response: rpc_pb2.RangeResponse = await self._unary(rpc_pb2_grpc.KVStub, "Range", request, timeout_s)
+        response: rpc_pb2.RangeResponse = await self._unary(rpc_pb2_grpc.KVStub, "Range", request, timeout_s,
+                                                            reads_only=True)  # fmt: skip
         return response
 
     async def txn(
@@ -199,7 +208,9 @@ class EtcdClient:
         timeout_s: float | None = None,
     ) -> rpc_pb2.TxnResponse:
         request = rpc_pb2.TxnRequest(compare=compare, success=success, failure=failure)
-        response: rpc_pb2.TxnResponse = await self._unary(rpc_pb2_grpc.KVStub, "Txn", request, timeout_s)
+        reads_only = all(op.HasField("request_range") for op in (*success, *failure))
+        response: rpc_pb2.TxnResponse = await self._unary(rpc_pb2_grpc.KVStub, "Txn", request, timeout_s,
+                                                          reads_only=reads_only)  # fmt: skip
         return response
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> rpc_pb2.PutResponse:
