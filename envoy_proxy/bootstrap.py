@@ -24,8 +24,11 @@ XDS_CERTIFICATE_SECRET = "dgw.xds.certificate"
 XDS_TRUST_BUNDLE_SECRET = "dgw.xds.trust_bundle"
 DEFAULT_XDS_SERVER_ID = "spiffe://dgw.local/xds-server"
 DEFAULT_ADMIN = "127.0.0.1:9901"
-# Envoy retries a broken ADS stream with jittered backoff from this base.
 XDS_CONNECT_TIMEOUT = "1s"
+# A broken ADS stream is re-opened with jittered backoff from 0.25 s up to 5 s (Envoy's
+# own default grows to 30 s): a restarted server, or another replica, has its Envoys
+# back within seconds, and the jitter still spreads a fleet's reconnects.
+XDS_RETRY = {"retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"}}
 
 
 def _is_ip(host: str) -> bool:
@@ -66,7 +69,7 @@ def make_bootstrap(
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": XDS_RETRY}}],
                 "set_node_on_first_message_only": True,
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
