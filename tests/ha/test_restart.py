@@ -30,17 +30,26 @@ pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 RESTARTS = 10
 
 
-def _shard(port: int) -> str:
+def _shard(port: int, secure_port: int) -> str:
+    """The demo shard's shape: a plain HTTP listener (the traffic) and a secured gRPC one
+    (mTLS from the local CA, consumers as RBAC)."""
     py = sys.executable
     probe = "http://127.0.0.1:$${DGW_LISTENER_API_PORT}/health"
     return yaml.safe_dump({
-        "proxy_config": {"public_listeners": {"api": {"mode": "http", "path": port}}},
+        "proxy_config": {"public_listeners": {
+            "api": {"mode": "http", "path": port},
+            "secure_grpc": {"mode": "grpc", "tls_creds": "metatron", "authz": "gandalf", "path": secure_port},
+        }},
         "container_dals": {"main": {
-            "container_cmd": [py, "-m", "dals.sample"], "container_listeners": {"api": 8080},
+            "container_cmd": [py, "-m", "dals.sample"], "container_listeners": {"api": 8080, "secure_grpc": 8981},
             "env": {"DGW_DAL_NAME": "main"},
             "healthcheck": {"test": ["CMD-SHELL", f"{py} -m dals.sample.probe {probe}"],
                             "interval": "500ms", "timeout": "2s", "retries": 2},
         }},
+        "deploy_desires": {"consumers": [
+            {"type": "account-app", "value": "demo-app", "group": "read-write"},
+            {"type": "account-app", "value": "demo-reader", "group": "read-only"},
+        ]},
     })  # fmt: skip
 
 
@@ -85,7 +94,7 @@ class _Server:
 def test_ten_kill_9_restarts_of_the_server_under_cpu_load_fail_no_request(tmp_path: Path) -> None:
     server = _Server(tmp_path)
     port = free_port()
-    (server.config_dir / "restart.yaml").write_text(_shard(port))
+    (server.config_dir / "restart.yaml").write_text(_shard(port, free_port()))
     server.start()
     token = server.api("POST", "/v1/tokens", {"role": "node", "shard": "restart", "name": "restart-join",
                                               "one_time": True, "ttl_s": 600})["token"]  # fmt: skip
