@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from testkit.etcd import etcd_binary
+from testkit.ha_lab import Cluster
 from testkit.netns import available
-from tests.ha.cluster import Cluster
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import urllib.request
 import pytest
 
 from testkit.etcd import Member
+from testkit.ha_lab import ADMIN, LEASE_TTL_S, SHARD, Cluster, shard_text
 from testkit.wait import wait_until
-from tests.ha.cluster import ADMIN, LEASE_TTL_S, SHARD, Cluster, shard_text
 from tests.ha.traffic import Traffic, busy_cpus
 
 pytestmark = [pytest.mark.etcd, pytest.mark.envoy, pytest.mark.slow]

@@ -15,7 +15,7 @@ from etcd_api import rpc_pb2, rpc_pb2_grpc
 from testkit.etcd import EtcdCluster
 from testkit.ports import free_port
 from testkit.wait import eventually
-from tests.store.test_contract import put, shard_text
+from tests.store.test_contract import put
 from tests.support.etcd import etcd, store_url
 from xds_server.cache import SnapshotCache
 from xds_server.ha.owner import Owner

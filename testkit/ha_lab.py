@@ -1,10 +1,11 @@
 """A highly available Data Gateway on hosts of its own (``testkit.netns``): three etcd
-members, three ``dgw server`` replicas and two gateway hosts (``dgw sidecar`` with its
+members, three ``dgw server`` replicas and gateway hosts (``dgw sidecar`` with its
 Envoy and a sample DAL, process runtime), with the secure defaults (mTLS, each host
 joined with a one-time token) — every process on its own host, every link cuttable.
+The HA tests (``tests/ha``) and ``deploy/ha/lab.py`` build it.
 
 Hosts: ``e1..e3`` on the control network, ``r1..r3`` on both networks, ``g1``, ``g2``
-on the edge network; the test itself is a client on the edge network.
+on the edge network; the machine itself is a client on the edge network.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class Cluster:
     token: str = ""
 
     @classmethod
-    def start(cls, workdir: Path) -> Cluster:
+    def start(cls, workdir: Path, gateways: int = 2) -> Cluster:
         lab = Lab()
         try:
             etcd_hosts = [lab.add_host(f"e{i}", ("ctl",)) for i in (1, 2, 3)]
@@ -176,13 +177,13 @@ class Cluster:
             for m in etcd.members:
                 m.client_port, m.peer_port = 2379, 2380
             cluster = cls(lab, workdir, etcd, etcd_hosts)
-            cluster._start()
+            cluster._start(gateways)
             return cluster
         except BaseException:
             lab.close()
             raise
 
-    def _start(self) -> None:
+    def _start(self, gateways: int) -> None:
         self.etcd.start()
         ca_dir = self.workdir / "ca"
         load_or_init_ca(ca_dir)  # one CA, given to every replica (docs/ha.md)
@@ -203,7 +204,7 @@ class Cluster:
         status, body = self.api("r1", "PUT", f"/v1/shards/{SHARD}", {"yaml": shard_text()}, if_match=0)
         assert status == 200, body
         servers = ",".join(r.xds for r in self.replicas.values())
-        for name in ("g1", "g2"):
+        for name in (f"g{i}" for i in range(1, gateways + 1)):
             gateway = Gateway(name, self.lab.add_host(name, ("edge",)), self.workdir / name, servers,
                               ca_dir / "ca.crt")  # fmt: skip
             self.gateways[name] = gateway
