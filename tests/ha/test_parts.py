@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
 from common.hostport import grpc_target, split_addresses
@@ -14,10 +15,14 @@ from dgw_api.v1 import gateway_pb2
 from envoy_proxy.bootstrap import make_bootstrap
 from sidecar.config import SidecarSettings
 from sidecar.control import channel_target
+from testkit.ads_client import XdsClient
 from testkit.wait import eventually
+from tests.support.server import running_server
 from xds_server.ads.pacing import StartPacer
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes, Request
+from xds_server.resources import CLUSTER
+from xds_server.settings import ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.store import SqliteStore
 
@@ -124,3 +129,25 @@ async def test_a_replica_serves_what_another_stores(tmp_path: Path) -> None:
     finally:
         following.cancel()
         await store.close()
+
+
+async def test_a_connection_older_than_the_maximum_age_is_closed_so_its_node_reconnects(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "kv.yaml").write_text(SHARD_TEXT % 5432)
+    settings = ServerSettings(config_dir=shards, data_dir=tmp_path / "data", xds="127.0.0.1:0",
+                              admin="127.0.0.1:0", insecure=True, watch=False,
+                              max_connection_age_s=1.0, max_connection_age_grace_s=0.5)  # fmt: skip
+    async with running_server(settings) as server:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.xds_port}")
+        client = XdsClient(channel, "n1", "kv")
+        await client.start()
+        await client.wait_for(lambda c: bool(c.version(CLUSTER)), 10)
+        # The server's GOAWAY at ~1 s (±10 %), then 0.5 s of grace: the stream ends,
+        # and the node reconnects (to whichever replica its channel picks).
+        with pytest.raises(ConnectionError, match="stream ended"):
+            await client.wait_for(lambda _: False, 10)
+        await client.start()
+        await client.wait_for(lambda c: bool(c.version(CLUSTER)), 10)
+        await client.stop()
+        await channel.close()
