@@ -548,18 +548,19 @@ def _kill_replica(
 ) -> dict[str, Any]:
     """kill -9 of the last replica (a 1/R share of the nodes): its nodes reconnect to the
     others at once (as Envoys whose stream broke do, without their backoff), and an edit
-    through the first replica is made meanwhile. Figures: when every node was connected
+    through the first replica is made right after, while they are being served. Figures: when every node was connected
     and SYNCED again on the survivors, and that edit's edit → ACK."""
     dead, alive = servers[-1], servers[:-1]
     assert dead.child is not None
     dead.child.kill()
     killed = time.monotonic()
-    pool = workers.pool
-    moving = pool.submit(workers.ask, "failover", {"dead": dead.xds, "alive": [s.xds for s in alive]}, left())
+    # The workers' pipes take one command at a time: the nodes are re-connected (their
+    # streams opened, the servers still busy with them), then the edit is made.
+    moving = workers.ask("failover", {"dead": dead.xds, "alive": [s.xds for s in alive]}, left())
     step = k % len(WIRINGS)
     result = _edit(k, WIRINGS[step], texts[step], versions[step], edited, servers[0], workers, envoys, options,
                    left, write, server_cpu)  # fmt: skip
-    moved = sum(a["moved"] for a in moving.result())
+    moved = sum(a["moved"] for a in moving)
     total = options.nodes + len(envoys)
 
     def synced() -> bool:
