@@ -19,6 +19,7 @@ from .blocking import BlockingEnvoy
 from .bootstrap import (
     SDS_CLUSTER,
     XDS_CLUSTER,
+    XDS_RETRY,
     UpstreamTls,
     make_bootstrap,
     make_client_bootstrap,
@@ -31,6 +32,7 @@ from .process import EnvoyProcess, admin_socket
 __all__ = [
     "SDS_CLUSTER",
     "XDS_CLUSTER",
+    "XDS_RETRY",
     "AdminUnavailable",
     "BlockingEnvoy",
     "EnvoyAdmin",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from xds_server.api import admin, auth, fleet, revocations_api
+from xds_server.api import admin, auth, fleet, replicas_api, revocations_api
 from xds_server.api.guard import PARAMETERS
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
@@ -37,6 +37,7 @@ def routes() -> set[tuple[str, str]]:
     app = admin.make_app(registry, changes=Changes(NoStore(), registry))  # type: ignore[arg-type]
     fleet.add_routes(app, registry)
     revocations_api.register(app, Revocations(NoStore(), print), NoAudit(), Limits())  # type: ignore[arg-type]
+    replicas_api.register(app, None)
     auth.install(app, auth.Access(MemoryTokenStore(), NoAudit()))  # type: ignore[arg-type]
     return {
         (r.method, r.resource.canonical)

@@ -37,6 +37,7 @@ from common.text import log_value, printable
 from xds_server import metrics
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.events import Outgoing, Received, Refused
+from xds_server.ads.pacing import StartPacer
 from xds_server.ads.sotw import NameSets, SotwStream
 from xds_server.cache.snapshot import Snapshot
 from xds_server.cache.status import StreamKind, StreamStatus
@@ -159,8 +160,10 @@ class AdsServer:
         cache: SnapshotCache,
         limits: AdsLimits | None = None,
         authorize: Authorize | None = None,
+        pacer: StartPacer | None = None,
     ) -> None:
         self._cache = cache
+        self._pacer = pacer if pacer is not None else StartPacer(0)
         self._limits = limits if limits is not None else AdsLimits()
         self._authorize = authorize
         self._names = NameSets()
@@ -239,6 +242,7 @@ class AdsServer:
         inbox: list[_Request] = [first]
         del first  # Envoy's Node can be kilobytes (its extension list): hold no request
         try:
+            await self._pacer.admit()  # a reconnect storm waits its turn (pacing.py)
             await self._stream(requests, inbox, context, kind, only_type, shard, node_id, wake, admission)
         finally:
             if admission is not None:

@@ -23,6 +23,7 @@ from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.security.authz import ControlAuthz, Refusal, describe
 from xds_server.security.signing import NodeSigner, SignRefused
 from xds_server.shards import Shard, ShardRegistry
+from xds_server.store.base import StoreError
 
 log = logging.getLogger("xds_server.api.gateway")
 
@@ -86,7 +87,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await _refuse(context, "WatchConfig", admitted, describe(caller), shard, node_id, self._refusals)
         log.info("event=config_watch shard=%s node=%s", shard, node_id)
         try:
-            async for state in _until(self.registry.watch_config(shard), ended):
+            async for state in _until(self.registry.watch_config(shard, node_id), ended):
                 yield gateway_pb2.ShardConfig(shard=state.name, version=state.config_version, yaml=state.config_yaml)
             why = admitted.ended
             if why is not None:
@@ -111,6 +112,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except SignRefused as e:
             await _refuse(context, "SignCertificate", Refusal(e.code, e.message), describe(caller),
                           request.shard, request.node_id, self._refusals)
+        except StoreError as e:  # a join token cannot be spent while etcd is unreachable
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"try again shortly: {e}")
         return gateway_pb2.SignResponse(
             certificate_chain_pem=signed.chain_pem, trust_bundle_pem=signed.bundle_pem
         )
