@@ -255,6 +255,8 @@ def _spend(tokens: TokenStore, record: TokenRecord, now: dt.datetime) -> tuple[i
         spend(tokens, record, now)
     except TokenError as e:
         return 401, str(e)
+    except StoreError as e:  # a replica cut off from etcd cannot spend a one-time token
+        return 503, f"the one-time token could not be spent now: {e}; try again"
     return 200, ""
 
 
