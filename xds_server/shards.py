@@ -157,6 +157,8 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
     names = [("shard", report.shard), ("node_id", report.node_id)]
     names += [("registration", r) for r in report.registrations]
     names += [(f"endpoint {what}", n) for e in report.endpoints for what, n in (("dal", e.dal), ("listener", e.listener))]
+    loc = report.location
+    names += [("location.account", loc.account), ("location.region", loc.region), ("location.stack", loc.stack)]
     for what, name in names:
         if len(name) > limits.name_chars:
             raise ValueError(f"{what} {quote(name)} is longer than {limits.name_chars} characters")
