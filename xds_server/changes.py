@@ -176,6 +176,8 @@ class Changes:
         self.heads: dict[str, Version] = {}  # every live stored shard's head
         self.missing: set[str] = set()  # file-owned shards whose file is gone
         self.version_sets = VersionSets(store)
+        # Told the name of every shard whose served config changed (capacity plans).
+        self.on_served: list[Callable[[str], None]] = []
         self._lock = asyncio.Lock()
 
     # --- start ---------------------------------------------------------------------
@@ -450,6 +452,10 @@ class Changes:
         index = await self._index_for([loaded], [pins])
         return self._translate(shard, loaded, label, text, index, pins, lenient)
 
+    def check_text(self, text: str, label: str) -> LoadedShard | ConfigError:
+        """A shard text loaded and validated as a change would be (nothing stored)."""
+        return self._load(text, label)
+
     def _load(self, text: str, label: str) -> LoadedShard | ConfigError:
         """Parse and validate (off the loop: a big file must not stall it)."""
         own = config_version(text)
@@ -520,6 +526,8 @@ class Changes:
     def _serve(self, version: Version, prepared: Prepared) -> None:
         self.heads[version.shard] = version
         self.registry.install(prepared)
+        for listener in self.on_served:
+            listener(version.shard)
         log.info("event=version_served shard=%s version=%d source=%s author=%s config_version=%s",
                  version.shard, version.number, version.source, version.author,
                  prepared.version)  # fmt: skip

@@ -31,12 +31,14 @@ from aiohttp import web
 from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
-from xds_server.api import admin, auth, fleet, gateway
+from xds_server.api import admin, auth, deploy_api, fleet, gateway
 from xds_server.api.admin_http import LimitedSite
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.deploy.plan_worker import PlanService
+from xds_server.deploy.rollout.engine import RolloutEngine
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
@@ -124,6 +126,9 @@ class XdsServer:
         self.state_dir = settings.state_dir()
         self.store: ConfigStore | None = None
         self.changes: Changes | None = None
+        # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
+        self.plans: PlanService | None = None
+        self.rollouts: RolloutEngine | None = None
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -171,6 +176,11 @@ class XdsServer:
         self.config_dir.changes = self.changes
         await self.changes.load()  # what was stored is served first, as it was
         await self.config_dir.rescan()  # then files changed meanwhile become versions
+        self.plans = PlanService(self.store)
+        self.rollouts = RolloutEngine(self.store, self.changes)
+        self.changes.on_served.append(self._plan_ahead)
+        for state in list(self.registry.shards.values()):
+            self._plan_ahead(state.name)
         self.grpc_server = grpc.aio.server(
             options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
         )
@@ -196,6 +206,9 @@ class XdsServer:
                             f"{e.strerror or e} (another dgw server?)") from None
         self.admin_port = site.port
 
+        # Rollouts run here; with several replicas only the lease holder runs them
+        # (start/stop is the seam the HA work drives).
+        await self.rollouts.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.insecure:
             self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
@@ -221,6 +234,8 @@ class XdsServer:
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        assert self.plans is not None and self.rollouts is not None and changes is not None
+        deploy_api.register(app, changes, self.plans, self.rollouts)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s,
@@ -270,6 +285,19 @@ class XdsServer:
             await asyncio.sleep(INSECURE_WARNING_EVERY_S)
             log.warning(_INSECURE_WARNING)
 
+    def _plan_ahead(self, shard: str) -> None:
+        """A served shard with capacity desires gets its plan computed in the background."""
+        state = self.registry.shards.get(shard)
+        desires = state.config.deploy_desires if state is not None else None
+        if self.plans is None or not self.plans.installed or desires is None or desires.capacity is None:
+            return
+        try:
+            request = self.plans.request(desires)
+        except ValueError:
+            return
+        task = asyncio.ensure_future(self.plans.ask(request))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
         return self.config_dir.failure or self._housekeeping_failure
@@ -294,6 +322,10 @@ class XdsServer:
         await asyncio.to_thread(report_file.write, self.state_dir, data)
 
     async def stop(self) -> None:
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        if self.plans is not None:
+            await self.plans.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
