@@ -229,7 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, stats_cli, up
+    from . import (
+        artifact_cli,
+        ca_cli,
+        client_proxy_cli,
+        completion,
+        daemon,
+        logs,
+        ops,
+        plan_cli,
+        rollout_cli,
+        schema,
+        stats_cli,
+        up,
+    )
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
@@ -238,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
     stats_cli.add_command(sub)
+    artifact_cli.add_command(sub)
+    plan_cli.add_command(sub)
+    rollout_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
     client_proxy_cli.add_command(sub)
