@@ -162,6 +162,9 @@ def health_of(inst: Observed | None, spec: DalSpec | None, error: str) -> tuple[
     """A DAL's reported health and the message that explains it."""
     if inst is None:
         return (Health.UNHEALTHY, error) if error else (Health.STARTING, "creating")
+    if not inst.live and spec is not None and inst.spec_hash != spec.spec_hash and not error:
+        # An instance of the old spec that stopped: the new one is on its way.
+        return Health.STARTING, "being replaced"
     if not inst.live:
         return Health.UNHEALTHY, error or describe_exit(inst.exit_code)
     match inst.health:
