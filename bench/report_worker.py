@@ -73,7 +73,7 @@ class Agents:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for channel in self.channels:
-            await channel.close()
+            await channel.close(None)
 
 
 async def _serve(conn: Connection, spec: ReportSpec) -> None:

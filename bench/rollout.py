@@ -162,12 +162,12 @@ def run_rollout(o: RolloutOptions) -> dict[str, Any]:
         waves = []
         for w in last["waves"]:
             total = w["finished_at"] - w["started_at"]
-            cpu = cpu_marks.get(w["index"], [0.0, 0.0])
+            marks = cpu_marks.get(w["index"], [0.0, 0.0])
             waves.append({
                 "wave": w["index"] + 1, "tier": w["tier"], "location": w["location"], "shards": len(w["shards"]),
                 "apply_s": w["applied_at"] - w["started_at"], "take_s": w["synced_at"] - w["applied_at"],
                 "judge_s": w["finished_at"] - w["synced_at"] - o.bake_s, "beyond_bake_s": total - o.bake_s,
-                "cpu_s": cpu[1] - cpu[0], "idle_cpu_s": idle_rate * total,
+                "cpu_s": marks[1] - marks[0], "idle_cpu_s": idle_rate * total,
             })  # fmt: skip
         beyond = [w["beyond_bake_s"] for w in waves]
         ok = True

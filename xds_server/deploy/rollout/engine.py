@@ -85,6 +85,9 @@ class RolloutEngine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one actor on the records at a time
+        # A wave's per-shard audit entries are written while its nodes take it and it
+        # bakes (they are not on its critical path), and are done before the next step.
+        self._auditing: asyncio.Task[None] | None = None
 
     # --- the seam ------------------------------------------------------------------
 
@@ -97,6 +100,9 @@ class RolloutEngine:
         log.info("event=rollouts_started active=%d", len(self._active))
 
     async def stop(self) -> None:
+        if self._auditing is not None:
+            await self._auditing
+            self._auditing = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -145,6 +151,9 @@ class RolloutEngine:
         return delay
 
     async def _act(self, r: Rollout, action: Begin | Taken | Pass | Fail | Finish) -> Rollout:
+        if self._auditing is not None and not isinstance(action, Taken):
+            await self._auditing
+            self._auditing = None
         now = self.clock()
         match action:
             case Begin(wave=index, baseline=baseline):
@@ -196,9 +205,15 @@ class RolloutEngine:
             t = r.targets[item.shard]
             targets[item.shard] = replace(t, applied_version=outcome.version.number,
                                           config_version=served.config_version if served else None)  # fmt: skip
-            await self._audit(r, "rollout.apply", item.shard, wave.name, t.from_version, outcome.version.number)
         wave = replace(wave, applied_at=self.clock())
-        return await self._save(r.with_targets(targets).with_wave(wave))
+        r = await self._save(r.with_targets(targets).with_wave(wave))
+        entries = [(s, r.targets[s].from_version, t.applied_version) for s, t in targets.items()]
+        self._auditing = asyncio.create_task(self._audit_applies(r, wave.name, entries))
+        return r
+
+    async def _audit_applies(self, r: Rollout, wave: str, entries: list[tuple[str, int, int | None]]) -> None:
+        for shard, base, new in entries:
+            await self._audit(r, "rollout.apply", shard, wave, base, new)
 
     async def _fail(self, r: Rollout, wave: Wave, verdict: str, final: RolloutState, now: float) -> Rollout:
         """Roll the wave's changed shards back to the versions the rollout began from."""
