@@ -108,6 +108,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return rollout.main(args)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench import plan
+
+    return plan.main(args)
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
 
@@ -184,6 +190,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     _common(p)
     p.set_defaults(func=_run(cmd_rollout))
+
+    p = figures.add_parser("plan", help="dgw plan of the seed's desires: first, cold and cached")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of a cold and a cached plan")
+    _common(p)
+    p.set_defaults(func=_run(cmd_plan))
 
     p = figures.add_parser("store", help="config store: write latency (synchronous commits), history listing")
     p.add_argument("--versions", type=int, default=1000, help="versions written, one after another, each timed")

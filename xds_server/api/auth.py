@@ -83,7 +83,7 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/artifacts/{kind}/{name}"): "reader",
     ("POST", "/v1/artifacts/{kind}/{name}"): "operator",
     ("GET", "/v1/shards/{shard}/plan"): "reader",
-    ("POST", "/v1/plans"): "reader",
+    ("POST", "/v1/plans"): "operator",  # it spends the planner worker's CPU
     ("GET", "/v1/rollouts"): "reader",
     ("POST", "/v1/rollouts"): "operator",
     ("GET", "/v1/rollouts/{rollout}"): "reader",
