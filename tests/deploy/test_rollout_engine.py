@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xds_server.deploy.artifacts import ArtifactIndex, Build
+from xds_server.deploy.artifacts import Build
+from xds_server.deploy.index import ArtifactIndex
 from xds_server.deploy.rollout.engine import RolloutEngine, RolloutRefused
 from xds_server.deploy.rollout.model import Options
 

@@ -12,7 +12,8 @@ import pytest
 
 from xds_server.cache import SnapshotCache
 from xds_server.changes import BatchItem, Changes, Done, Invalid, Request
-from xds_server.deploy.artifacts import ArtifactIndex, Build, config_version
+from xds_server.deploy.artifacts import Build, config_version
+from xds_server.deploy.index import ArtifactIndex
 from xds_server.shards import ShardRegistry
 from xds_server.store import SqliteStore
 

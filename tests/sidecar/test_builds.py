@@ -105,3 +105,13 @@ async def test_the_process_runtime_checks_a_commands_files(tmp_path: Path):
     assert isinstance(refused, Refused) and "the command's files" in refused.message
     with pytest.raises(DalRunError, match="cannot check an image"):
         await runtime.build_digest(PIN, (str(script),))
+
+
+def test_the_agent_loads_neither_the_config_store_nor_io_for_its_tamper_check():
+    import subprocess
+    import sys
+
+    code = ("import sys, sidecar.main, sidecar.builds\n"
+            "print(any(m.startswith('xds_server.store') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -28,13 +28,13 @@ from xds_server.deploy import planning
 from xds_server.deploy.artifacts import (
     CONFIG_VERSION_VAR,
     ArtifactError,
-    ArtifactIndex,
     Build,
     check_key,
     check_ref,
     config_version,
     pins_json,
 )
+from xds_server.deploy.index import ArtifactIndex
 from xds_server.deploy.plan_worker import PlansBusy, PlanService
 from xds_server.deploy.rollout.engine import RolloutEngine, RolloutRefused, StartRequest
 from xds_server.deploy.rollout.model import FINAL, Options, Rollout

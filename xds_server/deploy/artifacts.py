@@ -9,8 +9,8 @@ The index keeps, per artifact, the **builds** pushed to it (``dgw artifact push`
 locally built image's ID, or the SHA-256 of a process DAL's files; no registry is
 involved) and the **refs** that name them (``branch/main``, ``tag/v1``,
 ``version/1.2.3``), each ref moved to the build last pushed under it. It lives in the
-config store as one record per artifact (kind ``artifact``), so every replica reads
-the same index and it survives restarts.
+config store as one record per artifact (kind ``artifact``, ``deploy.index``), so
+every replica reads the same index and it survives restarts.
 
 ``resolve`` turns a ``version_set`` into immutable references: a branch, tag or
 version becomes the digest its ref names *now*, a sha the build it names. The server
@@ -20,11 +20,12 @@ a rollout re-resolves. The runtime config's own artifact (``configs/*``) resolve
 its **config version**, ``config_version(text)``: the SHA-256 of the shard file as
 written, which is also what ``${DGW_CONFIG_VERSION}`` reads in it.
 
-Everything here but ``ArtifactIndex`` is pure.
+Everything here is pure (the sidecar uses it too); ``index`` keeps the index in the store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -33,7 +34,6 @@ from typing import Any, Literal
 
 from xds_server.config import Problem
 from xds_server.config.model import ContainerDal, VersionSet
-from xds_server.store import ConfigStore, RecordConflict, content_hash
 
 RECORD_KIND = "artifact"
 KINDS = ("dals", "configs")
@@ -59,8 +59,9 @@ class ArtifactError(ValueError):
 
 
 def config_version(text: str) -> str:
-    """The config artifact's version: the shard file's SHA-256 (as written), shortened."""
-    return content_hash(text)[:CONFIG_VERSION_CHARS]
+    """The config artifact's version: the shard file's SHA-256 (as written: the hash the
+    config store records with the version), shortened."""
+    return hashlib.sha256(text.encode()).hexdigest()[:CONFIG_VERSION_CHARS]
 
 
 def check_key(key: str) -> tuple[str, str]:
@@ -305,35 +306,3 @@ def pin_for_dal(pins: Pins, name: str, dal: ContainerDal) -> Pin | None:
     key = f"dals/{image_repository(dal.image)}" if dal.image else f"dals/{name}"
     pin = pins.get(key)
     return pin if pin is not None and pin.kind != "config" else None
-
-
-# --- the index in the config store ---------------------------------------------------
-
-
-class ArtifactIndex:
-    """The index's records: a snapshot for resolving, and pushes with compare-and-set."""
-
-    def __init__(self, store: ConfigStore, attempts: int = 5):
-        self.store = store
-        self._attempts = attempts
-
-    async def snapshot(self) -> dict[str, Artifact]:
-        return {a.key: a for a in (decode(r.data) for r in await self.store.list_records(RECORD_KIND))}
-
-    async def get(self, key: str) -> Artifact | None:
-        record = await self.store.get_record(RECORD_KIND, record_name(key))
-        return None if record is None else decode(record.data)
-
-    async def push(self, key: str, build: Build) -> Artifact:
-        """Add ``build`` and move its refs; a concurrent push is re-read and redone."""
-        name = record_name(key)
-        for _ in range(self._attempts):
-            record = await self.store.get_record(RECORD_KIND, name)
-            updated = push(None if record is None else decode(record.data), key, build)
-            try:
-                await self.store.put_record(RECORD_KIND, name, encode(updated),
-                                            base_version=None if record is None else record.version)  # fmt: skip
-            except RecordConflict:
-                continue
-            return updated
-        raise ArtifactError(f"{key} kept changing under {self._attempts} attempts to push; try again")

@@ -22,7 +22,6 @@ from xds_server.store import ConfigStore, RecordConflict, StoreError
 
 from .artifacts import (
     Artifact,
-    ArtifactIndex,
     Pin,
     Pins,
     config_version,
@@ -30,6 +29,7 @@ from .artifacts import (
     pins_json,
     resolve,
 )
+from .index import ArtifactIndex
 
 RECORD_KIND = "pins"
 _ATTEMPTS = 5
