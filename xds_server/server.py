@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import time
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -129,6 +130,7 @@ class XdsServer:
         # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
         self.plans: PlanService | None = None
         self.rollouts: RolloutEngine | None = None
+        self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -296,7 +298,13 @@ class XdsServer:
         except ValueError:
             return
         task = asyncio.ensure_future(self.plans.ask(request))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._planning.add(task)
+        task.add_done_callback(self._planned)
+
+    def _planned(self, task: asyncio.Future[Any]) -> None:
+        self._planning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("event=plan_ahead_failed error=%r", task.exception())
 
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
