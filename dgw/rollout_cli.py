@@ -56,13 +56,13 @@ def render(r: Any) -> str:
     lines.append(table(["WAVE", "TIER", "LOCATION", "SHARDS", "STATE", "BEGAN", "TAKEN", "ENDED"], rows))
     live = r.get("live")
     if live:
-        lines.append(f"wave {live['wave'] + 1}, nodes by location:")
+        lines.append(f"wave {live['wave'] + 1}, nodes by location:" + ("" if live["locations"] else " none connected"))
         for where, g in live["locations"].items():
             lines.append(f"  {where}: {g['taken']}/{g['nodes']} took it" +
                          (f"; behind: {'; '.join(g['behind'])}" if g["behind"] else ""))  # fmt: skip
     for w in r["waves"]:
         if w["verdict"]:
-            lines.append(f"wave {w['index'] + 1}: {w['verdict']}")
+            lines.append(w["verdict"])
     if r.get("outcome"):
         lines.append(f"outcome: {r['outcome']}")
     return "\n".join(lines)
