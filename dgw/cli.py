@@ -49,9 +49,16 @@ def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
 def check_file(path: Path, public_address: str = "127.0.0.1") -> ShardFile | DeployFile:
     """Load ``path`` and, for a runtime config, translate it: everything the server
     would refuse, ``dgw validate`` refuses too. Raises ConfigError."""
+    from xds_server.deploy.artifacts import CONFIG_VERSION_VAR, config_version
     from xds_server.translate import TranslateOptions, translate
 
-    config = load_any(path)
+    env = dict(os.environ)
+    if not env.get(CONFIG_VERSION_VAR):  # as the server does: the file's own config version
+        try:
+            env[CONFIG_VERSION_VAR] = config_version(path.read_bytes().decode("utf-8", "replace"))
+        except OSError:
+            pass  # load_any says why it cannot read the file
+    config = load_any(path, env)
     if isinstance(config, ShardFile):
         translate(config, TranslateOptions(public_address=public_address, file=str(path)))
     return config
