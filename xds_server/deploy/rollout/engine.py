@@ -347,12 +347,13 @@ class RolloutEngine:
         except BatchRefused as e:
             raise RolloutRefused(400, f"{len(e.refused)} of the rollout's shards refused",
                                  {s: str(err) for s, err in e.refused.items()}) from None  # fmt: skip
-        for item in items:
+        # Parsed off the loop (a rollout may carry a hundred files), as a change is.
+        parsed = await asyncio.to_thread(lambda: [self.changes.check_text(i.text, i.shard) for i in items])
+        for item, loaded in zip(items, parsed, strict=True):
             head = await self.store.get(item.shard)
             assert head is not None
             if head.text == item.text:
                 continue  # already what it runs
-            loaded = self.changes.check_text(item.text, item.shard)
             served = self.changes.registry.shards.get(item.shard)
             new = loaded.config.deploy_desires if not isinstance(loaded, Exception) else None
             old = served.config.deploy_desires if served is not None else None
