@@ -80,13 +80,12 @@ class VersionSets:
             return
         name = record_name(shard, number)
         data = json.dumps({"pins": pins_json(worth)}, sort_keys=True, separators=(",", ":"))
+        base: int | None = None  # a new version's record is new: no read first
         for _ in range(_ATTEMPTS):
-            current = await self.store.get_record(RECORD_KIND, name)
             try:
-                await self.store.put_record(RECORD_KIND, name, data,
-                                            base_version=None if current is None else current.version)  # fmt: skip
+                await self.store.put_record(RECORD_KIND, name, data, base_version=base)
                 return
-            except RecordConflict:
-                continue
+            except RecordConflict as e:
+                base = None if e.current is None else e.current.version
         raise StoreError(f"the pins of {shard} version {number} kept changing under {_ATTEMPTS} "
                          "attempts to record them; try again")
