@@ -77,6 +77,11 @@ def _run(figure: Command) -> Command:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from bench import fleet
 
+    if args.store is None:
+        args.store = "etcd" if args.replicas > 1 else "sqlite"
+    if args.replicas > 1 and (args.store != "etcd" or args.streams_per_channel != 1 or args.tls):
+        raise BenchError("--replicas needs --store etcd, one stream per channel and no --tls")
+
     return fleet.main(args)
 
 
@@ -102,6 +107,11 @@ def cmd_sidecar_recovery(args: argparse.Namespace) -> int:
     return sidecar_recovery.main(args)
 
 
+def cmd_kv(args: argparse.Namespace) -> int:
+    from bench import kv
+
+    return kv.main(args)
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     from bench import rollout
 
@@ -118,6 +128,12 @@ def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
 
     return store.main(args)
+
+
+def cmd_etcd_client(args: argparse.Namespace) -> int:
+    from bench import etcd_client
+
+    return etcd_client.main(args)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -148,6 +164,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="with mTLS: certificate renewals per second during every other edit, after a storm "
                         "of --renewals that measures the server's CPU per 1,000 signatures")
     p.add_argument("--renewals", type=int, default=1000, help="renewals in the storm (with --renew-rate)")
+    p.add_argument("--replicas", type=int, default=1, help="dgw server replicas over one etcd member (implies "
+                   "--store etcd); node i connects to replica i mod R, edits go through the first")
+    p.add_argument("--store", choices=["sqlite", "etcd", "both"], default=None,
+                   help="the config store (default: etcd with --replicas > 1, else sqlite); both: one run each")
+    p.add_argument("--kill-replica", action="store_true",
+                   help="after the edits, kill -9 the last replica: its nodes reconnect to the others, an "
+                        "edit is made meanwhile; time until every node is SYNCED again")
     _common(p)
     p.set_defaults(func=_run(cmd_fleet))
 
@@ -181,6 +204,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _common(p)
     p.set_defaults(func=_run(cmd_sidecar_recovery))
 
+    p = figures.add_parser("kv", help="Key-Value DAL through Envoy + mTLS vs asyncpg direct, with the Redis cache")
+    p.add_argument("--rate", type=float, default=500.0, help="requests per second offered, open loop")
+    p.add_argument("--block", type=float, default=3.0, help="seconds of one case before the next")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of one block per case (noise control)")
+    p.add_argument("--records", type=int, default=1000, help="records read and written (1 KiB each)")
+    p.add_argument("--sweep", type=_floats, default=[500.0, 1000.0, 1500.0, 2000.0, 3000.0],
+                   help="rates tried through the gateway until p99 passes 25 ms (empty: none)")
+    p.add_argument("--profile", type=float, default=0.0,
+                   help="sample the DAL with py-spy for this many seconds of gateway load and show where time goes")
+    p.add_argument("--let-cpus-sleep", dest="quick_wakeups", action="store_false",
+                   help="do not hold /dev/cpu_dma_latency at 0 while measuring")
+    _common(p)
+    p.set_defaults(func=_run(cmd_kv))
+
     p = figures.add_parser("rollout", help="a rollout across many shards of simulated nodes: time per wave beyond the bake, CPU")
     p.add_argument("--shards", type=int, default=1000, help="shards rolled out (over 4 tiers and --regions locations)")
     p.add_argument("--nodes", type=int, default=0, help="simulated nodes, node i in shard i mod S (default: one per shard)")
@@ -204,3 +241,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="where the scratch data directory goes (its disk's fsync is measured)")
     _common(p)
     p.set_defaults(func=_run(cmd_store))
+
+    p = figures.add_parser("etcd-client", help="etcd's gRPC API vs its JSON gateway: latency, client CPU per op")
+    p.add_argument("--ops", type=int, default=500, help="operations of each kind per client and round")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the clients alternate first)")
+    _common(p)
+    p.set_defaults(func=_run(cmd_etcd_client))

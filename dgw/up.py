@@ -140,9 +140,14 @@ async def _up(args: argparse.Namespace) -> None:
 
     from .runtime_choice import RuntimeChoice, choose_runtime
 
-    # DAL commands like `python3 -m dals.sample` must find this installation's Python.
+    # DAL commands like `python3 -m dals.kv serve` must find this installation's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     forget_cached_configs(args.state_dir)
+    if args.config_dir.resolve() == DEMO_DIR:
+        from .demo_storage import prepare
+
+        storage = await prepare(str(args.state_dir.absolute()))
+        log.info("demo_storage", dal="cql", engine=storage.engine, reason=storage.reason)
     server, shards, admin_ports = await _start_server(args)
 
     if args.runtime == "auto":
@@ -257,7 +262,7 @@ def _banner(server: XdsServer, shards: list[str], args: argparse.Namespace) -> N
             where = listener.address
             secured = ", mTLS: a client certificate from `dgw ca issue --identity ACCOUNT-APP`" if listener.tls_creds else ""
             if where.port and listener.mode == "http" and not secured:
-                lines.append(f"  curl -s http://127.0.0.1:{where.port}/hello      # {shard}.{name} through Envoy")
+                lines.append(f"  curl -s http://127.0.0.1:{where.port}/      # {shard}.{name} through Envoy")
             elif where.port:
                 lines.append(f"  127.0.0.1:{where.port}  ({listener.mode}, {shard}.{name}{secured})")
         lines.append(f"  dgw get shard {shard}")

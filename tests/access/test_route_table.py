@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from xds_server.api import admin, auth, deploy_api, fleet
+from xds_server.api import admin, auth, deploy_api, fleet, replicas_api
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.deploy.plan_worker import PlanService
@@ -36,6 +36,7 @@ def routes() -> set[tuple[str, str]]:
     changes = Changes(NoStore(), registry)  # type: ignore[arg-type]
     app = admin.make_app(registry, changes=changes)
     fleet.add_routes(app, registry)
+    replicas_api.register(app, None)
     deploy_api.register(app, changes, PlanService(NoStore()), RolloutEngine(NoStore(), changes))  # type: ignore[arg-type]
     auth.install(app, auth.Access(MemoryTokenStore(), NoAudit()))  # type: ignore[arg-type]
     return {

@@ -41,7 +41,17 @@ from xds_server.deploy.artifacts import Pin, config_version, pins_from_json, pin
 from xds_server.deploy.pins import recorded
 from xds_server.store import ConfigStore, RecordConflict, StoreError
 
-from .model import FINAL, RECORD_KIND, TEXT_KIND, Options, Rollout, RolloutState, Target, Wave
+from .model import (
+    FINAL,
+    INDEX_KIND,
+    RECORD_KIND,
+    TEXT_KIND,
+    Options,
+    Rollout,
+    RolloutState,
+    Target,
+    Wave,
+)
 from .observe import observe
 from .step import Begin, Fail, Finish, Pass, Taken, Wait, shards_to_observe, step, window_s
 from .waves import Place, place_of, plan_waves
@@ -81,7 +91,6 @@ class RolloutEngine:
         self.store = store
         self.changes = changes
         self.clock = clock
-        self._active: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one actor on the records at a time
@@ -95,9 +104,8 @@ class RolloutEngine:
         """Run the loop (again) from what the store holds."""
         if self._task is not None:
             return
-        self._active = {r.id for r in await self.rollouts() if r.state not in FINAL}
         self._task = asyncio.create_task(self._run(), name="rollouts")
-        log.info("event=rollouts_started active=%d", len(self._active))
+        log.info("event=rollouts_started active=%d", len(await self._active()))
 
     async def stop(self) -> None:
         if self._auditing is not None:
@@ -129,10 +137,10 @@ class RolloutEngine:
         """Move every active rollout as far as it can go now; seconds until the next look."""
         delay = _IDLE_S
         async with self._lock:
-            for rollout_id in sorted(self._active):
+            for rollout_id in sorted(await self._active()):
                 rollout = await self.get(rollout_id)
                 if rollout is None or rollout.state in FINAL:
-                    self._active.discard(rollout_id)
+                    await self._set_active(rollout_id, False)
                     continue
                 for _ in range(_ACTIONS_PER_PASS):
                     now = self.clock()
@@ -144,7 +152,7 @@ class RolloutEngine:
                         break
                     rollout = await self._act(rollout, action)
                     if rollout.state in FINAL:
-                        self._active.discard(rollout_id)
+                        await self._set_active(rollout_id, False)
                         break
                 else:
                     delay = 0.0
@@ -280,6 +288,26 @@ class RolloutEngine:
         return sorted((Rollout.from_json(json.loads(r.data), r.version) for r in records),
                       key=lambda r: r.created_at)  # fmt: skip
 
+    async def _active(self) -> list[str]:
+        """The rollouts still running (a small record, read by whichever replica runs the loop)."""
+        record = await self.store.get_record(INDEX_KIND, "active")
+        return list(json.loads(record.data)["running"]) if record is not None else []
+
+    async def _set_active(self, rollout_id: str, running: bool) -> None:
+        for _ in range(5):
+            record = await self.store.get_record(INDEX_KIND, "active")
+            ids = set(json.loads(record.data)["running"]) if record is not None else set()
+            if (rollout_id in ids) == running:
+                return
+            ids = ids | {rollout_id} if running else ids - {rollout_id}
+            try:
+                await self.store.put_record(INDEX_KIND, "active", json.dumps({"running": sorted(ids)}),
+                                            base_version=None if record is None else record.version)  # fmt: skip
+                return
+            except RecordConflict:
+                continue
+        raise StoreError("the index of running rollouts kept changing; try again")
+
     async def _save(self, r: Rollout) -> Rollout:
         data = json.dumps(r.to_json(), separators=(",", ":"))
         record = await self.store.put_record(RECORD_KIND, r.id, data,
@@ -317,7 +345,7 @@ class RolloutEngine:
             r = await self._save(r)
             await self._audit(r, "rollout.start", None, f"{len(targets)} shards in {len(waves)} waves: "
                               + ", ".join(w.name for w in waves))  # fmt: skip
-            self._active.add(rollout_id)
+            await self._set_active(rollout_id, True)
         log.info("event=rollout_started rollout=%s by=%s shards=%d waves=%d", r.id, r.created_by,
                  len(targets), len(waves))  # fmt: skip
         self.wake()
@@ -433,7 +461,6 @@ class RolloutEngine:
                     continue
                 await self._audit(r, f"rollout.{what}", None, f"by {actor}")
                 log.info("event=rollout_%s rollout=%s by=%s", what, rollout_id, actor)
-                self._active.add(rollout_id)
                 self.wake()
                 return saved
         raise RolloutRefused(409, f"rollout {rollout_id} kept changing; try again")

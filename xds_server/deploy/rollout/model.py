@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 RECORD_KIND = "rollout"
 TEXT_KIND = "rollout-text"  # a text rollout's new shard files, one record each
+INDEX_KIND = "rollout-index"  # "active": the ids of the rollouts still running
 
 RolloutState = Literal["running", "succeeded", "failed", "aborted"]
 WaveState = Literal["pending", "applying", "baking", "passed", "failed", "rolled_back"]
