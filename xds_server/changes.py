@@ -225,7 +225,9 @@ class Changes:
             return
         label = _label(meta)
         try:
-            prepared = await self._prepare(shard, entry.text, label)
+            # The pins the writing replica recorded (before the version): the same build runs.
+            pins = await self.version_sets.stored(shard, meta.number)
+            prepared = await self._prepare(shard, entry.text, label, pins=pins, lenient=True)
         except Invalid as e:
             self.heads[shard] = meta
             self.registry.reject(shard, label, ConfigError(e.problems))
