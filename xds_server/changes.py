@@ -533,9 +533,8 @@ class Changes:
         """The artifact index, read only when some change has artifacts to resolve."""
         for one, given in zip(loaded, pins, strict=True):
             desires = one.config.deploy_desires if isinstance(one, LoadedShard) else None
-            if desires is not None and desires.version_set.artifacts and (
-                given is None or set(desires.version_set.artifacts) - set(given)
-            ):
+            dals = {k for k in desires.version_set.artifacts if k.startswith("dals/")} if desires else set()
+            if dals and (given is None or dals - set(given)):
                 return await self.version_sets.snapshot()
         return {}
 
