@@ -118,7 +118,7 @@ def run_rollout(o: RolloutOptions) -> dict[str, Any]:
             server.put_batch({s: (texts[s], 0) for s in shards[start:start + 100]})
         note(f"{len(shards)} shards stored; {o.nodes} nodes connecting")
         versions = expected_versions(bench_shard(http, grpc))
-        nodes = [(f"n{i:05d}", shards[i % len(shards)]) for i in range(o.nodes)]
+        nodes = [(f"node-{i:05d}", shards[i % len(shards)]) for i in range(o.nodes)]
         per = (len(nodes) + o.workers - 1) // o.workers
         ads = _Workers([WorkerSpec(server.xds, nodes[k:k + per]) for k in range(0, len(nodes), per)])
         answers = ads.ask("connect", {"targets": {s: versions for s in shards}, "timeout": min(300, left())}, left())
