@@ -91,6 +91,7 @@ class RolloutEngine:
         self.store = store
         self.changes = changes
         self.clock = clock
+        self._parsed: dict[str, Rollout] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one actor on the records at a time
@@ -281,7 +282,16 @@ class RolloutEngine:
 
     async def get(self, rollout_id: str) -> Rollout | None:
         record = await self.store.get_record(RECORD_KIND, rollout_id)
-        return None if record is None else Rollout.from_json(json.loads(record.data), record.version)
+        if record is None:
+            return None
+        # A rollout of a thousand shards is a big record, read every few hundred ms
+        # while a wave is in flight: parsed again only when it changed.
+        known = self._parsed.get(rollout_id)
+        if known is not None and known.record_version == record.version:
+            return known
+        rollout = Rollout.from_json(json.loads(record.data), record.version)
+        self._parsed[rollout_id] = rollout
+        return rollout
 
     async def rollouts(self) -> list[Rollout]:
         records = await self.store.list_records(RECORD_KIND)
@@ -312,7 +322,12 @@ class RolloutEngine:
         data = json.dumps(r.to_json(), separators=(",", ":"))
         record = await self.store.put_record(RECORD_KIND, r.id, data,
                                              base_version=r.record_version or None)  # fmt: skip
-        return replace(r, record_version=record.version)
+        saved = replace(r, record_version=record.version)
+        if r.state in FINAL:
+            self._parsed.pop(r.id, None)
+        else:
+            self._parsed[r.id] = saved
+        return saved
 
     async def _audit(self, r: Rollout, action: str, shard: str | None, reason: str,
                      base: int | None = None, new: int | None = None) -> None:  # fmt: skip

@@ -106,7 +106,9 @@ def step(r: Rollout, views: Mapping[str, ShardView], now: float) -> Action:
             return Finish("aborted", f"aborted by {r.abort_requested} before {wave.name}")
         if r.paused:
             return Wait(None, f"paused before {wave.name}")
-        return Begin(wave.index, {s: views[s].traffic for s in wave.shards if s in views})
+        # Only figures with traffic: one without is judged against zero all the same.
+        return Begin(wave.index, {s: tuple(f for f in views[s].traffic if f.requests)
+                                  for s in wave.shards if s in views})  # fmt: skip
     if r.abort_requested:
         return Fail(wave.index, f"{wave.name}: aborted by {r.abort_requested}", "aborted")
     if wave.applied_at is None:
