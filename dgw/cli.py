@@ -49,9 +49,16 @@ def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
 def check_file(path: Path, public_address: str = "127.0.0.1") -> ShardFile | DeployFile:
     """Load ``path`` and, for a runtime config, translate it: everything the server
     would refuse, ``dgw validate`` refuses too. Raises ConfigError."""
+    from xds_server.deploy.artifacts import CONFIG_VERSION_VAR, config_version
     from xds_server.translate import TranslateOptions, translate
 
-    config = load_any(path)
+    env = dict(os.environ)
+    if not env.get(CONFIG_VERSION_VAR):  # as the server does: the file's own config version
+        try:
+            env[CONFIG_VERSION_VAR] = config_version(path.read_bytes().decode("utf-8", "replace"))
+        except OSError:
+            pass  # load_any says why it cannot read the file
+    config = load_any(path, env)
     if isinstance(config, ShardFile):
         translate(config, TranslateOptions(public_address=public_address, file=str(path)))
     return config
@@ -243,7 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, stats_cli, up
+    from . import (
+        artifact_cli,
+        ca_cli,
+        client_proxy_cli,
+        completion,
+        daemon,
+        logs,
+        ops,
+        plan_cli,
+        rollout_cli,
+        schema,
+        stats_cli,
+        up,
+    )
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
@@ -252,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
     stats_cli.add_command(sub)
+    artifact_cli.add_command(sub)
+    plan_cli.add_command(sub)
+    rollout_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
     client_proxy_cli.add_command(sub)

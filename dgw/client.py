@@ -171,11 +171,13 @@ class Client:
     def _message(self, status: int, payload: Any) -> str:
         if isinstance(payload, dict):
             problems = payload.get("problems")
+            owners = payload.get("owners")
+            tell = f"\n(the shard's owners: {', '.join(map(str, owners))})" if isinstance(owners, list) and owners else ""
             if isinstance(problems, list) and problems:
                 return "\n".join(
                     f"{p.get('path') or '(file)'}: {p.get('message')}" if isinstance(p, dict) else str(p)
                     for p in problems
-                )
+                ) + tell
             if isinstance(payload.get("error"), str):
                 message = str(payload["error"])
                 if status == 401 and not self.target.token:

@@ -167,6 +167,15 @@ def _render_shard(data: Any) -> str:
             head.append(f"{key}:{' ' * (8 - len(key))}{data[key]}")
     if data.get("source_missing"):
         head.append("source missing: the file is gone; the shard keeps serving its last version")
+    deploy = data.get("deploy")
+    if deploy:
+        head.append(f"tier:    {deploy.get('tier')}")
+        if deploy.get("owners"):
+            head.append(f"owners:  {', '.join(deploy['owners'])}")
+        if deploy.get("locations"):
+            head.append(f"locations: {', '.join(deploy['locations'])}")
+        for pin in deploy.get("pins") or []:
+            head.append(f"pin:     {pin['artifact']} = {pin['digest'][:19]} ({pin['ref']}; {pin['source']})")
     rejected = data.get("rejected")
     if rejected:
         head.append("rejected: " + "; ".join(rejected.get("errors", [])) if isinstance(rejected, dict) else "yes")
@@ -280,21 +289,37 @@ def _render_status(data: Any) -> str:
         shards = ", ".join(sorted(data.get("shards", {}))) or "none"
         return f"no node is connected (shards: {shards})"
     types = [t for t in _TYPES if any(t in n.get("types", {}) for n in nodes)]
+    located = any(n.get("location") for n in nodes)
+    # Grouped by where the nodes run (their sidecars' --account/--region/--stack).
+    nodes = sorted(nodes, key=lambda n: (n.get("location") or "", n.get("shard") or "", n.get("node") or ""))
     rows = []
     for n in nodes:
         dals = n.get("dals") or {}
         rows.append([
+            *([n.get("location") or "-"] if located else []),
             n.get("shard"), n.get("node"), n.get("protocol").upper() if n.get("protocol") else "",
             _short_time(n.get("connected_since")),
             *(_SHORT_STATE.get(n["types"][t]["state"], n["types"][t]["state"]) if t in n["types"] else ""
               for t in types),
             ", ".join(f"{d}={v.get('health', '?')}" for d, v in dals.items()) or "-",
         ])  # fmt: skip
-    lines = [table(["SHARD", "NODE", "PROTOCOL", "CONNECTED", *types, "DALS"], rows)]
+    lines = [table([*(["LOCATION"] if located else []), "SHARD", "NODE", "PROTOCOL", "CONNECTED", *types, "DALS"],
+                   rows)]  # fmt: skip
+    if located:
+        by: dict[str, list[Any]] = {}
+        for n in nodes:
+            by.setdefault(n.get("location") or "-", []).append(n)
+        lines.append("by location: " + "; ".join(
+            f"{where} {sum(1 for n in group if n.get('in_sync'))}/{len(group)} in sync" for where, group in by.items()))
+    shards = data.get("shards", {})
     for n in nodes:
         for t, s in n.get("types", {}).items():
             if s.get("state") == "NACKED" and s.get("nack"):
                 lines.append(f"{n['node']} {t} NACKED: {s['nack']}")
+        for key, message in (n.get("problems") or {}).items():
+            owners = (shards.get(n.get("shard")) or {}).get("owners") or []
+            tell = f" [owners: {', '.join(owners)}]" if owners and key.startswith("refused.") else ""
+            lines.append(f"{n['shard']}/{n['node']} {key}: {message}{tell}")
     return "\n".join(lines)
 
 

@@ -69,6 +69,11 @@ class SidecarSettings(BaseModel):
     envoy_log_level: str = "warning"
     delta_xds: bool = False
     stop_dals_on_exit: bool = False
+    # Where this host runs, as deploy desires' locations name places: reported to the
+    # server, which groups status and rollouts by it.
+    account: str = ""
+    region: str = ""
+    stack: str = ""
 
     resync_s: float = DEFAULT_RESYNC_S
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S

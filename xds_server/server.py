@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import time
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -32,12 +33,15 @@ from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.ads.pacing import StartPacer
-from xds_server.api import admin, auth, fleet, gateway, replicas_api
+from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api
 from xds_server.api.admin_http import LimitedSite
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.deploy.plan_worker import PlanService
+from xds_server.deploy.rollout.engine import RolloutEngine
+from xds_server.ha.owner import Owner
 from xds_server.ha.replica import Replica, default_replica_id
 from xds_server.ha.tokens import EtcdTokenStore
 from xds_server.security.authz import ControlAuthz
@@ -128,6 +132,10 @@ class XdsServer:
         self.state_dir = settings.state_dir()
         self.store: ConfigStore | None = None
         self.changes: Changes | None = None
+        # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
+        self.plans: PlanService | None = None
+        self.rollouts: RolloutEngine | None = None
+        self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -183,7 +191,15 @@ class XdsServer:
         self.config_dir.changes = self.changes
         revision = await self.changes.load()  # what was stored is served first, as it was
         await self.config_dir.rescan()  # then files changed meanwhile become versions
+        self.plans = PlanService(self.store)
+        self.rollouts = RolloutEngine(self.store, self.changes)
+        self.changes.on_served.append(self._plan_ahead)
+        for state in list(self.registry.shards.values()):
+            self._plan_ahead(state.name)
         if self.replica is not None:
+            # Of several replicas, the one that owns the job runs the rollouts' loop.
+            self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
+                                             self.replica.session, "rollouts", self._own_rollouts))  # fmt: skip
             self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
             self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
@@ -211,6 +227,8 @@ class XdsServer:
                             f"{e.strerror or e} (another dgw server?)") from None
         self.admin_port = site.port
 
+        if self.replica is None:  # else the replica that owns "rollouts" runs them
+            await self.rollouts.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.insecure:
             self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
@@ -263,6 +281,8 @@ class XdsServer:
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        assert self.plans is not None and self.rollouts is not None and changes is not None
+        deploy_api.register(app, changes, self.plans, self.rollouts)
         replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
@@ -313,6 +333,34 @@ class XdsServer:
             await asyncio.sleep(INSECURE_WARNING_EVERY_S)
             log.warning(_INSECURE_WARNING)
 
+    async def _own_rollouts(self) -> None:
+        """The rollouts' loop, for as long as this replica owns it."""
+        assert self.rollouts is not None
+        await self.rollouts.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.rollouts.stop()
+
+    def _plan_ahead(self, shard: str) -> None:
+        """A served shard with capacity desires gets its plan computed in the background."""
+        state = self.registry.shards.get(shard)
+        desires = state.config.deploy_desires if state is not None else None
+        if self.plans is None or not self.plans.installed or desires is None or desires.capacity is None:
+            return
+        try:
+            request = self.plans.request(desires)
+        except ValueError:
+            return
+        task = asyncio.ensure_future(self.plans.ask(request))
+        self._planning.add(task)
+        task.add_done_callback(self._planned)
+
+    def _planned(self, task: asyncio.Future[Any]) -> None:
+        self._planning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("event=plan_ahead_failed error=%r", task.exception())
+
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
         replica = self.replica.problem() if self.replica is not None else None
@@ -341,6 +389,10 @@ class XdsServer:
         await asyncio.to_thread(report_file.write, self.state_dir, data)
 
     async def stop(self) -> None:
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        if self.plans is not None:
+            await self.plans.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

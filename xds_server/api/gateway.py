@@ -75,7 +75,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         log.info("event=config_watch shard=%s node=%s", request.shard, request.node_id)
         async for state in self.registry.watch_config(request.shard, request.node_id):
             yield gateway_pb2.ShardConfig(
-                shard=state.name, version=state.config_version, yaml=state.config_yaml
+                shard=state.name, version=state.config_version, yaml=state.config_yaml,
+                pins=[gateway_pb2.Pin(**state.pins[k].to_json()) for k in sorted(state.pins)],
             )
 
     async def SignCertificate(
