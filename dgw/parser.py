@@ -60,6 +60,12 @@ GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
 class DgwParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors suggest what was probably meant."""
 
+    _words: list[str] = []
+
+    def _parse_known_args(self, arg_strings: list[str], *rest: Any) -> Any:
+        self._words = list(arg_strings)  # the words this parser got, for error()
+        return super()._parse_known_args(arg_strings, *rest)
+
     def error(self, message: str) -> NoReturn:
         choice = re.match(r"argument (?P<arg>[^:]+): invalid choice: '(?P<value>.*)' \(choose from (?P<all>.*)\)$",
                           message)
@@ -68,14 +74,26 @@ class DgwParser(argparse.ArgumentParser):
             message = f"argument {choice['arg']}: invalid choice: {choice['value']!r}" + _suggest(
                 choice["value"], options, f"(choose from {', '.join(options)})"
             )
+        elif message.startswith("the following arguments are required"):
+            # A required option "missing" is often one mistyped: name that one too.
+            for word in self._words:
+                if word.startswith("--") and self._unknown(word.split("=", 1)[0]):
+                    message += f" ({word} is not an option here{_suggest(word.split('=', 1)[0], self._long())})"
+                    break
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def _long(self) -> list[str]:
+        return [s for s in self._option_string_actions if s.startswith("--")]
+
+    def _unknown(self, option: str) -> bool:
+        return not any(s == option or (self.allow_abbrev and s.startswith(option)) for s in self._long())
+
 
 def _suggest(word: str, candidates: Sequence[str], otherwise: str = "") -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=2, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     if close:
-        return ": did you mean " + " or ".join(repr(c) for c in close) + "?"
+        return f": did you mean {close[0]!r}?"
     return f" {otherwise}" if otherwise else ""
 
 
