@@ -173,7 +173,7 @@ def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
     args = ["--state-dir", str(state)]
     up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", NODE,
              "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)
-    pid = int((state / "up.pid").read_text()) if (state / "up.pid").exists() else None
+    pid = int((state / "up.pid").read_text().split()[0]) if (state / "up.pid").exists() else None
     try:
         assert up.returncode == 0, up.stderr
         assert BANNER in up.stdout and "dgw down" in up.stdout
