@@ -24,6 +24,8 @@ from tests.support.procs import port_open
 from .home import STALE_TOKEN, Home, stale_home
 from .run import EXAMPLES
 
+pytestmark = pytest.mark.slow  # each test runs dgw (and an impostor) as child processes
+
 NOBODY = 65534
 FAKE_ADMIN = """
 import http.server, json, os, socketserver, sys
