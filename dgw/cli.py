@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         ls_cli,
         ops,
         schema,
+        stats_cli,
         up,
     )
 
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cli.add_command(sub)
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
+    stats_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
     client_proxy_cli.add_command(sub)

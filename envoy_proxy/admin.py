@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from .errors import AdminUnavailable
+from .stats import ENVOY_FILTER, Sample, parse_sample
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,12 @@ class EnvoyAdmin:
     async def stats(self, pattern: str | None = None) -> Stats:
         """The stats whose names match the regular expression ``pattern`` (all without one)."""
         return parse_stats(await self.get_json("/stats", {"filter": pattern} if pattern else None))
+
+    async def sample(self) -> Sample:
+        """The stats a gateway host reports (``envoy_proxy.stats``), histograms as
+        cumulative bucket counts."""
+        data = await self.get_json("/stats", {"filter": ENVOY_FILTER, "histogram_buckets": "cumulative"})
+        return parse_sample(data)
 
     async def listener_ports(self) -> frozenset[int]:
         return parse_listener_ports(await self.get_json("/listeners"))

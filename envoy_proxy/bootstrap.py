@@ -12,6 +12,8 @@ from typing import Any
 
 from common.hostport import split_host_port
 
+from .stats import LATENCY_BUCKETS_MS, STATS_FLUSH_INTERVAL_S
+
 XDS_CLUSTER = "dgw_xds"
 # The host sidecar's SDS server on a Unix socket: listeners with ``tls_creds`` (and
 # the client proxy) get certificates and trust bundles from it, never from a file.
@@ -109,6 +111,12 @@ def make_bootstrap(
                 {"name": "admin", "admin_layer": {}},
             ]
         },
+        # Latency buckets fine enough to compare DALs (envoy_proxy/stats.py), merged
+        # each second, so the sidecar's samples are fresh.
+        "stats_config": {"histogram_bucket_settings": [
+            {"match": {"safe_regex": {"regex": ".*"}}, "buckets": list(LATENCY_BUCKETS_MS)}
+        ]},
+        "stats_flush_interval": f"{STATS_FLUSH_INTERVAL_S:g}s",
     }
     if sds_socket:
         config["static_resources"]["clusters"].append(sds_cluster(sds_socket))

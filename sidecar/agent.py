@@ -51,6 +51,7 @@ from .ports import PortClaims, port_in_use
 from .report import EnvoyView, Host, Situation, build_report, got_worse
 from .reporter import Reporter
 from .runtimes.base import DalRunError, Runtime
+from .stats_sender import StatsSender
 
 # While something is converging (Envoy not ready yet, a DAL starting) the loop looks
 # again this often even without an event: Envoy's ACK has no event of its own.
@@ -104,6 +105,12 @@ class Agent:
             retry_max_s=settings.reconnect_max_s,
             log=log,
         )
+        self.stats_sender = (
+            None if envoy is None else StatsSender(
+                envoy.sample, control.report_stats, shard=settings.shard, node_id=settings.node_id,
+                every_s=settings.stats_every_s, log=log,
+            )
+        )
         self.executor = Executor(
             runtime, log, crash_log_lines=settings.crash_log_lines, clock=clock,
             on_done=self.wake,
@@ -151,6 +158,8 @@ class Agent:
             asyncio.create_task(self.follower.follow(self.control.watch()), name="follow-config"),
             asyncio.create_task(self.reporter.run(), name="reports"),
         ]
+        if self.stats_sender is not None:
+            tasks.append(asyncio.create_task(self.stats_sender.run(), name="stats"))
         stopper = asyncio.create_task(stop.wait())
         last_error: str | None = None
         try:

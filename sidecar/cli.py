@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sec.add_argument("--tls-bundle", type=Path, help="files provider: the CA bundle (PEM)")
     p.add_argument("--resync", dest="resync_s", type=float, default=defaults.DEFAULT_RESYNC_S,
                    help="seconds between timer-driven reconcile passes")
+    p.add_argument("--stats-every", dest="stats_every_s", type=float, default=defaults.DEFAULT_STATS_EVERY_S,
+                   help="seconds between samples of Envoy's stats sent to the server (default: %(default)s)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
@@ -83,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         "delta_xds": args.delta_xds,
         "stop_dals_on_exit": args.stop_dals_on_exit,
         "resync_s": args.resync_s,
+        "stats_every_s": args.stats_every_s,
         "insecure": args.insecure,
         "join_server": args.join_server,
         "join_token": args.join_token or os.environ.get("DGW_JOIN_TOKEN") or None,

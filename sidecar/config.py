@@ -32,6 +32,8 @@ DEFAULT_STOP_GRACE_S = 5.0
 DEFAULT_RECONNECT_BASE_S = 0.25
 DEFAULT_RECONNECT_MAX_S = 5.0
 DEFAULT_REPORT_EVERY_S = 10.0
+# Envoy stats to the server (migration steps and rollout waves are judged from them).
+DEFAULT_STATS_EVERY_S = 2.0
 DEFAULT_RPC_TIMEOUT_S = 3.0
 # Envoy: how long to drain on shutdown, and its restart backoff.
 DEFAULT_DRAIN_S = 1.0
@@ -88,6 +90,7 @@ class SidecarSettings(BaseModel):
     reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S
     reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S
     report_every_s: float = DEFAULT_REPORT_EVERY_S
+    stats_every_s: float = DEFAULT_STATS_EVERY_S
     rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S
     drain_s: float = DEFAULT_DRAIN_S
     envoy_backoff_max_s: float = DEFAULT_ENVOY_BACKOFF_MAX_S

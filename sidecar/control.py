@@ -160,6 +160,10 @@ class ControlClient:
         ack = await self._stub.Report(report, timeout=self._rpc_timeout)
         return int(ack.generation)
 
+    async def report_stats(self, stats: gateway_pb2.EnvoyStats) -> None:
+        """Send a sample of this host's Envoy stats. Raises grpc.aio.AioRpcError."""
+        await self._stub.ReportStats(stats, timeout=self._rpc_timeout)
+
     async def close(self) -> None:
         await self._channel.close(None)
         for task in list(self._retired):

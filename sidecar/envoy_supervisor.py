@@ -19,6 +19,7 @@ from typing import Any
 from common.backoff import backoff_delay
 from common.exits import describe_exit
 from envoy_proxy import AdminUnavailable, EnvoyNotFound, EnvoyProcess
+from envoy_proxy.stats import Sample
 
 from .log import EventLog, tail_lines
 from .runtimes.base import Notify
@@ -104,6 +105,7 @@ class EnvoySupervisor:
         self._status = EnvoyStatus(message="envoy is not running")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._started_at = 0.0
 
     def _next_process(self) -> EnvoyProcess:
         return EnvoyProcess(
@@ -138,6 +140,7 @@ class EnvoySupervisor:
             except OSError as e:
                 self._log.error("envoy_start_failed", binary=proc.binary, error=str(e))
             else:
+                self._started_at = time.time()
                 self._log.info("envoy_started", pid=proc.pid, bootstrap=str(proc.bootstrap_path))
                 self._notify("envoy started")
                 code = await proc.wait()
@@ -195,6 +198,15 @@ class EnvoySupervisor:
             ports=ports,
             message="" if acked else "envoy has not accepted its config yet",
         )
+
+    async def sample(self) -> tuple[str, Sample] | None:
+        """The running Envoy's reported stats, with an epoch naming that process (a
+        restart resets its counters); None while none runs. Raises AdminUnavailable."""
+        proc = self._proc
+        if not proc.running or proc.admin_address is None:
+            return None
+        sample = await proc.admin.sample()
+        return f"{proc.pid}@{self._started_at:.3f}", sample
 
     async def drain(self) -> None:
         """Stop taking new connections gracefully (before the process is stopped)."""

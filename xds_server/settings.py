@@ -59,6 +59,14 @@ class Limits(BaseModel):
     # shard default, its registrations go). Sidecars report every 10 s.
     report_ttl_s: float = 120.0
 
+    # --- Envoy stats from the nodes (``ReportStats``; refused with INVALID_ARGUMENT)
+    stats_bytes: int = 256 * 1024  # one serialized sample
+    stats_per_sample: int = 2048  # counters + histograms in one sample
+    # Kept per node, at least ``stats_min_interval_s`` apart (a closer sample replaces
+    # the newest, so the newest is always fresh): 24 × 5 s = two minutes of history.
+    stats_samples: int = 24
+    stats_min_interval_s: float = 5.0
+
     # --- admin HTTP API
     admin_connections: int = 512  # open connections; more are closed on accept
     # A connection without a complete request (idle, or still sending its headers)

@@ -33,6 +33,7 @@ from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
 from xds_server.discovery import Discovery
+from xds_server.node_stats import StatsBook, check_stats
 from xds_server.resources import Resources
 from xds_server.settings import Limits
 from xds_server.translate import GatewayIR, TranslateOptions, build_ir, endpoints_for, to_resources
@@ -192,6 +193,8 @@ class ShardRegistry:
         self._early_reports: dict[str, dict[str, NodeState]] = {}
         self._config_changed: dict[str, asyncio.Event] = {}
         self._discovery = Discovery(cache)
+        # Each node's recent Envoy stats (``report_stats``), for operators and judgements.
+        self.stats = StatsBook(self.limits)
 
     # --- configuration -------------------------------------------------------
 
@@ -362,9 +365,22 @@ class ShardRegistry:
                          self.limits.report_ttl_s)
         for name in [n for n, nodes in self._early_reports.items() if not nodes]:
             del self._early_reports[name]
+        self.stats.expire(now, self.limits.report_ttl_s)
         if expired:
             self.dirty = True
         return expired
+
+    def report_stats(self, stats: gateway_pb2.EnvoyStats, now: float) -> None:
+        """Keep a node's Envoy stats. Only a node that has reported is heard (so the
+        book holds no more nodes than the registry); raises ValueError otherwise, or
+        when the sample is over a limit."""
+        check_stats(stats, self.limits)
+        shard = self.shards.get(stats.shard)
+        known = shard.nodes if shard is not None else self._early_reports.get(stats.shard, {})
+        if stats.node_id not in known:
+            raise ValueError(f"node {stats.node_id[:80]!r} of shard {stats.shard[:80]!r} has not "
+                             "reported yet: send its report first")  # fmt: skip
+        self.stats.add(stats, now)
 
     def _pending_nodes(self) -> int:
         return sum(len(nodes) for nodes in self._early_reports.values())

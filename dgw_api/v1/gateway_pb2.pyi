@@ -102,3 +102,36 @@ class SignResponse(_message.Message):
     certificate_chain_pem: bytes
     trust_bundle_pem: bytes
     def __init__(self, certificate_chain_pem: _Optional[bytes] = ..., trust_bundle_pem: _Optional[bytes] = ...) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("name", "bounds", "counts", "total")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bounds: _containers.RepeatedScalarFieldContainer[float]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    total: int
+    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class EnvoyStats(_message.Message):
+    __slots__ = ("shard", "node_id", "envoy_epoch", "counters", "histograms")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVOY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    node_id: str
+    envoy_epoch: str
+    counters: _containers.ScalarMap[str, int]
+    histograms: _containers.RepeatedCompositeFieldContainer[Histogram]
+    def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ..., envoy_epoch: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., histograms: _Optional[_Iterable[_Union[Histogram, _Mapping]]] = ...) -> None: ...

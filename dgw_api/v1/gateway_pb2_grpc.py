@@ -5,7 +5,7 @@ import warnings
 
 from dgw_api.v1 import gateway_pb2 as dgw__api_dot_v1_dot_gateway__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -44,6 +44,11 @@ class GatewayStub:
                 request_serializer=dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
                 response_deserializer=dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
                 _registered_method=True)
+        self.ReportStats = channel.unary_unary(
+                '/dgw.v1.Gateway/ReportStats',
+                request_serializer=dgw__api_dot_v1_dot_gateway__pb2.EnvoyStats.SerializeToString,
+                response_deserializer=dgw__api_dot_v1_dot_gateway__pb2.ReportAck.FromString,
+                _registered_method=True)
         self.SignCertificate = channel.unary_unary(
                 '/dgw.v1.Gateway/SignCertificate',
                 request_serializer=dgw__api_dot_v1_dot_gateway__pb2.SignRequest.SerializeToString,
@@ -68,6 +73,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportStats(self, request, context):
+        """The host's Envoy stats now (sent every few seconds): what operations and automatic
+        judgements (migrations, rollouts) read traffic from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SignCertificate(self, request, context):
         """Sign a CSR for this host's gateway identity.
         """
@@ -87,6 +100,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.WatchConfig,
                     request_deserializer=dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.FromString,
                     response_serializer=dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.SerializeToString,
+            ),
+            'ReportStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStats,
+                    request_deserializer=dgw__api_dot_v1_dot_gateway__pb2.EnvoyStats.FromString,
+                    response_serializer=dgw__api_dot_v1_dot_gateway__pb2.ReportAck.SerializeToString,
             ),
             'SignCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.SignCertificate,
@@ -148,6 +166,33 @@ class Gateway:
             '/dgw.v1.Gateway/WatchConfig',
             dgw__api_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
             dgw__api_dot_v1_dot_gateway__pb2.ShardConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dgw.v1.Gateway/ReportStats',
+            dgw__api_dot_v1_dot_gateway__pb2.EnvoyStats.SerializeToString,
+            dgw__api_dot_v1_dot_gateway__pb2.ReportAck.FromString,
             options,
             channel_credentials,
             insecure,

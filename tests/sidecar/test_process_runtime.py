@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,9 @@ async def test_a_killed_dal_is_an_exit_with_docker_like_code_and_its_output(runt
     await runtime.create(spec(port))
     o = await only(runtime)
     await until(lambda: port_open(port), 10)
+    # The DAL binds, then logs it: kill it only once the line checked below is written.
+    log = Path(runtime._by_ref(o.ref).log_path)
+    await until(lambda: "event=listening" in log.read_text(errors="replace"), 10, "listening logged")
     os.kill(int(o.ref.split(":")[1]), signal.SIGKILL)
     await until(lambda: any("process exited" in w for w in runtime.wakes), 5, "exit noticed")
     dead = await only(runtime)

@@ -13,6 +13,7 @@ from xds_server.store import (
     ConfigStore,
     Conflict,
     NotFound,
+    RecordConflict,
     ShardVersion,
     Version,
     Write,
@@ -371,3 +372,70 @@ async def test_put_many_stores_every_write_or_none(store: ConfigStore) -> None:
     assert refused.value.shard == "b" and refused.value.current_version == 2
     assert [(await store.get(s)).meta.number for s in ("a", "b", "c")] == [2, 2, 1]  # type: ignore[union-attr]
     assert (await store.list()).revision == done[-1].revision
+
+
+# --- records ---------------------------------------------------------------------
+
+
+async def test_a_record_is_created_read_and_listed_by_kind(store: ConfigStore) -> None:
+    assert await store.get_record("migration", "demo") is None
+    r1 = await store.put_record("migration", "demo", '{"phase": "shadow"}', base_version=None)
+    await store.put_record("migration", "alpha", "{}", base_version=None)
+    await store.put_record("rollout", "r1", "[]", base_version=None)
+    assert (r1.kind, r1.name, r1.version, r1.data) == ("migration", "demo", 1, '{"phase": "shadow"}')
+    assert r1.at.utcoffset() == timedelta(0)
+    assert await store.get_record("migration", "demo") == r1
+    assert [r.name for r in await store.list_records("migration")] == ["alpha", "demo"]
+    assert [r.name for r in await store.list_records("rollout")] == ["r1"]
+    assert await store.list_records("artifact") == ()
+
+
+async def test_a_record_write_is_compare_and_set_on_its_version(store: ConfigStore) -> None:
+    r1 = await store.put_record("migration", "demo", "1", base_version=None)
+    r2 = await store.put_record("migration", "demo", "2", base_version=r1.version)
+    assert r2.version == 2 and r2.data == "2"
+    for stale in (None, 1, 3):
+        with pytest.raises(RecordConflict) as refused:
+            await store.put_record("migration", "demo", "lost", base_version=stale)
+        assert refused.value.current == r2
+    assert await store.get_record("migration", "demo") == r2
+
+
+async def test_of_two_writers_from_one_base_exactly_one_wins(store: ConfigStore) -> None:
+    base = await store.put_record("rollout", "r", "0", base_version=None)
+    results = await asyncio.gather(
+        *(store.put_record("rollout", "r", str(i), base_version=base.version) for i in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, RecordConflict) for r in results) == 4
+    (winner,) = [r for r in results if not isinstance(r, BaseException)]
+    assert await store.get_record("rollout", "r") == winner
+
+
+async def test_a_record_delete_is_compare_and_set_and_frees_the_name(store: ConfigStore) -> None:
+    r1 = await store.put_record("revocation", "node-1", "{}", base_version=None)
+    with pytest.raises(RecordConflict):
+        await store.delete_record("revocation", "node-1", base_version=r1.version + 1)
+    await store.delete_record("revocation", "node-1", base_version=r1.version)
+    assert await store.get_record("revocation", "node-1") is None
+    with pytest.raises(RecordConflict) as refused:
+        await store.delete_record("revocation", "node-1", base_version=r1.version)
+    assert refused.value.current is None
+    again = await store.put_record("revocation", "node-1", "{}", base_version=None)
+    assert again.version == 1
+
+
+@pytest.mark.parametrize(("kind", "name"), [("", "x"), ("a/b", "x"), ("k", "x\n"), ("k", "x/y"), ("k", "é")])
+async def test_a_record_key_is_a_plain_word(store: ConfigStore, kind: str, name: str) -> None:
+    with pytest.raises(ValueError, match="must match"):
+        await store.put_record(kind, name, "{}", base_version=None)
+
+
+async def test_records_do_not_touch_shards_or_their_watch(store: ConfigStore) -> None:
+    v1 = await put(store, "demo", 1, None)
+    await store.put_record("migration", "demo", "{}", base_version=None)
+    listing = await store.list()
+    assert listing.revision == v1.revision and [s.meta.shard for s in listing.shards] == ["demo"]
+    changes = store.watch(v1.revision)
+    v2 = await put(store, "demo", 2, v1.number)
+    assert (await next_of(changes)).meta == v2

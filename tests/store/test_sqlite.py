@@ -94,6 +94,24 @@ async def test_a_store_written_by_a_newer_dgw_is_refused(tmp_path: Path) -> None
         await SqliteStore.open(tmp_path)
 
 
+async def test_a_store_of_schema_1_gains_records_and_keeps_its_shards(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path)
+    v1 = await store.put("demo", "a: 1\n", base_version=None, author="a", message="", source="api",
+                         owner=API_OWNER)  # fmt: skip
+    await store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # as the previous dgw left it
+        db.execute("DROP TABLE records")
+        db.execute("PRAGMA user_version = 1")
+    again = await SqliteStore.open(tmp_path)
+    try:
+        got = await again.get("demo")
+        assert got is not None and got.meta == v1
+        record = await again.put_record("migration", "demo", "{}", base_version=None)
+        assert await again.get_record("migration", "demo") == record
+    finally:
+        await again.close()
+
+
 async def test_operations_on_a_closed_store_say_so(tmp_path: Path) -> None:
     store = await SqliteStore.open(tmp_path)
     await store.close()

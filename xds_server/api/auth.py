@@ -75,6 +75,7 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/shards/{shard}/versions/{n}"): "reader",
     ("POST", "/v1/shards/{shard}/rollback"): "operator",
     ("GET", "/v1/status"): "reader",
+    ("GET", "/v1/stats/{shard}"): "reader",
     ("GET", "/v1/nodes"): "reader",
     ("GET", "/v1/discovery/{address}"): "reader",
     ("POST", "/v1/reports"): "node",

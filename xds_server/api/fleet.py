@@ -4,13 +4,17 @@ registry and ``xds_server.metrics``; the decisions live in ``xds_server.status``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, TypeAlias
 
 from aiohttp import web
 
 from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
+from xds_server.config.model import parse_duration
+from xds_server.node_stats import cluster_summary, listener_summary
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 from xds_server.status import STATUS_TYPES, dal_health, node_row
@@ -72,6 +76,50 @@ async def get_status(request: web.Request) -> web.Response:
     return web.json_response(status(registry, shard, request.app[STORED_VERSION]))
 
 
+STATS_WINDOW_S = 30.0
+
+
+def stats(registry: ShardRegistry, shard: str, window_s: float, now: float,
+          node: str | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """The ``/v1/stats/{shard}`` document: what each cluster (a DAL's listener) and
+    each HTTP listener did over the last ``window_s``, summed over the shard's nodes (or
+    ``node``'s alone). None for a shard without a config."""
+    state = registry.shards.get(shard)
+    if state is None:
+        return None
+    window, nodes = registry.stats.window(shard, window_s, now, None if node is None else [node])
+    clusters = {
+        u.name: {"dal": u.dal, "listener": u.listener, **asdict(cluster_summary(window, u.name))}
+        for u in state.ir.upstreams
+    }
+    listeners = {
+        lst.listener: asdict(listener_summary(window, lst.listener))
+        for lst in state.ir.listeners if lst.protocol != "tcp"
+    }
+    known = tuple(f"cluster.{u.name}." for u in state.ir.upstreams) + tuple(
+        f"http.{lst.listener}." for lst in state.ir.listeners
+    )
+    other = {k: v for k, v in sorted(window.counters.items()) if not k.startswith(known)}
+    return {"shard": shard, "window_s": window_s, "measured_s": round(window.seconds, 3), "nodes": nodes,
+            "clusters": clusters, "listeners": listeners, "other": other}  # fmt: skip
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    registry = request.app[FLEET_REGISTRY]
+    shard = request.match_info["shard"]
+    text = request.query.get("window", "")
+    try:
+        window_s = parse_duration(text) if text else STATS_WINDOW_S
+    except ValueError as e:
+        return web.json_response({"error": f"window: {e}"}, status=400)
+    if not 0 < window_s <= 3600:
+        return web.json_response({"error": "window must be above 0 and at most 1h"}, status=400)
+    document = stats(registry, shard, window_s, time.time(), request.query.get("node") or None)
+    if document is None:
+        return web.json_response({"error": f"no shard {shard[:80]!r}"}, status=404)
+    return web.json_response(document)
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     response = web.Response(body=metrics.render())
     response.content_type = "text/plain"
@@ -85,4 +133,5 @@ def add_routes(
     app[FLEET_REGISTRY] = registry
     app[STORED_VERSION] = stored
     app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/stats/{shard}", get_stats)
     app.router.add_get("/metrics", get_metrics)

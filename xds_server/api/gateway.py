@@ -9,6 +9,7 @@ certificate only ``SignCertificate`` with a join token is served.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -47,6 +48,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return gateway_pb2.ReportAck(generation=generation)
+
+    async def ReportStats(
+        self,
+        request: gateway_pb2.EnvoyStats,
+        context: grpc.aio.ServicerContext[gateway_pb2.EnvoyStats, gateway_pb2.ReportAck],
+    ) -> gateway_pb2.ReportAck:
+        await self._check_node(context, "ReportStats", request.shard, request.node_id)
+        try:
+            self.registry.report_stats(request, time.time())
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return gateway_pb2.ReportAck()
 
     async def WatchConfig(
         self,

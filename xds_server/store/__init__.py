@@ -1,6 +1,7 @@
 """The versioned config store: every shard's YAML text as written, every change a
 numbered version (author, time, message, source, owner, content hash), compare-and-set
-on the base version, an audit log, and a watch that resumes from a revision.
+on the base version, an audit log, records (the platform's operational state, each
+a JSON text with compare-and-set on its own version), and a watch that resumes from a revision.
 
 ``ConfigStore`` is the contract (``base``); ``SqliteStore`` the embedded backend. The
 store is dumb storage: callers parse, validate and translate before they write.
@@ -15,6 +16,8 @@ from xds_server.store.base import (
     DataDirInUse,
     Listing,
     NotFound,
+    Record,
+    RecordConflict,
     ShardVersion,
     Source,
     StoreError,
@@ -37,6 +40,8 @@ __all__ = [
     "DataDirInUse",
     "Listing",
     "NotFound",
+    "Record",
+    "RecordConflict",
     "ShardVersion",
     "Source",
     "SqliteStore",

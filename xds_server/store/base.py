@@ -17,6 +17,12 @@ Two counters, as in etcd:
   order, so a reader that lists and then watches from that revision misses nothing,
   and one that reconnects resumes where it stopped.
 
+Beside the shards, the store keeps **records**: small JSON documents of the platform's
+own operational state (a running migration, a rollout, an artifact, a revocation), each
+named by a kind and a name, numbered by its own version, and written with
+compare-and-set on that version, like a shard. They are not versioned history: a record
+holds only its current text.
+
 SQLite (``xds_server.store.sqlite``) is the embedded backend; a distributed one (etcd,
 a later issue) implements the same ``ConfigStore`` and passes the same contract tests
 (``tests/store/test_contract.py``).
@@ -25,6 +31,7 @@ a later issue) implements the same ``ConfigStore`` and passes the same contract 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -121,6 +128,31 @@ class Write:
     owner: str
 
 
+@dataclass(frozen=True)
+class Record:
+    """One record: the platform's operational state under ``kind``/``name``."""
+
+    kind: str
+    name: str
+    version: int
+    """1 when created, +1 on every write: the base of the next compare-and-set."""
+    data: str
+    """JSON text, as written (the store does not parse it)."""
+    at: datetime
+    """When this version was written (UTC)."""
+
+
+_RECORD_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,252}")
+
+
+def check_record_key(kind: str, name: str) -> None:
+    """Kinds and names are plain words (no '/', no control characters), so every backend
+    can use them in a key path as they are."""
+    for what, value in (("kind", kind), ("name", name)):
+        if not _RECORD_PART.fullmatch(value):
+            raise ValueError(f"a record {what} must match {_RECORD_PART.pattern}, not {value[:80]!r}")
+
+
 class StoreError(Exception):
     """A store operation could not be done; the message says why and what to do."""
 
@@ -149,6 +181,20 @@ class Conflict(StoreError):
     def current_version(self) -> int | None:
         """The base to retry from (None: the shard never existed)."""
         return None if self.current is None else self.current.number
+
+
+class RecordConflict(StoreError):
+    """The base version named by a record write is not the record's current one.
+
+    ``current`` is the record as it is now (None: it does not exist), so the caller can
+    re-read and decide again."""
+
+    def __init__(self, kind: str, name: str, base_version: int | None, current: Record | None):
+        self.kind, self.name, self.base_version, self.current = kind, name, base_version, current
+        base = "a new record" if base_version is None else f"base version {base_version}"
+        now = "it does not exist" if current is None else f"its current version is {current.version}"
+        super().__init__(f"{kind} {name!r} changed: the write was made from {base} but {now}; "
+                         "read it again and retry from its current version")  # fmt: skip
 
 
 class NotFound(StoreError):
@@ -244,6 +290,27 @@ class ConfigStore(AuditLog, Protocol):
 
     async def version(self, shard: str, number: int) -> ShardVersion | None:
         """One version of the shard with its text (a tombstone's text is empty)."""
+        ...
+
+    async def get_record(self, kind: str, name: str) -> Record | None:
+        """The record, or None if there is none."""
+        ...
+
+    async def list_records(self, kind: str) -> tuple[Record, ...]:
+        """Every record of ``kind``, sorted by name."""
+        ...
+
+    async def put_record(
+        self, kind: str, name: str, data: str, *, base_version: int | None
+    ) -> Record:
+        """Write ``data`` as the record's next version if ``base_version`` is its current
+        version (None: it must not exist). Raises ``RecordConflict`` otherwise. Like
+        ``put``, a write once called runs to its end even if the caller is cancelled."""
+        ...
+
+    async def delete_record(self, kind: str, name: str, *, base_version: int) -> None:
+        """Remove the record if ``base_version`` is its current version; raises
+        ``RecordConflict`` otherwise (``current`` None: there was nothing to delete)."""
         ...
 
     def watch(self, after_revision: int = 0) -> AsyncIterator[ShardVersion]:

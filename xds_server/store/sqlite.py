@@ -34,11 +34,14 @@ from xds_server.store.base import (
     DataDirInUse,
     Listing,
     NotFound,
+    Record,
+    RecordConflict,
     ShardVersion,
     Source,
     StoreError,
     Version,
     Write,
+    check_record_key,
     content_hash,
 )
 
@@ -46,7 +49,7 @@ T = TypeVar("T")
 
 DB_NAME = "store.sqlite3"
 LOCK_NAME = "store.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records
 
 # History is the long read, so versions are clustered by (shard, number): a shard's
 # history is one range of the table, read in order. Texts are kept apart, once per
@@ -90,10 +93,23 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_shard ON audit (shard, id);
 """
 
+# Added by schema 2: a store of schema 1 gains it on open, keeping everything else.
+_RECORDS = """
+CREATE TABLE IF NOT EXISTS records (
+    kind    TEXT    NOT NULL,
+    name    TEXT    NOT NULL,
+    version INTEGER NOT NULL CHECK (version > 0),
+    data    TEXT    NOT NULL,
+    at      TEXT    NOT NULL,
+    PRIMARY KEY (kind, name)
+) WITHOUT ROWID
+"""
+
 _META = "shard, number, revision, author, at, message, source, owner, content_hash, deleted"
 _HISTORY = _META.removeprefix("shard, ")
 _WITH_TEXT = f"SELECT {_META}, text FROM versions JOIN texts USING (content_hash)"
 _AUDIT = "id, at, actor, action, shard, base_version, new_version, accepted, reason"
+_RECORD = "kind, name, version, data, at"
 # Changes a watch reads per query: bounds the memory one slow watcher can pin.
 _WATCH_BATCH = 256
 
@@ -264,6 +280,25 @@ class SqliteStore:
         )
         return await self._run(self._append_audit, row)
 
+    # --- records --------------------------------------------------------------
+
+    async def get_record(self, kind: str, name: str) -> Record | None:
+        return await self._run(self._record, kind, name)
+
+    async def list_records(self, kind: str) -> tuple[Record, ...]:
+        rows = await self._run(self._query, f"SELECT {_RECORD} FROM records WHERE kind = ? ORDER BY name",
+                               (kind,))  # fmt: skip
+        return tuple(_record(r) for r in rows)
+
+    async def put_record(
+        self, kind: str, name: str, data: str, *, base_version: int | None
+    ) -> Record:
+        check_record_key(kind, name)
+        return await self._run(self._put_record, kind, name, data, base_version, wakes=True)
+
+    async def delete_record(self, kind: str, name: str, *, base_version: int) -> None:
+        await self._run(self._delete_record, kind, name, base_version, wakes=True)
+
     # --- on the store's thread ------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any, wakes: bool = False) -> T:
@@ -390,6 +425,32 @@ class SqliteStore:
         )
         return Version(shard, number, revision, author, at, message, source, owner, digest, deleted)
 
+    def _record(self, kind: str, name: str) -> Record | None:
+        row = self._conn.execute(f"SELECT {_RECORD} FROM records WHERE kind = ? AND name = ?",
+                                 (kind, name)).fetchone()  # fmt: skip
+        return None if row is None else _record(row)
+
+    def _put_record(self, kind: str, name: str, data: str, base: int | None) -> Record:
+        with _transaction(self._conn, "BEGIN IMMEDIATE"):
+            current = self._record(kind, name)
+            if (None if current is None else current.version) != base:
+                raise RecordConflict(kind, name, base, current)
+            record = Record(kind, name, 1 if current is None else current.version + 1, data, self._clock())
+            self._conn.execute(
+                "INSERT INTO records (kind, name, version, data, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, name) DO UPDATE SET version = excluded.version, "
+                "data = excluded.data, at = excluded.at",
+                (kind, name, record.version, data, record.at.isoformat()),
+            )
+        return record
+
+    def _delete_record(self, kind: str, name: str, base: int) -> None:
+        with _transaction(self._conn, "BEGIN IMMEDIATE"):
+            current = self._record(kind, name)
+            if current is None or current.version != base:
+                raise RecordConflict(kind, name, base, current)
+            self._conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
+
     def _append_audit(self, row: tuple[Any, ...]) -> AuditEntry:
         with _transaction(self._conn, "BEGIN IMMEDIATE"):
             (entry_id,) = self._conn.execute(
@@ -453,6 +514,11 @@ def _connect(path: Path) -> sqlite3.Connection:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                conn.execute(_RECORDS)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif schema == 1:
+            with _transaction(conn, "BEGIN IMMEDIATE"):
+                conn.execute(_RECORDS)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif schema != SCHEMA_VERSION:
             raise StoreError(f"config store {path} has schema {schema}; this dgw reads schema {SCHEMA_VERSION} "
@@ -474,6 +540,11 @@ def _version(row: tuple[Any, ...]) -> Version:
 
 def _entry(row: tuple[Any, ...]) -> ShardVersion:
     return ShardVersion(_version(row), row[10])
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    kind, name, version, data, at = row
+    return Record(kind, name, version, data, datetime.fromisoformat(at))
 
 
 def _audit(row: tuple[Any, ...]) -> AuditEntry:
