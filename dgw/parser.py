@@ -60,10 +60,10 @@ GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
 class DgwParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors suggest what was probably meant."""
 
-    _words: list[str] = []
+    _words: tuple[str, ...] = ()
 
     def _parse_known_args(self, arg_strings: list[str], *rest: Any) -> Any:
-        self._words = list(arg_strings)  # the words this parser got, for error()
+        self._words = tuple(arg_strings)  # the words this parser got, for error()
         return super()._parse_known_args(arg_strings, *rest)
 
     def error(self, message: str) -> NoReturn:
