@@ -471,9 +471,11 @@ def _banner(server: XdsServer, shards: list[str], p: Plan) -> None:
         lines += _shard_lines(server, shard, p)
     status = p.dgw("status")
     lines += [f"  {status}{' ' * max(1, 44 - len(status))}# every Envoy: SYNCED / STALE / NACKED",
-              f"Context {p.context} (now current) names this instance: admin API {admin}, xDS "
-              f"{_admin_host(p.xds)}:{server.xds_port}, join 127.0.0.1:{server.join_port}; its token "
-              f"{server.admin_token_path} is sent only through {server.admin_socket} (`dgw config view`)",
+              f"Context {p.context} (now current): admin API {admin}, xDS {_admin_host(p.xds)}:"
+              f"{server.xds_port}, join 127.0.0.1:{server.join_port}",
+              f"  its token {server.admin_token_path} goes only through {server.admin_socket}"
+              if server.admin_socket else f"  no admin socket (its path is too long: a shorter --state-dir); "
+                                          f"give its token with $DGW_TOKEN: {server.admin_token_path}",
               f"Edit {p.config_dir}/*.yaml to rewire live; "
               + (f"`dgw down{p.name_flag()}` stops everything." if os.environ.get(BACKGROUND_ENV)
                  else "Ctrl-C stops everything.")]  # fmt: skip
