@@ -247,37 +247,39 @@ async def _up(p: Plan) -> None:
         instances.clear_pid(p.state_dir, os.getpid())
         raise
 
-    if p.runtime == "auto":
-        choice = choose_runtime([server.registry.shards[s].config for s in shards])
-    else:
-        choice = RuntimeChoice(p.runtime, "requested")  # type: ignore[arg-type]
-    log.info("runtime_selected", runtime=choice.runtime, reason=choice.reason)
-    agent_log = logging.getLogger("dgw.sidecar")
-    quiet_agent = _AgentRuntimeLine()
-    agent_log.addFilter(quiet_agent)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    xds = f"{p.xds.rpartition(':')[0]}:{server.xds_port}"
-
-    def settings(shard: str, envoy_admin_port: int) -> SidecarSettings:
-        return SidecarSettings(
-            server=xds, shard=shard, node_id=p.node_id, runtime=choice.runtime,
-            state_dir=p.state_dir, envoy_admin_port=envoy_admin_port,
-            stop_dals_on_exit=True, **_join(server, shard, p.state_dir),
-        )
-
-    gateways = Gateways(server, settings, admin_ports)
-    _write_context(p, server)
-    recording = asyncio.create_task(_keep_record(p, server, choice.runtime, stop))
-    for shard in shards:
-        gateways.start(shard)
-    stopping = asyncio.create_task(stop.wait())
-    serving = asyncio.create_task(_serving(server, shards, p.node_id, admin_ports))
-    following: asyncio.Task[None] | None = None
+    agent_log = logging.getLogger("dgw.sidecar")
+    quiet_agent = _AgentRuntimeLine()
+    agent_log.addFilter(quiet_agent)
+    gateways: Gateways | None = None
+    tasks: list[asyncio.Task[Any]] = []
     try:
+        if p.runtime == "auto":
+            choice = choose_runtime([server.registry.shards[s].config for s in shards])
+        else:
+            choice = RuntimeChoice(p.runtime, "requested")  # type: ignore[arg-type]
+        log.info("runtime_selected", runtime=choice.runtime, reason=choice.reason)
+        xds = f"{p.xds.rpartition(':')[0]}:{server.xds_port}"
+
+        def settings(shard: str, envoy_admin_port: int) -> SidecarSettings:
+            return SidecarSettings(
+                server=xds, shard=shard, node_id=p.node_id, runtime=choice.runtime,
+                state_dir=p.state_dir, envoy_admin_port=envoy_admin_port,
+                stop_dals_on_exit=True, **_join(server, shard, p.state_dir),
+            )
+
+        _write_context(p, server)
+        recording = asyncio.create_task(_keep_record(p, server, choice.runtime, stop))
+        tasks.append(recording)
+        gateways = Gateways(server, settings, admin_ports)
+        for shard in shards:
+            gateways.start(shard)
+        stopping = asyncio.create_task(stop.wait())
+        serving = asyncio.create_task(_serving(server, shards, p.node_id, admin_ports))
+        tasks += [stopping, serving]
         await _first(serving, stopping, gateways.tasks())
         if serving.done():
             _banner(server, shards, p)
@@ -285,12 +287,15 @@ async def _up(p: Plan) -> None:
                 stop, lambda shard, port: _announce(server, shard, p, port),
                 lambda shard: _busy(server, [shard], {}),
             ))
+            tasks.append(following)
             await _first(stopping, stopping, [following, recording])
     finally:
         stop.set()
-        serving.cancel()
-        await asyncio.gather(recording, *([following] if following else []), return_exceptions=True)
-        await gateways.stop_all()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if gateways is not None:
+            await gateways.stop_all()
         agent_log.removeFilter(quiet_agent)
         for token_file in p.state_dir.glob("join-*.token"):  # spent, but no need to keep
             token_file.unlink(missing_ok=True)
@@ -327,7 +332,7 @@ def _write_context(p: Plan, server: XdsServer) -> None:
     socket), token file, CA, xDS and join addresses."""
     from common.hostport import join_host_port
 
-    from .contexts import Context, update
+    from .contexts import Context, ContextError, update
 
     token = server.admin_token_path
     ca = server.settings.ca_directory() / "ca.crt"
@@ -338,9 +343,12 @@ def _write_context(p: Plan, server: XdsServer) -> None:
         join=f"127.0.0.1:{server.join_port}" if server.join_port else None,
         instance=p.name, state_dir=p.state_dir,
     )  # fmt: skip
-    with update() as contexts:
-        contexts.contexts[p.context] = context
-        contexts.current_context = p.context
+    try:
+        with update() as contexts:
+            contexts.contexts[p.context] = context
+            contexts.current_context = p.context
+    except ContextError as e:
+        raise UpError(f"cannot write this instance's context: {e}") from None
     log.info("context_selected", context=p.context, server=context.server, admin_socket=str(server.admin_socket))
 
 
