@@ -27,6 +27,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 OUTPUTS = ("table", "json", "yaml")
 # Where the parser that matched the words is kept in the namespace (the deepest wins).
 PARSER_DEST = "_dgw_parser"
+# Suggestions: at least this similar (difflib's ratio), and within this of the closest.
+_CUTOFF = 0.6
+_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,13 @@ class DgwParser(argparse.ArgumentParser):
 
 
 def _suggest(word: str, candidates: Sequence[str], otherwise: str = "") -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    """``: did you mean 'x'?`` with the closest candidates (those about as close as the
+    closest: ``statsu`` is near both ``stats`` and ``status``)."""
+    scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in dict.fromkeys(candidates)),
+                    reverse=True)  # fmt: skip
+    close = [c for ratio, c in scored if ratio >= max(_CUTOFF, scored[0][0] - _MARGIN)][:3] if scored else []
     if close:
-        return f": did you mean {close[0]!r}?"
+        return ": did you mean " + " or ".join(repr(c) for c in close) + "?"
     return f" {otherwise}" if otherwise else ""
 
 

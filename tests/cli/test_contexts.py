@@ -95,7 +95,7 @@ def fake(tmp_path: Path) -> Iterator[tuple[Fake, str]]:
 def test_a_mistyped_command_is_answered_with_the_close_one(home: Home) -> None:
     run = home.dgw("statsu")
     assert run.returncode == 2
-    assert "invalid choice: 'statsu': did you mean 'status'?" in run.stderr
+    assert "invalid choice: 'statsu': did you mean 'stats' or 'status'?" in run.stderr
 
 
 def test_an_unknown_option_gets_the_sub_command_s_usage_and_the_option_meant(home: Home) -> None:
