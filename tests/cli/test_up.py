@@ -209,5 +209,5 @@ def test_busy_control_plane_ports_fail_cleanly(tmp_path: Path) -> None:
                    "--state-dir", str(tmp_path / "state"), env=NO_ENGINE, timeout=120)
 
     assert proc.returncode == 1
-    assert f"dgw up: port 127.0.0.1:{busy} (--admin) is in use by another program" in proc.stderr
+    assert f"dgw up: port 127.0.0.1:{busy} (--admin) of instance default is in use by another program" in proc.stderr
     assert "Traceback" not in proc.stderr
