@@ -428,7 +428,6 @@ _CLI_WORDS = (
     (re.compile(r"\?force=true"), "--force"),
     (re.compile(r"\?dry_run=true"), "--dry-run"),
     (re.compile(r'send it as If-Match: "(\d+)"'), r"give --force-version \1"),
-    (re.compile(r"If-Match"), "--force-version"),
 )
 
 
