@@ -102,6 +102,12 @@ def cmd_sidecar_recovery(args: argparse.Namespace) -> int:
     return sidecar_recovery.main(args)
 
 
+def cmd_kv(args: argparse.Namespace) -> int:
+    from bench import kv
+
+    return kv.main(args)
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
 
@@ -168,6 +174,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one recovery may take")
     _common(p)
     p.set_defaults(func=_run(cmd_sidecar_recovery))
+
+    p = figures.add_parser("kv", help="Key-Value DAL through Envoy + mTLS vs asyncpg direct, with the Redis cache")
+    p.add_argument("--rate", type=float, default=500.0, help="requests per second offered, open loop")
+    p.add_argument("--block", type=float, default=3.0, help="seconds of one case before the next")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of one block per case (noise control)")
+    p.add_argument("--records", type=int, default=1000, help="records read and written (1 KiB each)")
+    p.add_argument("--sweep", type=_floats, default=[500.0, 1000.0, 1500.0, 2000.0, 3000.0],
+                   help="rates tried through the gateway until p99 passes 25 ms (empty: none)")
+    p.add_argument("--profile", type=float, default=0.0,
+                   help="sample the DAL with py-spy for this many seconds of gateway load and show where time goes")
+    p.add_argument("--let-cpus-sleep", dest="quick_wakeups", action="store_false",
+                   help="do not hold /dev/cpu_dma_latency at 0 while measuring")
+    _common(p)
+    p.set_defaults(func=_run(cmd_kv))
 
     p = figures.add_parser("store", help="config store: write latency (synchronous commits), history listing")
     p.add_argument("--versions", type=int, default=1000, help="versions written, one after another, each timed")

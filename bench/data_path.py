@@ -33,8 +33,10 @@ import math
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +67,12 @@ SHADOW_TARGET_PCT = 5.0
 
 
 class _Loader:
-    def __init__(self) -> None:
+    """A load generator process (``target(conn)``) asked over a pipe."""
+
+    def __init__(self, target: Callable[[Connection], None] = load_main, name: str = "data-path-load") -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=load_main, args=(child,), name="data-path-load", daemon=True)
+        self.proc = ctx.Process(target=target, args=(child,), name=name, daemon=True)
         self.proc.start()
         child.close()
 

@@ -234,12 +234,19 @@ async def _up(p: Plan) -> None:
     from .runtime_choice import RuntimeChoice, choose_runtime
     from .up_gateways import Gateways
 
-    # DAL commands like `python3 -m dals.sample` must find this installation's Python.
+    # DAL commands like `python3 -m dals.kv serve` must find this installation's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     p.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     forget_cached_configs(p.state_dir)
     if not p.default:
         free_listener_ports(p.config_dir)
+    if p.config_dir.resolve() == DEMO_DIR:
+        from .demo_storage import prepare
+
+        storage = await prepare(str(p.state_dir), None if p.default else p.node_id)
+        log.info("demo_storage", dal="cql", engine=storage.engine, reason=storage.reason,
+                 schema=os.environ.get("DGW_DEMO_PG_SCHEMA", "(the shard file's)"),
+                 cache_prefix=os.environ.get("DGW_DEMO_KV_PREFIX", "(the shard file's)"))
     instances.write_pid(p.state_dir, os.getpid())
     try:
         server, shards, admin_ports = await _start_server(p)
@@ -464,7 +471,7 @@ def _shard_lines(server: XdsServer, shard: str, p: Plan) -> list[str]:
         secured = (f", mTLS: a client certificate from `{p.dgw('ca issue --identity ACCOUNT-APP')}`"
                    if listener.tls_creds else "")  # fmt: skip
         if where.port and listener.mode == "http" and not secured:
-            lines.append(f"  curl -s http://127.0.0.1:{where.port}/hello      # {shard}.{name} through Envoy")
+            lines.append(f"  curl -s http://127.0.0.1:{where.port}/      # {shard}.{name} through Envoy")
         elif where.port:
             lines.append(f"  127.0.0.1:{where.port}  ({listener.mode}, {shard}.{name}{secured})")
     lines.append(f"  {p.dgw(f'get shard {shard}')}")

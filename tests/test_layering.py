@@ -4,7 +4,10 @@
   the benchmarks or the test helpers;
 - ``common`` imports nothing from the project (both programs build on it);
 - tests import nothing from ``bench`` except the tests of the benchmarks (``tests/bench``);
-- the agent's pure plan loads none of the I/O libraries (issue #8).
+- the agent's pure plan loads none of the I/O libraries (issue #8);
+- DALs (``dals/``) are applications on the platform: they import nothing of the project
+  outside ``dals`` (their images hold only ``dals/``), and the platform nothing of them
+  (issue #18); the benchmarks and tests may use a DAL's client.
 
 Imports inside functions count too: a lazy import is still a dependency. A real import
 of each program in a subprocess catches what the scan cannot see.
@@ -69,6 +72,24 @@ def test_the_programs_never_import_the_cli_the_benchmarks_or_test_helpers(packag
 def test_common_imports_nothing_from_the_project() -> None:
     assert {"common", "xds_server", "sidecar", "tests"} <= set(PROJECT)
     assert _violations(_sources("common"), tuple(p for p in PROJECT if p != "common")) == []
+
+
+PLATFORM = ("xds_server", "sidecar", "common", "envoy_proxy", "dgw", "dgw_api", "testkit")
+
+
+def test_dals_import_nothing_from_the_platform() -> None:
+    assert "dals" in PROJECT
+    assert _violations(_sources("dals"), tuple(p for p in PROJECT if p != "dals")) == []
+
+
+@pytest.mark.parametrize("package", PLATFORM)
+def test_the_platform_never_imports_a_dal(package: str) -> None:
+    assert _violations(_sources(package), ("dals",)) == []
+
+
+def test_importing_the_kv_dal_loads_nothing_of_the_platform() -> None:
+    modules = [_module_of(p, ROOT) for p in _sources("dals") if p.name != "__main__.py"]
+    assert _loaded_by(modules, tuple(p for p in PROJECT if p != "dals")) == []
 
 
 def test_tests_import_bench_only_in_the_tests_of_the_benchmarks() -> None:

@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# Build the sample DAL image (default dgw-sample-dal:test) from files on this host:
-# no registry, no pulls. deploy/docker/rootfs.py assembles a root filesystem (Python,
-# its stdlib, aiohttp + grpcio, the project's dals/ package, /bin/sh, shared libs) and
+# Build a DAL image from files on this host: no registry, no pulls.
+#   build-dal-image.sh [--force] [--dal sample|kv] [IMAGE]
+# --dal sample (default) makes dgw-sample-dal:test, running `python3 -m dals.sample`;
+# --dal kv makes dgw-kv:test, the Key-Value DAL (`python3 -m dals.kv serve`).
+# deploy/docker/rootfs.py assembles a root filesystem (Python, its stdlib, the
+# distributions dals/ imports, the project's dals/ package, /bin/sh, shared libs) and
 # `docker import` turns it into an image. Cached: skipped when an image with the same
-# inputs (dals/ sources, these scripts, the Python version) exists. --force rebuilds.
+# inputs (dals/ sources, these scripts, the Python version, the DAL) exists. --force rebuilds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-IMAGE=dgw-sample-dal:test
+DAL=sample
+IMAGE=
 FORCE=0
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --force) FORCE=1 ;;
-    -*) echo "usage: $0 [--force] [IMAGE]" >&2; exit 2 ;;
-    *) IMAGE=$arg ;;
+    --dal) shift; DAL=${1:-} ;;
+    -*) echo "usage: $0 [--force] [--dal sample|kv] [IMAGE]" >&2; exit 2 ;;
+    *) IMAGE=$1 ;;
   esac
+  shift
 done
+case "$DAL" in
+  sample) IMAGE=${IMAGE:-dgw-sample-dal:test}; CMD='["python3", "-m", "dals.sample"]'
+          DISTS="aiohttp grpcio"
+          CHECK='import aiohttp, grpc, dals.sample, dals.sample.probe' ;;
+  kv) IMAGE=${IMAGE:-dgw-kv:test}; CMD='["python3", "-m", "dals.kv", "serve"]'
+      DISTS="aiohttp grpcio protobuf asyncpg redis pydantic PyYAML"
+      CHECK='import dals.kv.server, dals.kv.engines.sqlite, dals.kv.engines.postgres, dals.kv.cache, sqlite3' ;;
+  *) echo "$0: --dal must be sample or kv, not '$DAL'" >&2; exit 2 ;;
+esac
 PY=${DGW_PYTHON:-.venv/bin/python}
 log() { echo "build-dal-image: $*" >&2; }
 
@@ -23,7 +38,7 @@ if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
   log "no Docker engine answers; run deploy/docker/start-engine.sh first"; exit 1
 fi
 
-HASH=$( { "$PY" -c 'import sys; print(sys.version)';
+HASH=$( { "$PY" -c 'import sys; print(sys.version)'; echo "$DAL";
           cat deploy/docker/build-dal-image.sh deploy/docker/rootfs.py;
           find dals -name '*.py' -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
 HAVE=$(docker image inspect -f '{{ index .Config.Labels "dgw.build-hash" }}' "$IMAGE" 2>/dev/null || true)
@@ -35,20 +50,20 @@ START=$SECONDS
 OLD=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 ROOT=$(mktemp -d /tmp/dgw-rootfs.XXXXXX)
 trap 'rm -rf "$ROOT"' EXIT
-"$PY" deploy/docker/rootfs.py "$ROOT"
+# shellcheck disable=SC2086  # one word per distribution
+"$PY" deploy/docker/rootfs.py "$ROOT" $DISTS
 tar -C "$ROOT" --numeric-owner --owner=0 --group=0 -c . | docker import \
   --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
   --change 'ENV PYTHONPATH=/app' \
   --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'WORKDIR /app' \
-  --change 'CMD ["python3", "-m", "dals.sample"]' \
+  --change "CMD $CMD" \
   --change "LABEL dgw.build-hash=$HASH" \
-  --message "dgw sample DAL, assembled from $(hostname) files" \
+  --message "dgw $DAL DAL, assembled from $(hostname) files" \
   - "$IMAGE" >/dev/null
 # Prove the image runs what the DAL needs before anyone relies on it.
-docker run --rm --network none "$IMAGE" \
-  python3 -c 'import aiohttp, grpc, dals.sample, dals.sample.probe' >/dev/null
+docker run --rm --network none "$IMAGE" python3 -c "$CHECK" >/dev/null
 # The previous build is left dangling by the re-tag; drop it unless a container uses it.
 if [ -n "$OLD" ] && [ "$OLD" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
   docker rmi "$OLD" >/dev/null 2>&1 || true

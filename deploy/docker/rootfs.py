@@ -1,8 +1,8 @@
-"""Assemble a minimal root filesystem for the sample DAL image from this machine.
+"""Assemble a minimal root filesystem for a DAL image from this machine.
 
 No registry is reachable, so the image is made of files already here: the Python
 interpreter this script runs under (its base install, not the venv), its standard
-library, the distributions the sample DAL imports (found through their metadata,
+library, the distributions the DALs import (found through their metadata,
 with their dependencies), the project's ``dals`` package, ``/bin/sh`` (Docker's
 CMD-SHELL health checks need it) and every shared library ``ldd`` says they load.
 
@@ -22,6 +22,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 PROJECT = Path(__file__).resolve().parents[2]
+# What the sample DAL imports; build-dal-image.sh names the KV DAL's (these, protobuf,
+# asyncpg, redis, pydantic, PyYAML).
 DEFAULT_DISTS = ("aiohttp", "grpcio")
 # Parts of the standard library a server never imports; leaving them out keeps the
 # image (copied whole per container by the vfs storage driver) small.
@@ -29,10 +31,11 @@ STDLIB_SKIP = {
     "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
     "site-packages", "pydoc_data", "distutils", "unittest", "venv",
 }
-# Extension modules a DAL never needs that drag in X11, Tcl/Tk, curses, sqlite, NIS.
+# Extension modules a DAL never needs that drag in X11, Tcl/Tk, curses, NIS (the KV DAL's
+# SQLite engine needs _sqlite3).
 DYNLOAD_SKIP = (
     "_tkinter", "_test", "xxlimited", "_xxtest", "_ctypes_test", "xxsubtype",
-    "_sqlite3", "_curses", "readline", "nis", "_dbm", "_gdbm", "ossaudiodev",
+    "_curses", "readline", "nis", "_dbm", "_gdbm", "ossaudiodev",
 )
 _LDD_PATH = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")
 

@@ -123,3 +123,23 @@ def test_sidecar_recovery_times_a_killed_dal() -> None:
     (row,) = result["rows"]
     assert code == 0
     assert 0 <= row["reported_down_s"] <= row["healthy_s"] <= row["routed_s"] < 60
+
+
+@pytest.mark.envoy
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_kv_reports_every_case_the_sweep_and_the_targets() -> None:
+    code, result = dgw_bench("kv", "--rate", "100", "--block", "1", "--rounds", "1", "--records", "20",
+                             "--sweep", "200", timeout=300)  # fmt: skip
+    cases = {(r["case"], r["op"]): r for r in result["rows"]}
+    assert set(cases) == {(c, op) for c in ("direct", "gateway", "gateway-cached") for op in ("all", "get", "put")}
+    for case in ("direct", "gateway", "gateway-cached"):
+        row = cases[(case, "all")]
+        assert row["requests"] == 100 and row["errors"] == 0 and row["dropped"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["postgres_cpu_us"] >= 0
+    assert cases[("gateway", "all")]["dal_cpu_us"] > 0 and cases[("gateway", "all")]["envoy_cpu_us"] > 0
+    assert result["cache"]["hits"] > 0  # the cached case read from Redis
+    assert [p["rate"] for p in result["sweep"]] == [200]
+    assert {c["target"] for c in result["targets"]} >= {"no failed or dropped requests"}
+    assert code in (0, 1)  # a shared box may miss the latency targets; 2 would mean it could not run

@@ -33,6 +33,23 @@ from .run import ROOT
 pytestmark = pytest.mark.envoy  # real gateways: Envoy, the sample DALs, the server
 
 README = (ROOT / "README.md").read_text()
+# A shard of one sample DAL (it runs as a process: the instances have no Docker engine).
+EXTRA_SHARD = """
+proxy_config:
+  public_listeners:
+    api: {mode: http, path: PORT}
+container_dals:
+  one:
+    image: dgw-sample-dal:test
+    container_cmd: python3 -m dals.sample
+    container_listeners: {api: 8081}
+    env: {DGW_DAL_NAME: one}
+    healthcheck:
+      test: [CMD-SHELL, "python3 -m dals.sample.probe http://127.0.0.1:$${DGW_LISTENER_API_PORT}/health"]
+      interval: 1s
+      timeout: 1s
+      retries: 3
+"""
 
 
 class Instances:
@@ -57,17 +74,42 @@ class Instances:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instances]:
     home = stale_home(tmp_path_factory.mktemp("instances"))
     instances = Instances(home)
+    nodes = []
     try:
         for name in ("a", "b"):
             run = home.dgw("up", "-d", "--name", name, timeout=300)
             assert run.returncode == 0, run.stderr
             instances.banners[name] = run.stdout
+            nodes.append(instances.record(name)["record"]["node_id"])
         yield instances
     finally:
         for name in instances.banners:
             pid = instances.pid(name)
             if pid is not None and home.dgw("down", "--name", name, timeout=120).returncode != 0:
                 os.kill(pid, signal.SIGTERM)
+        forget_demo_storage(nodes)
+
+
+def forget_demo_storage(nodes: list[str]) -> None:
+    """What the instances' demo DALs kept outside their state dirs: the cql DAL's
+    PostgreSQL schema and the thrift DAL's Redis keys, named for each node id."""
+    import asyncio
+
+    import redis
+
+    from tests.kv.support import drop_schema
+
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        for node in nodes:
+            asyncio.run(drop_schema("dgw_demo_cql_" + re.sub(r"[^a-z0-9_]", "_", node)))
+            keys = list(client.scan_iter(match=f"dgw-demo-{node}:*"))
+            if keys:
+                client.delete(*keys)
+    except (OSError, redis.RedisError):
+        pass  # no PostgreSQL or Redis: the DALs kept nothing there
+    finally:
+        client.close()
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, str]:
@@ -85,14 +127,17 @@ def _readme_line(text: str) -> str:
     return next(line for line in README.splitlines() if text in line)
 
 
-def _echo(port: int, certs: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The README's gRPC call: with ``certs``, as written (mTLS); else to a client proxy."""
+def _kv(port: int, words: str, certs: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The README's KV calls: with ``certs``, to the gateway's mTLS listener as written
+    (``put ...``, ``get ...``); without, to a client proxy."""
     if certs is None:
-        line = _readme_line('insecure_channel("127.0.0.1:15980")').replace("15980", str(port))
+        line = _readme_line("python -m dals.kv --target 127.0.0.1:15980 get").replace("15980", str(port))
     else:
-        line = _readme_line("secure_channel").replace("8980", str(port)).replace(".work/demo-app/", f"{certs}/")
-    command = shlex.split(line)
-    command[0] = sys.executable  # .venv/bin/python, relative to the checkout
+        line = (_readme_line("python -m dals.kv --target 127.0.0.1:8980 --tls .work/demo-app")
+                .replace("8980", str(port)).replace(".work/demo-app", str(certs)))  # fmt: skip
+    command = shlex.split(line, comments=True)
+    at = command.index("put") if "put" in command else command.index("get")
+    command = [sys.executable, *command[1:at], *shlex.split(words)]  # .venv/bin/python: relative to the checkout
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
@@ -165,15 +210,12 @@ def test_item10_a_shard_applied_to_a_running_up_gets_its_gateway_item6_advice_in
 ) -> None:
     port = free_port()
     shard = tmp_path / "extra.yaml"
-    demo = (ROOT / "deploy" / "demo" / "shards" / "demo.yaml").read_text()
-    dal = demo[demo.index("  thrift:"): demo.index("  cql:")]  # the sample DAL, as the demo runs it
-    shard.write_text(f"proxy_config:\n  public_listeners:\n    api: {{mode: http, path: {port}}}\n"
-                     f"container_dals:\n{dal.replace('container_listeners: {api: 8081, secure_grpc: 8981}', 'container_listeners: {api: 8081}')}")  # fmt: skip
+    shard.write_text(EXTRA_SHARD.replace("PORT", str(port)))
     applied = up.home.dgw("--context", "up-a", "apply", "-f", str(shard), "--shard", "extra")
     assert applied.returncode == 0, applied.stderr
 
     wait_until(lambda: _get(f"http://127.0.0.1:{port}/hello")[0] == 200, 60, what="the new shard's gateway")
-    assert '"dal": "thrift"' in _get(f"http://127.0.0.1:{port}/hello")[1]
+    assert '"dal": "one"' in _get(f"http://127.0.0.1:{port}/hello")[1]
     wait_until(lambda: "Shard extra is up:" in up.home.dgw("logs", "--name", "a", "-n", "200").stdout, 30,
                what="dgw up saying so")  # fmt: skip
     assert "extra (api:" in up.home.dgw("ls").stdout
@@ -238,6 +280,7 @@ def test_item2_logs_of_a_docker_dal_are_its_container_s_not_a_stale_file(short_t
         assert missing.returncode == 1 and "its DALs are cql, thrift" in missing.stderr
     finally:
         down = home.dgw("down", "--name", "dk", timeout=120)
+        forget_demo_storage([node])
     assert down.returncode == 0, down.stderr
 
 
@@ -254,29 +297,33 @@ def test_two_instances_side_by_side_each_readme_command_acts_on_its_own(up: Inst
         assert re.search(rf"^demo\s+{name}-[0-9a-f]{{6}}\s", status.stdout, re.M), status.stdout
         assert f"{other}-" not in status.stdout
 
-        # ca issue + the mTLS call: this instance's CA, this instance's listener.
+        # ca issue + the mTLS calls: this instance's CA, this instance's listener and data.
         certs = tmp_path / f"demo-app-{name}"
         issue = shlex.split(_readme_line("dgw ca issue --identity demo-app").replace(".work/demo-app", str(certs)))
         issued = home.dgw(*flags, *issue[1:])
         assert issued.returncode == 0 and f"(context up-{name})" in issued.stdout, issued.stderr
-        answer = _echo(up.port(name, "secure_grpc"), certs)
-        assert answer.stdout.strip() == "b'thrift:hi'", answer.stderr
-        assert _echo(up.port(other, "secure_grpc"), certs).returncode != 0  # the other CA refuses it
+        port = up.port(name, "secure_grpc")
+        before = _kv(port, "get demo user-1", certs)
+        assert before.returncode == 0 and before.stdout == "", before  # nothing of the other instance's
+        put = _kv(port, f"put demo user-1 name={name}", certs)
+        assert put.stdout.strip() == "applied 1", put.stderr
+        assert _kv(port, "get demo user-1", certs).stdout.strip() == f"user-1  name = {name}"
+        assert _kv(up.port(other, "secure_grpc"), "get demo user-1", certs).returncode != 0  # the other CA refuses it
 
         # client-proxy --join: a one-time client token of this instance, its join port.
         made = home.dgw(*flags, *shlex.split(_readme_line("dgw token create --role client"), comments=True)[1:])
         assert made.returncode == 0, made.stderr
         listen = free_port()
         proxy_words = shlex.split(_readme_line("dgw client-proxy --shard demo --listener secure_grpc --address"
-                                                " demo.dgwsample --join").replace("\\", "").replace("15980", str(listen))
+                                                " demo.dgwkv --join").replace("15980", str(listen))
                                   .replace("TOKEN", made.stdout.strip()))  # fmt: skip
         proxy = home.spawn([*flags, *proxy_words[1:], "--log-level", "WARNING"], tmp_path / f"proxy-{name}.log")
         try:
             wait_until(lambda p=proxy: "client proxy: 127.0.0.1:" in p.log() or not p.alive(), 60,
                        what=f"the client proxy of {name}")  # fmt: skip
             assert f"context up-{name}: --xds" in proxy.log()
-            via = _echo(listen)
-            assert via.stdout.strip() == "b'thrift:hi'", (via.stderr, proxy.log())
+            via = _kv(listen, "get demo user-1")
+            assert via.stdout.strip() == f"user-1  name = {name}", (via.stderr, proxy.log())
         finally:
             proxy.stop(timeout=30)
 
@@ -289,7 +336,7 @@ def test_two_instances_side_by_side_each_readme_command_acts_on_its_own(up: Inst
     a_port, b_port = up.port("a", "api"), up.port("b", "api")
     down = home.dgw("down", "--name", "a", timeout=120)
     assert down.returncode == 0 and "stopped instance a" in down.stderr, down.stderr
-    assert not port_open(a_port) and _get(f"http://127.0.0.1:{b_port}/hello")[0] == 200
+    assert not port_open(a_port) and _get(f"http://127.0.0.1:{b_port}/")[0] == 200
     assert home.dgw("status").returncode == 0  # b's context is still current
     down = home.dgw("down", timeout=120)  # the current context's instance: b
     assert down.returncode == 0 and "stopped instance b" in down.stderr and "context up-b removed" in down.stderr

@@ -1,5 +1,5 @@
-"""``dgw up`` as a new user meets it (issue 10, points 3-6): a real xds_server,
-sidecar, Envoy and sample DALs on loopback, started as a child process.
+"""``dgw up`` as a new user meets it (issue 10, points 3-6; issue 18): a real xds_server,
+sidecar, Envoy and the demo's Key-Value DALs on loopback, started as a child process.
 
 - 3: with no engine, the DALs run as processes and the log says why (never
   ``reason=requested`` when nothing was asked); with an engine and the image, Docker.
@@ -7,12 +7,18 @@ sidecar, Envoy and sample DALs on loopback, started as a child process.
 - 5: a public port held by another program fails the run, naming the port and the
   setting to change; "Data Gateway is up" is not printed.
 - 6: once "Data Gateway is up" is printed, a request succeeds.
+- 18: the README's put and get through the secured listener work as written, the
+  read-only consumer may get and not put, and the shadow copy lands in ``cql``
+  (PostgreSQL). Each run has its own PostgreSQL schema and Redis key prefix, removed after.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import secrets
 import shlex
 import signal
 import socket
@@ -35,6 +41,28 @@ NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 # Containers are found by shard and node labels: a node id of its own keeps this test's
 # DALs apart from a `./dev up` running on the same engine.
 NODE = f"test-{os.getpid()}"
+# The demo's cql DAL stores in this PostgreSQL schema, thrift caches under this Redis prefix.
+RUN = f"{os.getpid()}_{secrets.token_hex(3)}"
+DEMO_ENV = {"DGW_DEMO_PG_SCHEMA": f"dgw_test_up_{RUN}", "DGW_DEMO_KV_PREFIX": f"dgw-test-up-{RUN}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_storage_cleanup() -> Iterator[None]:
+    yield
+    import redis
+
+    from tests.kv.support import drop_schema
+
+    asyncio.run(drop_schema(DEMO_ENV["DGW_DEMO_PG_SCHEMA"]))
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{DEMO_ENV['DGW_DEMO_KV_PREFIX']}*"))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # no Redis: the DAL cached nothing
+    finally:
+        client.close()
 
 
 @dataclass
@@ -52,13 +80,13 @@ def start_up(workdir: Path, env: dict[str, str], *extra: str) -> Up:
         [DGW, "up", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0",
          "--envoy-admin-port", str(free_port()), "--state-dir", str(workdir / "state"),
          "--node-id", NODE, *extra],
-        {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(grpc_port), **env},
+        {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(grpc_port), **DEMO_ENV, **env},
         log=workdir / "up.log",
     )
     return Up(child, http_port, grpc_port, workdir / "state")
 
 
-def get(port: int, path: str = "/hello") -> tuple[int, str]:
+def get(port: int, path: str = "/") -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
             return r.status, r.read().decode()
@@ -112,27 +140,67 @@ def test_up_without_engine_says_why_it_runs_processes(up_without_engine: Up) -> 
     log = up_without_engine.child.log()
     assert "reason=requested" not in log
     assert 'runtime_selected runtime=process reason="no Docker engine answers' in log
+    assert 'demo_storage dal=cql engine=postgres reason="PostgreSQL answers at 127.0.0.1:5432' in log
+
+
+def readme_command(needle: str, up: Up, certs: Path) -> list[str]:
+    """The README line holding ``needle``, made to run against this test's ``dgw up``."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if needle in line)
+    line = line.replace("8980", str(up.grpc_port)).replace(".work/", f"{certs}/")
+    argv = shlex.split(line)
+    argv[0] = str(ROOT / ".venv" / "bin" / Path(argv[0]).name)
+    return argv
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.envoy
-def test_readme_grpc_try_step_works(up_without_engine: Up, tmp_path: Path) -> None:
-    """The README's secured gRPC step as written: a certificate from `dgw ca issue`,
-    then a call over mTLS that the consumers allow."""
-    readme = (ROOT / "README.md").read_text()
-    issue = next(line for line in readme.splitlines() if "dgw ca issue --identity demo-app" in line)
-    call = next(line for line in readme.splitlines() if "unary_unary" in line and "secure_channel" in line)
-    out_dir = tmp_path / "demo-app"
-    issue_cmd = shlex.split(issue.replace(".work/demo-app", str(out_dir)))
-    issue_cmd[0] = str(ROOT / ".venv" / "bin" / "dgw")
-    server_dir = up_without_engine.child_state / "server"
-    issued = subprocess.run([*issue_cmd, "--data-dir", str(server_dir)], capture_output=True, text=True, timeout=60)
-    assert issued.returncode == 0, issued.stderr
-    command = shlex.split(call.replace("8980", str(up_without_engine.grpc_port)).replace(".work/demo-app/", f"{out_dir}/"))
-    command[0] = sys.executable  # .venv/bin/python, relative to the checkout
+@pytest.mark.postgres
+def test_readme_kv_steps_work(up_without_engine: Up, tmp_path: Path) -> None:
+    """The README's secured steps as written: a certificate from `dgw ca issue`, a put and
+    a get over mTLS; the read-only consumer may get, not put; the shadow copy is in cql."""
+    up = up_without_engine
+    server_dir = str(up.child_state / "server")
+    issue = readme_command("dgw ca issue --identity demo-app", up, tmp_path)
+    for identity in ("demo-app", "demo-reader"):
+        argv = [a.replace("demo-app", identity) for a in issue]
+        issued = run([*argv, "--data-dir", server_dir])
+        assert issued.returncode == 0, issued.stderr
 
-    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    put = run(readme_command("put demo user-1 name=Ada", up, tmp_path))
+    assert put.stdout.strip() == "applied 2", put.stderr
+    get_line = readme_command("get demo user-1", up, tmp_path)
+    got = run(get_line)
+    assert got.stdout.splitlines() == ["user-1  lang = en", "user-1  name = Ada"], got.stderr
 
-    assert out.stdout.strip() == "b'thrift:hi'", out.stderr
+    as_reader = [a.replace("demo-app", "demo-reader") for a in get_line]
+    assert run(as_reader).stdout.splitlines() == ["user-1  lang = en", "user-1  name = Ada"]
+    denied = run([a.replace("demo-app", "demo-reader") for a in readme_command("put demo user-1", up, tmp_path)])
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+
+    # The shadow copy, in cql's PostgreSQL tables and from the cql DAL itself.
+    rows = asyncio.run(_cql_rows(DEMO_ENV["DGW_DEMO_PG_SCHEMA"]))
+    assert rows == [("user-1", b"lang", b"en"), ("user-1", b"name", b"Ada")]
+    listening = dgw("logs", "cql", "-n", "1000", "--state-dir", str(up.child_state)).stdout
+    port = re.findall(r"listener=secure_grpc address=127\.0\.0\.1:(\d+)", listening)[-1]
+    direct = run([sys.executable, "-m", "dals.kv", "--target", f"127.0.0.1:{port}", "get", "demo", "user-1",
+                  "--with-write-times"])  # fmt: skip
+    via_gateway = run([*get_line, "--with-write-times"])
+    assert direct.stdout == via_gateway.stdout and "written" in direct.stdout, direct.stderr
+
+
+async def _cql_rows(schema: str) -> list[tuple[str, bytes, bytes]]:
+    import asyncpg
+
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres", timeout=10)
+    try:
+        rows = await conn.fetch(f"SELECT id, key, value FROM {schema}.items ORDER BY id, key")
+    finally:
+        await conn.close()
+    return [(r["id"], r["key"], r["value"]) for r in rows]
 
 
 @pytest.mark.envoy
@@ -169,7 +237,7 @@ def test_up_uses_docker_when_an_engine_has_the_image(tmp_path: Path) -> None:
 @pytest.mark.envoy
 def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
     http_port, state = free_port(), tmp_path / "state"
-    env = {**NO_ENGINE, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
+    env = {**NO_ENGINE, **DEMO_ENV, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
     args = ["--state-dir", str(state)]
     up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", NODE,
              "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)

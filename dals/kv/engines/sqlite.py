@@ -1,0 +1,366 @@
+"""The embedded engine: one SQLite database file.
+
+One connection, used by one thread: every query runs there, off the event loop, one at
+a time, so each write's read-compare-write cannot interleave with another's (the
+contract's "one record, one transaction", for every record at once). WAL journal;
+``synchronous`` FULL by default (a returned write is fsynced). Rows are clustered by
+(namespace, id, key) (``WITHOUT ROWID``): a record's items are one range of the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import (
+    Batch,
+    CommitOutcome,
+    EngineError,
+    KeyRange,
+    Keys,
+    Selection,
+    StoredItem,
+    Version,
+)
+
+T = TypeVar("T")
+
+# Each step takes the schema from the version before it to its own number; a database
+# is brought to the last one when opened, in one transaction.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, """
+CREATE TABLE items (
+    namespace  TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    key        BLOB    NOT NULL,
+    value      BLOB,                       -- NULL: a tombstone, or a chunked value
+    size       INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL DEFAULT 0, -- > 0: the value is in chunks
+    write_time INTEGER NOT NULL,
+    writer     BLOB    NOT NULL,
+    PRIMARY KEY (namespace, id, key)
+) WITHOUT ROWID;
+CREATE TABLE ranges (
+    namespace  TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    start_key  BLOB    NOT NULL,
+    end_key    BLOB,
+    write_time INTEGER NOT NULL,
+    writer     BLOB    NOT NULL,
+    PRIMARY KEY (namespace, id, start_key, write_time, writer)
+) WITHOUT ROWID;
+CREATE TABLE chunks (
+    namespace  TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    key        BLOB    NOT NULL,
+    write_time INTEGER NOT NULL,
+    writer     BLOB    NOT NULL,
+    idx        INTEGER NOT NULL,
+    data       BLOB    NOT NULL,
+    staged_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id, key, write_time, writer, idx)
+) WITHOUT ROWID;
+"""),
+    # The purge finds old tombstones without reading every item.
+    (2, "CREATE INDEX items_tombstones ON items (write_time) WHERE value IS NULL AND chunk_size = 0;"),
+    # Commits that arrived before their last chunk (a shadow copy does not wait).
+    (3, """
+CREATE TABLE commits (
+    namespace  TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    key        BLOB    NOT NULL,
+    write_time INTEGER NOT NULL,
+    writer     BLOB    NOT NULL,
+    count      INTEGER NOT NULL,
+    total      INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id, key, write_time, writer)
+) WITHOUT ROWID;
+"""),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_LIVE = "(value IS NOT NULL OR chunk_size > 0)"
+_VERSION_OF = "namespace = ? AND id = ? AND key = ? AND write_time = ? AND writer = ?"
+_ITEM = "key, value, size, chunk_size, write_time, writer"
+
+
+def _item(row: tuple[Any, ...]) -> StoredItem:
+    key, value, size, chunk_size, write_time, writer = row
+    return StoredItem(key, Version(write_time, writer), size, value, chunk_size)
+
+
+class SqliteEngine:
+    name = "sqlite"
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path, synchronous: str = "FULL") -> SqliteEngine:
+        engine = cls(path, synchronous)
+        try:
+            await engine._run(engine._open)
+        except BaseException:
+            engine._pool.shutdown(wait=False)
+            raise
+        return engine
+
+    # --- the one thread ------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except sqlite3.Error as e:
+            raise EngineError(f"sqlite {self.path}: {e}") from None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db = db
+        with self._tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise EngineError(
+                    f"sqlite {self.path}: schema version {current} is newer than this DAL "
+                    f"knows ({SCHEMA_VERSION}); run a newer dals.kv"
+                )
+            for number, script in MIGRATIONS:
+                if number > current:
+                    for statement in filter(str.strip, script.split(";")):
+                        c.execute(statement)
+            c.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- writes --------------------------------------------------------------------
+
+    async def write(self, namespace: str, record_id: str, batch: Batch, version: Version) -> int:
+        return await self._run(self._write, namespace, record_id, batch, version)
+
+    def _write(self, ns: str, rid: str, batch: Batch, v: Version) -> int:
+        applied = 0
+        with self._tx() as c:
+            for r in batch.ranges:
+                c.execute("INSERT OR IGNORE INTO ranges VALUES (?, ?, ?, ?, ?, ?)",
+                          (ns, rid, r.start, r.end, v.write_time_us, v.writer))  # fmt: skip
+                where = ("namespace = ? AND id = ? AND key >= ? AND (? IS NULL OR key < ?) "
+                         "AND (write_time, writer) < (?, ?)")  # fmt: skip
+                args = (ns, rid, r.start, r.end, r.end, v.write_time_us, v.writer)
+                for key, chunk_size, wt, wr, live in c.execute(
+                    f"SELECT key, chunk_size, write_time, writer, {_LIVE} FROM items WHERE {where}", args
+                ).fetchall():
+                    if chunk_size:
+                        self._drop_chunks(c, ns, rid, key, Version(wt, wr))
+                    applied += live
+                c.execute(f"DELETE FROM items WHERE {where}", args)
+            if not batch.items:
+                return applied
+            newer = [KeyRange(s, e) for s, e in c.execute(
+                "SELECT start_key, end_key FROM ranges WHERE namespace = ? AND id = ? "
+                "AND (write_time, writer) > (?, ?)", (ns, rid, v.write_time_us, v.writer))]  # fmt: skip
+            for key, value in batch.items:
+                if any(key in r for r in newer):
+                    continue
+                row = c.execute(
+                    "SELECT write_time, writer, chunk_size FROM items WHERE namespace = ? AND id = ? AND key = ?",
+                    (ns, rid, key),
+                ).fetchone()
+                if row is not None:
+                    if Version(row[0], row[1]) >= v:
+                        continue
+                    if row[2]:
+                        self._drop_chunks(c, ns, rid, key, Version(row[0], row[1]))
+                c.execute(
+                    "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                    (ns, rid, key, value, len(value) if value is not None else 0, v.write_time_us, v.writer),
+                )
+                applied += 1
+        return applied
+
+    @staticmethod
+    def _drop_chunks(c: sqlite3.Connection, ns: str, rid: str, key: bytes, v: Version) -> None:
+        c.execute("DELETE FROM chunks WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? AND writer = ?",
+                  (ns, rid, key, v.write_time_us, v.writer))  # fmt: skip
+
+    async def stage_chunks(
+        self, namespace: str, record_id: str, key: bytes, version: Version,
+        chunks: Sequence[tuple[int, bytes]], staged_at_us: int,
+    ) -> CommitOutcome | None:  # fmt: skip
+        rows = [(namespace, record_id, key, version.write_time_us, version.writer, i, data, staged_at_us)
+                for i, data in chunks]  # fmt: skip
+        return await self._run(self._stage, namespace, record_id, key, version, rows)
+
+    def _stage(self, ns: str, rid: str, key: bytes, v: Version, rows: list[tuple[Any, ...]]) -> CommitOutcome | None:
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            intent = c.execute(
+                "SELECT count, total FROM commits WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? "
+                "AND writer = ?", (ns, rid, key, v.write_time_us, v.writer)).fetchone()  # fmt: skip
+            if intent is None:
+                return None
+            outcome = self._commit_in(c, ns, rid, key, v, intent[0], intent[1])
+        return None if outcome is CommitOutcome.INCOMPLETE else outcome
+
+    async def commit_chunks(
+        self, namespace: str, record_id: str, key: bytes, version: Version, count: int, total_size: int
+    ) -> CommitOutcome:
+        return await self._run(self._commit, namespace, record_id, key, version, count, total_size)
+
+    def _commit(self, ns: str, rid: str, key: bytes, v: Version, count: int, total: int) -> CommitOutcome:
+        with self._tx() as c:
+            return self._commit_in(c, ns, rid, key, v, count, total)
+
+    def _commit_in(
+        self, c: sqlite3.Connection, ns: str, rid: str, key: bytes, v: Version, count: int, total: int
+    ) -> CommitOutcome:
+        pk = (ns, rid, key, v.write_time_us, v.writer)
+        covered = c.execute(
+            "SELECT 1 FROM ranges WHERE namespace = ? AND id = ? AND start_key <= ? "
+            "AND (end_key IS NULL OR ? < end_key) AND (write_time, writer) > (?, ?) LIMIT 1",
+            (ns, rid, key, key, v.write_time_us, v.writer),
+        ).fetchone()
+        row = c.execute(
+            "SELECT write_time, writer, chunk_size FROM items WHERE namespace = ? AND id = ? AND key = ?",
+            (ns, rid, key),
+        ).fetchone()
+        current = Version(row[0], row[1]) if row is not None else None
+        if covered or (current is not None and current >= v):
+            if current != v:
+                self._drop_chunks(c, ns, rid, key, v)
+            c.execute(f"DELETE FROM commits WHERE {_VERSION_OF}", pk)
+            return CommitOutcome.SUPERSEDED
+        sizes = c.execute(
+            "SELECT idx, length(data) FROM chunks WHERE namespace = ? AND id = ? AND key = ? "
+            "AND write_time = ? AND writer = ? ORDER BY idx",
+            (ns, rid, key, v.write_time_us, v.writer),
+        ).fetchall()
+        if not _complete(sizes, count, total):
+            c.execute("INSERT OR REPLACE INTO commits VALUES (?, ?, ?, ?, ?, ?, ?)", (*pk, count, total))
+            return CommitOutcome.INCOMPLETE
+        if row is not None and row[2]:
+            self._drop_chunks(c, ns, rid, key, current)  # type: ignore[arg-type]
+        c.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+                  (ns, rid, key, total, sizes[0][1], v.write_time_us, v.writer))  # fmt: skip
+        c.execute(f"DELETE FROM commits WHERE {_VERSION_OF}", pk)
+        return CommitOutcome.APPLIED
+
+    # --- reads ---------------------------------------------------------------------
+
+    async def read_items(
+        self, namespace: str, record_id: str, selection: Selection, after: bytes | None, limit: int
+    ) -> list[StoredItem]:
+        return await self._run(self._read_items, namespace, record_id, selection, after, limit)
+
+    def _read_items(self, ns: str, rid: str, sel: Selection, after: bytes | None, limit: int) -> list[StoredItem]:
+        assert self._db is not None
+        base = f"SELECT {_ITEM} FROM items WHERE namespace = ? AND id = ? AND {_LIVE}"
+        if isinstance(sel, Keys):
+            keys = [k for k in sel.keys if after is None or k > after]
+            if not keys:
+                return []
+            marks = ",".join("?" * len(keys))
+            rows = self._db.execute(f"{base} AND key IN ({marks}) ORDER BY key LIMIT ?", (ns, rid, *keys, limit))
+        else:
+            low = sel.start if after is None or after < sel.start else after
+            op = ">=" if after is None or after < sel.start else ">"
+            rows = self._db.execute(
+                f"{base} AND key {op} ? AND (? IS NULL OR key < ?) ORDER BY key LIMIT ?",
+                (ns, rid, low, sel.end, sel.end, limit),
+            )
+        return [_item(r) for r in rows]
+
+    async def read_chunks(
+        self, namespace: str, record_id: str, key: bytes, version: Version, first: int, last: int
+    ) -> list[bytes] | None:
+        return await self._run(self._read_chunks, namespace, record_id, key, version, first, last)
+
+    def _read_chunks(self, ns: str, rid: str, key: bytes, v: Version, first: int, last: int) -> list[bytes] | None:
+        assert self._db is not None
+        self._db.execute("BEGIN")  # one snapshot for the check and the chunks
+        try:
+            current = self._db.execute(
+                "SELECT 1 FROM items WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? "
+                "AND writer = ? AND chunk_size > 0", (ns, rid, key, v.write_time_us, v.writer)).fetchone()  # fmt: skip
+            if current is None:
+                return None
+            rows = self._db.execute(
+                "SELECT data FROM chunks WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? "
+                "AND writer = ? AND idx BETWEEN ? AND ? ORDER BY idx",
+                (ns, rid, key, v.write_time_us, v.writer, first, last),
+            ).fetchall()
+        finally:
+            self._db.execute("COMMIT")
+        return [r[0] for r in rows] if len(rows) == last - first + 1 else None
+
+    async def scan(self, namespace: str, after: tuple[str, bytes] | None, limit: int) -> list[tuple[str, StoredItem]]:
+        return await self._run(self._scan, namespace, after, limit)
+
+    def _scan(self, ns: str, after: tuple[str, bytes] | None, limit: int) -> list[tuple[str, StoredItem]]:
+        assert self._db is not None
+        query = f"SELECT id, {_ITEM} FROM items WHERE namespace = ? AND {_LIVE}"
+        if after is None:
+            rows = self._db.execute(f"{query} ORDER BY id, key LIMIT ?", (ns, limit))
+        else:
+            rows = self._db.execute(f"{query} AND (id, key) > (?, ?) ORDER BY id, key LIMIT ?", (ns, *after, limit))
+        return [(r[0], _item(r[1:])) for r in rows]
+
+    # --- upkeep --------------------------------------------------------------------
+
+    async def purge(self, tombstones_before_us: int, staged_before_us: int) -> int:
+        return await self._run(self._purge, tombstones_before_us, staged_before_us)
+
+    def _purge(self, tombstones_before: int, staged_before: int) -> int:
+        with self._tx() as c:
+            n = c.execute("DELETE FROM items WHERE value IS NULL AND chunk_size = 0 AND write_time < ?",
+                          (tombstones_before,)).rowcount  # fmt: skip
+            n += c.execute("DELETE FROM ranges WHERE write_time < ?", (tombstones_before,)).rowcount
+            n += c.execute(
+                "DELETE FROM chunks WHERE staged_at < ? AND NOT EXISTS (SELECT 1 FROM items i WHERE "
+                "i.namespace = chunks.namespace AND i.id = chunks.id AND i.key = chunks.key AND "
+                "i.write_time = chunks.write_time AND i.writer = chunks.writer AND i.chunk_size > 0)",
+                (staged_before,),
+            ).rowcount
+            c.execute("DELETE FROM commits WHERE NOT EXISTS (SELECT 1 FROM chunks h WHERE h.namespace = "
+                      "commits.namespace AND h.id = commits.id AND h.key = commits.key AND "
+                      "h.write_time = commits.write_time AND h.writer = commits.writer)")  # fmt: skip
+        return n
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
+        self._pool.shutdown(wait=True)
+
+
+def _complete(sizes: list[tuple[int, int]], count: int, total: int) -> bool:
+    """Chunks 0..count-1 are all there, add up to ``total``, and every one but the last
+    has the first one's size (so a reader finds byte N in chunk N // size)."""
+    if count < 1 or [i for i, _ in sizes] != list(range(count)) or sum(n for _, n in sizes) != total:
+        return False
+    first = sizes[0][1]
+    return all(n == first for _, n in sizes[:-1]) and sizes[-1][1] <= first
