@@ -214,7 +214,10 @@ def test_item10_a_shard_applied_to_a_running_up_gets_its_gateway_item6_advice_in
     applied = up.home.dgw("--context", "up-a", "apply", "-f", str(shard), "--shard", "extra")
     assert applied.returncode == 0, applied.stderr
 
-    wait_until(lambda: _get(f"http://127.0.0.1:{port}/hello")[0] == 200, 60, what="the new shard's gateway")
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/hello")[0] == 200, 120, what="the new shard's gateway")
+    except Exception as e:
+        raise RuntimeError(f"{e}\n{up.home.dgw('logs', '--name', 'a', '-n', '80').stdout}") from None
     assert '"dal": "one"' in _get(f"http://127.0.0.1:{port}/hello")[1]
     wait_until(lambda: "Shard extra is up:" in up.home.dgw("logs", "--name", "a", "-n", "200").stdout, 30,
                what="dgw up saying so")  # fmt: skip
