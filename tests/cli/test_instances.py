@@ -33,11 +33,12 @@ from .run import ROOT
 pytestmark = pytest.mark.envoy  # real gateways: Envoy, the sample DALs, the server
 
 README = (ROOT / "README.md").read_text()
-# A shard of one sample DAL (it runs as a process: the instances have no Docker engine).
+# A shard of one sample DAL (a process where there is no Docker engine, a container where
+# there is one).
 EXTRA_SHARD = """
 proxy_config:
   public_listeners:
-    api: {mode: http, path: PORT}
+    api: {mode: http, path: THE_PORT}
 container_dals:
   one:
     image: dgw-sample-dal:test
@@ -210,14 +211,11 @@ def test_item10_a_shard_applied_to_a_running_up_gets_its_gateway_item6_advice_in
 ) -> None:
     port = free_port()
     shard = tmp_path / "extra.yaml"
-    shard.write_text(EXTRA_SHARD.replace("PORT", str(port)))
+    shard.write_text(EXTRA_SHARD.replace("THE_PORT", str(port)))
     applied = up.home.dgw("--context", "up-a", "apply", "-f", str(shard), "--shard", "extra")
     assert applied.returncode == 0, applied.stderr
 
-    try:
-        wait_until(lambda: _get(f"http://127.0.0.1:{port}/hello")[0] == 200, 120, what="the new shard's gateway")
-    except Exception as e:
-        raise RuntimeError(f"{e}\n{up.home.dgw('logs', '--name', 'a', '-n', '80').stdout}") from None
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/hello")[0] == 200, 120, what="the new shard's gateway")
     assert '"dal": "one"' in _get(f"http://127.0.0.1:{port}/hello")[1]
     wait_until(lambda: "Shard extra is up:" in up.home.dgw("logs", "--name", "a", "-n", "200").stdout, 30,
                what="dgw up saying so")  # fmt: skip
@@ -268,22 +266,24 @@ def short_tmp() -> Iterator[Path]:
 @pytest.mark.docker
 def test_item2_logs_of_a_docker_dal_are_its_container_s_not_a_stale_file(short_tmp: Path) -> None:
     home = stale_home(short_tmp, docker=True)
-    state = home.state_dir("dk")
+    shards = short_tmp / "shards"  # one DAL: one container to make
+    shards.mkdir()
+    (shards / "solo.yaml").write_text(EXTRA_SHARD.replace("THE_PORT", str(free_port())))
     node = f"dk-{os.getpid()}"
-    stale = state / f"demo-{node}" / "logs" / "thrift.log"  # what a process-runtime run left
+    stale = home.state_dir("dk") / f"solo-{node}" / "logs" / "one.log"  # what a process-runtime run left
     stale.parent.mkdir(parents=True)
     stale.write_text("STALE: a line of an earlier run\n")
-    up = home.dgw("up", "-d", "--name", "dk", "--runtime", "docker", "--node-id", node, timeout=300)
+    up = home.dgw("up", "-d", "--name", "dk", "--runtime", "docker", "--node-id", node, "--config-dir", str(shards),
+                  timeout=300)  # fmt: skip
     try:
         assert up.returncode == 0, up.stderr
-        logs = home.dgw("logs", "thrift")
+        logs = home.dgw("logs", "one")
         assert logs.returncode == 0, logs.stderr
-        assert "event=listening dal=thrift" in logs.stdout and "STALE" not in logs.stdout
+        assert "event=listening dal=one" in logs.stdout and "STALE" not in logs.stdout
         missing = home.dgw("logs", "nosuchdal")
-        assert missing.returncode == 1 and "its DALs are cql, thrift" in missing.stderr
+        assert missing.returncode == 1 and "instance dk has no DAL 'nosuchdal': its DALs are one" in missing.stderr
     finally:
         down = home.dgw("down", "--name", "dk", timeout=120)
-        forget_demo_storage([node])
     assert down.returncode == 0, down.stderr
 
 
