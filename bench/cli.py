@@ -77,6 +77,11 @@ def _run(figure: Command) -> Command:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from bench import fleet
 
+    if args.store is None:
+        args.store = "etcd" if args.replicas > 1 else "sqlite"
+    if args.replicas > 1 and (args.store != "etcd" or args.streams_per_channel != 1 or args.tls):
+        raise BenchError("--replicas needs --store etcd, one stream per channel and no --tls")
+
     return fleet.main(args)
 
 
@@ -114,6 +119,12 @@ def cmd_store(args: argparse.Namespace) -> int:
     return store.main(args)
 
 
+def cmd_etcd_client(args: argparse.Namespace) -> int:
+    from bench import etcd_client
+
+    return etcd_client.main(args)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its figures to the ``dgw`` command."""
     bench = sub.add_parser("bench", help="performance checks (see bench/README.md)")
@@ -142,6 +153,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="with mTLS: certificate renewals per second during every other edit, after a storm "
                         "of --renewals that measures the server's CPU per 1,000 signatures")
     p.add_argument("--renewals", type=int, default=1000, help="renewals in the storm (with --renew-rate)")
+    p.add_argument("--replicas", type=int, default=1, help="dgw server replicas over one etcd member (implies "
+                   "--store etcd); node i connects to replica i mod R, edits go through the first")
+    p.add_argument("--store", choices=["sqlite", "etcd", "both"], default=None,
+                   help="the config store (default: etcd with --replicas > 1, else sqlite); both: one run each")
+    p.add_argument("--kill-replica", action="store_true",
+                   help="after the edits, kill -9 the last replica: its nodes reconnect to the others, an "
+                        "edit is made meanwhile; time until every node is SYNCED again")
     _common(p)
     p.set_defaults(func=_run(cmd_fleet))
 
@@ -197,3 +215,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="where the scratch data directory goes (its disk's fsync is measured)")
     _common(p)
     p.set_defaults(func=_run(cmd_store))
+
+    p = figures.add_parser("etcd-client", help="etcd's gRPC API vs its JSON gateway: latency, client CPU per op")
+    p.add_argument("--ops", type=int, default=500, help="operations of each kind per client and round")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the clients alternate first)")
+    _common(p)
+    p.set_defaults(func=_run(cmd_etcd_client))

@@ -149,11 +149,14 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def _security_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``dgw server``'s control-channel security flags (docs/security.md)."""
+    """``dgw server``'s control-channel security flags (docs/security.md) and replica flags."""
     values: dict[str, Any] = {"insecure": args.insecure, "join": args.join,
                               "ca_dir": args.ca_dir, "server_names": tuple(args.server_name)}
     if args.cert_ttl is not None:
         values["cert_ttl_s"] = args.cert_ttl
+    values.update(store=args.store, replica_id=args.replica_id, max_connection_age_s=args.max_connection_age)
+    if args.lease_ttl is not None:
+        values["lease_ttl_s"] = args.lease_ttl
     return values
 
 
@@ -212,12 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--server-name", action="append", default=[], metavar="NAME",
                      help="a DNS name or IP the server's certificate holds besides loopback "
                           "(the address remote hosts dial); repeatable")
+    ha = p.add_argument_group("several replicas (docs/ha.md)")
+    ha.add_argument("--store", default=None, metavar="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
+                    help="keep the config store, tokens and node reports in etcd: this server is then "
+                         "one replica of several (default: SQLite in the data dir)")
+    ha.add_argument("--replica-id", default=None, help="this replica's name (default: HOSTNAME-PID)")
+    ha.add_argument("--lease-ttl", type=_duration, default=None,
+                    help="how long a dead replica's jobs and a dead host's report outlive them (default: 10s)")
+    ha.add_argument("--max-connection-age", type=_duration, default=None,
+                    help="close control connections after this long (±10%%), so nodes spread over the "
+                         "replicas again (default: never; e.g. 30m with replicas)")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")
     p.add_argument("--shard", help="the gateway instance's shard")
     p.add_argument("--node-id", required=True)
-    p.add_argument("--xds", required=True, help="the xds_server's gRPC HOST:PORT")
+    p.add_argument("--xds", required=True,
+                   help="the xds_server's gRPC HOST:PORT; several replicas: IP:PORT,IP:PORT,...")
     p.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--client", metavar="ADDRESS/LISTENER",

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's options, for whichever parser hosts the command."""
     p = parser
     p.add_argument("--server", default=defaults.DEFAULT_SERVER,
-                   help="the xds_server's gRPC HOST:PORT (the one Envoy uses too)")
+                   help="the xds_server's gRPC HOST:PORT (the one Envoy uses too); several replicas: "
+                        "IP:PORT,IP:PORT,... (this host uses one, and another when it goes)")
     p.add_argument("--shard", required=True, help="the shard this host serves")
     p.add_argument("--node-id", help="this host's node id (default: the host name)")
     p.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto",

@@ -6,8 +6,11 @@ import re
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from common.hostport import join_host_port, split_addresses
 
 DEFAULT_SERVER = "127.0.0.1:18000"
 # The xds_server's join port (its --join), where a new host's first certificate is
@@ -50,12 +53,6 @@ def agent_dir_name(shard: str, node_id: str) -> str:
 
 NetworkMode = Literal["host", "bridge"]
 
-
-def _host_port(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:18000)")
-    return value
 
 
 class SidecarSettings(BaseModel):
@@ -117,7 +114,8 @@ class SidecarSettings(BaseModel):
     @field_validator("server")
     @classmethod
     def _server(cls, v: str) -> str:
-        return _host_port(v, "--server")
+        split_addresses(v, "--server")  # one HOST:PORT, or several replicas' IP:PORT
+        return v
 
     @field_validator("shard", "node_id")
     @classmethod
@@ -129,14 +127,21 @@ class SidecarSettings(BaseModel):
     @field_validator("join_server")
     @classmethod
     def _join_server(cls, v: str | None) -> str | None:
-        return None if v is None else _host_port(v, "--join-server")
+        if v is not None:
+            split_addresses(v, "--join-server")
+        return v
+
+    @property
+    def server_name(self) -> str:
+        """The DNS name every replica's certificate holds (``xds-server.TRUST_DOMAIN``),
+        checked when ``server`` names several replicas."""
+        return f"xds-server.{urlsplit(self.xds_server_id).netloc}"
 
     @property
     def join_address(self) -> str:
         if self.join_server is not None:
             return self.join_server
-        host = self.server.rpartition(":")[0]
-        return f"{host}:{DEFAULT_JOIN_PORT}"
+        return ",".join(join_host_port(host, DEFAULT_JOIN_PORT) for host, _ in split_addresses(self.server))
 
     @model_validator(mode="after")
     def _files(self) -> SidecarSettings:

@@ -109,6 +109,7 @@ async def run_sidecar(
         rpc_timeout_s=settings.rpc_timeout_s,
         log=log,
         credentials=secrets.channel_credentials() if secrets else None,
+        server_name=settings.server_name,
     )
     if secrets is not None:
         secrets.follow(control)

@@ -159,8 +159,9 @@ class Changes:
 
     # --- start ---------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Serve the latest stored version of every shard (at start, before the files)."""
+    async def load(self) -> int:
+        """Serve the latest stored version of every shard (at start, before the files);
+        returns the store revision it was read at (``follow`` goes on from there)."""
         listing = await self.store.list()
         for entry in listing.shards:
             self.heads[entry.meta.shard] = entry.meta
@@ -172,6 +173,37 @@ class Changes:
                 continue
             self.registry.install(prepared)
         log.info("event=store_loaded revision=%d shards=%d", listing.revision, len(listing.shards))
+        return listing.revision
+
+    async def follow(self, after_revision: int) -> None:
+        """Serve what the store holds as it changes: the changes other replicas make
+        (ours come back too, and are skipped as already served). Runs until the store
+        closes; a watch that breaks resumes by itself, so none is missed."""
+        async for entry in self.store.watch(after_revision):
+            async with self._lock:
+                await self._apply_stored(entry)
+
+    async def _apply_stored(self, entry: ShardVersion) -> None:
+        meta, shard = entry.meta, entry.meta.shard
+        current = self.heads.get(shard)
+        if current is not None and current.revision >= meta.revision:
+            return  # served already (our own write, or a newer change)
+        if meta.deleted:
+            if current is not None:
+                self.registry.remove(shard)
+                self.heads.pop(shard, None)
+                self.missing.discard(shard)
+                log.info("event=shard_deleted shard=%s version=%d author=%s via=store", shard,
+                         meta.number, meta.author)  # fmt: skip
+            return
+        label = _label(meta)
+        try:
+            prepared = await self._prepare(shard, entry.text, label)
+        except Invalid as e:
+            self.heads[shard] = meta
+            self.registry.reject(shard, label, ConfigError(e.problems))
+            return
+        self._serve(meta, prepared)
 
     def file_owned(self) -> set[str]:
         return {s for s, meta in self.heads.items() if is_file_owned(meta)}
@@ -371,6 +403,15 @@ class Changes:
                         author=file_owner(path), message=f"file {path} changed", source="file",
                         owner=file_owner(path),
                     )  # fmt: skip
+            except Conflict as e:
+                # Replicas that each watch a copy of the directory store a file's change
+                # once: the first one's version stands for the others.
+                now = await self.store.get(shard)
+                if now is not None and _holds(now, text):
+                    self._serve(now.meta, prepared)
+                else:
+                    self._refuse_file(shard, path, f"not stored: {e}")
+                return
             except StoreError as e:
                 self._refuse_file(shard, path, f"not stored: {e}")
                 return

@@ -32,12 +32,15 @@ from aiohttp import web
 from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
-from xds_server.api import admin, auth, fleet, gateway
+from xds_server.ads.pacing import StartPacer
+from xds_server.api import admin, auth, fleet, gateway, replicas_api
 from xds_server.api.admin_http import LimitedSite, LimitedUnixSite, admin_socket_path
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.ha.replica import Replica, default_replica_id
+from xds_server.ha.tokens import EtcdTokenStore
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
@@ -49,6 +52,7 @@ from xds_server.settings import ADMIN_SOCKET_FILE, ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
 from xds_server.store import ConfigStore, SqliteStore, StoreError
+from xds_server.store.etcd import EtcdStore
 from xds_server.translate import DISCOVERY_SHARD, TranslateOptions
 
 log = logging.getLogger("xds_server.server")
@@ -129,7 +133,9 @@ class XdsServer:
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
         # Bearer tokens of the admin API and the one-time join tokens of new hosts.
-        self.tokens: SqliteTokenStore | None = None
+        self.tokens: SqliteTokenStore | EtcdTokenStore | None = None
+        # With --store etcd://...: this server is one replica of several.
+        self.replica: Replica | None = None
         # Where the first start saved its admin token (dgw reads it for a local server).
         self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
         self.xds_port = 0
@@ -161,23 +167,32 @@ class XdsServer:
             raise
 
     async def _start(self) -> None:
-        for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
-            self.registry.restore(shard, node)
-        try:
-            self.store = await SqliteStore.open(self.state_dir)
-        except StoreError as e:
-            raise DataDirError(str(e)) from None
-        self.tokens = SqliteTokenStore.open(self.state_dir)
+        # Every node's last report before anything is served: a restarted server gives
+        # a reconnecting Envoy the endpoints it has, never an empty set.
+        if self.settings.store is None:
+            for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
+                self.registry.restore(shard, node)
+            try:
+                self.store = await SqliteStore.open(self.state_dir)
+            except StoreError as e:
+                raise DataDirError(str(e)) from None
+            self.tokens = SqliteTokenStore.open(self.state_dir)
+        else:
+            await self._join_replicas(self.settings.store)
+        assert self.store is not None and self.tokens is not None
         auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
         self.changes = Changes(self.store, self.registry, self.policy, self.limits)
         self.config_dir.changes = self.changes
-        await self.changes.load()  # what was stored is served first, as it was
+        revision = await self.changes.load()  # what was stored is served first, as it was
         await self.config_dir.rescan()  # then files changed meanwhile become versions
-        self.grpc_server = grpc.aio.server(
-            options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
-        )
+        if self.replica is not None:
+            self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
+            self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
+        self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
+                                           + self._connection_age())  # fmt: skip
         signer = self._security()
-        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads).register(self.grpc_server)
+        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads,
+                  pacer=StartPacer(self.settings.stream_starts_per_s)).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry, self.authz, signer)
         host, _ = split_host_port(self.settings.xds, "--xds")
         if self.serving_cert is None:
@@ -217,6 +232,33 @@ class XdsServer:
             len(self.registry.all_reports()),
         )
 
+    async def _join_replicas(self, url: str) -> None:
+        """Open the etcd store and take this replica's place among the others."""
+        try:
+            self.store = store = await EtcdStore.open(url)
+        except (StoreError, ValueError) as e:
+            raise DataDirError(f"--store: {e}") from None
+        replica_id = self.settings.replica_id or default_replica_id()
+        try:
+            self.replica = await Replica.join(
+                store, self.registry, replica_id=replica_id, lease_ttl_s=self.settings.lease_ttl_s,
+                report_ttl_s=self.limits.report_ttl_s,
+                info={"xds": self.settings.xds, "admin": self.settings.admin, "join": self.settings.join},
+            )  # fmt: skip
+        except StoreError as e:
+            raise DataDirError(f"--store {url}: {e}") from None
+        self.tokens = self.replica.tokens
+
+    def _connection_age(self) -> tuple[tuple[str, int], ...]:
+        """gRPC closes each connection after the maximum age, with ±10 % jitter of its
+        own, then lets its streams finish for the grace: nodes reconnect, spread over
+        the replicas up now."""
+        age = self.settings.max_connection_age_s
+        if age is None:
+            return ()
+        return (("grpc.max_connection_age_ms", int(age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.settings.max_connection_age_grace_s * 1000)))
+
     async def _admin_app(self) -> web.Application:
         """The admin API behind access control; the config store keeps the audit log."""
         assert self.store is not None and self.tokens is not None  # opened by _start
@@ -224,6 +266,7 @@ class XdsServer:
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s,
@@ -239,7 +282,10 @@ class XdsServer:
                         "dgw sends this server only tokens given with --token or $DGW_TOKEN\"",
                         self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
             return
-        await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections).start()
+        try:
+            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections).start()
+        except OSError as e:
+            raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
         self.admin_socket = path
 
     def _security(self) -> NodeSigner | None:
@@ -288,12 +334,16 @@ class XdsServer:
 
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
-        return self.config_dir.failure or self._housekeeping_failure
+        replica = self.replica.problem() if self.replica is not None else None
+        return self.config_dir.failure or self._housekeeping_failure or replica
 
     async def _housekeeping(self) -> None:
         """Expire silent nodes and persist changed reports, every HOUSEKEEPING_INTERVAL_S."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            if self.replica is not None:  # reports live under leases in etcd
+                self.registry.stats.expire(time.time(), self.limits.report_ttl_s)
+                continue
             try:
                 self.registry.expire_reports(time.time())
                 await self.persist_reports()
@@ -315,12 +365,16 @@ class XdsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        with contextlib.suppress(OSError):
-            await self.persist_reports()
+        if self.replica is None:
+            with contextlib.suppress(OSError):
+                await self.persist_reports()
         if self.grpc_server:
             await self.grpc_server.stop(grace=0.5)
         if self.admin_runner:
             await self.admin_runner.cleanup()
+        if self.replica is not None:
+            await self.replica.close()  # its tokens with it
+            self.replica = self.tokens = None
         if self.tokens is not None:
             self.tokens.close()
             self.tokens = None

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import yaml
 
@@ -176,6 +177,28 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
             ) from None
 
 
+class NodeLiveness(Protocol):
+    """Who else must hear of a node's reports, and of its sidecar's connection to this
+    server (``xds_server.ha.reports`` keeps them in etcd under leases for every replica)."""
+
+    def reported(self, report: gateway_pb2.NodeReport) -> None: ...
+    def sidecar_connected(self, shard: str, node_id: str) -> None: ...
+    def sidecar_gone(self, shard: str, node_id: str) -> None: ...
+
+
+class Alone:
+    """One server: nobody else to tell (its reports go to a file, ``report_file``)."""
+
+    def reported(self, report: gateway_pb2.NodeReport) -> None:
+        pass
+
+    def sidecar_connected(self, shard: str, node_id: str) -> None:
+        pass
+
+    def sidecar_gone(self, shard: str, node_id: str) -> None:
+        pass
+
+
 class ShardRegistry:
     def __init__(
         self,
@@ -193,6 +216,7 @@ class ShardRegistry:
         self._early_reports: dict[str, dict[str, NodeState]] = {}
         self._config_changed: dict[str, asyncio.Event] = {}
         self._discovery = Discovery(cache)
+        self.liveness: NodeLiveness = Alone()
         # Each node's recent Envoy stats (``report_stats``), for operators and judgements.
         self.stats = StatsBook(self.limits)
 
@@ -307,6 +331,12 @@ class ShardRegistry:
     def report(self, report: gateway_pb2.NodeReport) -> int:
         """Replace a node's report; its endpoints become that node's EDS at once.
         Raises ValueError (and keeps the previous report) if the report is unusable."""
+        generation = self.accept(report, time.time())
+        self.liveness.reported(report)
+        return generation
+
+    def accept(self, report: gateway_pb2.NodeReport, received_at: float) -> int:
+        """``report`` without telling ``liveness``: for a report another replica received."""
         check_report(report, self.limits)
         shard = self.shards.get(report.shard)
         if shard is None:
@@ -319,7 +349,7 @@ class ShardRegistry:
         nodes = shard.nodes if shard else self._early_reports.setdefault(report.shard, {})
         previous = nodes.get(report.node_id)
         generation = (previous.generation if previous else 0) + 1
-        nodes[report.node_id] = NodeState(report, generation, time.time())
+        nodes[report.node_id] = NodeState(report, generation, received_at)
         self.dirty = True
         if shard is not None:
             self._install_endpoints(shard, report.node_id, report)
@@ -355,20 +385,29 @@ class ShardRegistry:
         expired = 0
         for name, nodes in [(n, s.nodes) for n, s in self.shards.items()] + list(self._early_reports.items()):
             for node_id in [n for n, node in nodes.items() if node.received_at < deadline]:
-                del nodes[node_id]
+                self.forget(name, node_id)
                 expired += 1
-                shard = self.shards.get(name)
-                if shard is not None:
-                    self.cache.set_node_endpoints(name, node_id, None)
-                    self._register(shard, [NodeState(gateway_pb2.NodeReport(node_id=node_id), 0, now)])
                 log.info("event=report_expired shard=%s node=%s ttl_s=%g", name, node_id,
                          self.limits.report_ttl_s)
-        for name in [n for n, nodes in self._early_reports.items() if not nodes]:
-            del self._early_reports[name]
         self.stats.expire(now, self.limits.report_ttl_s)
         if expired:
             self.dirty = True
         return expired
+
+    def forget(self, shard: str, node_id: str) -> bool:
+        """Drop a node's report: its EDS returns to the shard's default and its
+        registrations go. False if there was none."""
+        state = self.shards.get(shard)
+        nodes = state.nodes if state is not None else self._early_reports.get(shard, {})
+        if nodes.pop(node_id, None) is None:
+            return False
+        self.dirty = True
+        if state is not None:
+            self.cache.set_node_endpoints(shard, node_id, None)
+            self._register(state, [NodeState(gateway_pb2.NodeReport(node_id=node_id), 0, time.time())])
+        elif not nodes:
+            self._early_reports.pop(shard, None)
+        return True
 
     def report_stats(self, stats: gateway_pb2.EnvoyStats, now: float) -> None:
         """Keep a node's Envoy stats. Only a node that has reported is heard (so the
@@ -402,8 +441,19 @@ class ShardRegistry:
 
     # --- config watch (sidecars) --------------------------------------------
 
-    async def watch_config(self, shard: str) -> AsyncIterator[Shard]:
-        """Yield the shard's Shard state now (if any) and after every change."""
+    async def watch_config(self, shard: str, node_id: str = "") -> AsyncIterator[Shard]:
+        """Yield the shard's Shard state now (if any) and after every change. A watch
+        that names its node is that node's sidecar connection: ``liveness`` hears of it."""
+        if node_id:
+            self.liveness.sidecar_connected(shard, node_id)
+        try:
+            async for state in self._watch_config(shard):
+                yield state
+        finally:
+            if node_id:
+                self.liveness.sidecar_gone(shard, node_id)
+
+    async def _watch_config(self, shard: str) -> AsyncIterator[Shard]:
         sent: str | None = None
         while True:
             event = self._config_changed.setdefault(shard, asyncio.Event())

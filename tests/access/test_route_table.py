@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from xds_server.api import admin, auth, fleet
+from xds_server.api import admin, auth, fleet, replicas_api
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.security.tokens import MemoryTokenStore
@@ -33,6 +33,7 @@ def routes() -> set[tuple[str, str]]:
     registry = ShardRegistry(SnapshotCache())
     app = admin.make_app(registry, changes=Changes(NoStore(), registry))  # type: ignore[arg-type]
     fleet.add_routes(app, registry)
+    replicas_api.register(app, None)
     auth.install(app, auth.Access(MemoryTokenStore(), NoAudit()))  # type: ignore[arg-type]
     return {
         (r.method, r.resource.canonical)

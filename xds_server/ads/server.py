@@ -35,6 +35,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from xds_server import metrics
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.events import Outgoing, Received, Refused
+from xds_server.ads.pacing import StartPacer
 from xds_server.ads.sotw import NameSets, SotwStream
 from xds_server.cache.snapshot import Snapshot
 from xds_server.cache.status import StreamKind, StreamStatus
@@ -136,9 +137,11 @@ class AdsServer:
         cache: SnapshotCache,
         limits: AdsLimits | None = None,
         authorize: Authorize | None = None,
+        pacer: StartPacer | None = None,
         counted: bool = True,
     ) -> None:
         self._cache = cache
+        self._pacer = pacer if pacer is not None else StartPacer(0)
         self._limits = limits if limits is not None else AdsLimits()
         # Whether its streams count in the control plane's metrics: a sidecar's local
         # SDS server is an AdsServer too, and in `dgw up` it shares the process (and the
@@ -213,6 +216,7 @@ class AdsServer:
                     shard[:253], node_id[:253], kind, refusal[0].name, _quote(refusal[1]),
                 )  # fmt: skip
                 await context.abort(*refusal)
+        await self._pacer.admit()  # a reconnect storm waits its turn (pacing.py)
         wake = _Waker()
         watch = self._cache.connect(shard, node_id, kind, wake.set)
         stream: _Stream = (

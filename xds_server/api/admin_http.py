@@ -109,10 +109,11 @@ class LimitedUnixSite(LimitedSite):
         return f"http+unix://{self._path}"
 
     def _bind(self) -> socket.socket:
-        # One server per data directory (the store's lock): a socket file here is a
-        # dead server's.
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._path.is_socket():
-            self._path.unlink()
+            if _answers(self._path):
+                raise OSError(f"another server answers on {self._path} (a second server on this data dir?)")
+            self._path.unlink()  # a dead server's
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old = os.umask(0o177)  # created 0600, never briefly wider
@@ -129,6 +130,15 @@ class LimitedUnixSite(LimitedSite):
     async def stop(self) -> None:
         await super().stop()
         self._path.unlink(missing_ok=True)
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def admin_socket_path(data_dir: Path) -> Path | None:
