@@ -15,15 +15,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from xds_server.config import ConfigError, DeployFile, Problem, ShardFile, load_any
 from xds_server.settings import DEFAULT_ADMIN, DEFAULT_JOIN, DEFAULT_XDS
 
+from .parser import DgwParser, install_globals, parse
+
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -180,11 +181,11 @@ def _duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgw", description="Data Gateway control plane and agent")
+    parser = DgwParser(prog="dgw", description="Data Gateway control plane and agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
-                        help="log level of every part (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Typed as the plain kind that every `add_command(sub)` takes; it makes DgwParsers.
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+               parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     p = sub.add_parser("validate", help="check runtime configs and deploy desires")
     p.add_argument("paths", nargs="+", help="YAML files or directories of them")
@@ -255,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         ca_cli,
         client_proxy_cli,
         completion,
+        config_cli,
         daemon,
         logs,
+        ls_cli,
         ops,
         plan_cli,
         rollout_cli,
@@ -267,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
-    daemon.add_command(sub, up.DEFAULT_STATE_DIR)
-    logs.add_command(sub, up.DEFAULT_STATE_DIR)
+    daemon.add_command(sub)
+    logs.add_command(sub)
+    ls_cli.add_command(sub)
+    config_cli.add_command(sub)
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
     stats_cli.add_command(sub)
@@ -279,11 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca_cli.add_command(sub)
     client_proxy_cli.add_command(sub)
     completion.add_command(sub)
-    for command in sub.choices.values():
-        # Where users type it too (`dgw up --log-level WARNING`); SUPPRESS keeps the
-        # top-level value when the sub-command's is not given.
-        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
-                             help="log level of every part (default: INFO)")
+    install_globals(parser)  # last: every command above, and any added since, gets them
     return parser
 
 
@@ -296,7 +297,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         code: int = args.func(args)

@@ -24,7 +24,6 @@ import yaml
 from dgw.client import Client, ClientError, etag_version, resolve
 
 Command = Callable[[argparse.Namespace, Client], int]
-OUTPUTS = ("table", "json", "yaml")
 _TYPES = ("CDS", "EDS", "LDS", "RDS", "SDS")
 _SHORT_STATE = {"SYNCED": "SYNCED", "STALE": "STALE", "NACKED": "NACKED", "NOT_SENT": "NOT SENT"}
 
@@ -449,13 +448,30 @@ def cmd_audit(args: argparse.Namespace, client: Client) -> int:
 # --- wiring into the parser -------------------------------------------------------------
 
 
+# The API speaks HTTP; a user of the CLI reads its flags (the server's advice, reworded).
+_CLI_WORDS = (
+    (re.compile(r"\?force=true"), "--force"),
+    (re.compile(r"\?dry_run=true"), "--dry-run"),
+    (re.compile(r'send it as If-Match: "(\d+)"'), r"give --force-version \1"),
+)
+
+
+def in_cli_words(message: str) -> str:
+    """The server's message with its HTTP advice said as the CLI's flags."""
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
 def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            client = Client(resolve(args.server, args.token), timeout=args.request_timeout)
-            return command(args, client)
+            target = resolve(args.dgw_server, args.dgw_token, args.dgw_context)
+            if args.verbose:
+                print(target.describe(), file=sys.stderr)
+            return command(args, Client(target, timeout=args.request_timeout))
         except ClientError as e:
-            print(f"dgw {args.command}: {e}", file=sys.stderr)
+            print(f"dgw {args.command}: {in_cli_words(str(e))}", file=sys.stderr)
             return 1
         except (KeyError, TypeError, AttributeError) as e:
             # A server (or proxy) that does not answer as the API says: no traceback either.
@@ -466,14 +482,9 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _client_options(p: argparse.ArgumentParser, output: bool = True) -> None:
-    p.add_argument("--server", help="the admin API, http://HOST:PORT "
-                   "(default: $DGW_SERVER, the config file, http://127.0.0.1:18001)")  # fmt: skip
-    p.add_argument("--token", help="a bearer token (default: $DGW_TOKEN, the config file, "
-                   "or a local server's admin.token); prefer $DGW_TOKEN: flags show in ps")  # fmt: skip
+def _client_options(p: argparse.ArgumentParser) -> None:
+    """--server, --token, --context and -o are global options (dgw/parser.py)."""
     p.add_argument("--request-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
-    if output:
-        p.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="table (default), json or yaml")
 
 
 def _versioned(p: argparse.ArgumentParser) -> None:

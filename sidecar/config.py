@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,13 @@ DEFAULT_ENVOY_BACKOFF_MAX_S = 10.0
 DEFAULT_CRASH_LOG_LINES = 20
 
 RuntimeName = Literal["auto", "docker", "process"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def agent_dir_name(shard: str, node_id: str) -> str:
+    """The agent's own directory under ``--state-dir`` (``dgw logs`` finds its files there)."""
+    return _UNSAFE.sub("_", f"{shard}-{node_id}")
+
 NetworkMode = Literal["host", "bridge"]
 
 

@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +35,7 @@ from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.ads.pacing import StartPacer
 from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api
-from xds_server.api.admin_http import LimitedSite
+from xds_server.api.admin_http import LimitedSite, LimitedUnixSite, admin_socket_path
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
@@ -51,7 +52,7 @@ from xds_server.security.server_tls import ServingCertificate, load_or_init_ca
 from xds_server.security.signing import NodeSigner
 from xds_server.security.token_store import SqliteTokenStore
 from xds_server.security.tokens import DEFAULT_JOIN_TTL, mint
-from xds_server.settings import ServerSettings
+from xds_server.settings import ADMIN_SOCKET_FILE, ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
 from xds_server.store import ConfigStore, SqliteStore, StoreError
@@ -147,6 +148,7 @@ class XdsServer:
         self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
         self.xds_port = 0
         self.admin_port = 0
+        self.admin_socket: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_failure: str | None = None
         self.ca: CertificateAuthority | None = None
@@ -226,6 +228,7 @@ class XdsServer:
             raise BindError(f"cannot listen on --admin {self.settings.admin}: "
                             f"{e.strerror or e} (another dgw server?)") from None
         self.admin_port = site.port
+        await self._admin_socket()
 
         if self.replica is None:  # else the replica that owns "rollouts" runs them
             await self.rollouts.start()
@@ -239,9 +242,9 @@ class XdsServer:
             )
             await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
-            "event=started xds=%s:%d join=%s admin=%s:%d tls=%s config_dir=%s data_dir=%s "
+            "event=started xds=%s:%d join=%s admin=%s:%d admin_socket=%s tls=%s config_dir=%s data_dir=%s "
             "shards=%d rejected=%d restored_reports=%d",
-            host, self.xds_port, self.join_port or "-", ahost, self.admin_port,
+            host, self.xds_port, self.join_port or "-", ahost, self.admin_port, self.admin_socket or "-",
             "off" if self.settings.insecure else "mtls", self.config_dir.directory, self.state_dir,
             len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
@@ -289,6 +292,22 @@ class XdsServer:
             body_timeout_s=self.limits.admin_body_timeout_s,
         ))  # fmt: skip
         return app
+    async def _admin_socket(self) -> None:
+        """The admin API on ``<data dir>/admin.sock`` too: where ``dgw`` sends the
+        tokens it finds on disk, once the kernel has told it who answers."""
+        assert self.admin_runner is not None
+        path = admin_socket_path(self.state_dir)
+        if path is None:
+            log.warning("event=admin_socket_skipped reason=\"the path %s is too long for a Unix socket; "
+                        "dgw sends this server only tokens given with --token or $DGW_TOKEN\"",
+                        self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
+            return
+        try:
+            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections).start()
+        except OSError as e:
+            raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
+        self.admin_socket = path
+
     def _security(self) -> NodeSigner | None:
         """The CA and the server's certificate (None and plaintext with --insecure)."""
         if self.settings.insecure:

@@ -17,6 +17,9 @@ DEFAULT_ADMIN = "127.0.0.1:18001"
 # SignCertificate with a join token (see xds_server/security/server_tls.py).
 DEFAULT_JOIN = "127.0.0.1:18002"
 DEFAULT_CERT_TTL_S = 24 * 3600.0
+# The admin API's second door, in the data dir: an owner-only Unix socket on which
+# `dgw` sends the tokens it finds on disk (a loopback port can be anyone's).
+ADMIN_SOCKET_FILE = "admin.sock"
 # ``${VAR}`` in a shard file reads only variables whose name starts with this (plus
 # those named in ``allowed_env``): the server's own environment (HOME, tokens, cloud
 # credentials) is never readable by whoever can write a shard file.
