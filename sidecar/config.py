@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,13 @@ DEFAULT_ENVOY_BACKOFF_MAX_S = 10.0
 DEFAULT_CRASH_LOG_LINES = 20
 
 RuntimeName = Literal["auto", "docker", "process"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def agent_dir_name(shard: str, node_id: str) -> str:
+    """The agent's own directory under ``--state-dir`` (``dgw logs`` finds its files there)."""
+    return _UNSAFE.sub("_", f"{shard}-{node_id}")
+
 NetworkMode = Literal["host", "bridge"]
 
 
@@ -72,6 +80,11 @@ class SidecarSettings(BaseModel):
     envoy_log_level: str = "warning"
     delta_xds: bool = False
     stop_dals_on_exit: bool = False
+    # Where this host runs, as deploy desires' locations name places: reported to the
+    # server, which groups status and rollouts by it.
+    account: str = ""
+    region: str = ""
+    stack: str = ""
 
     resync_s: float = DEFAULT_RESYNC_S
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
@@ -142,7 +155,7 @@ class SidecarSettings(BaseModel):
     @property
     def node_dir(self) -> Path:
         """This host's own state: ``STATE_DIR/SHARD-NODE`` (both are plain words)."""
-        return self.state_dir / f"{self.shard}-{self.node_id}"
+        return self.state_dir / agent_dir_name(self.shard, self.node_id)
 
     @property
     def join_address(self) -> str:

@@ -25,6 +25,8 @@ import resource
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -33,13 +35,22 @@ from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.ads.pacing import StartPacer
-from xds_server.api import admin, auth, fleet, gateway, replicas_api, revocations_api
-from xds_server.api.admin_http import TRUSTED, LimitedSite, Trusted
+from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api, revocations_api
+from xds_server.api.admin_http import (
+    TRUSTED,
+    LimitedSite,
+    LimitedUnixSite,
+    Trusted,
+    admin_socket_path,
+)
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.api.gateway import peer_ip
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.deploy.plan_worker import PlanService
+from xds_server.deploy.rollout.engine import RolloutEngine
+from xds_server.ha.owner import Owner
 from xds_server.ha.replica import Replica, default_replica_id
 from xds_server.ha.tokens import EtcdTokenStore
 from xds_server.redact import LogMasking
@@ -53,7 +64,7 @@ from xds_server.security.sessions import Ended, Lease, Sessions
 from xds_server.security.signing import NodeSigner
 from xds_server.security.token_store import SqliteTokenStore
 from xds_server.security.tokens import DEFAULT_JOIN_TTL, mint
-from xds_server.settings import ServerSettings
+from xds_server.settings import ADMIN_SOCKET_FILE, ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
 from xds_server.store import ConfigStore, SqliteStore, StoreError
@@ -134,6 +145,10 @@ class XdsServer:
         self.state_dir = settings.state_dir()
         self.store: ConfigStore | None = None
         self.changes: Changes | None = None
+        # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
+        self.plans: PlanService | None = None
+        self.rollouts: RolloutEngine | None = None
+        self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -145,6 +160,7 @@ class XdsServer:
         self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
         self.xds_port = 0
         self.admin_port = 0
+        self.admin_socket: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_failure: str | None = None
         self._revocations_read = time.monotonic()
@@ -197,7 +213,15 @@ class XdsServer:
         self.config_dir.changes = self.changes
         revision = await self.changes.load()  # what was stored is served first, as it was
         await self.config_dir.rescan()  # then files changed meanwhile become versions
+        self.plans = PlanService(self.store)
+        self.rollouts = RolloutEngine(self.store, self.changes)
+        self.changes.on_served.append(self._plan_ahead)
+        for state in list(self.registry.shards.values()):
+            self._plan_ahead(state.name)
         if self.replica is not None:
+            # Of several replicas, the one that owns the job runs the rollouts' loop.
+            self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
+                                             self.replica.session, "rollouts", self._own_rollouts))  # fmt: skip
             self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
             self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
@@ -225,7 +249,10 @@ class XdsServer:
             raise BindError(f"cannot listen on --admin {self.settings.admin}: "
                             f"{e.strerror or e} (another dgw server?)") from None
         self.admin_port = site.port
+        await self._admin_socket()
 
+        if self.replica is None:  # else the replica that owns "rollouts" runs them
+            await self.rollouts.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.insecure:
             self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
@@ -236,9 +263,9 @@ class XdsServer:
             )
             await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
-            "event=started xds=%s:%d join=%s admin=%s:%d tls=%s config_dir=%s data_dir=%s "
+            "event=started xds=%s:%d join=%s admin=%s:%d admin_socket=%s tls=%s config_dir=%s data_dir=%s "
             "shards=%d rejected=%d restored_reports=%d",
-            host, self.xds_port, self.join_port or "-", ahost, self.admin_port,
+            host, self.xds_port, self.join_port or "-", ahost, self.admin_port, self.admin_socket or "-",
             "off" if self.settings.insecure else "mtls", self.config_dir.directory, self.state_dir,
             len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
@@ -281,12 +308,31 @@ class XdsServer:
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
         assert self.revocations is not None
         revocations_api.register(app, self.revocations, self.store, self.limits)
+        assert self.plans is not None and self.rollouts is not None and changes is not None
+        deploy_api.register(app, changes, self.plans, self.rollouts)
         replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s, json_depth=self.limits.admin_json_depth,
         ))  # fmt: skip
         return app
+    async def _admin_socket(self) -> None:
+        """The admin API on ``<data dir>/admin.sock`` too: where ``dgw`` sends the
+        tokens it finds on disk, once the kernel has told it who answers."""
+        assert self.admin_runner is not None
+        path = admin_socket_path(self.state_dir)
+        if path is None:
+            log.warning("event=admin_socket_skipped reason=\"the path %s is too long for a Unix socket; "
+                        "dgw sends this server only tokens given with --token or $DGW_TOKEN\"",
+                        self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
+            return
+        try:
+            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections,
+                                  self.admin_runner.app[TRUSTED]).start()
+        except OSError as e:
+            raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
+        self.admin_socket = path
+
     def _security(self) -> NodeSigner | None:
         """The CA and the server's certificate (None and plaintext with --insecure)."""
         if self.settings.insecure:
@@ -347,6 +393,34 @@ class XdsServer:
             await asyncio.sleep(INSECURE_WARNING_EVERY_S)
             log.warning(_INSECURE_WARNING)
 
+    async def _own_rollouts(self) -> None:
+        """The rollouts' loop, for as long as this replica owns it."""
+        assert self.rollouts is not None
+        await self.rollouts.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.rollouts.stop()
+
+    def _plan_ahead(self, shard: str) -> None:
+        """A served shard with capacity desires gets its plan computed in the background."""
+        state = self.registry.shards.get(shard)
+        desires = state.config.deploy_desires if state is not None else None
+        if self.plans is None or not self.plans.installed or desires is None or desires.capacity is None:
+            return
+        try:
+            request = self.plans.request(desires)
+        except ValueError:
+            return
+        task = asyncio.ensure_future(self.plans.ask(request))
+        self._planning.add(task)
+        task.add_done_callback(self._planned)
+
+    def _planned(self, task: asyncio.Future[Any]) -> None:
+        self._planning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("event=plan_ahead_failed error=%r", task.exception())
+
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
         replica = self.replica.problem() if self.replica is not None else None
@@ -387,6 +461,10 @@ class XdsServer:
         await asyncio.to_thread(report_file.write, self.state_dir, data)
 
     async def stop(self) -> None:
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        if self.plans is not None:
+            await self.plans.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

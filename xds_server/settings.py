@@ -17,6 +17,9 @@ DEFAULT_ADMIN = "127.0.0.1:18001"
 # SignCertificate with a join token (see xds_server/security/server_tls.py).
 DEFAULT_JOIN = "127.0.0.1:18002"
 DEFAULT_CERT_TTL_S = 24 * 3600.0
+# The admin API's second door, in the data dir: an owner-only Unix socket on which
+# `dgw` sends the tokens it finds on disk (a loopback port can be anyone's).
+ADMIN_SOCKET_FILE = "admin.sock"
 # ``${VAR}`` in a shard file reads only variables that match one of ``allowed_env``'s
 # patterns (shell-style; default: ``DGW_*``) and are not the platform's own
 # (``RESERVED_ENV``): the server's environment (HOME, cloud credentials) and the
@@ -24,7 +27,7 @@ DEFAULT_CERT_TTL_S = 24 * 3600.0
 DEFAULT_ALLOWED_ENV: tuple[str, ...] = ("DGW_*",)
 # Variables the platform's own programs read (an operator's $DGW_TOKEN exported in the
 # shell that started the server, a sidecar's $DGW_JOIN_TOKEN, ...): never a shard's,
-# whatever the patterns say. ``tests/hostile/test_env_policy.py`` checks that every
+# whatever the patterns say. ``tests/hostile/test_masking.py`` checks that every
 # DGW_ variable the code reads is here.
 RESERVED_ENV: frozenset[str] = frozenset({
     "DGW_TOKEN", "DGW_SERVER", "DGW_JOIN_TOKEN", "DGW_DATA_DIR", "DGW_ENVOY", "DGW_UP_BACKGROUND",

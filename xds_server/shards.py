@@ -43,6 +43,7 @@ from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
 from xds_server.config.masking import masking
+from xds_server.deploy.artifacts import Pins, pins_json
 from xds_server.discovery import Discovery
 from xds_server.node_stats import StatsBook, check_stats
 from xds_server.resources import Resources
@@ -72,6 +73,8 @@ class Shard:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     # Values interpolated from the environment: the sidecars get them, people see ***.
     secrets: frozenset[str] = frozenset()
+    # What its version set resolved to when this version was stored (sent with the config).
+    pins: Pins = field(default_factory=dict)
 
     @functools.cached_property
     def config_yaml(self) -> str:
@@ -105,10 +108,11 @@ class Prepared:
     config: ShardFile
     source: str
     secrets: frozenset[str]
-    version: str  # config_version(config)
+    version: str  # config_version(config, pins)
     ir: GatewayIR
     resources: Resources
     started: float  # perf_counter when translation began, for the log
+    pins: Pins = field(default_factory=dict)
 
 
 def _version_of(text: str) -> str:
@@ -129,14 +133,17 @@ def _canonical(data: object) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def config_version(config: ShardFile) -> str:
+def config_version(config: ShardFile, pins: Pins | None = None) -> str:
     """The config's version: a hash of the runtime config as the sidecars get it (in
-    canonical JSON: a tenth of the YAML's cost, and a 100-shard change makes 100) and
-    of the deploy desires that count (consumers become RBAC, so an edit of them alone
-    is a new version)."""
+    canonical JSON: a tenth of the YAML's cost, and a 100-shard change makes 100), of
+    the deploy desires that count (consumers become RBAC, so an edit of them alone
+    is a new version) and of the pins its version set resolved to (a rollout that
+    re-resolves a branch changes nothing else)."""
     text = _canonical(config.runtime().model_dump(mode="json"))
     if config.deploy_desires is not None:
         text += "\n" + _canonical(config.deploy_desires.model_dump(mode="json"))
+    if pins:
+        text += "\n" + _canonical(pins_json(pins))
     return _version_of(text)
 
 
@@ -161,6 +168,8 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
     names = [("shard", report.shard), ("node_id", report.node_id)]
     names += [("registration", r) for r in report.registrations]
     names += [(f"endpoint {what}", n) for e in report.endpoints for what, n in (("dal", e.dal), ("listener", e.listener))]
+    loc = report.location
+    names += [("location.account", loc.account), ("location.region", loc.region), ("location.stack", loc.stack)]
     for what, name in names:
         if len(name) > limits.name_chars:
             raise ValueError(f"{what} {quote(name)} is longer than {limits.name_chars} characters")
@@ -276,24 +285,26 @@ class ShardRegistry:
     # --- configuration -------------------------------------------------------
 
     def apply(
-        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset()
+        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset(),
+        pins: Pins | None = None,
     ) -> bool:
         """Translate and install a checked config. Raises ConfigError (and changes
         nothing) when it cannot be translated or would take every listener away from
         connected Envoys without saying so. Returns True if the config changed."""
         current = self.shards.get(shard)
-        if current is not None and current.config_version == config_version(config):
+        if current is not None and current.config_version == config_version(config, pins):
             self.rejections.pop(shard, None)
             return False
         try:
-            prepared = self.prepare(shard, config, source, secrets)
+            prepared = self.prepare(shard, config, source, secrets, pins)
         except ConfigError as e:
             self.reject(shard, source, e)
             raise
         return self.install(prepared)
 
     def prepare(
-        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset()
+        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset(),
+        pins: Pins | None = None,
     ) -> Prepared:
         """Translate a checked config without installing it (what a change would serve).
         Raises ConfigError, fit to show (secrets masked), and records nothing."""
@@ -305,8 +316,8 @@ class ShardRegistry:
                 ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
-        return Prepared(shard, config, source, secrets, config_version(config), ir,
-                        to_resources(ir), started)  # fmt: skip
+        return Prepared(shard, config, source, secrets, config_version(config, pins), ir,
+                        to_resources(ir), started, dict(pins or {}))  # fmt: skip
 
     def install(self, prepared: Prepared) -> bool:
         """Serve a prepared config. Returns True if the config changed."""
@@ -318,7 +329,7 @@ class ShardRegistry:
             return False
         nodes = current.nodes if current else self._early_reports.pop(shard, {})
         state = Shard(shard, prepared.config, prepared.ir, prepared.source, version,
-                      time.time(), nodes, prepared.secrets)  # fmt: skip
+                      time.time(), nodes, prepared.secrets, prepared.pins)  # fmt: skip
         changed = self.cache.set_shard(shard, prepared.resources)
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)

@@ -143,3 +143,12 @@ def test_kv_reports_every_case_the_sweep_and_the_targets() -> None:
     assert [p["rate"] for p in result["sweep"]] == [200]
     assert {c["target"] for c in result["targets"]} >= {"no failed or dropped requests"}
     assert code in (0, 1)  # a shared box may miss the latency targets; 2 would mean it could not run
+
+
+def test_rollout_reports_each_waves_time_beyond_the_bake_and_cpu() -> None:
+    code, result = dgw_bench("rollout", "--shards", "8", "--regions", "1", "--bake", "0.5", "--workers", "1",
+                             timeout=240)  # fmt: skip
+    assert [w["tier"] for w in result["waves"]] == [3, 2, 1, 0]
+    assert all(w["shards"] == 2 and w["beyond_bake_s"] >= 0 and w["cpu_s"] >= 0 for w in result["waves"])
+    assert result["beyond_bake_max_s"] == max(w["beyond_bake_s"] for w in result["waves"])
+    assert code in (0, 1)

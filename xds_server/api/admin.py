@@ -17,7 +17,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from dgw_api.v1 import gateway_pb2
-from xds_server.api import shards_api
+from xds_server.api import deploy_api, shards_api
 from xds_server.api.admin_http import read_json
 from xds_server.api.guard import guard_middleware
 from xds_server.changes import Changes
@@ -146,6 +146,7 @@ async def get_shard(request: web.Request) -> web.Response:
     headers: dict[str, str] = {}
     if changes is not None:
         summary.update(shards_api.store_summary(changes, name))
+        summary.update(deploy_api.shard_desires(changes, name))
         try:
             head = await changes.store.get(name)
         except StoreError as e:  # a replica cut off from etcd still shows what it serves

@@ -88,7 +88,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         log.info("event=config_watch shard=%s node=%s", shard, node_id)
         try:
             async for state in _until(self.registry.watch_config(shard, node_id), ended):
-                yield gateway_pb2.ShardConfig(shard=state.name, version=state.config_version, yaml=state.config_yaml)
+                yield gateway_pb2.ShardConfig(
+                    shard=state.name, version=state.config_version, yaml=state.config_yaml,
+                    pins=[gateway_pb2.Pin(**state.pins[k].to_json()) for k in sorted(state.pins)],
+                )
             why = admitted.ended
             if why is not None:
                 await _refuse(context, "WatchConfig", Refusal(why.code, why.message), describe(caller), shard, node_id,

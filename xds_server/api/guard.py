@@ -18,12 +18,14 @@ from common.names import (
     DISCOVERY_ADDRESS_RULE,
     NODE_ID_RULE,
     SHARD_RULE,
+    is_config_name,
     is_discovery_address,
     is_node_id,
     is_shard,
 )
 from xds_server.config import quote
 
+WORD_RULE = "a plain word: an ASCII letter or digit, then up to 62 letters, digits, _ . or -"
 _TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 _NUMBER = re.compile(r"[0-9]{1,18}")
 
@@ -38,6 +40,12 @@ def _is_number(value: str) -> bool:
 
 PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
     "shard": (is_shard, SHARD_RULE),
+    # Words the deploy routes judge themselves (an artifact's kind and name, a rollout
+    # and what to do with it): here only their shape, so no name reaches them unchecked.
+    "kind": (is_config_name, WORD_RULE),
+    "name": (is_config_name, WORD_RULE),
+    "rollout": (is_config_name, WORD_RULE),
+    "action": (is_config_name, WORD_RULE),
     "node": (is_node_id, NODE_ID_RULE),
     "address": (is_discovery_address, DISCOVERY_ADDRESS_RULE),
     "token_id": (_is_token_id, "12 hexadecimal digits ('dgw token list' shows them)"),
