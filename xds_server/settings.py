@@ -30,7 +30,8 @@ DEFAULT_ALLOWED_ENV: tuple[str, ...] = ("DGW_*",)
 # whatever the patterns say. ``tests/hostile/test_masking.py`` checks that every
 # DGW_ variable the code reads is here.
 RESERVED_ENV: frozenset[str] = frozenset({
-    "DGW_TOKEN", "DGW_SERVER", "DGW_JOIN_TOKEN", "DGW_DATA_DIR", "DGW_ENVOY", "DGW_UP_BACKGROUND",
+    "DGW_TOKEN", "DGW_SERVER", "DGW_CONTEXT", "DGW_JOIN_TOKEN", "DGW_DATA_DIR", "DGW_ENVOY",
+    "DGW_UP_BACKGROUND", "DGW_ACCOUNT", "DGW_REGION", "DGW_STACK",
 })  # fmt: skip
 
 

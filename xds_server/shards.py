@@ -180,7 +180,10 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
     grammars = {"shard": (is_shard, SHARD_RULE), "node_id": (is_node_id, NODE_ID_RULE),
                 "registration": (is_discovery_address, DISCOVERY_ADDRESS_RULE)}  # fmt: skip
     for what, name in names:
-        check, rule = grammars.get(what, (is_config_name, SHARD_RULE))
+        if what.startswith("location.") and not name:
+            continue  # where a host runs is optional; a word when given
+        check, rule = grammars.get(what, (is_discovery_address, DISCOVERY_ADDRESS_RULE)
+                                   if what.startswith("location.") else (is_config_name, SHARD_RULE))  # fmt: skip
         if not check(name):
             raise ValueError(f"{what} {quote(name)} is not allowed: {rule}")
     for e in report.endpoints:

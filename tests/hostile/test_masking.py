@@ -146,7 +146,8 @@ def test_every_dgw_variable_the_platform_reads_is_reserved():
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                         re.fullmatch(r"DGW_[A-Z0-9_]*[A-Z0-9]", node.value):  # fmt: skip
                     found.add(node.value)
-    # dgw up sets these for the demo shard to read (deploy/demo/shards/demo.yaml).
-    for_shards = {name for name in found if name.startswith("DGW_DEMO_")} | {"DGW_UP_STATE_DIR"}
+    # Meant for shards: dgw up sets these for the demo shard (deploy/demo/shards/demo.yaml),
+    # and the config's version is what the seed's deploy desires read.
+    for_shards = {name for name in found if name.startswith("DGW_DEMO_")} | {"DGW_UP_STATE_DIR", "DGW_CONFIG_VERSION"}
     assert found and found - for_shards <= RESERVED_ENV, found - for_shards - RESERVED_ENV
     assert not for_shards & RESERVED_ENV
