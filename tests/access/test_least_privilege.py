@@ -175,3 +175,10 @@ async def test_dgw_node_revoke_lists_and_reinstates(server: XdsServer):
     code, out, _ = await _dgw("node", "revocations", *flags)
     assert "no node is revoked" in out
     assert server.revocations is not None and server.revocations.list() == []
+
+
+async def test_a_version_the_store_cannot_hold_is_a_400_not_a_500(server: XdsServer, api: Api):
+    """Found by the admin API fuzzing: a rollback to 10**19 reached SQLite's 64-bit integers."""
+    status, body = await api.call("POST", "/v1/shards/kv/rollback", admin_token(server),
+                                  json={"to": 10**19}, headers={"If-Match": '"1"'})  # fmt: skip
+    assert status == 400 and "version number" in body["error"]

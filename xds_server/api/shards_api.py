@@ -212,7 +212,7 @@ async def post_rollback(request: web.Request) -> web.Response:
 
     async def run(changes: Changes, base: int | None, req: Request, body: _Body) -> Outcome:
         to = body.get("to")
-        if isinstance(to, bool) or not isinstance(to, int) or to < 1:
+        if isinstance(to, bool) or not isinstance(to, int) or not 1 <= to <= VERSION_MAX:
             raise _Refusal(400, {"error": "the body needs \"to\": the version number to roll back to"})
         return await changes.rollback(shard, to, base, req)
 
