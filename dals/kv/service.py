@@ -41,6 +41,8 @@ WRITE_TIME_BYTES = 24
 # A value part shorter than this does not start at the end of a page: it waits for the next.
 MIN_PART_BYTES = 64
 _FIRST_BATCH, _MAX_BATCH = 64, 1024
+OK, CANCELLED, UNKNOWN = "OK", "CANCELLED", "UNKNOWN"
+_WRITES = frozenset({"PutItems", "DeleteItems", "MutateItems"})
 
 Clock = Callable[[], float]
 
@@ -80,6 +82,9 @@ class KvService:
         self._now_us = now_us
         self._monotonic = monotonic
         self.counters: Counter[str] = Counter()
+        """What ``GET /stats`` shows. Per call (``grpc.PutItems``, ``http.GetItems``...): the
+        calls received under its name, and under ``NAME.OUTCOME`` how the answered ones
+        ended (``call_ended``); ``error.CODE`` over all calls; ``items_applied``."""
 
     @classmethod
     async def start(cls, config: KvConfig) -> KvService:
@@ -102,6 +107,16 @@ class KvService:
             await self.cache.close()
         for engine in self.engines.values():
             await engine.close()
+
+    def call_ended(self, call: str, outcome: str) -> None:
+        """Count how a call (``grpc.PutItems``) ended: ``OK``, an error's code, ``CANCELLED``
+        (its caller went away before the answer) or ``UNKNOWN`` (a bug). Received minus
+        ended is what is still running: a shadow target's copy of a write has been applied
+        only once it ended OK, and a cancelled write may or may not have been applied."""
+        self.counters[f"{call}.{outcome}"] += 1
+        if outcome == CANCELLED and call.rpartition(".")[2] in _WRITES:
+            log.warning("event=write_cancelled call=%s reason=\"its caller went away before the answer: "
+                        "applied or not, as the engine's transaction ended\"", call)  # fmt: skip
 
     # --- writes --------------------------------------------------------------------
 
