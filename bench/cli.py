@@ -77,6 +77,11 @@ def _run(figure: Command) -> Command:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from bench import fleet
 
+    if args.store is None:
+        args.store = "etcd" if args.replicas > 1 else "sqlite"
+    if args.replicas > 1 and (args.store != "etcd" or args.streams_per_channel != 1 or args.tls):
+        raise BenchError("--replicas needs --store etcd, one stream per channel and no --tls")
+
     return fleet.main(args)
 
 
@@ -107,6 +112,17 @@ def cmd_kv(args: argparse.Namespace) -> int:
 
     return kv.main(args)
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from bench import rollout
+
+    return rollout.main(args)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench import plan
+
+    return plan.main(args)
+
 
 def cmd_kv_cpu(args: argparse.Namespace) -> int:
     from bench import kv_cpu
@@ -118,6 +134,12 @@ def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
 
     return store.main(args)
+
+
+def cmd_etcd_client(args: argparse.Namespace) -> int:
+    from bench import etcd_client
+
+    return etcd_client.main(args)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -148,6 +170,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="with mTLS: certificate renewals per second during every other edit, after a storm "
                         "of --renewals that measures the server's CPU per 1,000 signatures")
     p.add_argument("--renewals", type=int, default=1000, help="renewals in the storm (with --renew-rate)")
+    p.add_argument("--replicas", type=int, default=1, help="dgw server replicas over one etcd member (implies "
+                   "--store etcd); node i connects to replica i mod R, edits go through the first")
+    p.add_argument("--store", choices=["sqlite", "etcd", "both"], default=None,
+                   help="the config store (default: etcd with --replicas > 1, else sqlite); both: one run each")
+    p.add_argument("--kill-replica", action="store_true",
+                   help="after the edits, kill -9 the last replica: its nodes reconnect to the others, an "
+                        "edit is made meanwhile; time until every node is SYNCED again")
     _common(p)
     p.set_defaults(func=_run(cmd_fleet))
 
@@ -208,6 +237,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _common(p)
     p.set_defaults(func=_run(cmd_kv_cpu))
 
+    p = figures.add_parser("rollout", help="a rollout across many shards of simulated nodes: time per wave beyond the bake, CPU")
+    p.add_argument("--shards", type=int, default=1000, help="shards rolled out (over 4 tiers and --regions locations)")
+    p.add_argument("--nodes", type=int, default=0, help="simulated nodes, node i in shard i mod S (default: one per shard)")
+    p.add_argument("--regions", type=int, default=2, choices=[1, 2, 3, 4], help="locations per tier")
+    p.add_argument("--bake", type=float, default=2.0, help="bake seconds per wave")
+    p.add_argument("--workers", type=int, default=2, help="load-generator processes of each kind")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    _common(p)
+    p.set_defaults(func=_run(cmd_rollout))
+
+    p = figures.add_parser("plan", help="dgw plan of the seed's desires: first, cold and cached")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of a cold and a cached plan")
+    _common(p)
+    p.set_defaults(func=_run(cmd_plan))
+
     p = figures.add_parser("store", help="config store: write latency (synchronous commits), history listing")
     p.add_argument("--versions", type=int, default=1000, help="versions written, one after another, each timed")
     p.add_argument("--history", type=int, default=10000, help="versions of the shard whose history is listed")
@@ -216,3 +260,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="where the scratch data directory goes (its disk's fsync is measured)")
     _common(p)
     p.set_defaults(func=_run(cmd_store))
+
+    p = figures.add_parser("etcd-client", help="etcd's gRPC API vs its JSON gateway: latency, client CPU per op")
+    p.add_argument("--ops", type=int, default=500, help="operations of each kind per client and round")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the clients alternate first)")
+    _common(p)
+    p.set_defaults(func=_run(cmd_etcd_client))

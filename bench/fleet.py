@@ -35,7 +35,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from bench.report import note, percentile
 from bench.shard import bench_shard
 from bench.stats import ratio_interval, ratio_pct
 from envoy_proxy import BlockingEnvoy
+from testkit.etcd import EtcdCluster
 from testkit.ports import free_port
 from xds_server.cache import build_snapshot
 from xds_server.config import load_shard_text
@@ -103,6 +104,9 @@ class FleetOptions:
     renew_rate: float = 0.0  # renewals per second during every other edit (implies tls)
     renewals: int = 1000  # the storm that measures signing CPU
     renew_concurrency: int = 8  # renewals in flight at most
+    replicas: int = 1  # dgw server replicas over etcd (more than one: --store etcd)
+    store: str = "sqlite"  # "sqlite" or "etcd" (one etcd member, on this machine too)
+    kill_replica: bool = False  # after the edits: kill -9 the last replica, its nodes fail over
 
 
 @dataclass
@@ -199,7 +203,13 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
     hard_deadline = time.monotonic() + options.deadline
     workdir = scratch_dir("fleet")
     tls = options.tls or options.renew_rate > 0
-    server = ServerChild(workdir, options.server_log_level, tls=tls)
+    etcd = EtcdCluster(workdir / "etcd", 1) if options.store == "etcd" else None
+    store = None if etcd is None else etcd.url
+    servers = [ServerChild(workdir / f"r{i}" if store else workdir, options.server_log_level, tls=tls,
+                           store=store, replica_id=f"r{i}") for i in range(options.replicas)]  # fmt: skip
+    server = servers[0]  # edits go through the first replica
+    for other in servers[1:]:
+        other.token_file = server.token_file
     envoys: list[BlockingEnvoy] = []
     workers: _Workers | None = None
     renewer: _Workers | None = None
@@ -214,7 +224,18 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
             raise BenchError(f"the run passed its {options.deadline:.0f}s deadline")
         return remaining
 
+    def server_cpu() -> float:
+        return sum(cpu_seconds(s.pid) for s in servers if s.child is not None and s.child.alive())
+
+    def server_rss() -> int:
+        return sum(rss_kib(s.pid) for s in servers if s.child is not None and s.child.alive())
+
     try:
+        if etcd is not None:
+            etcd.start()
+            member = etcd.members[0]
+            wait_for(lambda: member.child is not None and member.child.serving(member.client_port, "etcd"),
+                     60, "etcd to listen")  # fmt: skip
         texts = [shard_text(w, http_port, grpc_port) for w in WIRINGS]
         versions = [expected_versions(t) for t in texts]
         current: dict[str, int] = {}  # --via api: each shard's stored version
@@ -235,11 +256,17 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
             write(shards[start:start + BATCH_SHARDS], texts[0])
         if options.via != "api":
             server.start()
-        wait_for(lambda: len(server.get("/v1/shards")["shards"]) == len(shards), min(60, left()), "every shard loaded")
+        for other in servers[1:]:
+            other.start()
+        for replica in servers:
+            def loaded(replica: ServerChild = replica) -> bool:
+                return len(replica.get("/v1/shards")["shards"]) == len(shards)
+
+            wait_for(loaded, min(60, left()), "every shard loaded")
         _check_server_versions(server, shards[:1], versions[0])
         time.sleep(1.0)
-        rss_before = rss_kib(server.pid)
-        cpu_start = cpu_seconds(server.pid)
+        rss_before = server_rss()
+        cpu_start = server_cpu()
 
         connect_started = time.monotonic()
         # Real Envoys on an mTLS control port would need a host SDS server each: not here.
@@ -251,7 +278,7 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
         for envoy in envoys:
             wait_applied(envoy, versions[0], min(30, left()))
         ca = CertificateAuthority.load(server.ca_dir) if tls else None
-        specs = _specs(options, server.xds, shards, ca)
+        specs = _specs(options, ",".join(s.xds for s in servers), shards, ca)
         workers = _Workers(specs)
         initial = {s: versions[0] for s in shards}
         answers = workers.ask("connect", {"targets": initial, "timeout": min(240, left())}, left())
@@ -261,9 +288,10 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
         connect_s = time.monotonic() - connect_started
         time.sleep(2.0)  # let the server's allocator settle after the connect burst
         connected = options.nodes + len(envoys)
-        rss_after = rss_kib(server.pid)
-        cpu_connected = cpu_seconds(server.pid)
-        note(f"synced in {connect_s:.1f}s; server RSS {rss_before / 1024:.0f} → {rss_after / 1024:.0f} MiB")
+        rss_after = server_rss()
+        cpu_connected = server_cpu()
+        note(f"synced in {connect_s:.1f}s; server RSS {rss_before / 1024:.0f} → {rss_after / 1024:.0f} MiB"
+             + (f" (sum over {len(servers)} replicas)" if len(servers) > 1 else ""))
 
         renewal: dict[str, Any] = {}
         if options.renew_rate > 0:
@@ -279,7 +307,7 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
                 renewer.ask("start", {"rate": options.renew_rate, "prepare": int(options.renew_rate * 5)}, 60)
                 time.sleep(0.5)  # renewals under way before the edit
             results.append(_edit(k, WIRINGS[step], texts[step], versions[step], edited, server, workers, envoys,
-                                 options, left, write))  # fmt: skip
+                                 options, left, write, server_cpu))  # fmt: skip
             if renewer is not None and renewing:
                 results[-1].renewing = True
                 results[-1].renewals = renewer.ask("finish", {}, 60)[0]
@@ -287,6 +315,10 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
                  f"converged {results[-1].converged}/{results[-1].nodes}"
                  + (f", {results[-1].renewals['renewed']} renewals meanwhile" if results[-1].renewals else ""))
             time.sleep(0.2)
+        failover: dict[str, Any] = {}
+        if options.kill_replica and len(servers) > 1:
+            failover = _kill_replica(servers, workers, texts, versions, edited, envoys, options, left, write,
+                                     server_cpu, len(results) + 1)  # fmt: skip
         counters = workers.ask("counters", {}, 30)
         latencies = [ms for r in results for ms in r.latencies]
         nodes_per_edit = results[0].nodes if results else 0
@@ -318,7 +350,11 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
             "per_edit": [_public(r) for r in results],
             "cdf_ms": [percentile(latencies, q) for q in range(0, 101)],  # q-th percentile at [q]
             "tls": tls,
+            "replicas": len(servers),
+            "store": options.store,
         }
+        if failover:
+            summary["failover"] = failover
         if renewal:
             summary["renewal"] = {**renewal, **_renewal_effect(results)}
             summary["errors"] += renewal["storm"]["error_count"] + sum(
@@ -331,7 +367,10 @@ def run_fleet(options: FleetOptions) -> dict[str, Any]:
         if workers is not None:
             workers.stop()
         stop_envoys(envoys)
-        server.stop()
+        for replica in servers:
+            replica.stop()
+        if etcd is not None:
+            etcd.stop()
         finish_scratch_dir(workdir, ok, options.keep)
 
 
@@ -456,10 +495,10 @@ def _check_server_versions(server: ServerChild, shards: list[str], expected: dic
 def _edit(
     k: int, wiring: str, text: str, target: dict[str, str], edited: list[str], server: ServerChild,
     workers: _Workers, envoys: list[BlockingEnvoy], options: FleetOptions, left: Callable[[], float],
-    write: Callable[[list[str], str], None],
+    write: Callable[[list[str], str], None], server_cpu: Callable[[], float],
 ) -> EditResult:
     targets = {s: target for s in edited}
-    cpu_before = cpu_seconds(server.pid)
+    cpu_before = server_cpu()
     generator_before = workers.cpu_seconds()
     # A PUT returns once the config is served: the pushes may be ACKed before
     # `converge` starts counting, so the API's bytes are counted around the write.
@@ -480,7 +519,7 @@ def _edit(
             for key in ("bytes", "responses", "nacks"):
                 answer[key] = after[key] - before[key]
     envoy_at = [f.result() for f in envoy_done if f is not None]
-    cpu_after = cpu_seconds(server.pid)
+    cpu_after = server_cpu()
     generator_after = workers.cpu_seconds()
 
     accepted_at = _check_server_versions(server, edited, target)
@@ -500,6 +539,40 @@ def _edit(
         nacks=sum(a["nacks"] for a in answers), missing=missing, latencies=everything,
     )  # fmt: skip
     return result
+
+
+def _kill_replica(
+    servers: list[ServerChild], workers: _Workers, texts: list[str], versions: list[dict[str, str]],
+    edited: list[str], envoys: list[BlockingEnvoy], options: FleetOptions, left: Callable[[], float],
+    write: Callable[[list[str], str], None], server_cpu: Callable[[], float], k: int,
+) -> dict[str, Any]:
+    """kill -9 of the last replica (a 1/R share of the nodes): its nodes reconnect to the
+    others at once (as Envoys whose stream broke do, without their backoff), and an edit
+    through the first replica is made right after, while they are being served. Figures: when every node was connected
+    and SYNCED again on the survivors, and that edit's edit → ACK."""
+    dead, alive = servers[-1], servers[:-1]
+    assert dead.child is not None
+    dead.child.kill()
+    killed = time.monotonic()
+    # The workers' pipes take one command at a time: the nodes are re-connected (their
+    # streams opened, the servers still busy with them), then the edit is made.
+    moving = workers.ask("failover", {"dead": dead.xds, "alive": [s.xds for s in alive]}, left())
+    step = k % len(WIRINGS)
+    result = _edit(k, WIRINGS[step], texts[step], versions[step], edited, servers[0], workers, envoys, options,
+                   left, write, server_cpu)  # fmt: skip
+    moved = sum(a["moved"] for a in moving)
+    total = options.nodes + len(envoys)
+
+    def synced() -> bool:
+        rows = [r for s in alive for r in s.get("/v1/status", timeout=60)["nodes"]]
+        return sum(1 for r in rows if r["in_sync"]) >= total
+
+    wait_for(synced, min(60, left()), "every node connected and SYNCED on the surviving replicas", interval=0.1)
+    resynced_s = time.monotonic() - killed
+    note(f"replica {dead.replica_id} killed: {moved} nodes moved; all SYNCED again after {resynced_s:.2f}s; "
+         f"the edit meanwhile: p99 {result.p99_ms:.0f} ms")  # fmt: skip
+    return {"killed": dead.replica_id, "moved_nodes": moved, "resynced_s": resynced_s,
+            "edit_meanwhile": _public(result), "p99_ms_meanwhile": result.p99_ms}  # fmt: skip
 
 
 def _check_envoy_acks(server: ServerChild, envoys: list[BlockingEnvoy], target: dict[str, str]) -> None:
@@ -529,26 +602,37 @@ P99_TARGET_MS = ((1000, 250.0), (5000, 1000.0))
 P99_TARGET_MS_API = ((1000, 150.0),)
 P99_TARGET_MS_API_MANY_SHARDS = ((1000, 300.0),)
 RSS_TARGET_KIB = 50.0
+# Issue 23's: edit through one replica → every node of three replicas ACKed; a replica
+# killed → every node connected and SYNCED again within 5 s.
+P99_TARGET_MS_REPLICAS = ((3000, 300.0), (10000, 1500.0))
+RESYNC_TARGET_S = 5.0
 # Issue 13's: server CPU per 1,000 certificate signatures; renewals under way leave
 # edit → ACK p99 where it was (the paired change within this margin).
 SIGNING_CPU_TARGET_S = 1.0
 RENEWAL_EFFECT_TARGET_PCT = 10.0
 
-COLUMNS = ["nodes", "mode", "via", "shards", "nodes_per_edit", "p50_ms", "p99_ms", "max_ms", "envoy_max_ms",
+COLUMNS = ["nodes", "mode", "via", "replicas", "store", "shards", "nodes_per_edit", "p50_ms", "p99_ms", "max_ms", "envoy_max_ms",
            "detect_ms", "cpu_s_per_edit", "generator_cpu_s_per_edit", "rss_kib_per_node", "bytes_per_edit", "connect_s", "errors"]  # fmt: skip
 
 
 def targets_for(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets that apply to one run, each with its verdict."""
     checks = []
+    api_targets: tuple[tuple[int, float], ...] = ()
     if run.get("via") == "api":
         api_targets = P99_TARGET_MS_API if run.get("shards", 1) == 1 else P99_TARGET_MS_API_MANY_SHARDS
+    if run.get("replicas", 1) > 1:  # issue 23's, the etcd hop included
+        api_targets = P99_TARGET_MS_REPLICAS
     for limit_nodes, limit_ms in api_targets if run.get("via") == "api" else P99_TARGET_MS:
         if run["nodes"] <= limit_nodes:
             checks.append({"target": f"p99 ≤ {limit_ms:.0f} ms at {limit_nodes:,} nodes",
                            "value": run["p99_ms"], "ok": run["p99_ms"] <= limit_ms})  # fmt: skip
             break
     checks.append({"target": "no errors, every node converged", "value": run["errors"], "ok": run["errors"] == 0})
+    failover = run.get("failover")
+    if failover:
+        checks.append({"target": f"a replica killed: every node SYNCED again within {RESYNC_TARGET_S:.0f} s",
+                       "value": failover["resynced_s"], "ok": failover["resynced_s"] <= RESYNC_TARGET_S})
     if not run.get("tls"):  # issue 4's target, for plaintext streams (mTLS: a figure only)
         checks.append({"target": f"RSS ≤ {RSS_TARGET_KIB:.0f} KiB per node", "value": run["rss_kib_per_node"],
                        "ok": run["rss_kib_per_node"] <= RSS_TARGET_KIB})  # fmt: skip
@@ -574,13 +658,16 @@ def main(args: argparse.Namespace) -> int:
             edit_timeout=args.edit_timeout, deadline=args.deadline, nack_nodes=args.nack_nodes,
             keep=args.keep, server_log_level=args.server_log_level, via=args.via,
             tls=args.tls, renew_rate=args.renew_rate, renewals=args.renewals,
+            replicas=args.replicas, store=args.store, kill_replica=args.kill_replica,
         )  # fmt: skip
-        run = run_fleet(options)
-        run["targets"] = targets_for(run)
-        runs.append(run)
+        for store in ("sqlite", "etcd") if args.store == "both" else (args.store,):
+            run = run_fleet(replace(options, store=store))
+            run["targets"] = targets_for(run)
+            runs.append(run)
     mode = "delta" if args.delta else "sotw"
     name = args.name or (f"xds-fleet-{mode}-s{args.shards}" + ("-api" if args.via == "api" else "")
-                         + ("-renew" if args.renew_rate > 0 else "-tls" if args.tls else ""))
+                         + ("-renew" if args.renew_rate > 0 else "-tls" if args.tls else "")
+                         + (f"-r{args.replicas}-{args.store}" if args.replicas > 1 or args.store != "sqlite" else ""))
     result = {
         "figure": "xds-fleet",
         "command": "dgw bench xds-fleet " + _argv(args),
@@ -619,6 +706,12 @@ def _argv(args: argparse.Namespace) -> str:
         parts.append("--tls")
     if args.renew_rate > 0:
         parts.append(f"--renew-rate {args.renew_rate:g} --renewals {args.renewals}")
+    if args.replicas > 1:
+        parts.append(f"--replicas {args.replicas}")
+    if args.store != "sqlite":
+        parts.append(f"--store {args.store}")
+    if args.kill_replica:
+        parts.append("--kill-replica")
     return " ".join(parts)
 
 

@@ -53,7 +53,7 @@ CHANNEL_OPTIONS = (
 
 @dataclass
 class WorkerSpec:
-    address: str
+    address: str  # one server, or several replicas' addresses (comma-separated): node-i uses the i-th mod n
     nodes: list[tuple[str, str]]  # (node_id, shard)
     delta: bool = False
     streams_per_channel: int = 1
@@ -231,14 +231,33 @@ class Fleet:
             "errors": self._errors(),
         }
 
-    def _channel(self, node_id: str) -> grpc.aio.Channel:
+    def _channel(self, node_id: str, address: str | None = None) -> grpc.aio.Channel:
         """A new connection; with mTLS, presenting this node's own certificate."""
         spec = self.spec
+        address = address or self.address_of(node_id)
         if spec.tls is None:
-            return grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         key_pem, chain_pem = spec.tls[node_id]
         creds = grpc.ssl_channel_credentials(spec.bundle_pem, key_pem, chain_pem)
-        return grpc.aio.secure_channel(spec.address, creds, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+
+    def address_of(self, node_id: str) -> str:
+        """The replica node ``node-i`` connects to: the i-th of the addresses, mod n."""
+        addresses = self.spec.address.split(",")
+        return addresses[int(node_id.rsplit("-", 1)[1]) % len(addresses)]
+
+    async def failover(self, dead: str, alive: list[str]) -> dict[str, Any]:
+        """The nodes on ``dead`` (killed) reconnect, spread over ``alive``, telling the
+        server what they hold (as Envoy does): nothing should need sending."""
+        started = time.monotonic()
+        moved = [n for n in self.nodes.values() if self.address_of(n.node_id) == dead]
+        for i, node in enumerate(moved):
+            await node.client.stop()
+            channel = _CountingChannel(self._channel(node.node_id, alive[i % len(alive)]), self.counters)
+            self.channels.append(channel)
+            node.client.channel = channel  # type: ignore[assignment]
+            await node.client.start()
+        return {"moved": len(moved), "seconds": time.monotonic() - started}
 
     async def converge(self, targets: Targets, timeout: float, quiet: float) -> dict[str, Any]:
         started = time.monotonic()
@@ -299,7 +318,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
         gc.freeze()  # the nodes live until the end: keep them out of collections
         return reply
 
-    await serve_pipe(conn, {"connect": connect, "converge": fleet.converge,
+    await serve_pipe(conn, {"connect": connect, "converge": fleet.converge, "failover": fleet.failover,
                             "counters": fleet.snapshot_counters}, fleet.close)  # fmt: skip
 
 

@@ -99,15 +99,20 @@ class Child(testkit.procs.Child):
 class ServerChild:
     """A ``dgw server`` child on free loopback ports, with its own config dir."""
 
-    def __init__(self, workdir: Path, log_level: str = "INFO", tls: bool = False) -> None:
+    def __init__(self, workdir: Path, log_level: str = "INFO", tls: bool = False, store: str | None = None,
+                 replica_id: str | None = None) -> None:  # fmt: skip
         self.workdir = workdir
         self.tls = tls  # mTLS control port (its CA in the data dir), else --insecure
+        self.store = store  # etcd://...: one replica of several (else SQLite in the data dir)
+        self.replica_id = replica_id
         self.config_dir = workdir / "shards"
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.xds_port = free_port()
         self.admin_port = free_port()
         self.log_level = log_level
         self.data_dir = workdir / "data"
+        # The first start's admin token; a replica's is the first replica's (tokens are shared).
+        self.token_file = self.data_dir / "admin.token"
         self.child: Child | None = None
 
     @property
@@ -121,6 +126,9 @@ class ServerChild:
 
     def start(self, timeout: float = 120.0) -> ServerChild:
         security = ["--join", f"127.0.0.1:{free_port()}"] if self.tls else ["--insecure"]
+        if self.store is not None:
+            security += ["--store", self.store, "--replica-id", self.replica_id or self.workdir.name]
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.child = Child(
             [sys.executable, "-m", "dgw.cli", "--log-level", self.log_level, "server", *security,
              "--config-dir", str(self.config_dir), "--xds", self.xds,
@@ -149,7 +157,7 @@ class ServerChild:
     @property
     def token(self) -> str:
         """The admin token the server made on its first start (the admin API needs one)."""
-        return (self.data_dir / "admin.token").read_text().strip()
+        return self.token_file.read_text().strip()
 
     def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:
         return http_json(f"http://127.0.0.1:{self.admin_port}{path}", timeout, self.token)

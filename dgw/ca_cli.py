@@ -1,8 +1,9 @@
 """``dgw ca init`` and ``dgw ca issue``: the local certificate authority from the shell.
 
 The CA lives in ``DATA_DIR/ca`` (``ca.key`` 0600, ``ca.crt``), the server's data
-directory (``--data-dir``, else ``$DGW_DATA_DIR``, else ``$XDG_DATA_HOME/dgw``, else
-``~/.local/share/dgw``). ``issue`` makes a demo or application certificate: the key is
+directory: ``--data-dir``'s, else the context's (``ca:``; ``dgw up`` selects its own
+instance's), else the default data dir's (``$DGW_DATA_DIR``, else ``$XDG_DATA_HOME/dgw``,
+else ``~/.local/share/dgw``). ``issue`` says which CA it used. ``issue`` makes a demo or application certificate: the key is
 generated here, written 0600 and never printed; only paths and the SPIFFE ID are shown.
 """
 
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING
 from xds_server.config.model import parse_duration
 from xds_server.security.identity import IdentityError, SpiffeId, consumer_id, parse_spiffe_id
 
+from .contexts import ContextError
+
 if TYPE_CHECKING:  # cryptography loads only when a ca command runs: `dgw --help` stays quick
     from xds_server.security.ca import CertificateAuthority
 
@@ -27,16 +30,23 @@ KEY_FILE = "key.pem"
 BUNDLE_FILE = "bundle.pem"
 
 
-def ca_dir(data_dir: Path | None) -> Path:
-    """Where the CA of a server with this ``--data-dir`` lives. Without one: the
-    default data dir's, or else that of the ``dgw up`` run from this directory (so a
-    demo needs no flag)."""
-    if data_dir is not None:
-        return data_dir / CA_SUBDIR
-    from .client import local_data_dirs
+def ca_dir(data_dir: Path | None, context: str | None = None) -> tuple[Path, str]:
+    """Where the CA lives, and why there: ``--data-dir``'s; else the context's
+    (``--context``, ``$DGW_CONTEXT`` or the current one: ``dgw up`` selects its own);
+    else the default data dir's."""
+    from xds_server.store.data_dir import default_data_dir
 
-    candidates = [d / CA_SUBDIR for d in local_data_dirs()]
-    return next((c for c in candidates if (c / "ca.crt").exists()), candidates[0])
+    from .contexts import load, selected
+
+    if data_dir is not None:
+        return data_dir / CA_SUBDIR, f"--data-dir {data_dir}"
+    contexts = load()
+    name, _ = selected(contexts, context)
+    ca = contexts.contexts[name].path("ca") if name else None
+    if name and ca is not None:
+        return ca.parent, f"context {name}"
+    where = default_data_dir()
+    return where / CA_SUBDIR, f"the default data dir {where}" + (f" (context {name} names no CA)" if name else "")
 
 
 def parse_identity(text: str, trust_domain: str) -> SpiffeId:
@@ -64,10 +74,10 @@ def issue(ca: CertificateAuthority, identity: SpiffeId, out: Path, ttl: dt.timed
 def cmd_init(args: argparse.Namespace) -> int:
     from xds_server.security.ca import CA_CERT_FILE, CaError, CertificateAuthority
 
-    directory = ca_dir(args.data_dir)
     try:
+        directory, _ = ca_dir(args.data_dir, args.dgw_context)
         ca = CertificateAuthority.init(directory, trust_domain=args.trust_domain)
-    except (CaError, IdentityError) as e:
+    except (CaError, IdentityError, ContextError) as e:
         print(f"dgw ca init: {e}", file=sys.stderr)
         return 1
     print(f"CA created: {directory / CA_CERT_FILE} (trust domain {ca.trust_domain}; key 0600 beside it)")
@@ -81,13 +91,14 @@ def cmd_issue(args: argparse.Namespace) -> int:
         ttl = dt.timedelta(seconds=parse_duration(args.ttl))
         if ttl.total_seconds() <= 0:
             raise ValueError("--ttl must be more than 0, e.g. 24h")
-        directory = ca_dir(args.data_dir)
+        directory, why = ca_dir(args.data_dir, args.dgw_context)
         if not (directory / CA_CERT_FILE).exists():
-            raise CaError(f"no CA in {directory}: run `dgw ca init --data-dir {directory.parent}` first")
+            raise CaError(f"no CA in {directory} ({why}): run `dgw ca init --data-dir {directory.parent}` "
+                          "first, or pick the context of a running server (`dgw config get-contexts`)")
         ca = CertificateAuthority.load(directory)
         identity = parse_identity(args.identity, ca.trust_domain)
         paths = issue(ca, identity, args.out, ttl)
-    except (CaError, IdentityError) as e:
+    except (CaError, IdentityError, ContextError) as e:
         print(f"dgw ca issue: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
@@ -97,6 +108,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         print(f"dgw ca issue: --out {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"identity:    {identity}")
+    print(f"issuer:      {directory / CA_CERT_FILE} ({why})")
     for kind, path in paths.items():
         print(f"{kind + ':':<12} {path}")
     return 0
@@ -105,8 +117,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ca = sub.add_parser("ca", help="the local certificate authority: create it, issue client certificates")
     commands = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
-    data_dir_help = ("the server's data directory; the CA is DATA_DIR/ca (default: $DGW_DATA_DIR, else "
-                     "~/.local/share/dgw, else the one of `dgw up` run from here: .work/up/server)")
+    data_dir_help = ("the server's data directory; the CA is DATA_DIR/ca (default: the context's CA "
+                     "(`dgw up` selects its own), else $DGW_DATA_DIR/ca, else ~/.local/share/dgw/ca)")
 
     p = commands.add_parser("init", help="create the CA (EC P-256; key 0600)")
     p.add_argument("--data-dir", type=Path, default=None, help=data_dir_help)

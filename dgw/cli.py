@@ -15,15 +15,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from xds_server.config import ConfigError, DeployFile, Problem, ShardFile, load_any
 from xds_server.settings import DEFAULT_ADMIN, DEFAULT_JOIN, DEFAULT_XDS
 
+from .parser import DgwParser, install_globals, parse
+
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -49,9 +50,16 @@ def _config_files(paths: list[str]) -> tuple[list[Path], list[str]]:
 def check_file(path: Path, public_address: str = "127.0.0.1") -> ShardFile | DeployFile:
     """Load ``path`` and, for a runtime config, translate it: everything the server
     would refuse, ``dgw validate`` refuses too. Raises ConfigError."""
+    from xds_server.deploy.artifacts import CONFIG_VERSION_VAR, config_version
     from xds_server.translate import TranslateOptions, translate
 
-    config = load_any(path)
+    env = dict(os.environ)
+    if not env.get(CONFIG_VERSION_VAR):  # as the server does: the file's own config version
+        try:
+            env[CONFIG_VERSION_VAR] = config_version(path.read_bytes().decode("utf-8", "replace"))
+        except OSError:
+            pass  # load_any says why it cannot read the file
+    config = load_any(path, env)
     if isinstance(config, ShardFile):
         translate(config, TranslateOptions(public_address=public_address, file=str(path)))
     return config
@@ -148,11 +156,14 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def _security_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``dgw server``'s control-channel security flags (docs/security.md)."""
+    """``dgw server``'s control-channel security flags (docs/security.md) and replica flags."""
     values: dict[str, Any] = {"insecure": args.insecure, "join": args.join,
                               "ca_dir": args.ca_dir, "server_names": tuple(args.server_name)}
     if args.cert_ttl is not None:
         values["cert_ttl_s"] = args.cert_ttl
+    values.update(store=args.store, replica_id=args.replica_id, max_connection_age_s=args.max_connection_age)
+    if args.lease_ttl is not None:
+        values["lease_ttl_s"] = args.lease_ttl
     return values
 
 
@@ -170,11 +181,11 @@ def _duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgw", description="Data Gateway control plane and agent")
+    parser = DgwParser(prog="dgw", description="Data Gateway control plane and agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
-                        help="log level of every part (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Typed as the plain kind that every `add_command(sub)` takes; it makes DgwParsers.
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+               parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     p = sub.add_parser("validate", help="check runtime configs and deploy desires")
     p.add_argument("paths", nargs="+", help="YAML files or directories of them")
@@ -211,12 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--server-name", action="append", default=[], metavar="NAME",
                      help="a DNS name or IP the server's certificate holds besides loopback "
                           "(the address remote hosts dial); repeatable")
+    ha = p.add_argument_group("several replicas (docs/ha.md)")
+    ha.add_argument("--store", default=None, metavar="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
+                    help="keep the config store, tokens and node reports in etcd: this server is then "
+                         "one replica of several (default: SQLite in the data dir)")
+    ha.add_argument("--replica-id", default=None, help="this replica's name (default: HOSTNAME-PID)")
+    ha.add_argument("--lease-ttl", type=_duration, default=None,
+                    help="how long a dead replica's jobs and a dead host's report outlive them (default: 10s)")
+    ha.add_argument("--max-connection-age", type=_duration, default=None,
+                    help="close control connections after this long (±10%%), so nodes spread over the "
+                         "replicas again (default: never; e.g. 30m with replicas)")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a gateway instance or a client-side proxy")
     p.add_argument("--shard", help="the gateway instance's shard")
     p.add_argument("--node-id", required=True)
-    p.add_argument("--xds", required=True, help="the xds_server's gRPC HOST:PORT")
+    p.add_argument("--xds", required=True,
+                   help="the xds_server's gRPC HOST:PORT; several replicas: IP:PORT,IP:PORT,...")
     p.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--client", metavar="ADDRESS/LISTENER",
@@ -229,24 +251,40 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from sidecar import cli as sidecar_cli
 
-    from . import ca_cli, client_proxy_cli, completion, daemon, logs, ops, schema, stats_cli, up
+    from . import (
+        artifact_cli,
+        ca_cli,
+        client_proxy_cli,
+        completion,
+        config_cli,
+        daemon,
+        logs,
+        ls_cli,
+        ops,
+        plan_cli,
+        rollout_cli,
+        schema,
+        stats_cli,
+        up,
+    )
 
     sidecar_cli.add_commands(sub)
     up.add_command(sub)
-    daemon.add_command(sub, up.DEFAULT_STATE_DIR)
-    logs.add_command(sub, up.DEFAULT_STATE_DIR)
+    daemon.add_command(sub)
+    logs.add_command(sub)
+    ls_cli.add_command(sub)
+    config_cli.add_command(sub)
     bench_cli.add_commands(sub)
     ops.add_commands(sub)
     stats_cli.add_command(sub)
+    artifact_cli.add_command(sub)
+    plan_cli.add_command(sub)
+    rollout_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
     client_proxy_cli.add_command(sub)
     completion.add_command(sub)
-    for command in sub.choices.values():
-        # Where users type it too (`dgw up --log-level WARNING`); SUPPRESS keeps the
-        # top-level value when the sub-command's is not given.
-        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
-                             help="log level of every part (default: INFO)")
+    install_globals(parser)  # last: every command above, and any added since, gets them
     return parser
 
 
@@ -259,7 +297,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         code: int = args.func(args)

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +47,14 @@ TLS_PROVIDER = "client"
 READY_TIMEOUT_S = 30.0
 FILE_POLL_S = 1.0
 SIGN_TIMEOUT_S = 10.0
+# While it waits to serve: how often it looks, and how often it says what it awaits.
+WAIT_POLL_S = 0.25
+PROGRESS_EVERY_S = 5.0
+# The bootstrap's clusters: the xds_server, and the shard's gateways (EDS ADDRESS/LISTENER).
+_XDS_CLUSTER = "dgw_xds"
+_GATEWAY_CLUSTER = "gateway"
+_STATS = (r"^(control_plane\.connected_state|cluster\.(dgw_xds|gateway)\.(upstream_cx_connect_fail"
+          r"|ssl\.(connection_error|fail_verify_error|fail_verify_san)|membership_healthy))$")
 
 
 class ClientProxyError(Exception):
@@ -68,6 +77,8 @@ class Options:
     state_dir: Path | None
     insecure: bool = False  # the xds_server is plaintext (dgw server --insecure)
     join_server: str | None = None  # the server's join port (--join): the first certificate
+    ready_timeout_s: float = READY_TIMEOUT_S  # give up when not serving after this long
+    context: str | None = None  # the context the defaults came from (named in errors)
 
 
 # --- credentials ------------------------------------------------------------------------
@@ -141,6 +152,9 @@ def join_signer(
             creds = grpc.ssl_channel_credentials(held.bundle_pem, held.key_pem, held.chain_pem)
             channel = grpc.aio.secure_channel(xds, creds)
             request = gateway_pb2.SignRequest(shard=shard, node_id=node_id, csr_pem=csr_pem)
+        # The address this call dials, as the user named it: --join-server the first
+        # time (with the token), --xds for a renewal.
+        dialled = f"--join-server {first}" if held is None else f"--xds {xds}"
         async with channel:
             try:
                 stub = gateway_pb2_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
@@ -148,13 +162,120 @@ def join_signer(
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                     raise ClientProxyError(
-                        f"the server at --xds {xds} does not sign certificates (SignCertificate is not "
+                        f"the server at {dialled} does not sign certificates (SignCertificate is not "
                         "implemented there): use --identity CERT KEY (see `dgw ca issue`)"
                     ) from None
-                raise ClientProxyError(f"--join: the server at {xds} refused: {e.details()}") from None
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise ClientProxyError(
+                        f"--join: no server answers at {dialled} ({e.details()}); is it running, and is "
+                        "that its join port? (`dgw up` shows it, and its context holds it)"
+                    ) from None
+                raise ClientProxyError(f"--join: the server at {dialled} refused: {e.details()}") from None
         return Signed(chain_pem=response.certificate_chain_pem, bundle_pem=response.trust_bundle_pem)
 
     return sign
+
+
+# --- waiting to serve ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    """What one look at the proxy's Envoy saw."""
+
+    live: bool  # /ready says LIVE
+    connected: bool  # its xDS stream to the xds_server is up
+    connect_failures: int  # TCP connections to the xds_server that failed
+    tls_failures: int  # TLS handshakes with the xds_server that failed, verification aside
+    unverified: int  # its certificate was not vouched for by our bundle (or not the server's name)
+    gateways: int  # healthy gateways it may forward to
+
+
+def pending(view: ProxyView, options: Options, bundle: str) -> list[str]:
+    """What still stands between the application and a gateway; empty when serving.
+    ``bundle``: the CA file the server is checked with."""
+    context = f", context {options.context}" if options.context else ""
+    if not view.connected:
+        if view.unverified:
+            return [f"the xds_server at --xds {options.xds}: its certificate is not vouched for by {bundle} "
+                    f"({view.unverified} TLS verifications failed{context}): is the identity from that "
+                    "server's CA (`dgw ca issue` in its context)?"]
+        if view.tls_failures:
+            return [f"a TLS handshake with the xds_server at --xds {options.xds}: {view.tls_failures} failed "
+                    f"(CA {bundle}{context}): does the server accept this identity?"]
+        if view.connect_failures:
+            return [f"the xds_server at --xds {options.xds}: nothing answers there "
+                    f"({view.connect_failures} connections failed; is it running, and is that its xDS port?)"]
+        return [f"a connection to the xds_server at --xds {options.xds}"]
+    waits = []
+    if view.gateways == 0:
+        waits.append(f"a healthy gateway of shard {options.shard} registered under {options.address} for "
+                     f"listener {options.listener} (none yet: is the shard up, and does its registrations "
+                     f"list {options.address}?)")
+    if not waits and not view.live:
+        waits.append("Envoy's first config")
+    return waits
+
+
+async def observe(envoy: EnvoyProcess) -> ProxyView:
+    from envoy_proxy import AdminUnavailable
+
+    try:
+        stats = await envoy.admin.stats(_STATS)
+        live = await envoy.admin.ready()
+    except AdminUnavailable:
+        return ProxyView(False, False, 0, 0, 0, 0)
+    ssl = f"cluster.{_XDS_CLUSTER}.ssl"
+    return ProxyView(
+        live=live,
+        connected=stats.number("control_plane.connected_state") == 1,
+        connect_failures=stats.number(f"cluster.{_XDS_CLUSTER}.upstream_cx_connect_fail"),
+        tls_failures=stats.number(f"{ssl}.connection_error"),
+        unverified=stats.number(f"{ssl}.fail_verify_error") + stats.number(f"{ssl}.fail_verify_san"),
+        gateways=stats.number(f"cluster.{_GATEWAY_CLUSTER}.membership_healthy"),
+    )
+
+
+async def wait_serving(envoy: EnvoyProcess, options: Options, bundle: str, stop: asyncio.Event,
+                       say: Callable[[str], None]) -> bool:  # fmt: skip
+    """Until the proxy can forward a connection (True), or ``stop`` is set (False).
+    Says what it awaits every PROGRESS_EVERY_S; raises ClientProxyError with the
+    reasons after ``options.ready_timeout_s``, or when Envoy ends."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    next_note = started + PROGRESS_EVERY_S
+    while not stop.is_set():
+        if not envoy.running:
+            raise ClientProxyError(f"envoy {envoy.exit_text()}; its log: {envoy.log_path}")
+        waits = pending(await observe(envoy), options, bundle)
+        if not waits:
+            return True
+        now = loop.time()
+        if now - started >= options.ready_timeout_s:
+            raise ClientProxyError(f"not serving after {options.ready_timeout_s:g} s (--ready-timeout); "
+                                   f"still waiting for: {'; '.join(waits)}")  # fmt: skip
+        if now >= next_note:
+            say(f"client proxy: waiting ({now - started:.0f} s) for: {'; '.join(waits)}")
+            next_note = now + PROGRESS_EVERY_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WAIT_POLL_S)
+    return False
+
+
+async def _unless_stopped(work: Awaitable[Credentials], stop: asyncio.Event) -> Credentials | None:
+    """``work``'s result, or None as soon as ``stop`` is set (``work`` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
 
 
 # --- the proxy --------------------------------------------------------------------------
@@ -197,8 +318,10 @@ def bootstrap(options: Options, sds_socket: Path, trust_domain: str) -> dict[str
     )  # fmt: skip
 
 
-async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> int:
-    """Serve until ``stop`` is set (or Envoy ends); the exit code."""
+async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], None] = print,
+              say: Callable[[str], None] = log.info) -> int:  # fmt: skip
+    """Serve until ``stop`` is set (or Envoy ends); the exit code (130: stopped before
+    it served). ``say`` hears what it waits for while it is not serving yet."""
     owned = options.state_dir is None
     state = options.state_dir or _short_state_dir()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -219,7 +342,9 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
             files = IdentityFiles(cert, key, bundle)
             creds = files.load()
             trust_domain = trust_domain_of(creds.chain_pem)
+            trust_file = str(bundle)
         elif options.join is not None:
+            trust_file = str(options.ca) if options.ca else "the bundle the server returned"
             bundle_pem = _read(options.ca, "--ca") if options.ca else None
             trust_domain = _bundle_trust_domain(bundle_pem) if bundle_pem else DEFAULT_TRUST_DOMAIN
         else:
@@ -240,12 +365,15 @@ async def run(options: Options, stop: asyncio.Event, on_ready: Callable[[str], N
                                lambda: held[0] if held else None, bundle_pem,
                                options.join_server)  # fmt: skip
             keeper = IdentityKeeper(None, sign, on_new)  # the token names the consumer
-            creds = await keeper.refresh()
+            creds = await _unless_stopped(keeper.refresh(), stop)
+            if creds is None:
+                return 130
             tasks.append(asyncio.create_task(keeper.run(stop)))
         sds.serve([TLS_PROVIDER], creds)
         if files is not None:
             tasks.append(asyncio.create_task(follow_files(files, sds, [TLS_PROVIDER], stop)))
-        await envoy.wait_ready(READY_TIMEOUT_S)
+        if not await wait_serving(envoy, options, trust_file, stop, say):
+            return 130
         on_ready(
             f"client proxy: {options.listen} → {options.address}/{options.listener} "
             f"(gateways spiffe://{trust_domain}/gateway/{options.shard}), "
@@ -298,4 +426,5 @@ async def serve_until_signalled(options: Options) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await run(options, stop, on_ready=lambda text: print(text, flush=True))
+    return await run(options, stop, on_ready=lambda text: print(text, flush=True),
+                     say=lambda text: print(text, file=sys.stderr, flush=True))

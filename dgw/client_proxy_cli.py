@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.hostport import split_host_port
+from xds_server.settings import DEFAULT_JOIN, DEFAULT_XDS
+
+from .contexts import Context, ContextError, load, selected
 
 if TYPE_CHECKING:
     from .client_proxy import Options
@@ -21,39 +24,62 @@ class UsageError(Exception):
     pass
 
 
+def _context(args: argparse.Namespace) -> tuple[str | None, Context | None]:
+    """The context whose server the proxy's defaults come from (``--context``,
+    ``$DGW_CONTEXT``, the current one), if any."""
+    contexts = load()
+    name, _ = selected(contexts, args.dgw_context)
+    return name, contexts.contexts.get(name) if name else None
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
     from .client_proxy import Options
 
     if (args.identity is None) == (args.join is None):
         raise UsageError("give exactly one of --identity CERT KEY (see `dgw ca issue`) and --join TOKEN "
                          "(`dgw token create --role client --identity ACCOUNT-APP`)")
-    if args.join is not None and args.ca is None and not args.insecure:
+    name, context = _context(args)
+    xds = args.xds or (context.xds if context else None) or DEFAULT_XDS
+    join_server = args.join_server or (context.join if context else None) or DEFAULT_JOIN
+    ca = args.ca
+    if args.join is not None and ca is None and context is not None:
+        ca = context.path("ca")
+    if args.join is not None and ca is None and not args.insecure:
         raise UsageError("--join needs --ca: the server's CA bundle, to check the server before "
-                         "sending it the token (dgw up's: .work/up/server/ca/ca.crt)")
+                         "sending it the token" + (f" (context {name} names none)" if name else
+                                                   " (a context's ca: `dgw config get-contexts`)"))
     split_host_port(args.listen, "--listen", allow_zero=False)
-    split_host_port(args.xds, "--xds", allow_zero=False)
+    split_host_port(xds, "--xds", allow_zero=False)
+    if name is not None:
+        used = [f"{flag} {value}" for flag, value, given in (
+            ("--xds", xds, args.xds), ("--join-server", join_server, args.join_server), ("--ca", ca, args.ca))
+            if not given and value is not None and ((flag != "--join-server" and flag != "--ca") or args.join)]
+        if used:
+            print(f"dgw client-proxy: context {name}: {', '.join(used)}", file=sys.stderr)
     return Options(
         shard=args.shard,
         listener=args.listener,
         address=args.address or args.shard,
         listen=args.listen,
-        xds=args.xds,
+        xds=xds,
         node_id=args.node_id or f"client-{socket.gethostname()}-{os.getpid()}",
         admin=args.admin,
         delta=args.delta,
         identity=(args.identity[0], args.identity[1]) if args.identity else None,
-        ca=args.ca,
+        ca=ca,
         join=args.join,
         state_dir=args.state_dir,
         insecure=args.insecure,
-        join_server=args.join_server,
+        join_server=join_server,
+        context=name,
+        **({} if args.ready_timeout is None else {"ready_timeout_s": args.ready_timeout}),
     )
 
 
 def cmd_client_proxy(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
-    except (UsageError, ValueError) as e:
+    except (UsageError, ValueError, ContextError) as e:
         print(f"dgw client-proxy: {e}", file=sys.stderr)
         return 2
     from envoy_proxy import EnvoyError
@@ -79,15 +105,20 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--listener", required=True, help="the shard's public listener, e.g. secure_postgres")
     p.add_argument("--address", help="the registration address the gateways register under (default: the shard)")
     p.add_argument("--listen", required=True, help="where the application connects, e.g. 127.0.0.1:15432")
-    p.add_argument("--xds", default="127.0.0.1:18000", help="the xds_server's gRPC HOST:PORT (default: %(default)s)")
+    p.add_argument("--xds", default=None,
+                   help=f"the xds_server's gRPC HOST:PORT (default: the context's, else {DEFAULT_XDS})")
     p.add_argument("--identity", nargs=2, metavar=("CERT", "KEY"), type=Path,
                    help="the application's certificate and key (PEM; `dgw ca issue` makes a demo one)")
     p.add_argument("--ca", type=Path, help="the trust bundle gateways chain to (default: bundle.pem beside CERT); with --join, "
-                        "the bundle the server's certificate is checked against")
+                        "the bundle the server's certificate is checked against (default: the context's)")
     p.add_argument("--join", metavar="TOKEN", help="get an identity from the server's CA with a one-time client token "
                    "(dgw token create --role client --identity ACCOUNT-APP)")
-    p.add_argument("--join-server", default="127.0.0.1:18002",
-                   help="the server's join port, for the first certificate with --join (default: %(default)s)")
+    p.add_argument("--join-server", default=None,
+                   help=f"the server's join port, for the first certificate with --join (default: the "
+                        f"context's, else {DEFAULT_JOIN})")
+    p.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up, saying why, when it cannot serve after this long: no server, no "
+                        "gateway registered (default: 30)")
     p.add_argument("--node-id", help="this proxy's node id at the xds_server (default: client-HOST-PID)")
     p.add_argument("--admin", default="127.0.0.1:0", help="Envoy admin HOST:PORT (default: a free port)")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")

@@ -2,6 +2,10 @@
 the server reads the shard (which takes ``${DGW_...}`` variables from this process).
 
 - ``DGW_UP_STATE_DIR``: the run's state directory (absolute), so DAL files land there.
+- ``DGW_DEMO_KV_PREFIX``, ``DGW_DEMO_PG_SCHEMA``: for an instance other than ``default``
+  (``dgw up --name N``), a Redis key prefix and a PostgreSQL schema named for its node
+  id (unique to its state dir), so two instances, or two users' instances of one name,
+  never read each other's cache or tables. A value the user set is kept.
 - ``DGW_DEMO_CQL_ENGINE``: ``postgres`` when PostgreSQL answers at
   ``DGW_DEMO_POSTGRES_DSN`` (default 127.0.0.1:5432, user postgres), else ``sqlite`` (a
   second file): the shadow target ``cql`` is the seed's new datastore. A value the
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
@@ -42,9 +47,14 @@ async def probe_postgres(dsn: str, timeout: float = PROBE_TIMEOUT_S) -> str | No
     return None
 
 
-async def prepare(state_dir: str, env: MutableMapping[str, str] = os.environ) -> StorageChoice:
-    """``state_dir``: absolute."""
+async def prepare(state_dir: str, scope: str | None = None,
+                  env: MutableMapping[str, str] = os.environ) -> StorageChoice:  # fmt: skip
+    """``state_dir``: absolute. ``scope``: what names an instance's own cache prefix and
+    schema (None: the default instance's, as the README shows them)."""
     env.setdefault("DGW_UP_STATE_DIR", state_dir)
+    if scope is not None:
+        env.setdefault("DGW_DEMO_KV_PREFIX", f"dgw-demo-{scope}")
+        env.setdefault("DGW_DEMO_PG_SCHEMA", "dgw_demo_cql_" + re.sub(r"[^a-z0-9_]", "_", scope.lower()))
     if env.get("DGW_DEMO_CQL_ENGINE"):
         return StorageChoice(env["DGW_DEMO_CQL_ENGINE"], "DGW_DEMO_CQL_ENGINE is set")
     dsn = env.get("DGW_DEMO_POSTGRES_DSN") or DEFAULT_DSN

@@ -24,7 +24,6 @@ import yaml
 from dgw.client import Client, ClientError, etag_version, resolve
 
 Command = Callable[[argparse.Namespace, Client], int]
-OUTPUTS = ("table", "json", "yaml")
 _TYPES = ("CDS", "EDS", "LDS", "RDS", "SDS")
 _SHORT_STATE = {"SYNCED": "SYNCED", "STALE": "STALE", "NACKED": "NACKED", "NOT_SENT": "NOT SENT"}
 
@@ -167,6 +166,15 @@ def _render_shard(data: Any) -> str:
             head.append(f"{key}:{' ' * (8 - len(key))}{data[key]}")
     if data.get("source_missing"):
         head.append("source missing: the file is gone; the shard keeps serving its last version")
+    deploy = data.get("deploy")
+    if deploy:
+        head.append(f"tier:    {deploy.get('tier')}")
+        if deploy.get("owners"):
+            head.append(f"owners:  {', '.join(deploy['owners'])}")
+        if deploy.get("locations"):
+            head.append(f"locations: {', '.join(deploy['locations'])}")
+        for pin in deploy.get("pins") or []:
+            head.append(f"pin:     {pin['artifact']} = {pin['digest'][:19]} ({pin['ref']}; {pin['source']})")
     rejected = data.get("rejected")
     if rejected:
         head.append("rejected: " + "; ".join(rejected.get("errors", [])) if isinstance(rejected, dict) else "yes")
@@ -280,21 +288,37 @@ def _render_status(data: Any) -> str:
         shards = ", ".join(sorted(data.get("shards", {}))) or "none"
         return f"no node is connected (shards: {shards})"
     types = [t for t in _TYPES if any(t in n.get("types", {}) for n in nodes)]
+    located = any(n.get("location") for n in nodes)
+    # Grouped by where the nodes run (their sidecars' --account/--region/--stack).
+    nodes = sorted(nodes, key=lambda n: (n.get("location") or "", n.get("shard") or "", n.get("node") or ""))
     rows = []
     for n in nodes:
         dals = n.get("dals") or {}
         rows.append([
+            *([n.get("location") or "-"] if located else []),
             n.get("shard"), n.get("node"), n.get("protocol").upper() if n.get("protocol") else "",
             _short_time(n.get("connected_since")),
             *(_SHORT_STATE.get(n["types"][t]["state"], n["types"][t]["state"]) if t in n["types"] else ""
               for t in types),
             ", ".join(f"{d}={v.get('health', '?')}" for d, v in dals.items()) or "-",
         ])  # fmt: skip
-    lines = [table(["SHARD", "NODE", "PROTOCOL", "CONNECTED", *types, "DALS"], rows)]
+    lines = [table([*(["LOCATION"] if located else []), "SHARD", "NODE", "PROTOCOL", "CONNECTED", *types, "DALS"],
+                   rows)]  # fmt: skip
+    if located:
+        by: dict[str, list[Any]] = {}
+        for n in nodes:
+            by.setdefault(n.get("location") or "-", []).append(n)
+        lines.append("by location: " + "; ".join(
+            f"{where} {sum(1 for n in group if n.get('in_sync'))}/{len(group)} in sync" for where, group in by.items()))
+    shards = data.get("shards", {})
     for n in nodes:
         for t, s in n.get("types", {}).items():
             if s.get("state") == "NACKED" and s.get("nack"):
                 lines.append(f"{n['node']} {t} NACKED: {s['nack']}")
+        for key, message in (n.get("problems") or {}).items():
+            owners = (shards.get(n.get("shard")) or {}).get("owners") or []
+            tell = f" [owners: {', '.join(owners)}]" if owners and key.startswith("refused.") else ""
+            lines.append(f"{n['shard']}/{n['node']} {key}: {message}{tell}")
     return "\n".join(lines)
 
 
@@ -424,13 +448,30 @@ def cmd_audit(args: argparse.Namespace, client: Client) -> int:
 # --- wiring into the parser -------------------------------------------------------------
 
 
+# The API speaks HTTP; a user of the CLI reads its flags (the server's advice, reworded).
+_CLI_WORDS = (
+    (re.compile(r"\?force=true"), "--force"),
+    (re.compile(r"\?dry_run=true"), "--dry-run"),
+    (re.compile(r'send it as If-Match: "(\d+)"'), r"give --force-version \1"),
+)
+
+
+def in_cli_words(message: str) -> str:
+    """The server's message with its HTTP advice said as the CLI's flags."""
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
 def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            client = Client(resolve(args.server, args.token), timeout=args.request_timeout)
-            return command(args, client)
+            target = resolve(args.dgw_server, args.dgw_token, args.dgw_context)
+            if args.verbose:
+                print(target.describe(), file=sys.stderr)
+            return command(args, Client(target, timeout=args.request_timeout))
         except ClientError as e:
-            print(f"dgw {args.command}: {e}", file=sys.stderr)
+            print(f"dgw {args.command}: {in_cli_words(str(e))}", file=sys.stderr)
             return 1
         except (KeyError, TypeError, AttributeError) as e:
             # A server (or proxy) that does not answer as the API says: no traceback either.
@@ -441,14 +482,9 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _client_options(p: argparse.ArgumentParser, output: bool = True) -> None:
-    p.add_argument("--server", help="the admin API, http://HOST:PORT "
-                   "(default: $DGW_SERVER, the config file, http://127.0.0.1:18001)")  # fmt: skip
-    p.add_argument("--token", help="a bearer token (default: $DGW_TOKEN, the config file, "
-                   "or a local server's admin.token); prefer $DGW_TOKEN: flags show in ps")  # fmt: skip
+def _client_options(p: argparse.ArgumentParser) -> None:
+    """--server, --token, --context and -o are global options (dgw/parser.py)."""
     p.add_argument("--request-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
-    if output:
-        p.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="table (default), json or yaml")
 
 
 def _versioned(p: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ def busy_ports(
     return problems
 
 
-def busy_server_ports(addresses: dict[str, str]) -> list[str]:
+def busy_server_ports(addresses: dict[str, str], instance: str = "default") -> list[str]:
     """One message per control-plane address (option → HOST:PORT) another program holds.
     Checked before binding: gRPC would share a port it finds taken (SO_REUSEPORT)."""
     problems: list[str] = []
@@ -54,9 +54,10 @@ def busy_server_ports(addresses: dict[str, str]) -> list[str]:
         host, port = split_host_port(address, option)
         if port and port_in_use(port, host):
             problems.append(
-                f"port {address} ({option}) is in use by another program (another dgw up? "
-                f"`dgw down` stops one started with -d): stop it or pass {option} "
-                f"{host}:0 (any free port; the banner shows which)"
+                f"port {address} ({option}) of instance {instance} is in use by another program "
+                f"(another dgw up? `dgw ls` lists them): stop it, pass {option} {host}:0 (any free "
+                "port; the banner shows which), or start an instance of another name "
+                "(`dgw up --name N`: free ports for all)"
             )
     return problems
 
@@ -84,15 +85,30 @@ class _Markers(Mapping[str, str]):
         return 0
 
 
-def setting_variable(source: Path, listener: str) -> str | None:
-    """The ``${VAR}`` a listener's port comes from in its shard file, if any."""
+def _listener_variables(source: Path) -> dict[str, str]:
+    """Listener → the ``${VAR}`` its port comes from, in one shard file."""
     try:
         text = interpolate(source.read_text(encoding="utf-8"), _Markers())
-        path = yaml.safe_load(text)["proxy_config"]["public_listeners"][listener]["path"]
-    except (OSError, UnicodeDecodeError, InterpolationError, yaml.YAMLError, KeyError, TypeError):
-        return None
-    match = _MARKED.search(str(path))
-    return match.group(1) if match else None
+        listeners = yaml.safe_load(text)["proxy_config"]["public_listeners"]
+        paths = {name: str(spec["path"]) for name, spec in listeners.items()}
+    except (OSError, UnicodeDecodeError, InterpolationError, yaml.YAMLError, KeyError, TypeError,
+            AttributeError):
+        return {}
+    return {name: m.group(1) for name, path in paths.items() if (m := _MARKED.search(path))}
+
+
+def setting_variable(source: Path, listener: str) -> str | None:
+    """The ``${VAR}`` a listener's port comes from in its shard file, if any."""
+    return _listener_variables(source).get(listener)
+
+
+def port_variables(config_dir: Path) -> list[str]:
+    """Every variable a public listener's port comes from in ``config_dir``'s shard
+    files (``path: ${DGW_DEMO_HTTP_PORT:-8080}``), in order."""
+    found: dict[str, None] = {}
+    for source in sorted(config_dir.glob("*.y*ml")):
+        found.update(dict.fromkeys(_listener_variables(source).values()))
+    return list(found)
 
 
 def _free_above(port: int, address: str) -> str:

@@ -45,8 +45,12 @@ MEANINGS: dict[str, dict[str, str]] = {
     "PublicListener": {
         "mode": "The protocol Envoy speaks on it.",
         "path": "A TCP port (1-65535) on the public address, or an absolute unix socket path.",
-        "tls_creds": "TLS credentials name. Accepted by validation, refused by the translator until TLS lands.",
-        "authz": "Authorization policy name. Accepted by validation, refused by the translator until authorization lands.",
+        "tls_creds": "A TLS provider of the server (`metatron`: the local CA): the listener serves TLS with "
+                     "the host's certificate and requires a client certificate chaining to the "
+                     "provider's trust bundle (mTLS). Another name is an error listing the known ones.",
+        "authz": "An authorization provider of the server (`gandalf`: the shard's "
+                 "`deploy_desires.consumers`): only those consumers may call, read-only ones only "
+                 "read methods (`read_methods`). Needs `tls_creds` (the caller's identity).",
     },
     "ContainerDal": {
         "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "

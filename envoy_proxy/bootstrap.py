@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from common.hostport import split_host_port
+from common.hostport import split_addresses, split_host_port
 
 from .stats import LATENCY_BUCKETS_MS, STATS_FLUSH_INTERVAL_S
 
@@ -24,8 +24,11 @@ XDS_CERTIFICATE_SECRET = "dgw.xds.certificate"
 XDS_TRUST_BUNDLE_SECRET = "dgw.xds.trust_bundle"
 DEFAULT_XDS_SERVER_ID = "spiffe://dgw.local/xds-server"
 DEFAULT_ADMIN = "127.0.0.1:9901"
-# Envoy retries a broken ADS stream with jittered backoff from this base.
 XDS_CONNECT_TIMEOUT = "1s"
+# A broken ADS stream is re-opened with jittered backoff from 0.25 s up to 5 s (Envoy's
+# own default grows to 30 s): a restarted server, or another replica, has its Envoys
+# back within seconds, and the jitter still spreads a fleet's reconnects.
+XDS_RETRY = {"retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"}}
 
 
 def _is_ip(host: str) -> bool:
@@ -56,14 +59,17 @@ def make_bootstrap(
     so a renewed certificate is used for the next connection without a restart."""
     if xds_tls and not sds_socket:
         raise ValueError("an mTLS connection to the xds_server needs the host's SDS socket (sds_socket)")
-    xds_host, xds_port = split_host_port(xds, "--xds")
+    # Several replicas (``a:18000,b:18000``): one endpoint each; Envoy's ADS stream
+    # goes to one of them and, when it breaks, to another.
+    servers = split_addresses(xds, "--xds")
+    xds_host = servers[0][0]
     config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": shard},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": XDS_RETRY}}],
                 "set_node_on_first_message_only": True,
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -86,16 +92,9 @@ def make_bootstrap(
                         "endpoints": [
                             {
                                 "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
+                                    {"endpoint": {"address": {"socket_address": {
+                                        "address": host, "port_value": port}}}}
+                                    for host, port in servers
                                 ]
                             }
                         ],

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Regenerate the Python code of every API in protos/ (the generated files are committed,
 # so users never need grpcio-tools): dgw_api/v1/ from protos/dgw_api/v1/*.proto (the
-# platform's own API) and dals/kv/v1/ from protos/dals/kv/v1/*.proto (the Key-Value
-# DAL's, importable by the DAL and its clients without the platform). grpcio-tools pins
-# its own protobuf, hence the throw-away venv.
+# platform's own API), dals/kv/v1/ from protos/dals/kv/v1/*.proto (the Key-Value
+# DAL's, importable by the DAL and its clients without the platform) and etcd_api/ from
+# protos/etcd_api/*.proto (etcd's v3 API, the config store's client; update.py there
+# refreshes them from Debian's etcd). grpcio-tools pins its own protobuf, hence the
+# throw-away venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q "grpcio-tools==1.85.1"  # the version dgw_api was made with
-for api in dgw_api/v1 dals/kv/v1; do
+for api in dgw_api/v1 dals/kv/v1 etcd_api; do
   "$venv/bin/python" -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. "protos/$api"/*.proto
 done

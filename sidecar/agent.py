@@ -25,6 +25,7 @@ from common.hostport import split_host_port
 from dgw_api.health import Health
 from xds_server.config import RuntimeConfig
 
+from .builds import BuildCheck, check_builds
 from .config import SidecarSettings
 from .config_follower import ConfigFollower
 from .control import ControlClient
@@ -119,6 +120,7 @@ class Agent:
             shard=settings.shard, node_id=settings.node_id,
             bind_address=settings.bind_address, host_address=settings.host_address,
             runtime=runtime.name, network_mode=runtime.network_mode,
+            account=settings.account, region=settings.region, stack=settings.stack,
         )
         self.envoy_status = EnvoyStatus()
         self.passes = 0  # reconcile passes done (tests wait on it)
@@ -126,6 +128,7 @@ class Agent:
         self._unhealthy_since: dict[str, float] = {}
         self._logged_waits: dict[str, float] = {}
         self._logged_errors: dict[str, str] = {}
+        self._builds: dict[str, BuildCheck] = {}  # the pinned DALs' last tamper checks
         self._wake = asyncio.Event()
         self._wake_at: float | None = None
         self._stopping = False
@@ -225,6 +228,7 @@ class Agent:
         cfg = self.follower.config
         if cfg is not None:
             ex.forget(set(cfg.container_dals) | {o.dal for o in observed})
+            self._builds = await check_builds(self.runtime, cfg, self.follower.pins)
         desired = self._desired(observed)
         the_plan = plan(desired.specs, observed, ex.history, now, self.policy, desired.blocked)
         self._wake_at = the_plan.wake_at
@@ -280,12 +284,15 @@ class Agent:
         desired = build_desired(
             cfg, observed, ports, shard=s.shard, node=s.node_id,
             network_mode=self.runtime.network_mode, bind_address=s.bind_address,
+            builds=self._builds,
         )
         self.claims.claim(self._owner, desired.ports)
-        for key, message in desired.errors.items():
+        problems = {**desired.errors, **{f"refused.dal.{d}": m for d, m in desired.refused.items()}}
+        for key, message in problems.items():
             if self._logged_errors.get(key) != message:
-                self.log.error("goal_unreachable", what=key, error=message)
-        self._logged_errors = dict(desired.errors)
+                self.log.error("build_refused" if key.startswith("refused.") else "goal_unreachable",
+                               what=key, error=message)  # fmt: skip
+        self._logged_errors = problems
         return desired
 
     def _situation(

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's options, for whichever parser hosts the command."""
     p = parser
     p.add_argument("--server", default=defaults.DEFAULT_SERVER,
-                   help="the xds_server's gRPC HOST:PORT (the one Envoy uses too)")
+                   help="the xds_server's gRPC HOST:PORT (the one Envoy uses too); several replicas: "
+                        "IP:PORT,IP:PORT,... (this host uses one, and another when it goes)")
     p.add_argument("--shard", required=True, help="the shard this host serves")
     p.add_argument("--node-id", help="this host's node id (default: the host name)")
     p.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto",
@@ -42,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Envoy admin port on 127.0.0.1 (default: any free port)")
     p.add_argument("--delta", dest="delta_xds", action="store_true",
                    help="Envoy uses incremental (delta) xDS")
+    p.add_argument("--account", default=os.environ.get("DGW_ACCOUNT", ""),
+                   help="the account this host runs in, as deploy_desires.locations name it "
+                        "(default: $DGW_ACCOUNT); reported to the server")
+    p.add_argument("--region", default=os.environ.get("DGW_REGION", ""),
+                   help="its region (default: $DGW_REGION)")
+    p.add_argument("--stack", default=os.environ.get("DGW_STACK", ""),
+                   help="its stack, e.g. leader (default: $DGW_STACK; none: the main stack)")
     p.add_argument("--stop-dals-on-exit", action="store_true",
                    help="remove the DALs when the agent stops (default: leave them for "
                         "the next agent to adopt)")
@@ -84,6 +92,9 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         "envoy_admin_port": args.envoy_admin_port,
         "delta_xds": args.delta_xds,
         "stop_dals_on_exit": args.stop_dals_on_exit,
+        "account": args.account,
+        "region": args.region,
+        "stack": args.stack,
         "resync_s": args.resync_s,
         "stats_every_s": args.stats_every_s,
         "insecure": args.insecure,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from common.hostport import join_host_port, split_addresses
 
 DEFAULT_SERVER = "127.0.0.1:18000"
 # The xds_server's join port (its --join), where a new host's first certificate is
@@ -40,14 +44,15 @@ DEFAULT_ENVOY_BACKOFF_MAX_S = 10.0
 DEFAULT_CRASH_LOG_LINES = 20
 
 RuntimeName = Literal["auto", "docker", "process"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def agent_dir_name(shard: str, node_id: str) -> str:
+    """The agent's own directory under ``--state-dir`` (``dgw logs`` finds its files there)."""
+    return _UNSAFE.sub("_", f"{shard}-{node_id}")
+
 NetworkMode = Literal["host", "bridge"]
 
-
-def _host_port(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:18000)")
-    return value
 
 
 class SidecarSettings(BaseModel):
@@ -72,6 +77,11 @@ class SidecarSettings(BaseModel):
     envoy_log_level: str = "warning"
     delta_xds: bool = False
     stop_dals_on_exit: bool = False
+    # Where this host runs, as deploy desires' locations name places: reported to the
+    # server, which groups status and rollouts by it.
+    account: str = ""
+    region: str = ""
+    stack: str = ""
 
     resync_s: float = DEFAULT_RESYNC_S
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
@@ -109,7 +119,8 @@ class SidecarSettings(BaseModel):
     @field_validator("server")
     @classmethod
     def _server(cls, v: str) -> str:
-        return _host_port(v, "--server")
+        split_addresses(v, "--server")  # one HOST:PORT, or several replicas' IP:PORT
+        return v
 
     @field_validator("shard", "node_id")
     @classmethod
@@ -121,14 +132,21 @@ class SidecarSettings(BaseModel):
     @field_validator("join_server")
     @classmethod
     def _join_server(cls, v: str | None) -> str | None:
-        return None if v is None else _host_port(v, "--join-server")
+        if v is not None:
+            split_addresses(v, "--join-server")
+        return v
+
+    @property
+    def server_name(self) -> str:
+        """The DNS name every replica's certificate holds (``xds-server.TRUST_DOMAIN``),
+        checked when ``server`` names several replicas."""
+        return f"xds-server.{urlsplit(self.xds_server_id).netloc}"
 
     @property
     def join_address(self) -> str:
         if self.join_server is not None:
             return self.join_server
-        host = self.server.rpartition(":")[0]
-        return f"{host}:{DEFAULT_JOIN_PORT}"
+        return ",".join(join_host_port(host, DEFAULT_JOIN_PORT) for host, _ in split_addresses(self.server))
 
     @model_validator(mode="after")
     def _files(self) -> SidecarSettings:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
 from xds_server.config import ConfigError, RuntimeConfig, load_served_config
+from xds_server.deploy.artifacts import Pin, pins_from_json, pins_json
 
 from .control import Connected, Disconnected, WatchEvent
 from .log import EventLog
@@ -42,6 +43,8 @@ class ConfigFollower:
         self._on_connect = on_connect
         self.config: RuntimeConfig | None = None
         self.version: str = ""
+        # What the config's version set pins each artifact to (``sidecar.builds``).
+        self.pins: dict[str, Pin] = {}
         self.connected = False
 
     def load_cache(self) -> None:
@@ -49,13 +52,14 @@ class ConfigFollower:
         try:
             data = json.loads(self._cache.read_text())
             version, text = str(data["version"]), str(data["yaml"])
+            pins = pins_from_json(data.get("pins", []))
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as e:
             self._log.warning("config_cache_unreadable", file=str(self._cache), error=str(e))
             return
         _tighten(self._cache)
-        self._apply(version, text, source="cache")
+        self._apply(version, text, pins, source="cache")
 
     async def follow(self, events: AsyncIterable[WatchEvent]) -> None:
         """Apply every config and connection change of ``events`` (runs until cancelled)."""
@@ -68,9 +72,16 @@ class ConfigFollower:
                 self.connected = False
                 self._on_change("control disconnected")
             else:
-                self._apply(event.version, event.yaml, source="xds_server")
+                try:
+                    pins = pins_from_json({"artifact": p.artifact, "kind": p.kind, "digest": p.digest,
+                                           "source": p.source, "ref": p.ref} for p in event.pins)  # fmt: skip
+                except ValueError as e:
+                    self._log.error("config_rejected", version=event.version, source="xds_server",
+                                    error=f"pins: {e}")  # fmt: skip
+                    continue
+                self._apply(event.version, event.yaml, pins, source="xds_server")
 
-    def _apply(self, version: str, text: str, source: str) -> None:
+    def _apply(self, version: str, text: str, pins: dict[str, Pin], source: str) -> None:
         if self.config is not None and version == self.version:
             return
         try:
@@ -78,21 +89,22 @@ class ConfigFollower:
         except ConfigError as e:
             self._log.error("config_rejected", version=version, source=source, error=str(e))
             return
-        self.config, self.version = cfg, version
+        self.config, self.version, self.pins = cfg, version, pins
         self._log.info(
             "config_applied", version=version, source=source,
             dals=",".join(sorted(cfg.container_dals)) or "-",
+            pins=",".join(f"{k}={p.digest[:19]}" for k, p in sorted(pins.items()) if p.kind != "config") or "-",
         )
         if source == "xds_server":
-            self._save(version, text)
+            self._save(version, text, pins)
         self._on_change("config changed")
 
-    def _save(self, version: str, text: str) -> None:
+    def _save(self, version: str, text: str, pins: dict[str, Pin]) -> None:
         tmp = self._cache.with_suffix(".tmp")
         # Created 0600 from the start: a chmod afterwards would leave a window.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _CACHE_MODE)
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"version": version, "yaml": text}))
+            f.write(json.dumps({"version": version, "yaml": text, **({"pins": pins_json(pins)} if pins else {})}))
         os.chmod(tmp, _CACHE_MODE)  # an older .tmp left with wider bits keeps them on open
         tmp.replace(self._cache)
 

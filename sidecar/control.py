@@ -9,6 +9,7 @@ the caller so (the host keeps its last config meanwhile). ``report`` sends one
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 
 from common.backoff import backoff_delay, jittered
+from common.hostport import grpc_target, split_addresses
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 
 from .log import EventLog
@@ -35,6 +37,19 @@ class Disconnected:
 
 
 WatchEvent = gateway_pb2.ShardConfig | Connected | Disconnected
+
+
+def channel_target(servers: str, server_name: str) -> tuple[str, list[tuple[str, str]]]:
+    """The gRPC target for ``--server`` and the options it needs. Several replicas
+    (``a:18000,b:18000``) are one channel that connects to one of them, in an order
+    shuffled per host (so hosts spread over the replicas) and to the next when it goes;
+    their certificates are checked for ``server_name``, the name every replica's holds."""
+    addresses = split_addresses(servers, "--server")
+    if len(addresses) == 1:
+        return servers, []
+    pick_first = {"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}]}
+    return grpc_target(addresses), [("grpc.ssl_target_name_override", server_name),
+                                    ("grpc.service_config", json.dumps(pick_first))]
 
 
 class ReconnectDelays:
@@ -66,8 +81,10 @@ class ControlClient:
         rpc_timeout_s: float,
         log: EventLog,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
     ):
         self._server = server
+        self._target, target_options = channel_target(server, server_name)
         self._shard = shard
         self._node = node_id
         self._rpc_timeout = rpc_timeout_s
@@ -83,6 +100,7 @@ class ControlClient:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            *target_options,
         ]
         self._retired: set[asyncio.Task[None]] = set()
         self._channel = self._open(credentials)
@@ -93,8 +111,8 @@ class ControlClient:
 
     def _open(self, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
         if credentials is None:
-            return grpc.aio.insecure_channel(self._server, options=self._options)
-        return grpc.aio.secure_channel(self._server, credentials, options=self._options)
+            return grpc.aio.insecure_channel(self._target, options=self._options)
+        return grpc.aio.secure_channel(self._target, credentials, options=self._options)
 
     def rotate(self, credentials: grpc.ChannelCredentials, grace_s: float = 1.0) -> None:
         """Use new credentials (a renewed certificate) from now on: a new channel; the

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from xds_server.config import RuntimeConfig
 
+from .builds import BuildCheck, Refused
 from .plan import Observed
 from .ports import assign_ports
 from .spec import DalSpec, SpecError, build_spec
@@ -23,6 +24,9 @@ class Desired:
     specs: dict[str, DalSpec] = field(default_factory=dict)
     blocked: frozenset[str] = frozenset()  # in the config, cannot be built now
     errors: dict[str, str] = field(default_factory=dict)  # status key → message
+    # DALs whose build is not the pinned one (``sidecar.builds``): not run, and their
+    # running instance keeps serving. Reported, but the host stays registered.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def ports(self) -> set[int]:
@@ -55,8 +59,10 @@ def build_desired(
     node: str,
     network_mode: str,
     bind_address: str,
+    builds: Mapping[str, BuildCheck] | None = None,
 ) -> Desired:
-    """The specs of every container DAL of ``cfg`` with host ports assigned."""
+    """The specs of every container DAL of ``cfg`` with host ports assigned.
+    ``builds``: the pinned DALs' checks; a refused one is left as it runs."""
     observed = list(observed)
     errors: dict[str, str] = {}
     blocked: set[str] = set()
@@ -86,7 +92,14 @@ def build_desired(
         in_use=ports.in_use,
         port_range=ports.port_range,
     )
+    builds = builds or {}
+    refused: dict[str, str] = {}
     for name in cfg.container_dals:
+        check = builds.get(name)
+        if isinstance(check, Refused):
+            blocked.add(name)
+            refused[name] = check.message
+            continue
         if name in assignment.errors:
             blocked.add(name)
             errors[f"dal.{name}"] = assignment.errors[name]
@@ -100,8 +113,9 @@ def build_desired(
                 host_ports=assignment.ports[name],
                 network_mode=network_mode,
                 bind_address=bind_address,
+                build=check.digest if check is not None else None,
             )
         except SpecError as e:
             blocked.add(name)
             errors[f"dal.{name}"] = str(e)
-    return Desired(specs=specs, blocked=frozenset(blocked), errors=errors)
+    return Desired(specs=specs, blocked=frozenset(blocked), errors=errors, refused=refused)

@@ -32,6 +32,7 @@ from common.files import write_private
 from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.security.identity import SpiffeId
 
+from .control import channel_target
 from .errors import SidecarError
 from .identity import Credentials, IdentityKeeper, Signed
 from .log import EventLog
@@ -127,9 +128,11 @@ class SignedIdentity:
         trust_bundle: bytes | None,
         rpc_timeout_s: float,
         log: EventLog,
+        server_name: str = "",
     ) -> None:
         self._dir = directory
         self._server, self._join_server = server, join_server
+        self._server_name = server_name
         self._shard, self._node = shard, node_id
         self._join_token = join_token
         self._trust_bundle = trust_bundle
@@ -210,7 +213,8 @@ class SignedIdentity:
             target, token = self._join_server, self._join_token
             creds = grpc.ssl_channel_credentials(self._trust_bundle)
         request = gateway_pb2.SignRequest(shard=self._shard, node_id=self._node, csr_pem=csr_pem, join_token=token)
-        async with grpc.aio.secure_channel(target, creds) as channel:
+        target, options = channel_target(target, self._server_name)
+        async with grpc.aio.secure_channel(target, creds, options=options) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
             response = await stub.SignCertificate(request, timeout=self._timeout)
         if token:

@@ -58,7 +58,7 @@ def host_identity(settings: SidecarSettings, state_dir: Path, log: EventLog) -> 
         identity=identity, directory=state_dir / IDENTITY_DIR, server=settings.server,
         join_server=settings.join_address, shard=settings.shard, node_id=settings.node_id,
         join_token=_join_token(settings), trust_bundle=bundle,
-        rpc_timeout_s=settings.rpc_timeout_s, log=log,
+        rpc_timeout_s=settings.rpc_timeout_s, log=log, server_name=settings.server_name,
     )
 
 

@@ -9,14 +9,13 @@ Envoy, follow the xds_server, reconcile.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from pathlib import Path
 
 from envoy_proxy import EnvoyNotFound, make_bootstrap
 
 from .agent import Agent
-from .config import SidecarSettings
+from .config import SidecarSettings, agent_dir_name
 from .control import ControlClient
 from .envoy_supervisor import EnvoySupervisor
 from .errors import SidecarError
@@ -26,8 +25,6 @@ from .ports import PortClaims
 from .runtimes.base import Runtime, RuntimeUnavailable
 from .runtimes.docker import DockerRuntime, connect
 from .runtimes.process import ProcessRuntime
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 async def select_runtime(settings: SidecarSettings, state_dir: Path, log: EventLog) -> Runtime:
@@ -68,7 +65,7 @@ async def run_sidecar(
 
     claims: shared by every agent of this process (``dgw up`` runs one per shard)."""
     log = EventLog("dgw.sidecar", shard=settings.shard, node=settings.node_id)
-    state_dir = settings.state_dir / _UNSAFE.sub("_", f"{settings.shard}-{settings.node_id}")
+    state_dir = settings.state_dir / agent_dir_name(settings.shard, settings.node_id)
     state_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting", server=settings.server, state_dir=str(state_dir))
     # The first certificate before anything else: Envoy's first xDS connection is mTLS.
@@ -112,6 +109,7 @@ async def run_sidecar(
         rpc_timeout_s=settings.rpc_timeout_s,
         log=log,
         credentials=secrets.channel_credentials() if secrets else None,
+        server_name=settings.server_name,
     )
     if secrets is not None:
         secrets.follow(control)

@@ -104,6 +104,14 @@ class PortClaims:
 
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
     """Whether a TCP listen on ``host:port`` would fail because someone holds it.
 

@@ -33,6 +33,10 @@ class Host:
     host_address: str  # what discovery registers
     runtime: str
     network_mode: str
+    # Where the host runs (--account/--region/--stack): status and rollouts group by it.
+    account: str = ""
+    region: str = ""
+    stack: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ def build_report(s: Situation) -> gateway_pb2.NodeReport:
     for dal in sorted(dals):
         spec = s.desired.specs.get(dal)
         inst = current_instance(by_dal.get(dal, []), spec)
-        health, message = health_of(inst, spec, s.action_errors.get(dal, ""))
+        error = s.action_errors.get(dal, "") or s.desired.refused.get(dal, "")
+        health, message = health_of(inst, spec, error)
         if dal in s.going:
             health, message = Health.DRAINING, "being replaced"
         healthy[dal] = health.serving
@@ -120,6 +125,12 @@ def build_report(s: Situation) -> gateway_pb2.NodeReport:
         status[f"error.{key}"] = message
     for dal, message in sorted(s.action_errors.items()):
         status.setdefault(f"error.dal.{dal}", message)
+    for dal, message in sorted(s.desired.refused.items()):
+        status[f"refused.dal.{dal}"] = message
+    host = s.host
+    location = None
+    if host.account or host.region or host.stack:
+        location = gateway_pb2.Location(account=host.account, region=host.region, stack=host.stack)
     return gateway_pb2.NodeReport(
         shard=s.host.shard,
         node_id=s.host.node_id,
@@ -127,6 +138,7 @@ def build_report(s: Situation) -> gateway_pb2.NodeReport:
         registrations=registrations,
         host_address=s.host.host_address,
         status=status,
+        location=location,
     )
 
 
@@ -150,6 +162,9 @@ def health_of(inst: Observed | None, spec: DalSpec | None, error: str) -> tuple[
     """A DAL's reported health and the message that explains it."""
     if inst is None:
         return (Health.UNHEALTHY, error) if error else (Health.STARTING, "creating")
+    if not inst.live and spec is not None and inst.spec_hash != spec.spec_hash and not error:
+        # An instance of the old spec that stopped: the new one is on its way.
+        return Health.STARTING, "being replaced"
     if not inst.live:
         return Health.UNHEALTHY, error or describe_exit(inst.exit_code)
     match inst.health:

@@ -69,7 +69,7 @@ class LocalSds:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
-        AdsServer(self._cache).register(server)
+        AdsServer(self._cache, counted=False).register(server)  # not the control plane's metrics
         # The socket carries private keys: created owner-only (umask), never world-readable.
         old = os.umask(0o177)
         try:

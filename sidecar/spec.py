@@ -91,6 +91,8 @@ class DalSpec:
     listeners: tuple[ListenerSpec, ...]
     healthcheck: HealthSpec | None
     network_mode: str  # host | bridge | process
+    # The pinned build it runs (``sidecar.builds``): a new pin is a new spec.
+    build: str | None = None
     spec_hash: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +137,8 @@ def _hash(spec: DalSpec) -> str:
         ],
         "network_mode": spec.network_mode,
     }
+    if spec.build is not None:  # only then: an unpinned DAL keeps the hash it had
+        body["build"] = spec.build
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -177,12 +181,15 @@ def build_spec(
     host_ports: Mapping[str, int],
     network_mode: str,
     bind_address: str,
+    build: str | None = None,
 ) -> DalSpec:
     """The spec of DAL ``name`` given its assigned host ports.
 
     ``network_mode`` is ``host``/``bridge`` (Docker) or ``process``. A DAL listens on
     its container port in bridge mode (Docker publishes it on the host port) and on
     the host port itself otherwise, so two DALs that both say 8980 share a host.
+    ``build``: the pinned digest it was verified to run; a container is then made
+    from that image ID, never from a name that could point elsewhere by then.
     """
     dal = cfg.container_dals[name]
     env: dict[str, str] = dal.env_strings()
@@ -215,14 +222,16 @@ def build_spec(
         )
     if network_mode != "process" and not dal.image:
         raise SpecError(f"dal {name} has no image: the docker runtime needs one")
+    image = build if build is not None and network_mode != "process" else dal.image
     return DalSpec(
         shard=shard,
         node=node,
         name=name,
-        image=dal.image,
+        image=image,
         command=command_of(dal),
         env=tuple(sorted(env.items())),
         listeners=tuple(listeners),
         healthcheck=HealthSpec.from_config(dal.healthcheck),
         network_mode=network_mode,
+        build=build,
     )

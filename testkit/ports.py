@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import socket
 
+from sidecar.ports import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["free_port", "port_open"]
 
 
 def port_open(port: int, timeout: float = 0.2) -> bool:

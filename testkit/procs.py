@@ -20,8 +20,10 @@ class ChildExited(RuntimeError):
 
 def raise_open_files_limit() -> int:
     """Soft RLIMIT_NOFILE up to the hard limit: 10,000 streams need as many sockets.
-    (The server's own version logs; this one also runs between fork and exec, where
-    taking the logging lock could deadlock.)"""
+    Raised in this process, so every child inherits it. Never as ``preexec_fn``: Python
+    runs its fork handlers only for a child with one, and gRPC's then restart its
+    poller in the child, which dies of SIGABRT (``epoll_wait error: Bad file
+    descriptor``) when Popen closes the poller's fd before exec (grpc/grpc#43055)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -37,10 +39,11 @@ class Child:
         self.argv = argv
         self.log_path = log
         log.parent.mkdir(parents=True, exist_ok=True)
+        raise_open_files_limit()
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 argv, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=cwd, preexec_fn=raise_open_files_limit,
+                start_new_session=True, cwd=cwd,
             )  # fmt: skip
 
     @property

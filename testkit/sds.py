@@ -1,10 +1,9 @@
 """A gateway's SDS server (the sidecar's ``LocalSds``) in a child process, for tests and
 benchmarks that hand a gateway Envoy its certificates from files.
 
-Why a child: a process whose gRPC pollers run must not fork with ``preexec_fn`` (as
-``testkit.procs.Child`` does): gRPC's fork handlers then run in the child and can abort
-it. Kept out of the test's own process, the SDS server cannot do that to anything the
-test starts. The certificate, key and bundle files are served as the secrets of the
+Why a child: the test's own process stays free of a long-lived gRPC server while it
+starts the other children (a process whose gRPC pollers run must never fork with
+``preexec_fn``: see ``testkit.procs.raise_open_files_limit``). The certificate, key and bundle files are served as the secrets of the
 named providers and served again when they change (a rotation is a rewrite of them).
 
 ``python -m testkit.sds SOCKET SHARD PROVIDER[,PROVIDER] CERT KEY BUNDLE``

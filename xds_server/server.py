@@ -24,6 +24,8 @@ import logging
 import resource
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -31,12 +33,18 @@ from aiohttp import web
 from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
-from xds_server.api import admin, auth, fleet, gateway
-from xds_server.api.admin_http import LimitedSite
+from xds_server.ads.pacing import StartPacer
+from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api
+from xds_server.api.admin_http import LimitedSite, LimitedUnixSite, admin_socket_path
 from xds_server.api.admin_http import runner as admin_runner
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
+from xds_server.deploy.plan_worker import PlanService
+from xds_server.deploy.rollout.engine import RolloutEngine
+from xds_server.ha.owner import Owner
+from xds_server.ha.replica import Replica, default_replica_id
+from xds_server.ha.tokens import EtcdTokenStore
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
@@ -44,10 +52,11 @@ from xds_server.security.server_tls import ServingCertificate, load_or_init_ca
 from xds_server.security.signing import NodeSigner
 from xds_server.security.token_store import SqliteTokenStore
 from xds_server.security.tokens import DEFAULT_JOIN_TTL, mint
-from xds_server.settings import ServerSettings
+from xds_server.settings import ADMIN_SOCKET_FILE, ServerSettings
 from xds_server.shards import ShardRegistry
 from xds_server.sources.config_dir import ConfigDir
 from xds_server.store import ConfigStore, SqliteStore, StoreError
+from xds_server.store.etcd import EtcdStore
 from xds_server.translate import DISCOVERY_SHARD, TranslateOptions
 
 log = logging.getLogger("xds_server.server")
@@ -124,15 +133,22 @@ class XdsServer:
         self.state_dir = settings.state_dir()
         self.store: ConfigStore | None = None
         self.changes: Changes | None = None
+        # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
+        self.plans: PlanService | None = None
+        self.rollouts: RolloutEngine | None = None
+        self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
         # Bearer tokens of the admin API and the one-time join tokens of new hosts.
-        self.tokens: SqliteTokenStore | None = None
+        self.tokens: SqliteTokenStore | EtcdTokenStore | None = None
+        # With --store etcd://...: this server is one replica of several.
+        self.replica: Replica | None = None
         # Where the first start saved its admin token (dgw reads it for a local server).
         self.admin_token_path = self.state_dir / auth.ADMIN_TOKEN_FILE
         self.xds_port = 0
         self.admin_port = 0
+        self.admin_socket: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_failure: str | None = None
         self.ca: CertificateAuthority | None = None
@@ -159,23 +175,40 @@ class XdsServer:
             raise
 
     async def _start(self) -> None:
-        for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
-            self.registry.restore(shard, node)
-        try:
-            self.store = await SqliteStore.open(self.state_dir)
-        except StoreError as e:
-            raise DataDirError(str(e)) from None
-        self.tokens = SqliteTokenStore.open(self.state_dir)
+        # Every node's last report before anything is served: a restarted server gives
+        # a reconnecting Envoy the endpoints it has, never an empty set.
+        if self.settings.store is None:
+            for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
+                self.registry.restore(shard, node)
+            try:
+                self.store = await SqliteStore.open(self.state_dir)
+            except StoreError as e:
+                raise DataDirError(str(e)) from None
+            self.tokens = SqliteTokenStore.open(self.state_dir)
+        else:
+            await self._join_replicas(self.settings.store)
+        assert self.store is not None and self.tokens is not None
         auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
         self.changes = Changes(self.store, self.registry, self.policy, self.limits)
         self.config_dir.changes = self.changes
-        await self.changes.load()  # what was stored is served first, as it was
+        revision = await self.changes.load()  # what was stored is served first, as it was
         await self.config_dir.rescan()  # then files changed meanwhile become versions
-        self.grpc_server = grpc.aio.server(
-            options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
-        )
+        self.plans = PlanService(self.store)
+        self.rollouts = RolloutEngine(self.store, self.changes)
+        self.changes.on_served.append(self._plan_ahead)
+        for state in list(self.registry.shards.values()):
+            self._plan_ahead(state.name)
+        if self.replica is not None:
+            # Of several replicas, the one that owns the job runs the rollouts' loop.
+            self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
+                                             self.replica.session, "rollouts", self._own_rollouts))  # fmt: skip
+            self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
+            self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
+        self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
+                                           + self._connection_age())  # fmt: skip
         signer = self._security()
-        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads).register(self.grpc_server)
+        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads,
+                  pacer=StartPacer(self.settings.stream_starts_per_s)).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry, self.authz, signer)
         host, _ = split_host_port(self.settings.xds, "--xds")
         if self.serving_cert is None:
@@ -195,7 +228,10 @@ class XdsServer:
             raise BindError(f"cannot listen on --admin {self.settings.admin}: "
                             f"{e.strerror or e} (another dgw server?)") from None
         self.admin_port = site.port
+        await self._admin_socket()
 
+        if self.replica is None:  # else the replica that owns "rollouts" runs them
+            await self.rollouts.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.insecure:
             self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
@@ -206,13 +242,40 @@ class XdsServer:
             )
             await asyncio.wait_for(watching.wait(), timeout=10)
         log.info(
-            "event=started xds=%s:%d join=%s admin=%s:%d tls=%s config_dir=%s data_dir=%s "
+            "event=started xds=%s:%d join=%s admin=%s:%d admin_socket=%s tls=%s config_dir=%s data_dir=%s "
             "shards=%d rejected=%d restored_reports=%d",
-            host, self.xds_port, self.join_port or "-", ahost, self.admin_port,
+            host, self.xds_port, self.join_port or "-", ahost, self.admin_port, self.admin_socket or "-",
             "off" if self.settings.insecure else "mtls", self.config_dir.directory, self.state_dir,
             len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
         )
+
+    async def _join_replicas(self, url: str) -> None:
+        """Open the etcd store and take this replica's place among the others."""
+        try:
+            self.store = store = await EtcdStore.open(url)
+        except (StoreError, ValueError) as e:
+            raise DataDirError(f"--store: {e}") from None
+        replica_id = self.settings.replica_id or default_replica_id()
+        try:
+            self.replica = await Replica.join(
+                store, self.registry, replica_id=replica_id, lease_ttl_s=self.settings.lease_ttl_s,
+                report_ttl_s=self.limits.report_ttl_s,
+                info={"xds": self.settings.xds, "admin": self.settings.admin, "join": self.settings.join},
+            )  # fmt: skip
+        except StoreError as e:
+            raise DataDirError(f"--store {url}: {e}") from None
+        self.tokens = self.replica.tokens
+
+    def _connection_age(self) -> tuple[tuple[str, int], ...]:
+        """gRPC closes each connection after the maximum age, with ±10 % jitter of its
+        own, then lets its streams finish for the grace: nodes reconnect, spread over
+        the replicas up now."""
+        age = self.settings.max_connection_age_s
+        if age is None:
+            return ()
+        return (("grpc.max_connection_age_ms", int(age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.settings.max_connection_age_grace_s * 1000)))
 
     async def _admin_app(self) -> web.Application:
         """The admin API behind access control; the config store keeps the audit log."""
@@ -221,11 +284,30 @@ class XdsServer:
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        assert self.plans is not None and self.rollouts is not None and changes is not None
+        deploy_api.register(app, changes, self.plans, self.rollouts)
+        replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s,
         ))  # fmt: skip
         return app
+    async def _admin_socket(self) -> None:
+        """The admin API on ``<data dir>/admin.sock`` too: where ``dgw`` sends the
+        tokens it finds on disk, once the kernel has told it who answers."""
+        assert self.admin_runner is not None
+        path = admin_socket_path(self.state_dir)
+        if path is None:
+            log.warning("event=admin_socket_skipped reason=\"the path %s is too long for a Unix socket; "
+                        "dgw sends this server only tokens given with --token or $DGW_TOKEN\"",
+                        self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
+            return
+        try:
+            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections).start()
+        except OSError as e:
+            raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
+        self.admin_socket = path
+
     def _security(self) -> NodeSigner | None:
         """The CA and the server's certificate (None and plaintext with --insecure)."""
         if self.settings.insecure:
@@ -270,14 +352,46 @@ class XdsServer:
             await asyncio.sleep(INSECURE_WARNING_EVERY_S)
             log.warning(_INSECURE_WARNING)
 
+    async def _own_rollouts(self) -> None:
+        """The rollouts' loop, for as long as this replica owns it."""
+        assert self.rollouts is not None
+        await self.rollouts.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.rollouts.stop()
+
+    def _plan_ahead(self, shard: str) -> None:
+        """A served shard with capacity desires gets its plan computed in the background."""
+        state = self.registry.shards.get(shard)
+        desires = state.config.deploy_desires if state is not None else None
+        if self.plans is None or not self.plans.installed or desires is None or desires.capacity is None:
+            return
+        try:
+            request = self.plans.request(desires)
+        except ValueError:
+            return
+        task = asyncio.ensure_future(self.plans.ask(request))
+        self._planning.add(task)
+        task.add_done_callback(self._planned)
+
+    def _planned(self, task: asyncio.Future[Any]) -> None:
+        self._planning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("event=plan_ahead_failed error=%r", task.exception())
+
     def problem(self) -> str | None:
         """Why the server is unhealthy (``/healthz`` fails), or None."""
-        return self.config_dir.failure or self._housekeeping_failure
+        replica = self.replica.problem() if self.replica is not None else None
+        return self.config_dir.failure or self._housekeeping_failure or replica
 
     async def _housekeeping(self) -> None:
         """Expire silent nodes and persist changed reports, every HOUSEKEEPING_INTERVAL_S."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            if self.replica is not None:  # reports live under leases in etcd
+                self.registry.stats.expire(time.time(), self.limits.report_ttl_s)
+                continue
             try:
                 self.registry.expire_reports(time.time())
                 await self.persist_reports()
@@ -294,17 +408,25 @@ class XdsServer:
         await asyncio.to_thread(report_file.write, self.state_dir, data)
 
     async def stop(self) -> None:
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        if self.plans is not None:
+            await self.plans.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        with contextlib.suppress(OSError):
-            await self.persist_reports()
+        if self.replica is None:
+            with contextlib.suppress(OSError):
+                await self.persist_reports()
         if self.grpc_server:
             await self.grpc_server.stop(grace=0.5)
         if self.admin_runner:
             await self.admin_runner.cleanup()
+        if self.replica is not None:
+            await self.replica.close()  # its tokens with it
+            self.replica = self.tokens = None
         if self.tokens is not None:
             self.tokens.close()
             self.tokens = None

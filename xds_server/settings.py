@@ -17,6 +17,9 @@ DEFAULT_ADMIN = "127.0.0.1:18001"
 # SignCertificate with a join token (see xds_server/security/server_tls.py).
 DEFAULT_JOIN = "127.0.0.1:18002"
 DEFAULT_CERT_TTL_S = 24 * 3600.0
+# The admin API's second door, in the data dir: an owner-only Unix socket on which
+# `dgw` sends the tokens it finds on disk (a loopback port can be anyone's).
+ADMIN_SOCKET_FILE = "admin.sock"
 # ``${VAR}`` in a shard file reads only variables whose name starts with this (plus
 # those named in ``allowed_env``): the server's own environment (HOME, tokens, cloud
 # credentials) is never readable by whoever can write a shard file.
@@ -125,6 +128,24 @@ class ServerSettings(BaseModel):
     # remote hosts dial in --server.
     server_names: tuple[str, ...] = ()
     ads_limits: AdsLimits = Field(default_factory=AdsLimits)
+    # --- several replicas (docs/ha.md)
+    # The config store: None is SQLite in the data dir (one server); ``etcd://h1:2379,
+    # h2:2379,h3:2379[/prefix]`` makes this server one replica of several sharing etcd.
+    store: str | None = None
+    # This replica's name in etcd (owners, reports); None: HOSTNAME-PID.
+    replica_id: str | None = None
+    # How long what hangs on a replica's lease outlives it (its sidecars' reports, the
+    # jobs it owns), and how long a dead host's report stays: its EDS and discovery
+    # entries go within this after its sidecar's connection ends.
+    lease_ttl_s: Annotated[float, Field(ge=2)] = 10.0
+    # Connections to the control port are closed after this long (±10 % jitter, then
+    # a grace for their streams), so nodes spread over the replicas again after one
+    # comes back. None: never (one server).
+    max_connection_age_s: Annotated[float, Field(gt=0)] | None = None
+    max_connection_age_grace_s: Annotated[float, Field(ge=0)] = 30.0
+    # New xDS streams started per second at most (a reconnect storm after a replica
+    # dies waits its turn instead of starving the streams already served); 0: no pace.
+    stream_starts_per_s: Annotated[float, Field(ge=0)] = 500.0
 
     def ca_directory(self) -> Path:
         return self.ca_dir.absolute() if self.ca_dir is not None else self.state_dir() / "ca"

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import yaml
 
@@ -32,6 +33,7 @@ from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
+from xds_server.deploy.artifacts import Pins, pins_json
 from xds_server.discovery import Discovery
 from xds_server.node_stats import StatsBook, check_stats
 from xds_server.resources import Resources
@@ -61,6 +63,8 @@ class Shard:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     # Values interpolated from the environment: the sidecars get them, people see ***.
     secrets: frozenset[str] = frozenset()
+    # What its version set resolved to when this version was stored (sent with the config).
+    pins: Pins = field(default_factory=dict)
 
     @functools.cached_property
     def config_yaml(self) -> str:
@@ -94,10 +98,11 @@ class Prepared:
     config: ShardFile
     source: str
     secrets: frozenset[str]
-    version: str  # config_version(config)
+    version: str  # config_version(config, pins)
     ir: GatewayIR
     resources: Resources
     started: float  # perf_counter when translation began, for the log
+    pins: Pins = field(default_factory=dict)
 
 
 def _version_of(text: str) -> str:
@@ -118,14 +123,17 @@ def _canonical(data: object) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def config_version(config: ShardFile) -> str:
+def config_version(config: ShardFile, pins: Pins | None = None) -> str:
     """The config's version: a hash of the runtime config as the sidecars get it (in
-    canonical JSON: a tenth of the YAML's cost, and a 100-shard change makes 100) and
-    of the deploy desires that count (consumers become RBAC, so an edit of them alone
-    is a new version)."""
+    canonical JSON: a tenth of the YAML's cost, and a 100-shard change makes 100), of
+    the deploy desires that count (consumers become RBAC, so an edit of them alone
+    is a new version) and of the pins its version set resolved to (a rollout that
+    re-resolves a branch changes nothing else)."""
     text = _canonical(config.runtime().model_dump(mode="json"))
     if config.deploy_desires is not None:
         text += "\n" + _canonical(config.deploy_desires.model_dump(mode="json"))
+    if pins:
+        text += "\n" + _canonical(pins_json(pins))
     return _version_of(text)
 
 
@@ -150,6 +158,8 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
     names = [("shard", report.shard), ("node_id", report.node_id)]
     names += [("registration", r) for r in report.registrations]
     names += [(f"endpoint {what}", n) for e in report.endpoints for what, n in (("dal", e.dal), ("listener", e.listener))]
+    loc = report.location
+    names += [("location.account", loc.account), ("location.region", loc.region), ("location.stack", loc.stack)]
     for what, name in names:
         if len(name) > limits.name_chars:
             raise ValueError(f"{what} {quote(name)} is longer than {limits.name_chars} characters")
@@ -176,6 +186,28 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
             ) from None
 
 
+class NodeLiveness(Protocol):
+    """Who else must hear of a node's reports, and of its sidecar's connection to this
+    server (``xds_server.ha.reports`` keeps them in etcd under leases for every replica)."""
+
+    def reported(self, report: gateway_pb2.NodeReport) -> None: ...
+    def sidecar_connected(self, shard: str, node_id: str) -> None: ...
+    def sidecar_gone(self, shard: str, node_id: str) -> None: ...
+
+
+class Alone:
+    """One server: nobody else to tell (its reports go to a file, ``report_file``)."""
+
+    def reported(self, report: gateway_pb2.NodeReport) -> None:
+        pass
+
+    def sidecar_connected(self, shard: str, node_id: str) -> None:
+        pass
+
+    def sidecar_gone(self, shard: str, node_id: str) -> None:
+        pass
+
+
 class ShardRegistry:
     def __init__(
         self,
@@ -193,30 +225,33 @@ class ShardRegistry:
         self._early_reports: dict[str, dict[str, NodeState]] = {}
         self._config_changed: dict[str, asyncio.Event] = {}
         self._discovery = Discovery(cache)
+        self.liveness: NodeLiveness = Alone()
         # Each node's recent Envoy stats (``report_stats``), for operators and judgements.
         self.stats = StatsBook(self.limits)
 
     # --- configuration -------------------------------------------------------
 
     def apply(
-        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset()
+        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset(),
+        pins: Pins | None = None,
     ) -> bool:
         """Translate and install a checked config. Raises ConfigError (and changes
         nothing) when it cannot be translated or would take every listener away from
         connected Envoys without saying so. Returns True if the config changed."""
         current = self.shards.get(shard)
-        if current is not None and current.config_version == config_version(config):
+        if current is not None and current.config_version == config_version(config, pins):
             self.rejections.pop(shard, None)
             return False
         try:
-            prepared = self.prepare(shard, config, source, secrets)
+            prepared = self.prepare(shard, config, source, secrets, pins)
         except ConfigError as e:
             self.reject(shard, source, e)
             raise
         return self.install(prepared)
 
     def prepare(
-        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset()
+        self, shard: str, config: ShardFile, source: str, secrets: frozenset[str] = frozenset(),
+        pins: Pins | None = None,
     ) -> Prepared:
         """Translate a checked config without installing it (what a change would serve).
         Raises ConfigError, fit to show (secrets masked), and records nothing."""
@@ -227,8 +262,8 @@ class ShardRegistry:
             ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
-        return Prepared(shard, config, source, secrets, config_version(config), ir,
-                        to_resources(ir), started)  # fmt: skip
+        return Prepared(shard, config, source, secrets, config_version(config, pins), ir,
+                        to_resources(ir), started, dict(pins or {}))  # fmt: skip
 
     def install(self, prepared: Prepared) -> bool:
         """Serve a prepared config. Returns True if the config changed."""
@@ -240,7 +275,7 @@ class ShardRegistry:
             return False
         nodes = current.nodes if current else self._early_reports.pop(shard, {})
         state = Shard(shard, prepared.config, prepared.ir, prepared.source, version,
-                      time.time(), nodes, prepared.secrets)  # fmt: skip
+                      time.time(), nodes, prepared.secrets, prepared.pins)  # fmt: skip
         changed = self.cache.set_shard(shard, prepared.resources)
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)
@@ -307,6 +342,12 @@ class ShardRegistry:
     def report(self, report: gateway_pb2.NodeReport) -> int:
         """Replace a node's report; its endpoints become that node's EDS at once.
         Raises ValueError (and keeps the previous report) if the report is unusable."""
+        generation = self.accept(report, time.time())
+        self.liveness.reported(report)
+        return generation
+
+    def accept(self, report: gateway_pb2.NodeReport, received_at: float) -> int:
+        """``report`` without telling ``liveness``: for a report another replica received."""
         check_report(report, self.limits)
         shard = self.shards.get(report.shard)
         if shard is None:
@@ -319,7 +360,7 @@ class ShardRegistry:
         nodes = shard.nodes if shard else self._early_reports.setdefault(report.shard, {})
         previous = nodes.get(report.node_id)
         generation = (previous.generation if previous else 0) + 1
-        nodes[report.node_id] = NodeState(report, generation, time.time())
+        nodes[report.node_id] = NodeState(report, generation, received_at)
         self.dirty = True
         if shard is not None:
             self._install_endpoints(shard, report.node_id, report)
@@ -355,20 +396,29 @@ class ShardRegistry:
         expired = 0
         for name, nodes in [(n, s.nodes) for n, s in self.shards.items()] + list(self._early_reports.items()):
             for node_id in [n for n, node in nodes.items() if node.received_at < deadline]:
-                del nodes[node_id]
+                self.forget(name, node_id)
                 expired += 1
-                shard = self.shards.get(name)
-                if shard is not None:
-                    self.cache.set_node_endpoints(name, node_id, None)
-                    self._register(shard, [NodeState(gateway_pb2.NodeReport(node_id=node_id), 0, now)])
                 log.info("event=report_expired shard=%s node=%s ttl_s=%g", name, node_id,
                          self.limits.report_ttl_s)
-        for name in [n for n, nodes in self._early_reports.items() if not nodes]:
-            del self._early_reports[name]
         self.stats.expire(now, self.limits.report_ttl_s)
         if expired:
             self.dirty = True
         return expired
+
+    def forget(self, shard: str, node_id: str) -> bool:
+        """Drop a node's report: its EDS returns to the shard's default and its
+        registrations go. False if there was none."""
+        state = self.shards.get(shard)
+        nodes = state.nodes if state is not None else self._early_reports.get(shard, {})
+        if nodes.pop(node_id, None) is None:
+            return False
+        self.dirty = True
+        if state is not None:
+            self.cache.set_node_endpoints(shard, node_id, None)
+            self._register(state, [NodeState(gateway_pb2.NodeReport(node_id=node_id), 0, time.time())])
+        elif not nodes:
+            self._early_reports.pop(shard, None)
+        return True
 
     def report_stats(self, stats: gateway_pb2.EnvoyStats, now: float) -> None:
         """Keep a node's Envoy stats. Only a node that has reported is heard (so the
@@ -402,8 +452,19 @@ class ShardRegistry:
 
     # --- config watch (sidecars) --------------------------------------------
 
-    async def watch_config(self, shard: str) -> AsyncIterator[Shard]:
-        """Yield the shard's Shard state now (if any) and after every change."""
+    async def watch_config(self, shard: str, node_id: str = "") -> AsyncIterator[Shard]:
+        """Yield the shard's Shard state now (if any) and after every change. A watch
+        that names its node is that node's sidecar connection: ``liveness`` hears of it."""
+        if node_id:
+            self.liveness.sidecar_connected(shard, node_id)
+        try:
+            async for state in self._watch_config(shard):
+                yield state
+        finally:
+            if node_id:
+                self.liveness.sidecar_gone(shard, node_id)
+
+    async def _watch_config(self, shard: str) -> AsyncIterator[Shard]:
         sent: str | None = None
         while True:
             event = self._config_changed.setdefault(shard, asyncio.Event())

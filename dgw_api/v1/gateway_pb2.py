@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64gw_api/v1/gateway.proto\x12\x06\x64gw.v1\"y\n\x08\x45ndpoint\x12\x0b\n\x03\x64\x61l\x18\x01 \x01(\t\x12\x10\n\x08listener\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x1e\n\x06health\x18\x05 \x01(\x0e\x32\x0e.dgw.v1.Health\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xdd\x01\n\nNodeReport\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12#\n\tendpoints\x18\x03 \x03(\x0b\x32\x10.dgw.v1.Endpoint\x12\x15\n\rregistrations\x18\x04 \x03(\t\x12\x14\n\x0chost_address\x18\x05 \x01(\t\x12.\n\x06status\x18\x06 \x03(\x0b\x32\x1e.dgw.v1.NodeReport.StatusEntry\x1a-\n\x0bStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\tReportAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\".\n\x0cWatchRequest\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\";\n\x0bShardConfig\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04yaml\x18\x03 \x01(\t\"R\n\x0bSignRequest\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x12\n\njoin_token\x18\x04 \x01(\t\"G\n\x0cSignResponse\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\x0c\"H\n\tHistogram\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x62ounds\x18\x02 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\"\xcd\x01\n\nEnvoyStats\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65nvoy_epoch\x18\x03 \x01(\t\x12\x32\n\x08\x63ounters\x18\x04 \x03(\x0b\x32 .dgw.v1.EnvoyStats.CountersEntry\x12%\n\nhistograms\x18\x05 \x03(\x0b\x32\x11.dgw.v1.Histogram\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*T\n\x06Health\x12\x12\n\x0eHEALTH_UNKNOWN\x10\x00\x12\x0c\n\x08STARTING\x10\x01\x12\x0b\n\x07HEALTHY\x10\x02\x12\r\n\tUNHEALTHY\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04\x32\xea\x01\n\x07Gateway\x12/\n\x06Report\x12\x12.dgw.v1.NodeReport\x1a\x11.dgw.v1.ReportAck\x12:\n\x0bWatchConfig\x12\x14.dgw.v1.WatchRequest\x1a\x13.dgw.v1.ShardConfig0\x01\x12\x34\n\x0bReportStats\x12\x12.dgw.v1.EnvoyStats\x1a\x11.dgw.v1.ReportAck\x12<\n\x0fSignCertificate\x12\x13.dgw.v1.SignRequest\x1a\x14.dgw.v1.SignResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64gw_api/v1/gateway.proto\x12\x06\x64gw.v1\"y\n\x08\x45ndpoint\x12\x0b\n\x03\x64\x61l\x18\x01 \x01(\t\x12\x10\n\x08listener\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x1e\n\x06health\x18\x05 \x01(\x0e\x32\x0e.dgw.v1.Health\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x81\x02\n\nNodeReport\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12#\n\tendpoints\x18\x03 \x03(\x0b\x32\x10.dgw.v1.Endpoint\x12\x15\n\rregistrations\x18\x04 \x03(\t\x12\x14\n\x0chost_address\x18\x05 \x01(\t\x12.\n\x06status\x18\x06 \x03(\x0b\x32\x1e.dgw.v1.NodeReport.StatusEntry\x12\"\n\x08location\x18\x07 \x01(\x0b\x32\x10.dgw.v1.Location\x1a-\n\x0bStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x08Location\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"\x1f\n\tReportAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\".\n\x0cWatchRequest\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"V\n\x0bShardConfig\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04yaml\x18\x03 \x01(\t\x12\x19\n\x04pins\x18\x04 \x03(\x0b\x32\x0b.dgw.v1.Pin\"R\n\x03Pin\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0b\n\x03ref\x18\x05 \x01(\t\"R\n\x0bSignRequest\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x12\n\njoin_token\x18\x04 \x01(\t\"G\n\x0cSignResponse\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\x0c\"H\n\tHistogram\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x62ounds\x18\x02 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\"\xcd\x01\n\nEnvoyStats\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65nvoy_epoch\x18\x03 \x01(\t\x12\x32\n\x08\x63ounters\x18\x04 \x03(\x0b\x32 .dgw.v1.EnvoyStats.CountersEntry\x12%\n\nhistograms\x18\x05 \x03(\x0b\x32\x11.dgw.v1.Histogram\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*T\n\x06Health\x12\x12\n\x0eHEALTH_UNKNOWN\x10\x00\x12\x0c\n\x08STARTING\x10\x01\x12\x0b\n\x07HEALTHY\x10\x02\x12\r\n\tUNHEALTHY\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04\x32\xea\x01\n\x07Gateway\x12/\n\x06Report\x12\x12.dgw.v1.NodeReport\x1a\x11.dgw.v1.ReportAck\x12:\n\x0bWatchConfig\x12\x14.dgw.v1.WatchRequest\x1a\x13.dgw.v1.ShardConfig0\x01\x12\x34\n\x0bReportStats\x12\x12.dgw.v1.EnvoyStats\x1a\x11.dgw.v1.ReportAck\x12<\n\x0fSignCertificate\x12\x13.dgw.v1.SignRequest\x1a\x14.dgw.v1.SignResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEREPORT_STATUSENTRY']._serialized_options = b'8\001'
   _globals['_ENVOYSTATS_COUNTERSENTRY']._loaded_options = None
   _globals['_ENVOYSTATS_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_HEALTH']._serialized_start=964
-  _globals['_HEALTH']._serialized_end=1048
+  _globals['_HEALTH']._serialized_start=1171
+  _globals['_HEALTH']._serialized_end=1255
   _globals['_ENDPOINT']._serialized_start=36
   _globals['_ENDPOINT']._serialized_end=157
   _globals['_NODEREPORT']._serialized_start=160
-  _globals['_NODEREPORT']._serialized_end=381
-  _globals['_NODEREPORT_STATUSENTRY']._serialized_start=336
-  _globals['_NODEREPORT_STATUSENTRY']._serialized_end=381
-  _globals['_REPORTACK']._serialized_start=383
-  _globals['_REPORTACK']._serialized_end=414
-  _globals['_WATCHREQUEST']._serialized_start=416
-  _globals['_WATCHREQUEST']._serialized_end=462
-  _globals['_SHARDCONFIG']._serialized_start=464
-  _globals['_SHARDCONFIG']._serialized_end=523
-  _globals['_SIGNREQUEST']._serialized_start=525
-  _globals['_SIGNREQUEST']._serialized_end=607
-  _globals['_SIGNRESPONSE']._serialized_start=609
-  _globals['_SIGNRESPONSE']._serialized_end=680
-  _globals['_HISTOGRAM']._serialized_start=682
-  _globals['_HISTOGRAM']._serialized_end=754
-  _globals['_ENVOYSTATS']._serialized_start=757
-  _globals['_ENVOYSTATS']._serialized_end=962
-  _globals['_ENVOYSTATS_COUNTERSENTRY']._serialized_start=915
-  _globals['_ENVOYSTATS_COUNTERSENTRY']._serialized_end=962
-  _globals['_GATEWAY']._serialized_start=1051
-  _globals['_GATEWAY']._serialized_end=1285
+  _globals['_NODEREPORT']._serialized_end=417
+  _globals['_NODEREPORT_STATUSENTRY']._serialized_start=372
+  _globals['_NODEREPORT_STATUSENTRY']._serialized_end=417
+  _globals['_LOCATION']._serialized_start=419
+  _globals['_LOCATION']._serialized_end=477
+  _globals['_REPORTACK']._serialized_start=479
+  _globals['_REPORTACK']._serialized_end=510
+  _globals['_WATCHREQUEST']._serialized_start=512
+  _globals['_WATCHREQUEST']._serialized_end=558
+  _globals['_SHARDCONFIG']._serialized_start=560
+  _globals['_SHARDCONFIG']._serialized_end=646
+  _globals['_PIN']._serialized_start=648
+  _globals['_PIN']._serialized_end=730
+  _globals['_SIGNREQUEST']._serialized_start=732
+  _globals['_SIGNREQUEST']._serialized_end=814
+  _globals['_SIGNRESPONSE']._serialized_start=816
+  _globals['_SIGNRESPONSE']._serialized_end=887
+  _globals['_HISTOGRAM']._serialized_start=889
+  _globals['_HISTOGRAM']._serialized_end=961
+  _globals['_ENVOYSTATS']._serialized_start=964
+  _globals['_ENVOYSTATS']._serialized_end=1169
+  _globals['_ENVOYSTATS_COUNTERSENTRY']._serialized_start=1122
+  _globals['_ENVOYSTATS_COUNTERSENTRY']._serialized_end=1169
+  _globals['_GATEWAY']._serialized_start=1258
+  _globals['_GATEWAY']._serialized_end=1492
 # @@protoc_insertion_point(module_scope)

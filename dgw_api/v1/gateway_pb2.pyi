@@ -37,7 +37,7 @@ class Endpoint(_message.Message):
     def __init__(self, dal: _Optional[str] = ..., listener: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("shard", "node_id", "endpoints", "registrations", "host_address", "status")
+    __slots__ = ("shard", "node_id", "endpoints", "registrations", "host_address", "status", "location")
     class StatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,13 +51,25 @@ class NodeReport(_message.Message):
     REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
     HOST_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
     shard: str
     node_id: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     registrations: _containers.RepeatedScalarFieldContainer[str]
     host_address: str
     status: _containers.ScalarMap[str, str]
-    def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., registrations: _Optional[_Iterable[str]] = ..., host_address: _Optional[str] = ..., status: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    location: Location
+    def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., registrations: _Optional[_Iterable[str]] = ..., host_address: _Optional[str] = ..., status: _Optional[_Mapping[str, str]] = ..., location: _Optional[_Union[Location, _Mapping]] = ...) -> None: ...
+
+class Location(_message.Message):
+    __slots__ = ("account", "region", "stack")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    region: str
+    stack: str
+    def __init__(self, account: _Optional[str] = ..., region: _Optional[str] = ..., stack: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("generation",)
@@ -74,14 +86,30 @@ class WatchRequest(_message.Message):
     def __init__(self, shard: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ShardConfig(_message.Message):
-    __slots__ = ("shard", "version", "yaml")
+    __slots__ = ("shard", "version", "yaml", "pins")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     YAML_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
     shard: str
     version: str
     yaml: str
-    def __init__(self, shard: _Optional[str] = ..., version: _Optional[str] = ..., yaml: _Optional[str] = ...) -> None: ...
+    pins: _containers.RepeatedCompositeFieldContainer[Pin]
+    def __init__(self, shard: _Optional[str] = ..., version: _Optional[str] = ..., yaml: _Optional[str] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ...) -> None: ...
+
+class Pin(_message.Message):
+    __slots__ = ("artifact", "kind", "digest", "source", "ref")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    artifact: str
+    kind: str
+    digest: str
+    source: str
+    ref: str
+    def __init__(self, artifact: _Optional[str] = ..., kind: _Optional[str] = ..., digest: _Optional[str] = ..., source: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
 
 class SignRequest(_message.Message):
     __slots__ = ("shard", "node_id", "csr_pem", "join_token")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 
+from xds_server.deploy.artifacts import Pin
+
 from ..plan import Observed
 from ..spec import DalSpec
 
@@ -60,3 +62,8 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop watching; instances keep running (a restarted agent adopts them)."""
+
+    async def build_digest(self, pin: Pin, command: tuple[str, ...] | None) -> str:
+        """The digest of the build this host would run for ``pin`` (``sidecar.builds``);
+        DalRunError when there is none, or this runtime cannot run that kind."""
+        raise DalRunError(f"the {self.name} runtime cannot check {pin.kind} builds")

@@ -21,6 +21,7 @@ import requests
 from docker.models.containers import Container
 
 from dgw_api.health import Health
+from xds_server.deploy.artifacts import Pin
 
 from ..log import EventLog
 from ..plan import Observed, State
@@ -270,6 +271,22 @@ class DockerRuntime(Runtime):
             return await self._call(tail)
         except DalRunError:
             return []
+
+    async def build_digest(self, pin: Pin, command: tuple[str, ...] | None) -> str:
+        """The ID of the local image the pin was pushed from (found by its name, as a
+        host gets images): what ``builds.judge`` compares with the pin."""
+        if pin.kind != "image":
+            raise DalRunError(f"it is pinned to {pin.kind} (a process DAL's build); this host runs "
+                              "DALs as Docker containers")  # fmt: skip
+
+        def image_id() -> str:
+            try:
+                return str(self._client.images.get(pin.source).id)
+            except docker.errors.ImageNotFound:
+                raise DalRunError(f"image {pin.source} is not on this host; build or load it "
+                                  "(no registry is pulled from)") from None  # fmt: skip
+
+        return await self._call(image_id)
 
     def _get(self, ref: str) -> Container:
         try:

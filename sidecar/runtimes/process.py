@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.digests import DigestCache, DigestError, command_files
 from dgw_api.health import Health
+from xds_server.deploy.artifacts import Pin
 
 from ..log import EventLog, tail_lines
 from ..plan import Observed, State
@@ -75,6 +77,7 @@ class ProcessRuntime(Runtime):
         self._records: dict[str, _Record] = {}  # by dal
         self._live: dict[str, _Live] = {}  # by ref
         self._notify: Notify = lambda reason: None
+        self._digests = DigestCache()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -142,6 +145,19 @@ class ProcessRuntime(Runtime):
             return
         await self._stop(rec)
         self._drop(rec)
+
+    async def build_digest(self, pin: Pin, command: tuple[str, ...] | None) -> str:
+        """The digest of the files ``command`` runs (``common.digests``)."""
+        if pin.kind != "files":
+            raise DalRunError(f"it is pinned to {pin.kind} {pin.source}; this host runs DALs as local "
+                              "processes and cannot check an image (run it with --runtime docker)")  # fmt: skip
+        files = command_files(command or ())
+        if not files:
+            raise DalRunError(f"its container_cmd {' '.join(command or ())[:80]!r} names no file to check")
+        try:
+            return await asyncio.to_thread(self._digests.files_digest, files)
+        except DigestError as e:
+            raise DalRunError(str(e)) from None
 
     async def logs(self, observed: Observed, lines: int) -> list[str]:
         rec = self._by_ref(observed.ref)

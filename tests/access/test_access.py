@@ -15,7 +15,8 @@ from xds_server.server import XdsServer
 from .conftest import SHARD, Api, settings
 
 READS = {"GET", "HEAD", "OPTIONS"}
-PARAMS = {"shard": "kv", "token_id": "0123456789ab", "n": "1", "address": "kv.dgw"}
+PARAMS = {"shard": "kv", "token_id": "0123456789ab", "n": "1", "address": "kv.dgw",
+          "kind": "dals", "name": "kv", "rollout": "r1", "action": "pause"}
 
 
 def mutating_routes(server: XdsServer) -> list[tuple[str, str, str]]:

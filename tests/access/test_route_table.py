@@ -7,9 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from xds_server.api import admin, auth, fleet
+from xds_server.api import admin, auth, deploy_api, fleet, replicas_api
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
+from xds_server.deploy.plan_worker import PlanService
+from xds_server.deploy.rollout.engine import RolloutEngine
 from xds_server.security.tokens import MemoryTokenStore
 from xds_server.shards import ShardRegistry
 
@@ -31,8 +33,11 @@ class NoAudit:
 
 def routes() -> set[tuple[str, str]]:
     registry = ShardRegistry(SnapshotCache())
-    app = admin.make_app(registry, changes=Changes(NoStore(), registry))  # type: ignore[arg-type]
+    changes = Changes(NoStore(), registry)  # type: ignore[arg-type]
+    app = admin.make_app(registry, changes=changes)
     fleet.add_routes(app, registry)
+    replicas_api.register(app, None)
+    deploy_api.register(app, changes, PlanService(NoStore()), RolloutEngine(NoStore(), changes))  # type: ignore[arg-type]
     auth.install(app, auth.Access(MemoryTokenStore(), NoAudit()))  # type: ignore[arg-type]
     return {
         (r.method, r.resource.canonical)

@@ -158,3 +158,12 @@ def test_kv_cpu_compares_two_trees_call_for_call() -> None:
         assert 0 < row["block_min_us"] <= row["dal_cpu_us"] <= row["block_max_us"]
         assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert result["ratio"] > 0 and code == 0
+
+
+def test_rollout_reports_each_waves_time_beyond_the_bake_and_cpu() -> None:
+    code, result = dgw_bench("rollout", "--shards", "8", "--regions", "1", "--bake", "0.5", "--workers", "1",
+                             timeout=240)  # fmt: skip
+    assert [w["tier"] for w in result["waves"]] == [3, 2, 1, 0]
+    assert all(w["shards"] == 2 and w["beyond_bake_s"] >= 0 and w["cpu_s"] >= 0 for w in result["waves"])
+    assert result["beyond_bake_max_s"] == max(w["beyond_bake_s"] for w in result["waves"])
+    assert code in (0, 1)

@@ -241,7 +241,7 @@ def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
     args = ["--state-dir", str(state)]
     up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", NODE,
              "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)
-    pid = int((state / "up.pid").read_text()) if (state / "up.pid").exists() else None
+    pid = int((state / "up.pid").read_text().split()[0]) if (state / "up.pid").exists() else None
     try:
         assert up.returncode == 0, up.stderr
         assert BANNER in up.stdout and "dgw down" in up.stdout
@@ -277,5 +277,5 @@ def test_busy_control_plane_ports_fail_cleanly(tmp_path: Path) -> None:
                    "--state-dir", str(tmp_path / "state"), env=NO_ENGINE, timeout=120)
 
     assert proc.returncode == 1
-    assert f"dgw up: port 127.0.0.1:{busy} (--admin) is in use by another program" in proc.stderr
+    assert f"dgw up: port 127.0.0.1:{busy} (--admin) of instance default is in use by another program" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,6 +13,7 @@ import pytest
 from envoy_proxy import (
     DEFAULT_ADMIN,
     XDS_CLUSTER,
+    XDS_RETRY,
     find_envoy,
     make_bootstrap,
     make_client_bootstrap,
@@ -48,7 +49,7 @@ def test_gateway_bootstrap_names_the_node_and_its_ads_stream(xds, delta, api_typ
     assert config["node"] == {"id": "i-1", "cluster": "kv"}
     ads = config["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == api_type
-    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]
+    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": XDS_RETRY}}]
     assert set(config["dynamic_resources"]) == {"ads_config", "cds_config", "lds_config"}
     assert _xds_cluster(config)["type"] == cluster_type
     assert _xds_socket(config) == socket

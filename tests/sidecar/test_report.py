@@ -188,3 +188,11 @@ def test_got_worse(before, after, worse):
         return None if pair is None else build_report(situation(config(), *pair))
 
     assert got_worse(report(before), report(after)) is worse
+
+
+def test_an_old_specs_stopped_instance_is_being_replaced_not_unhealthy():
+    d = desired(SHADOW)
+    old = Observed("thrift", "c-old", "old-spec", State.EXITED, exit_code=None, ports=PORTS["thrift"])
+    report = build_report(Situation(HOST, SHADOW, "v2", d, [old], {}))
+    thrift = [e for e in report.endpoints if e.dal == "thrift"]
+    assert {(e.health, e.message) for e in thrift} == {(Health.STARTING.to_pb(), "being replaced")}

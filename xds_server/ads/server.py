@@ -35,6 +35,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from xds_server import metrics
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.events import Outgoing, Received, Refused
+from xds_server.ads.pacing import StartPacer
 from xds_server.ads.sotw import NameSets, SotwStream
 from xds_server.cache.snapshot import Snapshot
 from xds_server.cache.status import StreamKind, StreamStatus
@@ -136,9 +137,16 @@ class AdsServer:
         cache: SnapshotCache,
         limits: AdsLimits | None = None,
         authorize: Authorize | None = None,
+        pacer: StartPacer | None = None,
+        counted: bool = True,
     ) -> None:
         self._cache = cache
+        self._pacer = pacer if pacer is not None else StartPacer(0)
         self._limits = limits if limits is not None else AdsLimits()
+        # Whether its streams count in the control plane's metrics: a sidecar's local
+        # SDS server is an AdsServer too, and in `dgw up` it shares the process (and the
+        # registry) with the control plane, whose /metrics must count only its own.
+        self._counted = counted
         self._authorize = authorize
         self._names = NameSets()
 
@@ -208,6 +216,7 @@ class AdsServer:
                     shard[:253], node_id[:253], kind, refusal[0].name, _quote(refusal[1]),
                 )  # fmt: skip
                 await context.abort(*refusal)
+        await self._pacer.admit()  # a reconnect storm waits its turn (pacing.py)
         wake = _Waker()
         watch = self._cache.connect(shard, node_id, kind, wake.set)
         stream: _Stream = (
@@ -221,14 +230,15 @@ class AdsServer:
         log.info("event=connect shard=%s node=%s stream=%s", shard, node_id, kind)
         # Any client may name any shard: label only configured ones (bounded).
         label = shard if self._cache.shard_versions(shard) else "_unconfigured"
-        connected = metrics.CONNECTED_NODES.labels(label, kind)
-        connected.inc()
+        connected = metrics.CONNECTED_NODES.labels(label, kind) if self._counted else None
+        if connected is not None:
+            connected.inc()
         reason = "closed"
         refused: Refused | None = None
         try:
             while True:
                 if inbox:
-                    refused = _apply(stream, inbox, shard, node_id, only_type, watch.status)
+                    refused = _apply(stream, inbox, shard, node_id, only_type, watch.status, self._counted)
                     if refused is not None:
                         break
                 if reader.done():
@@ -237,7 +247,7 @@ class AdsServer:
                 if view is not None:  # else the shard has no snapshot yet: wait for one
                     due = stream.pending(view)
                     watch.status.record_evaluated(view)
-                    await _write(context, shard, node_id, due)
+                    await _write(context, shard, node_id, due, self._counted)
                 await wake.wait()
             reason = f"refused:{refused.code}" if refused is not None else reader.result()
         except asyncio.CancelledError:
@@ -246,7 +256,8 @@ class AdsServer:
         finally:
             reader.cancel()
             self._cache.disconnect(watch)
-            connected.dec()
+            if connected is not None:
+                connected.dec()
             await _close(requests, reader)
             del stream  # free the stream's names before the status goes out
             log.info(
@@ -277,7 +288,7 @@ async def _close(requests: AsyncIterator[_Request], reader: asyncio.Task[str]) -
 
 def _apply(
     stream: _Stream, inbox: list[_Request], shard: str, node_id: str, only_type: str | None,
-    status: StreamStatus,
+    status: StreamStatus, counted: bool,
 ) -> Refused | None:  # fmt: skip
     """Hand every queued request to the stream. A function of its own so no request
     outlives it in the long-lived stream frame."""
@@ -289,7 +300,8 @@ def _apply(
                 _restrict(request, only_type)
             received = stream.on_request(request)
             _log_request(shard, node_id, received)
-            _count(shard, received, status)
+            if counted:
+                _count(shard, received, status)
     except Refused as exc:
         # Without its traceback: the frames it holds hold the request (megabytes).
         return exc.with_traceback(None)
@@ -308,12 +320,13 @@ def _restrict(request: _Request, type_url: str) -> None:
         )
 
 
-async def _write(context: _Context, shard: str, node_id: str, responses: list[Outgoing]) -> None:
+async def _write(context: _Context, shard: str, node_id: str, responses: list[Outgoing], counted: bool) -> None:
     """Write in order. A function of its own so no payload outlives its write in the
     long-lived stream frame (a response can be megabytes, times thousands of streams)."""
     for out in responses:
         await context.write(out.payload)
-        metrics.xds(shard, _metric_type(out.type_url)).pushes.inc()
+        if counted:
+            metrics.xds(shard, _metric_type(out.type_url)).pushes.inc()
         log.debug(
             "event=push shard=%s node=%s type=%s version=%s nonce=%s "
             "resources=%d removed=%d bytes=%d",

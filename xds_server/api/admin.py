@@ -17,13 +17,13 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from dgw_api.v1 import gateway_pb2
-from xds_server.api import shards_api
+from xds_server.api import deploy_api, shards_api
 from xds_server.api.admin_http import read_json
 from xds_server.changes import Changes
 from xds_server.config import quote
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
-from xds_server.store import ConfigStore
+from xds_server.store import ConfigStore, StoreError
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,12 @@ async def get_shard(request: web.Request) -> web.Response:
     headers: dict[str, str] = {}
     if changes is not None:
         summary.update(shards_api.store_summary(changes, name))
-        head = await changes.store.get(name)
+        summary.update(deploy_api.shard_desires(changes, name))
+        try:
+            head = await changes.store.get(name)
+        except StoreError as e:  # a replica cut off from etcd still shows what it serves
+            head = None
+            summary["store_error"] = str(e)
         # The text as written: `${VAR}` references stay references, so values read
         # from the environment never appear here.
         summary["yaml"] = head.text if head else None

@@ -49,7 +49,7 @@ from xds_server.security.tokens import (
     mint,
     parse,
 )
-from xds_server.store.base import AuditLog
+from xds_server.store.base import AuditLog, StoreError
 
 log = logging.getLogger("xds_server.api.auth")
 
@@ -75,10 +75,20 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/shards/{shard}/versions/{n}"): "reader",
     ("POST", "/v1/shards/{shard}/rollback"): "operator",
     ("GET", "/v1/status"): "reader",
+    ("GET", "/v1/replicas"): "reader",
     ("GET", "/v1/stats/{shard}"): "reader",
     ("GET", "/v1/nodes"): "reader",
     ("GET", "/v1/discovery/{address}"): "reader",
     ("POST", "/v1/reports"): "node",
+    ("GET", "/v1/artifacts"): "reader",
+    ("GET", "/v1/artifacts/{kind}/{name}"): "reader",
+    ("POST", "/v1/artifacts/{kind}/{name}"): "operator",
+    ("GET", "/v1/shards/{shard}/plan"): "reader",
+    ("POST", "/v1/plans"): "operator",  # it spends the planner worker's CPU
+    ("GET", "/v1/rollouts"): "reader",
+    ("POST", "/v1/rollouts"): "operator",
+    ("GET", "/v1/rollouts/{rollout}"): "reader",
+    ("POST", "/v1/rollouts/{rollout}/{action}"): "operator",
     ("GET", "/v1/audit"): "admin",
     ("GET", "/v1/tokens"): "admin",
     ("POST", "/v1/tokens"): "admin",
@@ -400,7 +410,10 @@ async def create_token(request: web.Request) -> web.Response:
             new_version=None, accepted=False, reason=f"400: {message}",
         )  # fmt: skip
         return _error(400, message)
-    access.tokens.add(record)
+    try:
+        access.tokens.add(record)
+    except StoreError as e:  # a replica cut off from etcd (tokens are shared there)
+        return _error(503, f"the token was not stored: {e}")
     await _audit(
         access.audit, actor=who.actor, action=f"token.create {record.token_id} {role} {name}",
         shard=shard, base_version=None, new_version=None, accepted=True,
@@ -420,7 +433,11 @@ async def revoke_token(request: web.Request) -> web.Response:
     who = _principal(request)
     token_id = request.match_info["token_id"]
     record = access.tokens.get(token_id)
-    if record is None or not access.tokens.revoke(token_id):
+    try:
+        revoked = record is not None and access.tokens.revoke(token_id)
+    except StoreError as e:
+        return _error(503, f"the token was not revoked: {e}")
+    if record is None or not revoked:
         await _audit(
             access.audit, actor=who.actor, action=f"token.revoke {token_id[:16]}", shard=None,
             base_version=None, new_version=None, accepted=False, reason="404: no such token",

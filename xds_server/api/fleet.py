@@ -14,6 +14,7 @@ from aiohttp import web
 from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
 from xds_server.config.model import parse_duration
+from xds_server.deploy.rollout.observe import location_text
 from xds_server.node_stats import cluster_summary, listener_summary
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
@@ -36,6 +37,24 @@ def _dals(registry: ShardRegistry, shard: str, node_id: str) -> dict[str, dict[s
     )
 
 
+def _host(registry: ShardRegistry, shard: str, node_id: str) -> dict[str, Any]:
+    """Where the node runs (its sidecar says) and what its sidecar could not do: builds it
+    refused (the tamper check) and goals it cannot reach."""
+    state = registry.shards.get(shard)
+    node = state.nodes.get(node_id) if state is not None else None
+    if node is None:
+        return {"location": "", "problems": {}}
+    status = node.report.status
+    return {"location": location_text(node.report.location),
+            "problems": {k: v for k, v in sorted(status.items()) if k.startswith(("refused.", "error."))}}
+
+
+def _owners(registry: ShardRegistry, shard: str) -> list[str]:
+    state = registry.shards.get(shard)
+    desires = state.config.deploy_desires if state is not None else None
+    return [f"{o.type} {o.value}" for o in desires.owners] if desires is not None else []
+
+
 def status(
     registry: ShardRegistry, shard: str | None = None, stored: StoredVersion = lambda _: None
 ) -> dict[str, Any]:
@@ -45,8 +64,9 @@ def status(
     rows = []
     for node in cache.node_status(shard):
         view = cache.view(node.shard, node.node_id)
-        rows.append(node_row(node, view.versions() if view else None,
-                             _dals(registry, node.shard, node.node_id)))  # fmt: skip
+        rows.append({**node_row(node, view.versions() if view else None,
+                                _dals(registry, node.shard, node.node_id)),
+                     **_host(registry, node.shard, node.node_id)})  # fmt: skip
     rows.sort(key=lambda r: (r["shard"], r["node"], r["protocol"], r["connected_since"]))
     # Shards with a config, and those only nodes name (connected before a config came).
     names = sorted(set(registry.shards) | {r["shard"] for r in rows})
@@ -64,6 +84,7 @@ def status(
                              if t in versions and t != ENDPOINT},
             "nodes": sum(1 for r in rows if r["shard"] == name),
             "in_sync": sum(1 for r in rows if r["shard"] == name and r["in_sync"]),
+            "owners": _owners(registry, name),
         }  # fmt: skip
     return {"nodes": rows, "shards": shards}
 

@@ -19,6 +19,7 @@ from dgw_api.v1 import gateway_pb2, gateway_pb2_grpc
 from xds_server.security.authz import ControlAuthz, Refusal, describe
 from xds_server.security.signing import NodeSigner, SignRefused
 from xds_server.shards import ShardRegistry
+from xds_server.store.base import StoreError
 
 log = logging.getLogger("xds_server.api.gateway")
 
@@ -72,9 +73,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "WatchConfig needs a shard")
         await self._check_node(context, "WatchConfig", request.shard, request.node_id)
         log.info("event=config_watch shard=%s node=%s", request.shard, request.node_id)
-        async for state in self.registry.watch_config(request.shard):
+        async for state in self.registry.watch_config(request.shard, request.node_id):
             yield gateway_pb2.ShardConfig(
-                shard=state.name, version=state.config_version, yaml=state.config_yaml
+                shard=state.name, version=state.config_version, yaml=state.config_yaml,
+                pins=[gateway_pb2.Pin(**state.pins[k].to_json()) for k in sorted(state.pins)],
             )
 
     async def SignCertificate(
@@ -93,6 +95,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except SignRefused as e:
             await _refuse(context, "SignCertificate", Refusal(e.code, e.message), describe(caller),
                           request.shard, request.node_id)
+        except StoreError as e:  # a join token cannot be spent while etcd is unreachable
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"try again shortly: {e}")
         return gateway_pb2.SignResponse(
             certificate_chain_pem=signed.chain_pem, trust_bundle_pem=signed.bundle_pem
         )

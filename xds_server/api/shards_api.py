@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from xds_server.api import deploy_api
 from xds_server.api.admin_http import read_json
 from xds_server.api.auth import PRINCIPAL
 from xds_server.changes import (
@@ -319,6 +320,9 @@ async def _mutate(
     except Exception as e:
         refusal = _refusal(e, shard, base)
         await _audit(request, changes, action(body), shard, base, None, refusal)
+        owners = deploy_api.owners_of(changes, shard)
+        if owners and refusal.status == 400:  # the shard's owners should hear of a refused change
+            refusal.body["owners"] = owners
         return _json(refusal.body, refusal.status)
     if isinstance(outcome, Preview):
         return _json({"shard": shard, "dry_run": True, "config_diff": outcome.config_diff,

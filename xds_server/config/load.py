@@ -89,10 +89,8 @@ def _parse(
     except ShapeError as e:
         raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError([Problem(file, where, f"not valid YAML: {problem}")]) from None
+        line, problem = yaml_fault(e, expanded)
+        raise ConfigError([Problem(file, f"line {line}" if line else "", f"not valid YAML: {problem}")]) from None
     if data is None:
         # An empty (or truncated-to-nothing) file is a mistake, never "no listeners".
         raise ConfigError([Problem(file, "", "the file is empty; a shard file needs at least "
@@ -100,6 +98,32 @@ def _parse(
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", "the document must be a mapping of keys")])
     return data, secrets
+
+
+def yaml_fault(error: yaml.YAMLError, text: str) -> tuple[int | None, str]:
+    """The line a YAML error is the fault of (1-based), and what is wrong there.
+
+    The parser notices some faults only at the next token: an unclosed ``{`` or ``[``
+    where the next key begins, a key without its ``:`` (``image x``) on the next line,
+    whose ``:`` then seems out of place. Those are put back on the line of the fault."""
+    mark = getattr(error, "problem_mark", None)
+    problem = str(getattr(error, "problem", None) or error)
+    if mark is None:
+        return None, problem
+    line = mark.line + 1
+    context, opened = getattr(error, "context", None) or "", getattr(error, "context_mark", None)
+    if context.startswith("while parsing a flow") and opened is not None and opened.line < mark.line:
+        bracket = "{" if "mapping" in context else "["
+        return opened.line + 1, f"the {bracket!r} opened on this line is not closed ({problem}, line {line})"
+    if problem.startswith("mapping values are not allowed"):
+        lines = text.splitlines()
+        before = next((i for i in range(mark.line - 1, -1, -1)
+                       if lines[i].strip() and not lines[i].lstrip().startswith("#")), None)  # fmt: skip
+        head = lines[mark.line][: mark.column] if mark.line < len(lines) else ""
+        if before is not None and ":" not in head and ":" not in lines[before] and not lines[before].lstrip().startswith("-"):
+            return before + 1, (f"{quote(lines[before].strip())} needs a ':' after its key (so the ':' on "
+                                f"line {line} is not allowed where it is)")  # fmt: skip
+    return line, problem
 
 
 def validate_model(model: type[M], data: Any, file: str) -> M:
@@ -214,13 +238,56 @@ def _problems(model: type[BaseModel], err: ValidationError, file: str) -> list[P
         elif item["type"] == "missing":
             msg = "required key is missing"
         else:
-            msg = item["msg"].removeprefix("Value error, ")
-            if item["type"] in ("literal_error", "enum"):
-                msg = f"{quote(item['input'])} is not allowed: {msg[0].lower()}{msg[1:]}"
+            msg = _said(item)
         merged.setdefault(path, [])
         if msg not in merged[path]:
             merged[path].append(msg)
     return [Problem(file, path, "; or ".join(msgs)) for path, msgs in merged.items()]
+
+
+# pydantic's error types → what was wrong with the value written, in plain words.
+_PLAIN = {
+    "int_parsing": "is not a whole number",
+    "int_type": "is not a whole number",
+    "int_from_float": "is not a whole number",
+    "float_parsing": "is not a number",
+    "float_type": "is not a number",
+    "bool_parsing": "is not true or false",
+    "bool_type": "is not true or false",
+    "string_type": "is not a string (quote it)",
+    "list_type": "is not a list",
+    "dict_type": "is not a mapping of keys",
+    "model_type": "is not a mapping of keys",
+}
+_BOUNDS = {
+    "less_than_equal": ("le", "is more than {}, the most allowed"),
+    "less_than": ("lt", "is not less than {}"),
+    "greater_than_equal": ("ge", "is less than {}, the least allowed"),
+    "greater_than": ("gt", "is not more than {}"),
+    "too_long": ("max_length", "is too long: at most {} allowed"),
+    "too_short": ("min_length", "is too short: at least {} needed"),
+    "string_too_long": ("max_length", "is too long: at most {} characters"),
+    "string_too_short": ("min_length", "is too short: at least {} characters"),
+}
+
+
+def _said(item: Any) -> str:
+    """One pydantic error as a message that quotes the value written."""
+    value = item.get("input")
+    kind, written = item["type"], repr(value) if value in ([], {}) else quote(value)
+    ctx = item.get("ctx") or {}
+    if kind in _PLAIN:
+        return f"{written} {_PLAIN[kind]}"
+    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
+        key, words = _BOUNDS[kind]
+        bound = ctx[key]
+        return f"{written} {words.format(int(bound) if isinstance(bound, float) and bound.is_integer() else bound)}"
+    msg = str(item["msg"]).removeprefix("Value error, ")
+    if kind in ("literal_error", "enum"):
+        return f"{written} is not allowed: {msg[0].lower()}{msg[1:]}"
+    if kind.startswith("value_error") or written in msg:
+        return msg  # our own validators' messages already quote the value
+    return f"{written}: {msg[0].lower()}{msg[1:]}"
 
 
 def _walk(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None]:

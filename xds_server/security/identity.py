@@ -99,6 +99,13 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
     return SpiffeId(_check_trust_domain(td), _check_segment(account, "account"), _check_segment(app, "app"))
 
 
+def server_dns_name(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+    """The DNS name every replica's certificate holds, ``xds-server.TRUST_DOMAIN``: a
+    sidecar given several replicas' addresses checks this name (``ssl_target_name_override``),
+    as one name cannot be each replica's address."""
+    return f"xds-server.{_check_trust_domain(trust_domain)}"
+
+
 def server_uri(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
     """The xds_server's own SPIFFE ID: what Envoys and sidecars check its certificate for."""
     return f"spiffe://{_check_trust_domain(trust_domain)}/xds-server"

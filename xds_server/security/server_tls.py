@@ -29,7 +29,7 @@ import grpc
 from cryptography import x509
 
 from .ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
-from .identity import server_uri
+from .identity import server_dns_name, server_uri
 from .keys import new_private_key, private_key_pem
 
 log = logging.getLogger("xds_server.security.tls")
@@ -79,7 +79,8 @@ class ServingCertificate:
         self.ca = ca
         self._lifetime = lifetime
         self._names = [x509.UniformResourceIdentifier(server_uri(ca.trust_domain))] + [
-            _general_name(n) for n in dict.fromkeys([*LOOPBACK_NAMES, *extra_names])
+            _general_name(n)
+            for n in dict.fromkeys([*LOOPBACK_NAMES, server_dns_name(ca.trust_domain), *extra_names])
         ]
         self._clock = clock
         self._lock = threading.Lock()

@@ -27,17 +27,12 @@ from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 
 from . import ir, security
 from .endpoints import endpoints_for, lb_endpoint, socket_address
+from .packing import packed
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 # Routes and EDS assignments come over the same ADS stream as everything else, so
@@ -46,16 +41,16 @@ _ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(),
     resource_api_version=config_source_pb2.ApiVersion.V3,
 )
-_ROUTER = hcm_pb2.HttpFilter(name=ROUTER, typed_config=_packed(router_pb2.Router()))
+_ROUTER = hcm_pb2.HttpFilter(name=ROUTER, typed_config=packed(router_pb2.Router()))
 # gRPC needs HTTP/2 to the DAL; plain http DALs are served HTTP/1.1, which every
 # HTTP server speaks, whatever the client used to reach Envoy.
 _UPSTREAM_HTTP: dict[ir.Protocol, any_pb2.Any] = {
-    "grpc": _packed(http_protocol_options_pb2.HttpProtocolOptions(
+    "grpc": packed(http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options={},
         ),
     )),
-    "http": _packed(http_protocol_options_pb2.HttpProtocolOptions(
+    "http": packed(http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http_protocol_options={},
         ),
@@ -130,16 +125,16 @@ def _listener(lst: ir.Listener) -> listener_pb2.Listener:
     chain = listener_components_pb2.FilterChain()
     if lst.route:
         chain.filters.append(listener_components_pb2.Filter(
-            name=HTTP_CONNECTION_MANAGER, typed_config=_packed(_http_connection_manager(lst)),
+            name=HTTP_CONNECTION_MANAGER, typed_config=packed(_http_connection_manager(lst)),
         ))
     else:
         if lst.authz is not None:
             chain.filters.append(listener_components_pb2.Filter(
                 name=security.NETWORK_RBAC,
-                typed_config=_packed(security.network_rbac_filter(lst, lst.authz)),
+                typed_config=packed(security.network_rbac_filter(lst, lst.authz)),
             ))
         chain.filters.append(listener_components_pb2.Filter(
-            name=TCP_PROXY, typed_config=_packed(_tcp_proxy(lst)),
+            name=TCP_PROXY, typed_config=packed(_tcp_proxy(lst)),
         ))
     if lst.tls is not None:
         chain.transport_socket.CopyFrom(security.transport_socket(lst.tls))

@@ -28,12 +28,12 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, wrappers_pb2
-from google.protobuf.message import Message
 
 from envoy_proxy.bootstrap import SDS_CLUSTER
 from xds_server.security.providers import HTTP_READ_METHODS
 
 from . import ir
+from .packing import packed
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -67,12 +67,6 @@ _DENIED_CONNECTION_FORMAT = (
 )
 
 
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def transport_socket(tls: ir.Tls) -> base_pb2.TransportSocket:
     """mTLS: the client must present a certificate chaining to the trust bundle."""
     context = tls_pb2.DownstreamTlsContext(
@@ -87,21 +81,21 @@ def transport_socket(tls: ir.Tls) -> base_pb2.TransportSocket:
             alpn_protocols=list(tls.alpn),
         ),
     )
-    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_packed(context))
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=packed(context))
 
 
 def http_rbac_filter() -> hcm_pb2.HttpFilter:
     """Deny everything unless the route says otherwise (``route_rbac``): a route table
     that has not arrived yet, or lost its override, fails closed."""
     deny_all = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
-    return hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=_packed(deny_all))
+    return hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=packed(deny_all))
 
 
 def route_rbac(lst: ir.Listener, authz: ir.Authz) -> dict[str, any_pb2.Any]:
     """The per-route override with the listener's real policies (``typed_per_filter_config``
     of its virtual host)."""
     per_route = http_rbac_pb2.RBACPerRoute(rbac=http_rbac_pb2.RBAC(rules=_rules(lst.protocol, authz)))
-    return {HTTP_RBAC: _packed(per_route)}
+    return {HTTP_RBAC: packed(per_route)}
 
 
 def denied_access_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
@@ -122,7 +116,7 @@ def denied_access_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
     stdout = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
         text_format_source=base_pb2.DataSource(inline_string=_DENIED_LOG_FORMAT % (lst.listener, status)),
     ))
-    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=_packed(stdout))
+    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=packed(stdout))
 
 
 def denied_connection_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
@@ -134,11 +128,11 @@ def denied_connection_log(lst: ir.Listener) -> accesslog_pb2.AccessLog:
     ))
     denied = accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
         name=CEL_FILTER,
-        typed_config=_packed(cel_pb2.ExpressionFilter(
+        typed_config=packed(cel_pb2.ExpressionFilter(
             expression="connection.termination_details.startsWith('rbac_access_denied')",
         )),
     ))
-    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=_packed(stdout))
+    return accesslog_pb2.AccessLog(name=STDOUT_ACCESS_LOG, filter=denied, typed_config=packed(stdout))
 
 
 def network_rbac_filter(lst: ir.Listener, authz: ir.Authz) -> network_rbac_pb2.RBAC:
