@@ -31,7 +31,7 @@ from typing import Any
 DEFAULT_TARGET = "127.0.0.1:8980"
 # gRPC core's event engine moves a server's socket work to threads of its own, one more
 # hand-off per event on the way to grpc.aio's poller thread and the event loop: without
-# it the DAL spent 8-9 % less CPU per call (bench/README.md, kv). An experiment gRPC no
+# it the DAL spent 8-9 % less CPU per call (bench/README.md, kv-cpu). An experiment gRPC no
 # longer knows is logged once at start and ignored.
 GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints,-event_engine_client,-event_engine_callback_cq"
 
