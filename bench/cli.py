@@ -124,6 +124,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return plan.main(args)
 
 
+def cmd_kv_cpu(args: argparse.Namespace) -> int:
+    from bench import kv_cpu
+
+    return kv_cpu.main(args)
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
 
@@ -217,6 +223,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="do not hold /dev/cpu_dma_latency at 0 while measuring")
     _common(p)
     p.set_defaults(func=_run(cmd_kv))
+
+    p = figures.add_parser("kv-cpu", help="the KV DAL's CPU per call: this tree against --baseline DIR, interleaved")
+    p.add_argument("--baseline", type=Path, required=True,
+                   help="a checkout to compare against (e.g. git archive main | tar -x -C DIR)")
+    p.add_argument("--rate", type=float, default=300.0, help="calls per second offered to each DAL, open loop")
+    p.add_argument("--block", type=float, default=3.0, help="seconds of one DAL's load before the other's")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of one block per DAL")
+    p.add_argument("--records", type=int, default=500, help="records read and written (1 KiB each)")
+    p.add_argument("--cached", action="store_true", help="the namespace with the Redis look-aside cache")
+    p.add_argument("--let-cpus-sleep", dest="quick_wakeups", action="store_false",
+                   help="do not hold /dev/cpu_dma_latency at 0 while measuring")
+    _common(p)
+    p.set_defaults(func=_run(cmd_kv_cpu))
 
     p = figures.add_parser("rollout", help="a rollout across many shards of simulated nodes: time per wave beyond the bake, CPU")
     p.add_argument("--shards", type=int, default=1000, help="shards rolled out (over 4 tiers and --regions locations)")

@@ -43,12 +43,17 @@ class _Cases:
         self.schema = ""
         self.records = 0
 
-    async def prepare(self, target: str, tls: dict[str, str], server_name: str, dsn: str, schema: str,
+    async def prepare(self, target: str, tls: dict[str, str] | None, server_name: str, dsn: str, schema: str,
                       records: int) -> dict[str, Any]:  # fmt: skip
+        """Channels to ``target``: mTLS with ``tls`` (a gateway), plaintext without (a DAL itself)."""
         import asyncpg
 
-        creds = TlsFiles(Path(tls["cert"]), Path(tls["key"]), Path(tls["ca"])).credentials()
-        self.channel = grpc.aio.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", server_name)])
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target)
+        else:
+            creds = TlsFiles(Path(tls["cert"]), Path(tls["key"]), Path(tls["ca"])).credentials()
+            self.channel = grpc.aio.secure_channel(target, creds,
+                                                   options=[("grpc.ssl_target_name_override", server_name)])  # fmt: skip
         self.pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4, reset=_keep_session,
                                               server_settings={"application_name": "bench-direct"})  # fmt: skip
         self.schema, self.records = schema, records

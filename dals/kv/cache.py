@@ -8,9 +8,9 @@ holding ``GENERATION|EXPIRES_MS|`` and the serialized response.
   expired. On a miss the page is read from the engine and stored only if the generation
   is still the one seen before the engine read (a Lua script compares and sets), so a
   page read before a write can never be stored after it.
-- **Write.** After the engine has the write, ``HINCRBY g 1``: every page of the record
-  cached so far is of an old generation now. The write returns after that, so the
-  writer (and everyone else) reads its own write.
+- **Write.** After the engine has the write, ``HINCRBY g 1`` (and the TTL again, in one
+  script): every page of the record cached so far is of an old generation now. The
+  write returns after that, so the writer (and everyone else) reads its own write.
 - **A dead cache** costs no call. The first failure (refused, timed out) is logged as
   ``event=cache_down`` and the cache is not used for ``retry_s``; reads go to the engine,
   and writes remember which records they could not invalidate. The first call after
@@ -49,6 +49,12 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+# One command, not a MULTI/EXEC pipeline of two: a third less client time per write.
+_BUMP = """
+redis.call('HINCRBY', KEYS[1], 'g', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -76,6 +82,7 @@ class LookasideCache:
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
         )  # fmt: skip
         self._fill = self._redis.register_script(_FILL)
+        self._bump_script = self._redis.register_script(_BUMP)
         self._epoch: int | None = None
         self._down_until = 0.0
         self._pending: dict[tuple[str, str], float] = {}  # records to invalidate: their TTL
@@ -192,11 +199,8 @@ class LookasideCache:
         return f"{self.config.prefix}{self._epoch}|{len(namespace)}:{namespace}|{record_id}"
 
     async def _bump(self, namespace: str, record_id: str, ttl_s: float) -> None:
-        key = self._key(namespace, record_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "g", 1)
-            pipe.expire(key, max(1, int(ttl_s + 1)))
-            await pipe.execute()
+        await self._bump_script(keys=[self._key(namespace, record_id)], args=[max(1, int(ttl_s + 1))])
 
     async def _call(self, awaitable: Any) -> Any:
-        return await asyncio.wait_for(awaitable, self._timeout * 2)
+        async with asyncio.timeout(self._timeout * 2):
+            return await awaitable

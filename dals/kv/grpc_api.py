@@ -8,6 +8,7 @@ answers with the bytes the service made (or the cache kept), unparsed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.wrappers_pb2 import BytesValue
 
 from .errors import Code, KvError
-from .service import KvService
+from .service import CANCELLED, OK, UNKNOWN, KvService
 from .v1 import kv_pb2
 
 SERVICE = "dgw.kv.v1.KeyValue"
@@ -55,14 +56,25 @@ def _deadline(context: Context) -> float | None:
 
 def handler(service: KvService) -> grpc.GenericRpcHandler[bytes, bytes]:
     def unary(name: str, call: Callable[[bytes, Context], Awaitable[bytes]]) -> Any:
+        key = f"grpc.{name}"
+
         async def run(request: bytes, context: Context) -> bytes:
-            service.counters[f"grpc.{name}"] += 1
+            service.counters[key] += 1
+            outcome = UNKNOWN
             try:
-                return await call(request, context)
+                answer = await call(request, context)
+                outcome = OK
+                return answer
             except KvError as e:
-                service.counters[f"error.{e.code.value}"] += 1
+                outcome = e.code.value
+                service.counters[f"error.{outcome}"] += 1
                 await context.abort(STATUS[e.code], e.message)
                 raise  # abort raises; this keeps the type checker sure of it
+            except asyncio.CancelledError:
+                outcome = CANCELLED
+                raise
+            finally:
+                service.call_ended(key, outcome)
 
         return grpc.unary_unary_rpc_method_handler(run, request_deserializer=None, response_serializer=None)
 

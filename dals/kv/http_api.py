@@ -20,6 +20,7 @@ is ``timeout_ms`` or Envoy's ``x-envoy-expected-rq-timeout-ms``, whichever is so
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -33,7 +34,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .errors import HTTP_STATUS, KvError, invalid
-from .service import KvService
+from .service import CANCELLED, OK, UNKNOWN, KvService
 from .v1 import kv_pb2
 
 M = TypeVar("M", bound=Message)
@@ -100,13 +101,24 @@ def _json(message: Message) -> web.Response:
 
 def app(service: KvService, dal: str, listener: str) -> web.Application:
     def errors(fn: Callable[[web.Request], Awaitable[web.Response]], name: str) -> Handler:
+        key = f"http.{name}"
+
         async def run(request: web.Request) -> web.Response:
-            service.counters[f"http.{name}"] += 1
+            service.counters[key] += 1
+            outcome = UNKNOWN
             try:
-                return await fn(request)
+                answer = await fn(request)
+                outcome = OK
+                return answer
             except KvError as e:
-                service.counters[f"error.{e.code.value}"] += 1
+                outcome = e.code.value
+                service.counters[f"error.{outcome}"] += 1
                 return _error(e)
+            except asyncio.CancelledError:
+                outcome = CANCELLED
+                raise
+            finally:
+                service.call_ended(key, outcome)
 
         return run
 

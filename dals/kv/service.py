@@ -10,12 +10,12 @@ serialized response, which is what the cache keeps and gRPC sends as it is.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 from . import pages, tokens
 from .cache import LookasideCache
@@ -41,6 +41,8 @@ WRITE_TIME_BYTES = 24
 # A value part shorter than this does not start at the end of a page: it waits for the next.
 MIN_PART_BYTES = 64
 _FIRST_BATCH, _MAX_BATCH = 64, 1024
+OK, CANCELLED, UNKNOWN = "OK", "CANCELLED", "UNKNOWN"
+_WRITES = frozenset({"PutItems", "DeleteItems", "MutateItems"})
 
 Clock = Callable[[], float]
 
@@ -80,6 +82,9 @@ class KvService:
         self._now_us = now_us
         self._monotonic = monotonic
         self.counters: Counter[str] = Counter()
+        """What ``GET /stats`` shows. Per call (``grpc.PutItems``, ``http.GetItems``...): the
+        calls received under its name, and under ``NAME.OUTCOME`` how the answered ones
+        ended (``call_ended``); ``error.CODE`` over all calls; ``items_applied``."""
 
     @classmethod
     async def start(cls, config: KvConfig) -> KvService:
@@ -102,6 +107,16 @@ class KvService:
             await self.cache.close()
         for engine in self.engines.values():
             await engine.close()
+
+    def call_ended(self, call: str, outcome: str) -> None:
+        """Count how a call (``grpc.PutItems``) ended: ``OK``, an error's code, ``CANCELLED``
+        (its caller went away before the answer) or ``UNKNOWN`` (a bug). Received minus
+        ended is what is still running: a shadow target's copy of a write has been applied
+        only once it ended OK, and a cancelled write may or may not have been applied."""
+        self.counters[f"{call}.{outcome}"] += 1
+        if outcome == CANCELLED and call.rpartition(".")[2] in _WRITES:
+            log.warning("event=write_cancelled call=%s reason=\"its caller went away before the answer: "
+                        "applied or not, as the engine's transaction ended\"", call)  # fmt: skip
 
     # --- writes --------------------------------------------------------------------
 
@@ -128,7 +143,7 @@ class KvService:
                 self._check_value(item, where)
                 inline.append((item.key, item.value))
         applied = 0
-        with self._engine_errors():
+        with _ENGINE_ERRORS:
             if inline:
                 applied += await ns.engine.write(ns.name, req.id, normalize(inline), version)
             for key, chunks in staged.items():
@@ -148,7 +163,7 @@ class KvService:
     async def delete_items(self, req: kv_pb2.DeleteItemsRequest, size: int) -> kv_pb2.WriteResponse:
         ns, version = self._write_call(req, size)
         ops = self._deletes(req.predicate if req.HasField("predicate") else None, "predicate")
-        with self._engine_errors():
+        with _ENGINE_ERRORS:
             applied = await ns.engine.write(ns.name, req.id, normalize(ops), version)
         return await self._written(ns, req.id, applied)
 
@@ -180,7 +195,7 @@ class KvService:
         if keys > self.limits.max_items_per_call:
             raise invalid(f"a mutate touches at most {self.limits.max_items_per_call} keys "
                           f"(limits.max_items_per_call), not {keys}")  # fmt: skip
-        with self._engine_errors():
+        with _ENGINE_ERRORS:
             applied = await ns.engine.write(ns.name, req.id, normalize(ops), version)
         return await self._written(ns, req.id, applied)
 
@@ -216,17 +231,18 @@ class KvService:
         predicate = req.predicate if req.HasField("predicate") else None
         selection = self._selection(predicate, "predicate")
         budget = self._budget(req.page_size_bytes)
-        digest = pages.request_digest(b"get", predicate.SerializeToString(deterministic=True) if predicate else b"",
-                                      b"w" if req.with_write_times else b"")  # fmt: skip
+        cached = self.cache is not None and ns.cache_ttl_s > 0
+        # Only a page token or the cache needs the read's digest: most reads are one page.
+        digest = _get_digest(predicate, req.with_write_times) if req.page_token or cached else ""
         start = None
         if req.page_token:
             start = pages.decode(req.page_token, field="page_token", namespace=ns.name, record_id=req.id,
                                  digest=digest).position  # fmt: skip
-        cached = self.cache is not None and ns.cache_ttl_s > 0
         generation = b""
-        entry = pages.request_digest(digest.encode(), req.page_token, str(budget).encode())
+        entry = ""
         if cached:
             assert self.cache is not None
+            entry = pages.request_digest(digest.encode(), req.page_token, str(budget).encode())
             hit, generation = await self.cache.lookup(ns.name, req.id, entry)
             if hit is not None:
                 return hit
@@ -238,6 +254,7 @@ class KvService:
         page = await self._fill(ns, fetch, start, budget, req.with_write_times, deadline)
         response = kv_pb2.GetItemsResponse(items=[item for _, item in page.items])
         if page.next is not None:
+            digest = digest or _get_digest(predicate, req.with_write_times)
             response.next_page_token = pages.encode(pages.PageToken(ns.name, req.id, digest, page.next))
         data = response.SerializeToString()
         if cached and not page.cut_short:
@@ -283,7 +300,7 @@ class KvService:
         used = 0
         extra = WRITE_TIME_BYTES if with_write_times else 0
         after = start
-        with self._engine_errors():
+        with _ENGINE_ERRORS:
             if start is not None and start.version is not None:
                 # Finish the value the last page began, if it is still the same value.
                 item = await self._reread(ns, start)
@@ -453,13 +470,6 @@ class KvService:
                           f"not {requested}")  # fmt: skip
         return requested
 
-    @contextlib.contextmanager
-    def _engine_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except EngineError as e:
-            log.warning("event=engine_error error=%r", str(e))
-            raise KvError(Code.UNAVAILABLE, f"the storage engine cannot answer now: {e}") from None
 
     # --- upkeep --------------------------------------------------------------------
 
@@ -484,6 +494,28 @@ class KvService:
             if n:
                 log.info("event=purged engine=%s rows=%d", name, n)
         return total
+
+
+class _EngineErrors:
+    """``with _ENGINE_ERRORS:`` turns an EngineError into UNAVAILABLE, logged (a class,
+    not a generator context manager: it is entered on every call)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(error, EngineError):
+            log.warning("event=engine_error error=%r", str(error))
+            raise KvError(Code.UNAVAILABLE, f"the storage engine cannot answer now: {error}") from None
+
+
+_ENGINE_ERRORS = _EngineErrors()
+
+
+def _get_digest(predicate: kv_pb2.Predicate | None, with_write_times: bool) -> str:
+    """What ties a GetItems page token to its read: the predicate and the options."""
+    return pages.request_digest(b"get", predicate.SerializeToString(deterministic=True) if predicate else b"",
+                                b"w" if with_write_times else b"")  # fmt: skip
 
 
 def _changed(key: bytes) -> KvError:

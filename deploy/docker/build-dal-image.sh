@@ -27,8 +27,8 @@ case "$DAL" in
           DISTS="aiohttp grpcio"
           CHECK='import aiohttp, grpc, dals.sample, dals.sample.probe' ;;
   kv) IMAGE=${IMAGE:-dgw-kv:test}; CMD='["python3", "-m", "dals.kv", "serve"]'
-      DISTS="aiohttp grpcio protobuf asyncpg redis pydantic PyYAML"
-      CHECK='import dals.kv.server, dals.kv.engines.sqlite, dals.kv.engines.postgres, dals.kv.cache, sqlite3' ;;
+      DISTS="aiohttp grpcio protobuf asyncpg redis hiredis uvloop pydantic PyYAML"
+      CHECK='import dals.kv.server, dals.kv.engines.sqlite, dals.kv.engines.postgres, dals.kv.cache, sqlite3, uvloop, hiredis' ;;
   *) echo "$0: --dal must be sample or kv, not '$DAL'" >&2; exit 2 ;;
 esac
 PY=${DGW_PYTHON:-.venv/bin/python}

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 
 PROJECT = Path(__file__).resolve().parents[2]
 # What the sample DAL imports; build-dal-image.sh names the KV DAL's (these, protobuf,
-# asyncpg, redis, pydantic, PyYAML).
+# asyncpg, redis, hiredis, uvloop, pydantic, PyYAML).
 DEFAULT_DISTS = ("aiohttp", "grpcio")
 # Parts of the standard library a server never imports; leaving them out keeps the
 # image (copied whole per container by the vfs storage driver) small.

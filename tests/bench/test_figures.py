@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from bench.translate_scale import measure
+from testkit.procs import ROOT
 
 # Each figure runs `dgw bench` in a child process with a server and a fleet: seconds each.
 pytestmark = pytest.mark.slow
@@ -143,6 +144,20 @@ def test_kv_reports_every_case_the_sweep_and_the_targets() -> None:
     assert [p["rate"] for p in result["sweep"]] == [200]
     assert {c["target"] for c in result["targets"]} >= {"no failed or dropped requests"}
     assert code in (0, 1)  # a shared box may miss the latency targets; 2 would mean it could not run
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_kv_cpu_compares_two_trees_call_for_call() -> None:
+    code, result = dgw_bench("kv-cpu", "--baseline", str(ROOT), "--rate", "100", "--block", "1", "--rounds", "2",
+                             "--records", "20", timeout=300)  # fmt: skip
+    rows = {r["tree"]: r for r in result["rows"]}
+    assert set(rows) == {"this", "baseline"}
+    for row in rows.values():
+        assert row["calls"] == 200 and row["errors"] == 0
+        assert 0 < row["block_min_us"] <= row["dal_cpu_us"] <= row["block_max_us"]
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert result["ratio"] > 0 and code == 0
 
 
 def test_rollout_reports_each_waves_time_beyond_the_bake_and_cpu() -> None:

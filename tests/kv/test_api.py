@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import grpc
 import pytest
 
@@ -126,6 +127,9 @@ async def test_every_call_over_http(dal: Dal) -> None:
         assert status == 400 and "idempotency_token is missing" in body["error"]["message"]
         async with http.get(dal.url("/health")) as r:
             assert r.status == 200 and (await r.json())["status"] == "ok"
+    calls = {k: v for k, v in (await stats(dal)).items() if k.startswith("http.PutItems")}
+    assert calls == {"http.PutItems": 4, "http.PutItems.OK": 2, "http.PutItems.FAILED_PRECONDITION": 1,
+                     "http.PutItems.INVALID_ARGUMENT": 1}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -201,3 +205,49 @@ async def test_hostile_requests_get_one_clear_error_and_store_nothing(dal: Dal) 
         await c.get("ns", "r", page_size_bytes=64 * MIB)
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT and "limits.max_page_bytes" in caught.value.message
     assert [b.items async for b in c.scan("ns")] == [[]]
+    # Each call counted as it came, and by how it ended.
+    calls = {k: v for k, v in (await stats(dal)).items() if k.startswith("grpc.")}
+    assert calls == {"grpc.PutItems": 6, "grpc.PutItems.INVALID_ARGUMENT": 5, "grpc.PutItems.FAILED_PRECONDITION": 1,
+                     "grpc.GetItems": 1, "grpc.GetItems.INVALID_ARGUMENT": 1, "grpc.ScanItems": 1,
+                     "grpc.ScanItems.OK": 1}  # fmt: skip
+
+
+@pytest.mark.postgres
+async def test_a_write_whose_caller_goes_away_is_counted_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    """What a shadow target sees when Envoy resets a mirrored call: the DAL counts it and
+    logs it, since the write may or may not have been applied."""
+    await require_postgres()
+    schema = f"kv_api_{secrets.token_hex(4)}"
+    grpc_port, http_port = free_port(), free_port()
+    engine = {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}
+    try:
+        async with running(kv_env(engine, grpc_port, http_port)):
+            dal = Dal(grpc_port, http_port, KvClient.connect(f"127.0.0.1:{grpc_port}"))
+            blocker = await asyncpg.connect(POSTGRES_DSN)
+            try:
+                async with blocker.transaction():  # the write waits for this lock while its caller goes away
+                    await blocker.execute(f"LOCK TABLE {schema}.items IN ACCESS EXCLUSIVE MODE")
+                    request = kv_pb2.PutItemsRequest(namespace="ns", id="r", items=[kv_pb2.Item(key=b"k", value=b"v")],
+                                                     idempotency_token=new_token())  # fmt: skip
+                    call = dal.client.stub.PutItems(request)
+                    waiting = "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                    end = asyncio.get_running_loop().time() + 10
+                    while not await blocker.fetchval(waiting):
+                        assert asyncio.get_running_loop().time() < end, "the write never reached PostgreSQL"
+                        await asyncio.sleep(0.01)
+                    call.cancel()
+                    await eventually(lambda: "event=write_cancelled call=grpc.PutItems" in caplog.text, 10,
+                                     what="the cancelled write logged")  # fmt: skip
+            finally:
+                await blocker.close()
+                await dal.client.close()
+            calls = {k: v for k, v in (await stats(dal)).items() if k.startswith("grpc.")}
+            assert calls == {"grpc.PutItems": 1, "grpc.PutItems.CANCELLED": 1}
+    finally:
+        await drop_schema(schema)
+
+
+async def stats(dal: Dal) -> dict[str, int]:
+    async with aiohttp.ClientSession() as http, http.get(dal.url("/stats")) as r:
+        counters: dict[str, int] = (await r.json())["counters"]
+        return counters

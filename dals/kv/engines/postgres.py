@@ -14,6 +14,8 @@ newer than this code is refused.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -224,8 +226,8 @@ def _item(row: asyncpg.Record) -> StoredItem:
 class PostgresEngine:
     name = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
-        self._pool = pool
+    def __init__(self, connections: _Connections, schema: str) -> None:
+        self._connections = connections
         self.schema = schema
         s = schema
         self._sql = {
@@ -251,18 +253,17 @@ class PostgresEngine:
     async def open(cls, dsn: str, schema: str, pool_size: int = 4, timeout_s: float = 5.0) -> PostgresEngine:
         if not _SCHEMA_NAME.fullmatch(schema):
             raise EngineError(f"postgres schema {schema!r} must match {_SCHEMA_NAME.pattern}")
+        connections = _Connections(dsn, pool_size, timeout_s)
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, timeout=timeout_s,
-                                             command_timeout=30, reset=_keep_session,
-                                             server_settings={"application_name": "dals.kv"})  # fmt: skip
-        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            first = await connections.acquire()
+        except (*_DATABASE_ERRORS, TimeoutError) as e:
             raise EngineError(f"postgres {_safe(dsn)}: cannot connect: {e}") from None
-        assert pool is not None
-        engine = cls(pool, schema)
+        connections.release(first)
+        engine = cls(connections, schema)
         try:
             await engine._migrate()
         except BaseException:
-            await pool.close()
+            await connections.close()
             raise
         return engine
 
@@ -291,8 +292,8 @@ class PostgresEngine:
             finally:
                 await c.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"dals.kv migrate {s}")
 
-    def _conn(self) -> Any:
-        return _Connection(self._pool)
+    def _conn(self) -> _Connection:
+        return _Connection(self._connections)
 
     async def write(self, namespace: str, record_id: str, batch: Batch, version: Version) -> int:
         keys = [k for k, _ in batch.items]
@@ -368,36 +369,121 @@ class PostgresEngine:
         return n
 
     async def close(self) -> None:
-        await self._pool.close()
+        await self._connections.close()
+
+
+_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class _Connections:
+    """The engine's connections: up to ``size``, opened when calls need them, each
+    serving one call at a time, handed to waiting calls in turn.
+
+    In place of asyncpg's pool, which on every call wraps the connection in a proxy,
+    releases it through a task of its own (``asyncio.shield``) and then resets its
+    session (one more round trip; nothing here leaves session state behind: advisory
+    locks are per transaction, the migration's is released). A connection that closed
+    or was left inside a transaction (a call cancelled mid-way) is dropped, and the next
+    call that needs one opens a new one.
+    """
+
+    def __init__(self, dsn: str, size: int, timeout_s: float) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._timeout_s = timeout_s
+        self._free: list[asyncpg.Connection] = []
+        self._waiting: collections.deque[asyncio.Future[asyncpg.Connection | None]] = collections.deque()
+        self._count = 0  # open, or being opened
+        self._closed = False
+
+    async def acquire(self) -> asyncpg.Connection:
+        while True:
+            while self._free:
+                conn = self._free.pop()
+                if not conn.is_closed():
+                    return conn
+                self._count -= 1
+            if self._closed:
+                raise EngineError("postgres: the engine is closed")
+            if self._count < self._size:
+                self._count += 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self._count -= 1
+                    self._hand(None)
+                    raise
+            waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on(waiter.result())
+                raise
+            if handed is not None:
+                return handed  # else a place came free: open a connection in it
+
+    def release(self, conn: asyncpg.Connection) -> None:
+        if self._closed or conn.is_closed() or conn.is_in_transaction():
+            self._count -= 1
+            if not conn.is_closed():
+                conn.terminate()
+            self._hand(None)
+        else:
+            self._hand(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        free, self._free = self._free, []
+        for conn in free:
+            await conn.close(timeout=self._timeout_s)
+        while self._waiting:
+            self._waiting.popleft().cancel()
+
+    def _hand(self, conn: asyncpg.Connection | None) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if conn is not None:
+            self._free.append(conn)
+
+    def _pass_on(self, conn: asyncpg.Connection | None) -> None:
+        """A connection handed to a call that was cancelled before it could take it."""
+        if conn is None:
+            self._hand(None)
+        else:
+            self.release(conn)
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, timeout=self._timeout_s, command_timeout=30,
+            server_settings={"application_name": "dals.kv"})  # fmt: skip
+        return conn
 
 
 class _Connection:
-    """A pooled connection whose database errors become EngineError."""
+    """One of the engine's connections for one call; its database errors become EngineError."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self._ctx: Any = None
+    __slots__ = ("_conn", "_connections")
+
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
 
     async def __aenter__(self) -> asyncpg.Connection:
-        self._ctx = self._pool.acquire()
         try:
-            conn: asyncpg.Connection = await self._ctx.__aenter__()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            self._conn = await self._connections.acquire()
+        except (*_DATABASE_ERRORS, TimeoutError) as e:
             raise EngineError(f"postgres: {e}") from None
-        return conn
+        return self._conn
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
-        await self._ctx.__aexit__(kind, error, tb)
-        if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+        self._connections.release(self._conn)
+        if isinstance(error, _DATABASE_ERRORS):
             raise EngineError(f"postgres: {error}") from None
         return False
-
-
-async def _keep_session(_: asyncpg.Connection) -> None:
-    """The pool's reset of a released connection, made a no-op: asyncpg's default
-    (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is one more round trip per call,
-    a quarter of the DAL's time under load (py-spy), and nothing here leaves session
-    state behind (advisory locks are per transaction; the migration's is released)."""
 
 
 def _count(status: str) -> int:
