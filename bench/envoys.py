@@ -27,7 +27,7 @@ def start_envoys(
     envoys: list[BlockingEnvoy] = []
     try:
         for shard, node_id in nodes:
-            config = make_bootstrap(shard, node_id, xds, "127.0.0.1:0", delta)
+            config = make_bootstrap(shard, node_id, xds, delta)
             envoys.append(BlockingEnvoy(config, workdir, name=f"envoy-{node_id}", concurrency=1))
         deadline = time.monotonic() + timeout
         for envoy in envoys:

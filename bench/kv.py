@@ -153,7 +153,7 @@ class _Stack:
             raise BenchError(str(e)) from None
         self.stack.callback(self.sds.stop)
         try:
-            self.envoy = BlockingEnvoy(make_bootstrap(SHARD, "bench-gw", self.server.xds, "127.0.0.1:0",
+            self.envoy = BlockingEnvoy(make_bootstrap(SHARD, "bench-gw", self.server.xds,
                                                       sds_socket=str(short / "sds.sock")),
                                        self.workdir, name="envoy-kv", concurrency=1)  # fmt: skip
             self.stack.callback(self.envoy.stop)

@@ -20,7 +20,7 @@ from typing import Any, cast
 import yaml
 
 from xds_server.config import ConfigError, DeployFile, Problem, ShardFile, load_any
-from xds_server.settings import DEFAULT_ADMIN, DEFAULT_JOIN, DEFAULT_XDS
+from xds_server.settings import DEFAULT_ADMIN, DEFAULT_ALLOWED_ENV, DEFAULT_JOIN, DEFAULT_XDS
 
 from .parser import DgwParser, install_globals, parse
 
@@ -114,11 +114,12 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
             raise ValueError("--shard and --client exclude each other: --shard makes a gateway "
                              "instance's bootstrap, --client a client-side proxy's")
         if args.client:
-            config = make_client_bootstrap(args.node_id, args.xds, args.client, args.listen, args.admin, args.delta)
+            config = make_client_bootstrap(args.node_id, args.xds, args.client, args.listen, args.delta,
+                                           admin_socket=args.admin_socket)
         elif not args.shard:
             raise ValueError("give --shard (a gateway instance) or --client ADDRESS/LISTENER (a client-side proxy)")
         else:
-            config = make_bootstrap(args.shard, args.node_id, args.xds, args.admin, args.delta)
+            config = make_bootstrap(args.shard, args.node_id, args.xds, args.delta, admin_socket=args.admin_socket)
     except ValueError as e:
         print(f"dgw bootstrap: {e}", file=sys.stderr)
         return 2
@@ -145,6 +146,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         public_address=args.public_address,
         data_dir=args.data_dir,
         metrics_public=args.metrics_public,
+        allowed_env=tuple(args.allow_env or DEFAULT_ALLOWED_ENV),
         **_security_settings(args),
     )
     try:
@@ -209,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.local/share/dgw, where `dgw` looks for a local server's token and CA)")
     p.add_argument("--metrics-public", action="store_true",
                    help="serve GET /metrics without a token (default: a reader token is needed)")
+    p.add_argument("--allow-env", action="append", metavar="PATTERN",
+                   help="a variable ${VAR} in a shard file may read: a name or a shell pattern "
+                        "(DGW_DB_*); repeatable, replaces the default DGW_*; the platform's own "
+                        "(DGW_TOKEN, DGW_JOIN_TOKEN, ...) never")
     sec = p.add_argument_group("control channel security (docs/security.md)")
     sec.add_argument("--insecure", action="store_true",
                      help="plaintext gRPC, no CA, nothing authorized; loopback only, and logged loudly")
@@ -239,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", required=True)
     p.add_argument("--xds", required=True,
                    help="the xds_server's gRPC HOST:PORT; several replicas: IP:PORT,IP:PORT,...")
-    p.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
+    p.add_argument("--admin-socket", metavar="PATH",
+                   help="Envoy's admin on this Unix socket, mode 0600 (default: no admin); admin "
+                        "never listens on a TCP port, where any local user could stop Envoy")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--client", metavar="ADDRESS/LISTENER",
                    help="a client-side forward proxy to the hosts registered under ADDRESS, for LISTENER")
@@ -260,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         daemon,
         logs,
         ls_cli,
+        node_cli,
         ops,
         plan_cli,
         rollout_cli,
@@ -282,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
+    node_cli.add_command(sub)
     client_proxy_cli.add_command(sub)
     completion.add_command(sub)
     install_globals(parser)  # last: every command above, and any added since, gets them

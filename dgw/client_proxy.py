@@ -69,7 +69,6 @@ class Options:
     listen: str
     xds: str
     node_id: str
-    admin: str
     delta: bool
     identity: tuple[Path, Path] | None
     ca: Path | None
@@ -314,7 +313,7 @@ def bootstrap(options: Options, sds_socket: Path, trust_domain: str) -> dict[str
     )
     return make_client_bootstrap(
         options.node_id, options.xds, f"{options.address}/{options.listener}", options.listen,
-        options.admin, options.delta, tls=tls, xds_tls=not options.insecure,
+        options.delta, tls=tls, xds_tls=not options.insecure,
     )  # fmt: skip
 
 

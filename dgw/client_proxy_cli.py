@@ -62,8 +62,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         address=args.address or args.shard,
         listen=args.listen,
         xds=xds,
-        node_id=args.node_id or f"client-{socket.gethostname()}-{os.getpid()}",
-        admin=args.admin,
+        node_id=args.node_id or f"client-{socket.gethostname()}-{os.getpid()}"[-64:],
         delta=args.delta,
         identity=(args.identity[0], args.identity[1]) if args.identity else None,
         ca=ca,
@@ -120,7 +119,6 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="give up, saying why, when it cannot serve after this long: no server, no "
                         "gateway registered (default: 30)")
     p.add_argument("--node-id", help="this proxy's node id at the xds_server (default: client-HOST-PID)")
-    p.add_argument("--admin", default="127.0.0.1:0", help="Envoy admin HOST:PORT (default: a free port)")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     p.add_argument("--insecure", action="store_true",
                    help="the xds_server is plaintext (dgw server --insecure); by default the proxy's "

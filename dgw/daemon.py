@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.files import open_log
+
 from . import instances
 
 BANNER = "Data Gateway is up"
@@ -36,7 +38,8 @@ def detach(state_dir: Path, name_flag: str, argv: list[str]) -> int:
     serves or fails."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = log_file(state_dir)
-    with open(log, "wb") as out:
+    log.unlink(missing_ok=True)  # each run's log starts empty (a link there is removed, not followed)
+    with open_log(log) as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "dgw.cli", *argv],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from common.text import printable
 from dgw.client import Client, ClientError, etag_version, resolve
 
 Command = Callable[[argparse.Namespace, Client], int]
@@ -32,8 +33,9 @@ _SHORT_STATE = {"SYNCED": "SYNCED", "STALE": "STALE", "NACKED": "NACKED", "NOT_S
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns aligned on the widest cell, like kubectl's."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """Columns aligned on the widest cell, like kubectl's. A cell is one line whatever
+    it holds: control characters (CR, LF, ANSI escapes, bidi overrides) are escaped."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else printable(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -44,7 +46,9 @@ def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> N
     elif args.output == "yaml":
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
     else:
-        text = render(data)
+        # Whatever the server or a shard file holds reaches the terminal escaped: it may
+        # move the cursor, clear the screen or forge a line otherwise.
+        text = printable(render(data), keep="\n\t")
         if text:
             print(text)
 
@@ -390,12 +394,12 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
 # --- tokens and audit -----------------------------------------------------------------
 
 
-_TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
 
 def parse_ttl(text: str) -> float:
     """``90``, ``90s``, ``15m``, ``12h``, ``30d`` → seconds."""
-    m = _TTL.match(text.strip())
+    m = _TTL.fullmatch(text.strip())
     if not m or float(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write e.g. 90s, 15m, 12h or 30d")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
@@ -403,7 +407,9 @@ def parse_ttl(text: str) -> float:
 
 def cmd_token(args: argparse.Namespace, client: Client) -> int:
     if args.token_command == "create":
-        body: dict[str, Any] = {"role": args.role, "name": args.name, "one_time": args.one_time}
+        body: dict[str, Any] = {"role": args.role, "name": args.name}
+        if args.one_time is not None:
+            body["one_time"] = args.one_time
         if args.shard:
             body["shard"] = args.shard
         if args.identity:
@@ -471,7 +477,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
                 print(target.describe(), file=sys.stderr)
             return command(args, Client(target, timeout=args.request_timeout))
         except ClientError as e:
-            print(f"dgw {args.command}: {in_cli_words(str(e))}", file=sys.stderr)
+            print(f"dgw {args.command}: {printable(in_cli_words(str(e)), keep=chr(10))}", file=sys.stderr)
             return 1
         except (KeyError, TypeError, AttributeError) as e:
             # A server (or proxy) that does not answer as the API says: no traceback either.
@@ -485,6 +491,12 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
 def _client_options(p: argparse.ArgumentParser) -> None:
     """--server, --token, --context and -o are global options (dgw/parser.py)."""
     p.add_argument("--request-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+
+
+# For the other command modules that talk to the admin API (dgw/*_cli.py).
+api_command = _run
+api_client_options = _client_options
+path_segment = _path
 
 
 def _versioned(p: argparse.ArgumentParser) -> None:
@@ -568,8 +580,13 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--name", required=True, help="who or what it is for (shown in the audit log)")
     c.add_argument("--shard", help="a node token's shard")
     c.add_argument("--identity", metavar="ACCOUNT-APP", help="a client token's consumer, as in deploy_desires")
-    c.add_argument("--ttl", type=parse_ttl, help="expires after this long: 90s, 15m, 12h, 30d")
-    c.add_argument("--one-time", action="store_true", help="spent by its first use")
+    c.add_argument("--ttl", type=parse_ttl, help="expires after this long: 90s, 15m, 12h, 30d "
+                   "(node and client tokens: 1h unless given; others never expire unless given)")
+    once = c.add_mutually_exclusive_group()
+    once.add_argument("--one-time", dest="one_time", action="store_true", default=None,
+                      help="spent by its first use (the default for node and client tokens)")
+    once.add_argument("--reusable", dest="one_time", action="store_false",
+                      help="a node or client token that may be used more than once (until --ttl)")
     _client_options(c)
     c = tsub.add_parser("list", help="every token (never the secret)")
     _client_options(c)

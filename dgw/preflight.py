@@ -23,9 +23,7 @@ _MARKED = re.compile(r"dgw-variable-([A-Za-z_][A-Za-z0-9_]*)-")
 _SUGGEST_WITHIN = 50  # how far above a busy port to look for a free one to suggest
 
 
-def busy_ports(
-    shards: dict[str, tuple[ShardFile, str]], envoy_admin_ports: dict[str, int], address: str
-) -> list[str]:
+def busy_ports(shards: dict[str, tuple[ShardFile, str]], address: str) -> list[str]:
     """One message per port Envoy would fail to bind. ``shards``: name → (config, the
     file it came from)."""
     problems: list[str] = []
@@ -37,12 +35,6 @@ def busy_ports(
                     f"port {address}:{port} (listener {shard}.{name}) is in use by another "
                     f"program, so Envoy cannot listen there: {advice(source, name, port, address)}"
                 )
-    for shard, port in sorted(envoy_admin_ports.items()):
-        if port_in_use(port, "127.0.0.1"):
-            problems.append(
-                f"port 127.0.0.1:{port} (Envoy admin of shard {shard}) is in use by another "
-                f"program: stop it or pass --envoy-admin-port {_free_above(port, '127.0.0.1')}"
-            )
     return problems
 
 

@@ -14,9 +14,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
+from envoy_proxy import AdminUnavailable, EnvoyAdmin
 from xds_server.cache.status import NodeStatus
 from xds_server.translate.ir import GatewayIR, HostPort
 
@@ -95,31 +97,13 @@ def refused(statuses: list[NodeStatus]) -> NotServing | None:
     return None
 
 
-def parse_clusters(text: str) -> dict[str, int]:
-    """Healthy hosts per cluster from Envoy's ``/clusters`` text
-    (``NAME::HOST:PORT::health_flags::FLAGS``)."""
-    healthy: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[2] == "health_flags":
-            healthy.setdefault(parts[0], 0)
-            if parts[3] == "healthy":
-                healthy[parts[0]] += 1
-    return healthy
-
-
-async def observe(session: aiohttp.ClientSession, envoy_admin: str, ir: GatewayIR) -> EnvoyView:
-    listening: set[int] = set()
+async def observe(session: aiohttp.ClientSession, admin: EnvoyAdmin, ir: GatewayIR) -> EnvoyView:
+    listening: frozenset[int] = frozenset()
     healthy: dict[str, int] = {}
     try:
-        async with session.get(f"http://{envoy_admin}/listeners?format=json") as r:
-            for status in (await r.json()).get("listener_statuses", []):
-                port = status.get("local_address", {}).get("socket_address", {}).get("port_value")
-                if port:
-                    listening.add(int(port))
-        async with session.get(f"http://{envoy_admin}/clusters") as r:
-            healthy = parse_clusters(await r.text())
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        listening = await admin.listener_ports()
+        healthy = await admin.healthy_hosts()
+    except AdminUnavailable:
         pass  # Envoy is not up yet
     statuses: dict[int, int | None] = {}
     for port in http_ports(ir):
@@ -128,12 +112,12 @@ async def observe(session: aiohttp.ClientSession, envoy_admin: str, ir: GatewayI
                 statuses[port] = r.status
         except (aiohttp.ClientError, TimeoutError):
             statuses[port] = None
-    return EnvoyView(frozenset(listening), healthy, statuses)
+    return EnvoyView(listening, healthy, statuses)
 
 
 async def wait_serving(
     ir: Callable[[], GatewayIR],
-    envoy_admin: str,
+    envoy_admin: Path,
     nacks: Callable[[], list[NodeStatus]],
     patience_s: float,
     on_slow: Callable[[list[str]], None],
@@ -142,13 +126,14 @@ async def wait_serving(
     ``on_slow`` hears what is pending each time ``patience_s`` passes without success."""
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     next_note = time.monotonic() + patience_s
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            EnvoyAdmin(envoy_admin, timeout_s=REQUEST_TIMEOUT_S) as admin:
         while True:
             problem = refused(nacks())
             if problem is not None:
                 raise problem
             current = ir()
-            waits = pending(current, await observe(session, envoy_admin, current))
+            waits = pending(current, await observe(session, admin, current))
             if not waits:
                 return
             if time.monotonic() >= next_note:

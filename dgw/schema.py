@@ -44,7 +44,9 @@ MEANINGS: dict[str, dict[str, str]] = {
     },
     "PublicListener": {
         "mode": "The protocol Envoy speaks on it.",
-        "path": "A TCP port (1-65535) on the public address, or an absolute unix socket path.",
+        "path": "A TCP port (1-65535) on the public address, or a Unix socket named NAME.sock, which "
+                "the gateway makes in its own socket directory (<state dir>/<shard>-<node>/sockets/; "
+                "never a path on the host).",
         "tls_creds": "A TLS provider of the server (`metatron`: the local CA): the listener serves TLS with "
                      "the host's certificate and requires a client certificate chaining to the "
                      "provider's trust bundle (mTLS). Another name is an error listing the known ones.",

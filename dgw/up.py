@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # the running parts load only when `dgw up` runs: `dgw --help
     from .ready import NotServing
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "shards"
-DEFAULT_ENVOY_ADMIN_PORT = 9901
 # How long to wait for "serving" before saying what is still missing (and waiting on).
 PATIENCE_S = 30.0
 # The embedded sidecars use their join tokens within seconds of getting them.
@@ -49,12 +48,6 @@ log = EventLog("dgw.up")
 
 class UpError(Exception):
     """``dgw up`` cannot serve; the message says what to change."""
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return int(text)
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,10 +79,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--node-id", default=None,
                    help="this host's node id: Envoy's node.id and the sidecar's, and part of its "
                         "containers' names (default: NAME-<6 hex of the state dir>, unique per instance)")
-    p.add_argument("--envoy-admin-port", type=_port, default=None,
-                   help=f"Envoy's admin port on 127.0.0.1 for the first shard, +1 for each next "
-                        f"one (default: {DEFAULT_ENVOY_ADMIN_PORT} for the default instance, free "
-                        "ports for any other)")
+    p.add_argument("--dal-user", metavar="USER",
+                   help="run the local-process DALs as this user (e.g. nobody; needs root); "
+                        "default: your own user")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="where the server's data, Envoy's bootstrap, the DALs' logs and process "
                         "records live (default: $XDG_STATE_HOME/dgw/up/NAME, i.e. "
@@ -109,7 +101,7 @@ class Plan:
     node_id: str
     xds: str
     admin: str
-    envoy_admin_port: int | None  # None: free ports
+    dal_user: str | None  # who local-process DALs run as (None: this process's user)
     config_dir: Path
     runtime: str
 
@@ -140,7 +132,7 @@ def plan(args: argparse.Namespace) -> Plan:
         node_id=args.node_id or instances.node_id(name, state_dir),
         xds=args.xds or ("127.0.0.1:0" if own else DEFAULT_XDS),
         admin=args.admin or ("127.0.0.1:0" if own else DEFAULT_ADMIN),
-        envoy_admin_port=args.envoy_admin_port or (None if own else DEFAULT_ENVOY_ADMIN_PORT),
+        dal_user=args.dal_user,
         config_dir=args.config_dir,
         runtime=args.runtime,
     )
@@ -176,10 +168,9 @@ class _AgentRuntimeLine(logging.Filter):
         return not record.getMessage().startswith("event=runtime_selected")
 
 
-async def _start_server(p: Plan) -> tuple[XdsServer, list[str], dict[str, int]]:
-    """The control plane, started, with its shards and their Envoy admin ports; or
-    UpError when a port is taken or no shard is usable (nothing left running)."""
-    from sidecar.ports import free_port
+async def _start_server(p: Plan) -> tuple[XdsServer, list[str]]:
+    """The control plane, started, with its shards; or UpError when a port is taken or
+    no shard is usable (nothing left running)."""
     from xds_server.server import DataDirError, XdsServer
 
     from . import preflight
@@ -199,17 +190,15 @@ async def _start_server(p: Plan) -> tuple[XdsServer, list[str], dict[str, int]]:
                       f"(pid {_lock_holder(p.state_dir)}): stop that one, or start this one with another "
                       "--name") from None  # fmt: skip
     shards = sorted(server.registry.shards)
-    admin_ports = {shard: p.envoy_admin_port + i if p.envoy_admin_port else free_port()
-                   for i, shard in enumerate(shards)}  # fmt: skip
     if not shards:
         rejected = [e for r in server.registry.rejections.values() for e in r.errors]
         problems = [f"no usable shard in {p.config_dir}", *rejected]
     else:
-        problems = _busy(server, shards, admin_ports)
+        problems = _busy(server, shards)
     if problems:
         await server.stop()
         raise UpError("\n".join(problems))
-    return server, shards, admin_ports
+    return server, shards
 
 
 def _lock_holder(state_dir: Path) -> str:
@@ -221,11 +210,11 @@ def _lock_holder(state_dir: Path) -> str:
         return "?"
 
 
-def _busy(server: XdsServer, shards: list[str], admin_ports: dict[str, int]) -> list[str]:
+def _busy(server: XdsServer, shards: list[str]) -> list[str]:
     from . import preflight
 
     configs = {s: (server.registry.shards[s].config, server.registry.shards[s].source) for s in shards}
-    return preflight.busy_ports(configs, admin_ports, server.settings.public_address)
+    return preflight.busy_ports(configs, server.settings.public_address)
 
 
 async def _up(p: Plan) -> None:
@@ -249,7 +238,7 @@ async def _up(p: Plan) -> None:
                  cache_prefix=os.environ.get("DGW_DEMO_KV_PREFIX", "(the shard file's)"))
     instances.write_pid(p.state_dir, os.getpid())
     try:
-        server, shards, admin_ports = await _start_server(p)
+        server, shards = await _start_server(p)
     except BaseException:
         instances.clear_pid(p.state_dir, os.getpid())
         raise
@@ -271,28 +260,27 @@ async def _up(p: Plan) -> None:
         log.info("runtime_selected", runtime=choice.runtime, reason=choice.reason)
         xds = f"{p.xds.rpartition(':')[0]}:{server.xds_port}"
 
-        def settings(shard: str, envoy_admin_port: int) -> SidecarSettings:
+        def settings(shard: str) -> SidecarSettings:
             return SidecarSettings(
                 server=xds, shard=shard, node_id=p.node_id, runtime=choice.runtime,
-                state_dir=p.state_dir, envoy_admin_port=envoy_admin_port,
+                state_dir=p.state_dir, dal_user=p.dal_user,
                 stop_dals_on_exit=True, **_join(server, shard, p.state_dir),
             )
 
         _write_context(p, server)
         recording = asyncio.create_task(_keep_record(p, server, choice.runtime, stop))
         tasks.append(recording)
-        gateways = Gateways(server, settings, admin_ports)
-        for shard in shards:
-            gateways.start(shard)
+        gateways = Gateways(server, settings)
+        admin_sockets = {shard: gateways.start(shard) for shard in shards}
         stopping = asyncio.create_task(stop.wait())
-        serving = asyncio.create_task(_serving(server, shards, p.node_id, admin_ports))
+        serving = asyncio.create_task(_serving(server, shards, p.node_id, admin_sockets))
         tasks += [stopping, serving]
         await _first(serving, stopping, gateways.tasks())
         if serving.done():
             _banner(server, shards, p)
             following = asyncio.create_task(gateways.follow(
-                stop, lambda shard, port: _announce(server, shard, p, port),
-                lambda shard: _busy(server, [shard], {}),
+                stop, lambda shard, admin: _announce(server, shard, p, admin),
+                lambda shard: _busy(server, [shard]),
             ))
             tasks.append(following)
             await _first(stopping, stopping, [following, recording])
@@ -422,12 +410,12 @@ async def _first(
             raise error
 
 
-async def _serving(server: XdsServer, shards: list[str], node_id: str, admin_ports: dict[str, int]) -> None:
+async def _serving(server: XdsServer, shards: list[str], node_id: str, admin_sockets: dict[str, Path]) -> None:
     for shard in shards:
-        await _shard_serving(server, shard, node_id, admin_ports[shard])
+        await _shard_serving(server, shard, node_id, admin_sockets[shard])
 
 
-async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port: int) -> None:
+async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_socket: Path) -> None:
     from . import ready
 
     def slow(waits: list[str]) -> None:
@@ -437,7 +425,7 @@ async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port
     try:
         await ready.wait_serving(
             lambda: server.registry.shards[shard].ir,
-            f"127.0.0.1:{admin_port}",
+            admin_socket,
             lambda: [s for s in server.cache.node_status() if s.shard == shard and s.node_id == node_id],
             PATIENCE_S,
             slow,
@@ -446,9 +434,9 @@ async def _shard_serving(server: XdsServer, shard: str, node_id: str, admin_port
         raise UpError(_explain(server, shard, e)) from None
 
 
-async def _announce(server: XdsServer, shard: str, p: Plan, admin_port: int) -> None:
+async def _announce(server: XdsServer, shard: str, p: Plan, admin_socket: Path) -> None:
     """A shard that appeared while running: say when its gateway serves, and where."""
-    await _shard_serving(server, shard, p.node_id, admin_port)
+    await _shard_serving(server, shard, p.node_id, admin_socket)
     print("\n".join([f"Shard {shard} is up:", *_shard_lines(server, shard, p)]), flush=True)
 
 

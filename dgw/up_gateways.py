@@ -11,11 +11,12 @@ import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidecar.config import SidecarSettings
 from sidecar.log import EventLog
-from sidecar.ports import PortClaims, free_port
+from sidecar.ports import PortClaims
 
 if TYPE_CHECKING:
     from xds_server.server import XdsServer
@@ -32,31 +33,29 @@ log = EventLog("dgw.up")
 class _Gateway:
     task: asyncio.Task[None]
     stop: asyncio.Event
-    envoy_admin_port: int
+    envoy_admin: Path  # its Envoy's admin socket (owner-only, in the sidecar's state dir)
 
 
 @dataclass
 class Gateways:
-    """The running gateways by shard. ``settings(shard, envoy_admin_port)`` makes a
-    shard's sidecar settings; ``first_admin_ports`` are the Envoy admin ports of the
-    shards served at start (any other shard gets a free port)."""
+    """The running gateways by shard. ``settings(shard)`` makes a shard's sidecar
+    settings."""
 
     server: XdsServer
-    settings: Callable[[str, int], SidecarSettings]
-    first_admin_ports: dict[str, int]
+    settings: Callable[[str], SidecarSettings]
     claims: PortClaims = field(default_factory=PortClaims)
     running: dict[str, _Gateway] = field(default_factory=dict)
 
-    def start(self, shard: str) -> int:
-        """Start ``shard``'s gateway; its Envoy admin port."""
-        from sidecar.main import run_sidecar
+    def start(self, shard: str) -> Path:
+        """Start ``shard``'s gateway; where its Envoy's admin socket is."""
+        from sidecar.main import envoy_admin_socket, run_sidecar
 
-        port = self.first_admin_ports.get(shard) or free_port()
+        settings = self.settings(shard)
         stop = asyncio.Event()
-        task = asyncio.create_task(run_sidecar(self.settings(shard, port), stop, self.claims),
-                                   name=f"sidecar-{shard}")  # fmt: skip
-        self.running[shard] = _Gateway(task, stop, port)
-        return port
+        task = asyncio.create_task(run_sidecar(settings, stop, self.claims), name=f"sidecar-{shard}")
+        admin = envoy_admin_socket(settings)
+        self.running[shard] = _Gateway(task, stop, admin)
+        return admin
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [g.task for g in self.running.values()]
@@ -72,10 +71,10 @@ class Gateways:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(shard) for shard in list(self.running)))
 
-    async def follow(self, stop: asyncio.Event, serving: Callable[[str, int], Any],
+    async def follow(self, stop: asyncio.Event, serving: Callable[[str, Path], Any],
                      busy: Callable[[str], list[str]]) -> None:  # fmt: skip
         """Until ``stop``: start the gateway of each shard that appears (once ``busy``
-        finds none of its ports held; ``serving(shard, admin_port)`` is awaited and
+        finds none of its ports held; ``serving(shard, envoy_admin)`` is awaited and
         says when it serves), stop the gateway of each shard that goes, and drop one
         that failed, saying why."""
         refused: set[str] = set()
@@ -111,8 +110,8 @@ class Gateways:
             for waiter in list(waiters):
                 waiter.cancel()
 
-    async def _announce(self, shard: str, admin_port: int, serving: Callable[[str, int], Any]) -> None:
+    async def _announce(self, shard: str, admin: Path, serving: Callable[[str, Path], Any]) -> None:
         try:
-            await serving(shard, admin_port)
+            await serving(shard, admin)
         except Exception as e:  # a shard's gateway that never serves is said, not fatal
             print(f"dgw up: shard {shard}: not serving: {e}", file=sys.stderr, flush=True)

@@ -10,14 +10,13 @@ A local ``envoy/`` would shadow both.
 - ``bootstrap`` the bootstrap of a gateway Envoy and of a client-side proxy
 - ``process``   ``EnvoyProcess``, the one launcher (asyncio)
 - ``blocking``  ``BlockingEnvoy``, the same launcher for synchronous callers
-- ``admin``     the admin API: ready, stats, listener ports, clusters
+- ``admin``     the admin API (on a Unix socket): ready, stats, listener ports, clusters
 """
 
 from .admin import EnvoyAdmin, Stats
 from .binary import find_envoy
 from .blocking import BlockingEnvoy
 from .bootstrap import (
-    DEFAULT_ADMIN,
     SDS_CLUSTER,
     XDS_CLUSTER,
     XDS_RETRY,
@@ -28,10 +27,9 @@ from .bootstrap import (
     upstream_tls_socket,
 )
 from .errors import AdminUnavailable, EnvoyError, EnvoyExited, EnvoyNotFound, EnvoyNotReady
-from .process import EnvoyProcess
+from .process import EnvoyProcess, admin_socket
 
 __all__ = [
-    "DEFAULT_ADMIN",
     "SDS_CLUSTER",
     "XDS_CLUSTER",
     "XDS_RETRY",
@@ -45,6 +43,7 @@ __all__ = [
     "EnvoyProcess",
     "Stats",
     "UpstreamTls",
+    "admin_socket",
     "find_envoy",
     "make_bootstrap",
     "make_client_bootstrap",

@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .admin import Stats
+from .admin import EnvoyAdmin, Stats
 from .process import DEFAULT_STOP_TIMEOUT_S, EnvoyProcess
 
 T = TypeVar("T")
@@ -82,3 +82,15 @@ class BlockingEnvoy:
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> int | None:
         return _run(self.process.stop(timeout))
+
+
+def admin_text(socket: Path, path: str, params: dict[str, str] | None = None) -> str:
+    """GET ``path`` from the admin of an Envoy this process did not start (a child
+    process's: a client proxy, a sidecar), on its socket; AdminUnavailable if it does
+    not answer."""
+
+    async def get() -> str:
+        async with EnvoyAdmin(socket) as admin:
+            return await admin.get_text(path, params)
+
+    return _run(get())

@@ -23,7 +23,7 @@ SDS_CLUSTER = "dgw_sds"
 XDS_CERTIFICATE_SECRET = "dgw.xds.certificate"
 XDS_TRUST_BUNDLE_SECRET = "dgw.xds.trust_bundle"
 DEFAULT_XDS_SERVER_ID = "spiffe://dgw.local/xds-server"
-DEFAULT_ADMIN = "127.0.0.1:9901"
+# Envoy retries a broken ADS stream with jittered backoff from this base.
 XDS_CONNECT_TIMEOUT = "1s"
 # A broken ADS stream is re-opened with jittered backoff from 0.25 s up to 5 s (Envoy's
 # own default grows to 30 s): a restarted server, or another replica, has its Envoys
@@ -43,11 +43,11 @@ def make_bootstrap(
     shard: str,
     node_id: str,
     xds: str,
-    admin: str | None = DEFAULT_ADMIN,
     delta: bool = False,
     sds_socket: str | None = None,
     xds_tls: bool = False,
     xds_server_id: str = DEFAULT_XDS_SERVER_ID,
+    admin_socket: str | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for YAML/JSON) that gets all of its
     configuration from the xds_server at ``xds`` over one ADS stream, and, with
@@ -56,7 +56,11 @@ def make_bootstrap(
     ``xds_tls`` (needs ``sds_socket``): the ADS connection is mTLS — Envoy presents
     ``dgw.xds.certificate`` and accepts only a server certificate that chains to
     ``dgw.xds.trust_bundle`` and names ``xds_server_id``; both secrets come over SDS,
-    so a renewed certificate is used for the next connection without a restart."""
+    so a renewed certificate is used for the next connection without a restart.
+
+    ``admin_socket``: Envoy's admin on that Unix socket, owner-only (for an Envoy you
+    run yourself: ``EnvoyProcess`` puts the admin of every Envoy it starts on a socket
+    of its own). Admin never listens on a TCP port: any local user could reach it."""
     if xds_tls and not sds_socket:
         raise ValueError("an mTLS connection to the xds_server needs the host's SDS socket (sds_socket)")
     # Several replicas (``a:18000,b:18000``): one endpoint each; Envoy's ADS stream
@@ -123,11 +127,8 @@ def make_bootstrap(
         config["static_resources"]["clusters"][0]["transport_socket"] = xds_transport_socket(
             xds_host, xds_server_id
         )
-    if admin:
-        admin_host, admin_port = split_host_port(admin, "--admin")
-        config["admin"] = {
-            "address": {"socket_address": {"address": admin_host, "port_value": admin_port}}
-        }
+    if admin_socket:
+        config["admin"] = {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}}
     return config
 
 
@@ -243,10 +244,10 @@ def make_client_bootstrap(
     xds: str,
     target: str,
     listen: str,
-    admin: str | None = None,
     delta: bool = False,
     tls: UpstreamTls | None = None,
     xds_tls: bool = False,
+    admin_socket: str | None = None,
 ) -> dict[str, Any]:
     """A client-side forward proxy: ``listen`` → the gateway hosts registered under
     ``target`` (``ADDRESS/LISTENER``), found over EDS from the xds_server.
@@ -264,8 +265,8 @@ def make_client_bootstrap(
     listen_host, listen_port = split_host_port(listen, "--listen")
     if xds_tls and tls is None:
         raise ValueError("xds_tls needs tls: the proxy's identity comes over its SDS socket")
-    config = make_bootstrap(DISCOVERY_SHARD, node_id, xds, admin, delta,
-                            sds_socket=tls.sds_socket if tls else None, xds_tls=xds_tls)  # fmt: skip
+    config = make_bootstrap(DISCOVERY_SHARD, node_id, xds, delta, sds_socket=tls.sds_socket if tls else None,
+                            xds_tls=xds_tls, admin_socket=admin_socket)  # fmt: skip
     del config["dynamic_resources"]["lds_config"]
     del config["dynamic_resources"]["cds_config"]
     gateway: dict[str, Any] = {

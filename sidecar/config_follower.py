@@ -9,10 +9,10 @@ owner-only (0600) and replaced atomically.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
+from common.files import write_private
 from xds_server.config import ConfigError, RuntimeConfig, load_served_config
 from xds_server.deploy.artifacts import Pin, pins_from_json, pins_json
 
@@ -100,13 +100,9 @@ class ConfigFollower:
         self._on_change("config changed")
 
     def _save(self, version: str, text: str, pins: dict[str, Pin]) -> None:
-        tmp = self._cache.with_suffix(".tmp")
-        # Created 0600 from the start: a chmod afterwards would leave a window.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _CACHE_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"version": version, "yaml": text, **({"pins": pins_json(pins)} if pins else {})}))
-        os.chmod(tmp, _CACHE_MODE)  # an older .tmp left with wider bits keeps them on open
-        tmp.replace(self._cache)
+        # 0600 from the first byte, never through a symbolic link: it holds resolved secrets.
+        data = {"version": version, "yaml": text, **({"pins": pins_json(pins)} if pins else {})}
+        write_private(self._cache, json.dumps(data).encode())
 
 
 def _tighten(path: Path) -> None:

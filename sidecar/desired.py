@@ -41,7 +41,6 @@ class HostPorts:
     port_range: tuple[int, int]  # where DAL listeners may go (--dal-ports)
     in_use: Callable[[int], bool]  # bound by someone on this host
     claimed: Mapping[int, str]  # port → owner: handed out by other agents of this process
-    proxy: Mapping[int, str]  # port → what: Envoy's admin port
     proxy_holds: Collection[int] = ()  # listener ports the running Envoy already holds
 
 
@@ -79,7 +78,6 @@ def build_desired(
                 f"Envoy cannot listen there: free it or change "
                 f"proxy_config.public_listeners.{name}.path"
             )
-    reserved.update(ports.proxy)
     reserved.update(ports.claimed)
     best: dict[str, Observed] = {}
     for o in sorted(observed, key=lambda o: (not o.live, -(o.started_at or 0))):

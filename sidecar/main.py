@@ -9,13 +9,15 @@ Envoy, follow the xds_server, reconcile.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
-from envoy_proxy import EnvoyNotFound, make_bootstrap
+from envoy_proxy import EnvoyNotFound, admin_socket, make_bootstrap
 
+from . import state_dir as state_dir_module
 from .agent import Agent
-from .config import SidecarSettings, agent_dir_name
+from .config import SidecarSettings
 from .control import ControlClient
 from .envoy_supervisor import EnvoySupervisor
 from .errors import SidecarError
@@ -25,10 +27,21 @@ from .ports import PortClaims
 from .runtimes.base import Runtime, RuntimeUnavailable
 from .runtimes.docker import DockerRuntime, connect
 from .runtimes.process import ProcessRuntime
+from .runtimes.run_as import RunAsError, resolve
+
+
+def envoy_admin_socket(settings: SidecarSettings) -> Path:
+    """Where the sidecar's Envoy has its admin (owner-only, in the node's state dir):
+    the sidecar and ``dgw`` on the same host ask it there."""
+    return admin_socket(settings.node_dir)
 
 
 async def select_runtime(settings: SidecarSettings, state_dir: Path, log: EventLog) -> Runtime:
     """Docker when asked for or reachable; the process runtime otherwise."""
+    try:
+        run_as = resolve(settings.dal_user) if settings.dal_user is not None else None
+    except RunAsError as e:
+        raise SidecarError(str(e)) from None
     if settings.runtime in ("auto", "docker"):
         try:
             client = await asyncio.to_thread(connect)
@@ -50,10 +63,16 @@ async def select_runtime(settings: SidecarSettings, state_dir: Path, log: EventL
                 bind_address=settings.bind_address,
                 stop_grace_s=settings.stop_grace_s,
                 log=log,
+                user=run_as.docker_user if run_as else None,
             )
     else:
         log.info("runtime_selected", runtime="process", reason="requested")
-    return ProcessRuntime(state_dir, stop_grace_s=settings.stop_grace_s, log=log)
+    if run_as is None and os.geteuid() == 0:
+        # Said plainly: a shard's container_cmd is then a command run as root on this host.
+        log.warning("dals_run_as_root", runtime="process",
+                    hint="DALs run as root, and so does any container_cmd a shard file names: "
+                         "give --dal-user (e.g. nobody)")  # fmt: skip
+    return ProcessRuntime(state_dir, stop_grace_s=settings.stop_grace_s, log=log, run_as=run_as)
 
 
 async def run_sidecar(
@@ -65,8 +84,8 @@ async def run_sidecar(
 
     claims: shared by every agent of this process (``dgw up`` runs one per shard)."""
     log = EventLog("dgw.sidecar", shard=settings.shard, node=settings.node_id)
-    state_dir = settings.state_dir / agent_dir_name(settings.shard, settings.node_id)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = settings.node_dir
+    state_dir_module.prepare(settings.state_dir, state_dir)  # refused unless only we can write it
     log.info("starting", server=settings.server, state_dir=str(state_dir))
     # The first certificate before anything else: Envoy's first xDS connection is mTLS.
     secrets = None if settings.insecure else await HostSecrets.start(
@@ -81,10 +100,9 @@ async def run_sidecar(
     envoy: EnvoySupervisor | None = None
     if settings.envoy:
         try:
-            admin = f"127.0.0.1:{settings.envoy_admin_port}"
             envoy = EnvoySupervisor(
                 bootstrap=make_bootstrap(
-                    settings.shard, settings.node_id, settings.server, admin, settings.delta_xds,
+                    settings.shard, settings.node_id, settings.server, settings.delta_xds,
                     sds_socket=secrets.sds_socket if secrets else None, xds_tls=secrets is not None,
                     xds_server_id=settings.xds_server_id,
                 ),

@@ -306,7 +306,7 @@ class Changes:
             if request.dry_run:
                 return [
                     Preview(config_diff(head.text if head else "", item.text, item.shard),
-                            resource_diff(self.registry.resources(item.shard), prepared.resources))
+                            self._resource_diff(item.shard, prepared))
                     for item, head, prepared in checked
                 ]  # fmt: skip
             changed = [(item, head, prepared) for item, head, prepared in checked
@@ -342,8 +342,7 @@ class Changes:
             if connected and not force:
                 raise NodesConnected(shard, connected)
             if request.dry_run:
-                return Preview(config_diff(head.text, "", shard),
-                               resource_diff(self.registry.resources(shard), Resources()))  # fmt: skip
+                return Preview(config_diff(head.text, "", shard), self._resource_diff(shard, None))
             with metrics.STORE_WRITE_SECONDS.labels("delete").time():
                 version = await self.store.delete(shard, base_version=head.meta.number,
                                                   author=request.author, message=request.message)  # fmt: skip
@@ -369,8 +368,7 @@ class Changes:
             prepared = await self._prepare(shard, text, API_OWNER, pins=pins)
             old = head.text if head else ""
             if request.dry_run:
-                return Preview(config_diff(old, text, shard),
-                               resource_diff(self.registry.resources(shard), prepared.resources))  # fmt: skip
+                return Preview(config_diff(old, text, shard), self._resource_diff(shard, prepared))
             if head is not None and self._holds(head, text, prepared):
                 return self._unchanged(head.meta, prepared)
             await self._record_pins(shard, head, prepared)
@@ -381,6 +379,14 @@ class Changes:
                 )  # fmt: skip
             self._serve(version, prepared)
             return Done(version, head.meta.number if head else None)
+
+    def _resource_diff(self, shard: str, prepared: Prepared | None) -> ResourceDiff:
+        """What Envoy's resources would become (``prepared``; None: none at all), with
+        the values both configs read from the environment masked."""
+        running = self.registry.shards.get(shard)
+        secrets = (running.secrets if running else frozenset()) | (prepared.secrets if prepared else frozenset())
+        new = prepared.resources if prepared is not None else Resources()
+        return resource_diff(self.registry.resources(shard), new, secrets)
 
     def _unchanged(self, head: Version, prepared: Prepared) -> Done:
         """A change to what the shard already holds: no new version. Served again only

@@ -54,13 +54,17 @@ class Discovery:
         if empty:
             self.cache.update_resources(DISCOVERY_SHARD, ENDPOINT, empty)
 
-    def update(self, shard: str, ports: Mapping[str, int], reports: Iterable[gateway_pb2.NodeReport]) -> None:
+    def update(
+        self, shard: str, ports: Mapping[str, int], reports: Iterable[gateway_pb2.NodeReport],
+        declared: frozenset[str],
+    ) -> None:  # fmt: skip
         """Re-index the registrations of these reports of ``shard`` (whose public
-        listeners are on ``ports``) and republish the names that changed."""
+        listeners are on ``ports``; it may register under ``declared`` only) and
+        republish the names that changed."""
         touched: set[str] = set()
         for report in reports:
             key = (shard, report.node_id)
-            wanted = set(report.registrations)
+            wanted = set(report.registrations) & declared
             for address in self._names_of.get(key, set()) - wanted:
                 del self._hosts[address][key]
                 touched.add(address)

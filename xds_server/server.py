@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,16 @@ from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.ads.pacing import StartPacer
-from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api
-from xds_server.api.admin_http import LimitedSite, LimitedUnixSite, admin_socket_path
+from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api, revocations_api
+from xds_server.api.admin_http import (
+    TRUSTED,
+    LimitedSite,
+    LimitedUnixSite,
+    Trusted,
+    admin_socket_path,
+)
 from xds_server.api.admin_http import runner as admin_runner
+from xds_server.api.gateway import peer_ip
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.config import EnvPolicy
@@ -45,10 +53,14 @@ from xds_server.deploy.rollout.engine import RolloutEngine
 from xds_server.ha.owner import Owner
 from xds_server.ha.replica import Replica, default_replica_id
 from xds_server.ha.tokens import EtcdTokenStore
+from xds_server.redact import LogMasking
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
 from xds_server.security.identity import DEFAULT_TRUST_DOMAIN
+from xds_server.security.revocations import REFRESH_S as REVOCATIONS_REFRESH_S
+from xds_server.security.revocations import Revocation, Revocations
 from xds_server.security.server_tls import ServingCertificate, load_or_init_ca
+from xds_server.security.sessions import Ended, Lease, Sessions
 from xds_server.security.signing import NodeSigner
 from xds_server.security.token_store import SqliteTokenStore
 from xds_server.security.tokens import DEFAULT_JOIN_TTL, mint
@@ -151,10 +163,15 @@ class XdsServer:
         self.admin_socket: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_failure: str | None = None
+        self._revocations_read = time.monotonic()
         self.ca: CertificateAuthority | None = None
         self.serving_cert: ServingCertificate | None = None
         self.join_port = 0
-        self.authz = ControlAuthz(DEFAULT_TRUST_DOMAIN, DISCOVERY_SHARD, enforce=not settings.insecure)
+        self.sessions = Sessions(settings.ads_limits.max_streams_per_identity)
+        self.revocations: Revocations | None = None  # with the store
+        self.authz = ControlAuthz(DEFAULT_TRUST_DOMAIN, DISCOVERY_SHARD, enforce=not settings.insecure,
+                                  revoked=self._revoked, sessions=self.sessions)  # fmt: skip
+        self._log_masking = LogMasking(self.registry.secrets)
 
     def create_join_token(self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = "") -> str:
         """A one-time node token for ``shard``'s first certificate; shown once, stored hashed."""
@@ -175,6 +192,7 @@ class XdsServer:
             raise
 
     async def _start(self) -> None:
+        self._log_masking.install()
         # Every node's last report before anything is served: a restarted server gives
         # a reconnecting Envoy the endpoints it has, never an empty set.
         if self.settings.store is None:
@@ -188,6 +206,8 @@ class XdsServer:
         else:
             await self._join_replicas(self.settings.store)
         assert self.store is not None and self.tokens is not None
+        self.revocations = Revocations(self.store, self._end_streams)
+        await self.revocations.refresh()
         auth.ensure_admin_token(self.tokens, self.state_dir, dt.datetime.now(dt.UTC))
         self.changes = Changes(self.store, self.registry, self.policy, self.limits)
         self.config_dir.changes = self.changes
@@ -207,7 +227,7 @@ class XdsServer:
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
                                            + self._connection_age())  # fmt: skip
         signer = self._security()
-        AdsServer(self.cache, self.settings.ads_limits, self._authorize_ads,
+        AdsServer(self.cache, self.settings.ads_limits, self._admit_ads,
                   pacer=StartPacer(self.settings.stream_starts_per_s)).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry, self.authz, signer)
         host, _ = split_host_port(self.settings.xds, "--xds")
@@ -221,7 +241,8 @@ class XdsServer:
         self.admin_runner = admin_runner(await self._admin_app(), self.limits)
         await self.admin_runner.setup()
         ahost, aport = split_host_port(self.settings.admin, "--admin")
-        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections)
+        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections,
+                           self.admin_runner.app[TRUSTED])
         try:
             await site.start()
         except OSError as e:
@@ -281,15 +302,18 @@ class XdsServer:
         """The admin API behind access control; the config store keeps the audit log."""
         assert self.store is not None and self.tokens is not None  # opened by _start
         app = admin.make_app(self.registry, self.problem, self.changes, self.settings.insecure)
+        app[TRUSTED] = Trusted()
         changes = self.changes
         fleet.add_routes(app, self.registry,
                          lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        assert self.revocations is not None
+        revocations_api.register(app, self.revocations, self.store, self.limits)
         assert self.plans is not None and self.rollouts is not None and changes is not None
         deploy_api.register(app, changes, self.plans, self.rollouts)
         replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
-            body_timeout_s=self.limits.admin_body_timeout_s,
+            body_timeout_s=self.limits.admin_body_timeout_s, json_depth=self.limits.admin_json_depth,
         ))  # fmt: skip
         return app
     async def _admin_socket(self) -> None:
@@ -303,7 +327,8 @@ class XdsServer:
                         self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
             return
         try:
-            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections).start()
+            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections,
+                                  self.admin_runner.app[TRUSTED]).start()
         except OSError as e:
             raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
         self.admin_socket = path
@@ -324,12 +349,28 @@ class XdsServer:
         ttl = dt.timedelta(seconds=self.settings.cert_ttl_s)
         self.serving_cert = ServingCertificate(self.ca, ttl, self.settings.server_names)
         assert self.tokens is not None  # opened by _start
-        return NodeSigner(self.ca, self.tokens, ttl)
+        return NodeSigner(self.ca, self.tokens, ttl, revoked=self._revoked)
 
-    def _authorize_ads(self, context: grpc.aio.ServicerContext, shard: str, node_id: str  # type: ignore[type-arg]
-                       ) -> tuple[grpc.StatusCode, str] | None:
-        refusal = self.authz.ads(self.authz.caller(context), shard, node_id)
-        return None if refusal is None else (refusal.code, refusal.message)
+    def _admit_ads(self, context: grpc.aio.ServicerContext, shard: str, node_id: str,  # type: ignore[type-arg]
+                   wake: Callable[[], None]) -> tuple[grpc.StatusCode, str] | Lease:  # fmt: skip
+        caller = self.authz.caller(context)
+        admitted = self.authz.ads(caller, shard, node_id) or self.authz.admit(
+            caller, shard, node_id, peer_ip(context.peer()), wake)
+        return admitted if isinstance(admitted, Lease) else (admitted.code, admitted.message)
+
+    def _revoked(self, shard: str, node: str) -> str | None:
+        """Why (shard, node) is revoked (when, by whom), or None."""
+        revocation = self.revocations.revoked(shard, node) if self.revocations is not None else None
+        if revocation is None:
+            return None
+        return f"revoked at {revocation.at} by {revocation.by}" + (f": {revocation.reason}" if revocation.reason else "")
+
+    def _end_streams(self, revocation: Revocation) -> None:
+        ended = self.sessions.end(revocation.shard, revocation.node, Ended(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"node {revocation.shard}/{revocation.node} was revoked: an admin may reinstate it "
+            "(dgw node reinstate), then it needs a new join token"))  # fmt: skip
+        log.warning("event=node_streams_ended shard=%s node=%s streams=%d", revocation.shard, revocation.node, ended)
 
     def _bind(self, flag: str, address: str, credentials: grpc.ServerCredentials | None) -> int:
         assert self.grpc_server is not None
@@ -395,10 +436,22 @@ class XdsServer:
             try:
                 self.registry.expire_reports(time.time())
                 await self.persist_reports()
+                await self._refresh_revocations()
                 self._housekeeping_failure = None
             except OSError as e:
                 self._housekeeping_failure = f"cannot write {self.state_dir}: {e.strerror or e}"
                 log.error("event=reports_not_persisted dir=%s error=%s", self.state_dir, e)
+
+    async def _refresh_revocations(self) -> None:
+        """Revocations another server of an HA set recorded (this one's are in memory)."""
+        now = time.monotonic()
+        if self.revocations is None or now - self._revocations_read < REVOCATIONS_REFRESH_S:
+            return
+        self._revocations_read = now
+        try:
+            await self.revocations.refresh()
+        except StoreError as e:
+            log.error("event=revocations_not_read error=%s", e)
 
     async def persist_reports(self) -> None:
         if not self.registry.dirty:
@@ -434,6 +487,7 @@ class XdsServer:
             await self.store.close()
             self.store = None
         log.info("event=stopped")
+        self._log_masking.uninstall()
 
 
 def _is_loopback(host: str) -> bool:

@@ -20,10 +20,19 @@ DEFAULT_CERT_TTL_S = 24 * 3600.0
 # The admin API's second door, in the data dir: an owner-only Unix socket on which
 # `dgw` sends the tokens it finds on disk (a loopback port can be anyone's).
 ADMIN_SOCKET_FILE = "admin.sock"
-# ``${VAR}`` in a shard file reads only variables whose name starts with this (plus
-# those named in ``allowed_env``): the server's own environment (HOME, tokens, cloud
-# credentials) is never readable by whoever can write a shard file.
-ENV_PREFIX = "DGW_"
+# ``${VAR}`` in a shard file reads only variables that match one of ``allowed_env``'s
+# patterns (shell-style; default: ``DGW_*``) and are not the platform's own
+# (``RESERVED_ENV``): the server's environment (HOME, cloud credentials) and the
+# platform's credentials are never readable by whoever can write a shard file.
+DEFAULT_ALLOWED_ENV: tuple[str, ...] = ("DGW_*",)
+# Variables the platform's own programs read (an operator's $DGW_TOKEN exported in the
+# shell that started the server, a sidecar's $DGW_JOIN_TOKEN, ...): never a shard's,
+# whatever the patterns say. ``tests/hostile/test_masking.py`` checks that every
+# DGW_ variable the code reads is here.
+RESERVED_ENV: frozenset[str] = frozenset({
+    "DGW_TOKEN", "DGW_SERVER", "DGW_CONTEXT", "DGW_JOIN_TOKEN", "DGW_DATA_DIR", "DGW_ENVOY",
+    "DGW_UP_BACKGROUND", "DGW_ACCOUNT", "DGW_REGION", "DGW_STACK",
+})  # fmt: skip
 
 
 class Limits(BaseModel):
@@ -75,6 +84,9 @@ class Limits(BaseModel):
     admin_idle_timeout_s: float = 10.0
     admin_body_timeout_s: float = 10.0  # a request's body must arrive within this
     admin_body_bytes: int = 128 * 1024  # POST bodies (a report is well under)
+    # Nesting of a JSON body (arrays and objects); every body the API takes is under 6
+    # deep. Deeper is a 400 (and, for a mutation, an audited refusal).
+    admin_json_depth: int = 32
 
 
 class AdsLimits(BaseModel):
@@ -95,6 +107,10 @@ class AdsLimits(BaseModel):
     # Characters of a NACK's ``error_detail.message`` kept in the log and the node
     # status; Envoy's own messages name the problem well within it.
     max_error_detail_chars: Annotated[int, Field(ge=64)] = 2_048
+    # Long-lived control streams (ADS of every kind, WatchConfig) one identity may hold
+    # at once: a gateway certificate's node, or an application's identity on one host
+    # (security/sessions.py). A gateway holds two; more is a client gone wrong.
+    max_streams_per_identity: Annotated[int, Field(ge=1)] = 32
 
 
 class ServerSettings(BaseModel):
@@ -111,8 +127,9 @@ class ServerSettings(BaseModel):
     # (store.sqlite3), tokens, the CA and node reports, 0600. None: ``state_dir()``'s
     # default (the one ``dgw`` looks in), one server at a time.
     data_dir: Path | None = None
-    # Variables ``${VAR}`` may read besides those starting with ENV_PREFIX.
-    allowed_env: frozenset[str] = frozenset()
+    # The variables ``${VAR}`` may read: names or shell-style patterns (``DGW_DB_*``);
+    # RESERVED_ENV never.
+    allowed_env: tuple[str, ...] = DEFAULT_ALLOWED_ENV
     # GET /metrics without a token (for a Prometheus that cannot send one).
     metrics_public: bool = False
     limits: Limits = Field(default_factory=Limits)

@@ -29,10 +29,20 @@ from typing import Protocol
 
 import yaml
 
+from common.names import (
+    DISCOVERY_ADDRESS_RULE,
+    NODE_ID_RULE,
+    SHARD_RULE,
+    is_config_name,
+    is_discovery_address,
+    is_node_id,
+    is_shard,
+)
 from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
 from xds_server.cache import SnapshotCache
 from xds_server.config import ConfigError, Problem, ShardFile, mask_data, quote, shown_problems
+from xds_server.config.masking import masking
 from xds_server.deploy.artifacts import Pins, pins_json
 from xds_server.discovery import Discovery
 from xds_server.node_stats import StatsBook, check_stats
@@ -164,9 +174,20 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
         if len(name) > limits.name_chars:
             raise ValueError(f"{what} {quote(name)} is longer than {limits.name_chars} characters")
     for e in report.endpoints:
-        name = f"endpoint {e.dal or '?'}.{e.listener or '?'}"
         if not e.dal or not e.listener:
-            raise ValueError(f"{name} needs dal and listener")
+            raise ValueError(f"endpoint {quote(e.dal)}.{quote(e.listener)} needs dal and listener")
+    # Every name in full (never a prefix: "demo\n" is not "demo"), before it is indexed or logged.
+    grammars = {"shard": (is_shard, SHARD_RULE), "node_id": (is_node_id, NODE_ID_RULE),
+                "registration": (is_discovery_address, DISCOVERY_ADDRESS_RULE)}  # fmt: skip
+    for what, name in names:
+        if what.startswith("location.") and not name:
+            continue  # where a host runs is optional; a word when given
+        check, rule = grammars.get(what, (is_discovery_address, DISCOVERY_ADDRESS_RULE)
+                                   if what.startswith("location.") else (is_config_name, SHARD_RULE))  # fmt: skip
+        if not check(name):
+            raise ValueError(f"{what} {quote(name)} is not allowed: {rule}")
+    for e in report.endpoints:
+        name = f"endpoint {e.dal}.{e.listener}"
         try:
             ipaddress.ip_address(e.address)
         except ValueError:
@@ -184,6 +205,40 @@ def check_report(report: gateway_pb2.NodeReport, limits: Limits | None = None) -
                 f"host_address {quote(report.host_address)} must be an IP address to register "
                 "(clients' proxies connect to it)"
             ) from None
+
+
+def _declared(config: ShardFile) -> frozenset[str]:
+    return frozenset(a for reg in config.registrations for a in reg.addresses())
+
+
+def check_registrations(report: gateway_pb2.NodeReport, config: ShardFile | None, peer: str | None) -> None:
+    """ValueError unless every registration is one the shard's config declares (when it
+    has one) and ``host_address`` is where the report came from (``peer``; loopback
+    for loopback: a host reaching the server over ::1 may register 127.0.0.1)."""
+    if config is not None:
+        undeclared = sorted(set(report.registrations) - _declared(config))
+        if undeclared:
+            allowed = ", ".join(sorted(_declared(config))) or "none"
+            raise ValueError(f"registration {quote(undeclared[0])} is not one of shard "
+                             f"{report.shard}'s registrations ({allowed}): a node registers only "
+                             "under its own shard's discovery names")  # fmt: skip
+    if peer is None:
+        return
+    host, source = ipaddress.ip_address(report.host_address), _ip(peer)
+    if source is None or not (host == source or (host.is_loopback and source.is_loopback)):
+        raise ValueError(f"host_address {quote(report.host_address)} is not the address this "
+                         f"report came from ({quote(peer)}): a node registers only at its own "
+                         "address (set the sidecar's --host-address to it)")  # fmt: skip
+
+
+def _ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(peer.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class NodeLiveness(Protocol):
@@ -225,6 +280,7 @@ class ShardRegistry:
         self._early_reports: dict[str, dict[str, NodeState]] = {}
         self._config_changed: dict[str, asyncio.Event] = {}
         self._discovery = Discovery(cache)
+        self._secrets: frozenset[str] | None = None  # every served shard's, made when asked
         self.liveness: NodeLiveness = Alone()
         # Each node's recent Envoy stats (``report_stats``), for operators and judgements.
         self.stats = StatsBook(self.limits)
@@ -259,7 +315,8 @@ class ShardRegistry:
         try:
             self._refuse_losing_every_listener(shard, config, source)
             # The whole file: its deploy desires' consumers are the listeners' RBAC.
-            ir = build_ir(config, dataclasses.replace(self.options, file=source))
+            with masking(secrets):
+                ir = build_ir(config, dataclasses.replace(self.options, file=source))
         except ConfigError as e:
             raise ConfigError(shown_problems(e.problems, secrets, self.limits)) from None
         return Prepared(shard, config, source, secrets, config_version(config, pins), ir,
@@ -280,6 +337,7 @@ class ShardRegistry:
         for node_id, node in nodes.items():
             self._install_endpoints(state, node_id, node.report)
         self.shards[shard] = state
+        self._secrets = None
         self._discovery.declare(prepared.config)
         self._register(state, nodes.values())
         self._wake(shard)
@@ -288,6 +346,12 @@ class ShardRegistry:
             shard, prepared.source, version, changed, (time.perf_counter() - prepared.started) * 1000,
         )
         return True
+
+    def secrets(self) -> frozenset[str]:
+        """Every value a served shard read from the environment (to mask them all)."""
+        if self._secrets is None:
+            self._secrets = frozenset().union(*(s.secrets for s in self.shards.values()))
+        return self._secrets
 
     def resources(self, shard: str) -> Resources:
         """The Envoy resources the shard's running config translates to (none if no config)."""
@@ -332,6 +396,7 @@ class ShardRegistry:
         state = self.shards.pop(shard, None)
         if state is None:
             return
+        self._secrets = None
         self.cache.remove_shard(shard)
         self._discovery.drop_shard(shard)
         self._wake(shard)
@@ -339,17 +404,24 @@ class ShardRegistry:
 
     # --- reports -------------------------------------------------------------
 
-    def report(self, report: gateway_pb2.NodeReport) -> int:
+    def report(self, report: gateway_pb2.NodeReport, peer: str | None = None) -> int:
         """Replace a node's report; its endpoints become that node's EDS at once.
-        Raises ValueError (and keeps the previous report) if the report is unusable."""
-        generation = self.accept(report, time.time())
+        Raises ValueError (and keeps the previous report) if the report is unusable.
+
+        ``peer``: the IP address the report came from (None: from this process). A node
+        registers only under its own shard's discovery names, and only at the address
+        its reports come from: neither can send another shard's clients elsewhere."""
+        generation = self.accept(report, time.time(), peer)
         self.liveness.reported(report)
         return generation
 
-    def accept(self, report: gateway_pb2.NodeReport, received_at: float) -> int:
-        """``report`` without telling ``liveness``: for a report another replica received."""
+    def accept(self, report: gateway_pb2.NodeReport, received_at: float, peer: str | None = None) -> int:
+        """``report`` without telling ``liveness``: for a report another replica received
+        (which checked where it came from: ``peer`` None)."""
         check_report(report, self.limits)
         shard = self.shards.get(report.shard)
+        if report.registrations:
+            check_registrations(report, shard.config if shard else None, peer)
         if shard is None:
             pending = self._early_reports.get(report.shard, {})
             if report.node_id not in pending and self._pending_nodes() >= self.limits.pending_report_nodes:
@@ -448,7 +520,10 @@ class ShardRegistry:
             for name, lst in shard.config.proxy_config.public_listeners.items()
             if lst.address.port
         }
-        self._discovery.update(shard.name, ports, [node.report for node in nodes])
+        # Reports kept from before the config (or before a restart) name what they
+        # named then: only the names this config declares are indexed.
+        declared = _declared(shard.config)
+        self._discovery.update(shard.name, ports, [node.report for node in nodes], declared)
 
     # --- config watch (sidecars) --------------------------------------------
 

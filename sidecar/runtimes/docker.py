@@ -100,8 +100,10 @@ class DockerRuntime(Runtime):
         bind_address: str,
         stop_grace_s: float,
         log: EventLog,
+        user: str | None = None,
     ):
         self._client = client
+        self._user = user  # UID:GID the containers run as (--dal-user); None: the image's
         self._shard = shard
         self._node = node
         self.network_mode = network_mode
@@ -180,6 +182,8 @@ class DockerRuntime(Runtime):
             "restart_policy": {"Name": "no"},  # the agent restarts, with backoff
             "stop_signal": "SIGTERM",
         }
+        if self._user is not None:
+            kwargs["user"] = self._user
         if spec.healthcheck is not None:
             hc = spec.healthcheck
             kwargs["healthcheck"] = {

@@ -1,7 +1,9 @@
 """DAL instances as local processes: the runtime used when no Docker engine answers.
 
-The same spec runs as ``container_cmd`` with the spec's env on the host; health checks
-run on the host with Docker's semantics (interval, timeout, retries, start_period).
+The same spec runs as ``container_cmd`` with the spec's env on the host (and nothing
+of the sidecar's environment), as the sidecar's user or ``--dal-user``'s (``run_as``);
+health checks run the same way, with Docker's semantics (interval, timeout, retries,
+start_period).
 Each DAL gets its own process group, and only groups this runtime started (recorded
 with their start time, so a recycled PID is never mistaken for ours) are signalled.
 Records survive the agent in ``processes.json``: a restarted agent adopts the
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.digests import DigestCache, DigestError, command_files
+from common.files import open_log, write_private
 from dgw_api.health import Health
 from xds_server.deploy.artifacts import Pin
 
@@ -27,6 +30,7 @@ from ..log import EventLog, tail_lines
 from ..plan import Observed, State
 from ..spec import DalSpec, HealthSpec
 from .base import DalRunError, Notify, Runtime
+from .run_as import RunAs, dal_environment
 
 _STATE_FILE = "processes.json"
 _POLL_S = 0.05
@@ -69,8 +73,9 @@ class ProcessRuntime(Runtime):
     name = "process"
     network_mode = "process"
 
-    def __init__(self, state_dir: Path, *, stop_grace_s: float, log: EventLog):
+    def __init__(self, state_dir: Path, *, stop_grace_s: float, log: EventLog, run_as: RunAs | None = None):
         self._dir = state_dir
+        self._run_as = run_as  # None: as the sidecar's user
         self._logs = state_dir / "logs"
         self._stop_grace = stop_grace_s
         self._log = log
@@ -83,7 +88,7 @@ class ProcessRuntime(Runtime):
 
     async def start(self, notify: Notify) -> None:
         self._notify = notify
-        self._logs.mkdir(parents=True, exist_ok=True)
+        self._logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         for rec in self._load():
             self._records[rec.dal] = rec
             if rec.exited:
@@ -171,9 +176,13 @@ class ProcessRuntime(Runtime):
         if not spec.command:
             raise DalRunError(f"dal {spec.name} has no container_cmd to run")
         log_path = self._logs / f"{spec.name}.log"
-        env = {**os.environ, **spec.env_dict}
-        # A local append: too quick to be worth a thread.
-        with open(log_path, "ab") as out:  # noqa: ASYNC230
+        env = dal_environment(spec.env_dict, self._run_as)
+        try:
+            out = open_log(log_path)  # a local append: too quick to be worth a thread
+        except OSError as e:
+            raise DalRunError(f"cannot open the log {log_path}: {e.strerror or e} (a symbolic link "
+                              "there is refused)") from None
+        with out:
             out.write(f"--- dgw: starting {spec.name} spec={spec.spec_hash}\n".encode())
             out.flush()
             offset = out.tell()
@@ -185,6 +194,7 @@ class ProcessRuntime(Runtime):
                     stderr=asyncio.subprocess.STDOUT,
                     env=env,
                     start_new_session=True,  # its own process group: we signal the group
+                    **(self._run_as.popen() if self._run_as else {}),
                 )
             except FileNotFoundError:
                 raise DalRunError(
@@ -192,8 +202,9 @@ class ProcessRuntime(Runtime):
                     "container_cmd"
                 ) from None
             except PermissionError:
+                who = f" as {self._run_as.name} (--dal-user)" if self._run_as else ""
                 raise DalRunError(
-                    f"cannot run {spec.command[0]!r}: permission denied; check container_cmd"
+                    f"cannot run {spec.command[0]!r}{who}: permission denied; check container_cmd"
                 ) from None
         rec = _Record(
             dal=spec.name,
@@ -295,20 +306,23 @@ class ProcessRuntime(Runtime):
         hc = HealthSpec(**{**rec.healthcheck, "test": tuple(rec.healthcheck["test"])})
         live.tasks.append(asyncio.create_task(self._health_loop(rec, live, hc, first_after)))
 
+    def _probe_options(self) -> dict[str, Any]:
+        return self._run_as.popen() if self._run_as else {}
+
     async def _health_loop(
         self, rec: _Record, live: _Live, hc: HealthSpec, first_after: float | None
     ) -> None:
         """Docker's health state machine: starting until the first success (failures
         inside start_period do not count), then healthy, and unhealthy after
         ``retries`` consecutive failures."""
-        env = {**os.environ, **rec.env}
+        env = dal_environment(rec.env, self._run_as)
         started = time.monotonic() if first_after is None else None
         failures = 0
         delay = hc.interval_s if first_after is None else first_after
         while True:
             await asyncio.sleep(delay)
             delay = hc.interval_s
-            ok, output = await _probe(hc, env)
+            ok, output = await _probe(hc, env, self._probe_options())
             live.health_output = output
             before = live.health
             if ok:
@@ -344,16 +358,11 @@ class ProcessRuntime(Runtime):
         return out
 
     def _save(self) -> None:
-        path = self._dir / _STATE_FILE
-        tmp = path.with_suffix(".tmp")
         # Records hold the DALs' env: readable by the agent's user only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump([asdict(r) for r in self._records.values()], f, indent=1)
-        os.replace(tmp, path)
+        write_private(self._dir / _STATE_FILE, json.dumps([asdict(r) for r in self._records.values()], indent=1).encode())
 
 
-async def _probe(hc: HealthSpec, env: dict[str, str]) -> tuple[bool, str]:
+async def _probe(hc: HealthSpec, env: dict[str, str], options: dict[str, Any]) -> tuple[bool, str]:
     try:
         proc = await asyncio.create_subprocess_exec(
             *hc.argv(),
@@ -362,6 +371,7 @@ async def _probe(hc: HealthSpec, env: dict[str, str]) -> tuple[bool, str]:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            **options,
         )
     except OSError as e:
         return False, f"cannot run health check {hc.argv()[0]!r}: {e.strerror or e}"

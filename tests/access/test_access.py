@@ -15,7 +15,7 @@ from xds_server.server import XdsServer
 from .conftest import SHARD, Api, settings
 
 READS = {"GET", "HEAD", "OPTIONS"}
-PARAMS = {"shard": "kv", "token_id": "0123456789ab", "n": "1", "address": "kv.dgw",
+PARAMS = {"shard": "kv", "token_id": "0123456789ab", "n": "1", "address": "kv.dgw", "node": "n1",
           "kind": "dals", "name": "kv", "rollout": "r1", "action": "pause"}
 
 
@@ -80,8 +80,8 @@ def test_a_route_missing_from_the_table_is_not_open():
 
 async def test_node_tokens_report_for_their_own_shard_only(server: XdsServer, api: Api):
     admin = admin_token(server)
-    kv = await api.token(admin, "node", "host-1", shard="kv")
-    other = await api.token(admin, "node", "host-2", shard="other")
+    kv = await api.token(admin, "node", "host-1", shard="kv", one_time=False)
+    other = await api.token(admin, "node", "host-2", shard="other", one_time=False)
     report = {"shard": "kv", "node_id": "n1", "endpoints": [
         {"dal": "kv", "listener": "api", "address": "127.0.0.1", "port": 18081, "health": "HEALTHY"}]}
     status, body = await api.call("POST", "/v1/reports", other, json=report)

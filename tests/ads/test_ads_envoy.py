@@ -30,7 +30,7 @@ def delta(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture
 async def envoy(ads: Ads, delta: bool, tmp_path: Path) -> AsyncIterator[EnvoyProcess]:
-    config = make_bootstrap("s1", "envoy-1", ads.address, "127.0.0.1:0", delta)
+    config = make_bootstrap("s1", "envoy-1", ads.address, delta)
     process = EnvoyProcess(config, tmp_path, concurrency=1)
     await process.start()
     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from dgw.ready import EnvoyView, parse_clusters, pending, refused
+from dgw.ready import EnvoyView, pending, refused
+from envoy_proxy.admin import parse_healthy_hosts
 from xds_server.cache.status import Nack, NodeStatus, TypeStatus
 from xds_server.config import load_shard_text
 from xds_server.resources import LISTENER
@@ -68,4 +69,4 @@ def test_clusters_text_counts_healthy_hosts() -> None:
         "demo.thrift.api::127.0.0.1:20002::health_flags::healthy\n"
         "demo.cql.api::127.0.0.1:20000::health_flags::/eds_status_unhealthy\n"
     )
-    assert parse_clusters(text) == {"demo.thrift.api": 1, "demo.cql.api": 0}
+    assert parse_healthy_hosts(text) == {"demo.thrift.api": 1, "demo.cql.api": 0}

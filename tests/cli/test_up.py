@@ -78,7 +78,7 @@ def start_up(workdir: Path, env: dict[str, str], *extra: str) -> Up:
     http_port, grpc_port = free_port(), free_port()
     child = Child(
         [DGW, "up", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-         "--envoy-admin-port", str(free_port()), "--state-dir", str(workdir / "state"),
+         "--state-dir", str(workdir / "state"),
          "--node-id", NODE, *extra],
         {"DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(grpc_port), **DEMO_ENV, **env},
         log=workdir / "up.log",
@@ -240,7 +240,7 @@ def test_up_detached_then_logs_then_down(tmp_path: Path) -> None:
     env = {**NO_ENGINE, **DEMO_ENV, "DGW_DEMO_HTTP_PORT": str(http_port), "DGW_DEMO_GRPC_PORT": str(free_port())}
     args = ["--state-dir", str(state)]
     up = dgw("up", "-d", "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--node-id", NODE,
-             "--envoy-admin-port", str(free_port()), *args, env=env, timeout=300)
+             *args, env=env, timeout=300)
     pid = int((state / "up.pid").read_text().split()[0]) if (state / "up.pid").exists() else None
     try:
         assert up.returncode == 0, up.stderr

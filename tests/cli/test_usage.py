@@ -43,7 +43,7 @@ def test_up_help_describes_every_option() -> None:
     entries = _help_entries(dgw("up", "--help").stdout)
 
     for option in ("--config-dir", "--xds", "--admin", "--runtime", "--node-id",
-                   "--envoy-admin-port", "--state-dir", "--log-level"):
+                   "--state-dir", "--log-level"):
         assert entries.get(option), f"{option} has no description: {entries}"
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from envoy_proxy import (
-    DEFAULT_ADMIN,
     XDS_CLUSTER,
     XDS_RETRY,
     find_envoy,
@@ -45,7 +44,7 @@ def _xds_socket(config: dict[str, Any]) -> tuple[str, int]:
     ],
 )
 def test_gateway_bootstrap_names_the_node_and_its_ads_stream(xds, delta, api_type, cluster_type, socket):
-    config = make_bootstrap("kv", "i-1", xds, "127.0.0.1:9902", delta)
+    config = make_bootstrap("kv", "i-1", xds, delta)
     assert config["node"] == {"id": "i-1", "cluster": "kv"}
     ads = config["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == api_type
@@ -53,31 +52,21 @@ def test_gateway_bootstrap_names_the_node_and_its_ads_stream(xds, delta, api_typ
     assert set(config["dynamic_resources"]) == {"ads_config", "cds_config", "lds_config"}
     assert _xds_cluster(config)["type"] == cluster_type
     assert _xds_socket(config) == socket
-    assert _socket(config["admin"]["address"]) == ("127.0.0.1", 9902)
+    assert "admin" not in config  # EnvoyProcess puts admin on its own socket
 
 
-@pytest.mark.parametrize(
-    ("admin", "expected"),
-    [
-        (DEFAULT_ADMIN, ("127.0.0.1", 9901)),
-        ("127.0.0.1:0", ("127.0.0.1", 0)),  # any free port: the launcher reads where it bound
-        (None, None),
-    ],
-)
-def test_admin_address(admin, expected):
-    config = make_bootstrap("kv", "i-1", "127.0.0.1:18000", admin)
-    assert (_socket(config["admin"]["address"]) if "admin" in config else None) == expected
+def test_admin_is_a_unix_socket_only_the_owner_reaches():
+    config = make_bootstrap("kv", "i-1", "127.0.0.1:18000", admin_socket="/run/dgw/envoy.admin.sock")
+    assert config["admin"] == {"address": {"pipe": {"path": "/run/dgw/envoy.admin.sock", "mode": 0o600}}}
 
 
 @pytest.mark.parametrize(
     ("args", "flag"),
     [
-        (("127.0.0.1", None), "--xds"),
-        (("host:", None), "--xds"),
-        ((":80", None), "--xds"),
-        (("h:99999", None), "--xds"),
-        (("127.0.0.1:18000", "127.0.0.1"), "--admin"),
-        (("127.0.0.1:18000", "127.0.0.1:x"), "--admin"),
+        (("127.0.0.1",), "--xds"),
+        (("host:",), "--xds"),
+        ((":80",), "--xds"),
+        (("h:99999",), "--xds"),
     ],
 )
 def test_bad_addresses_name_their_flag(args, flag):

@@ -96,6 +96,8 @@ def test_a_name_longer_than_the_limit_is_refused_and_quoted_short(registry):
 
 
 def test_silent_nodes_expire(registry):
+    registered = GOOD + "registrations: [{address: kv.discovery}]\n"
+    registry.apply("kv", load_shard_text(registered, "kv.yaml", env={}), "kv.yaml")
     registry.report(report("n1", registrations=("kv.discovery",)))
     registry.report(report("early", shard="later"))
     now = time.time()

@@ -148,3 +148,56 @@ def test_healthz_answers_within_a_second_during_hostile_shard_files(tmp_path):
         assert len(log) < 200_000 and "Traceback" not in log
     finally:
         server.stop()
+
+
+async def test_idle_anonymous_connections_never_lock_out_callers(tmp_path):
+    """Issue #17, item 9: more idle unauthenticated sockets than the server holds,
+    reconnected as soon as they are closed; every caller is still answered, and an
+    authenticated keep-alive connection is never the one closed to make room."""
+    from tests.support.server import admin_headers
+
+    # Idle connections time out only after a minute: the kept one must not, on a busy machine.
+    server = XdsServer(settings(tmp_path, admin_connections=40, admin_idle_timeout_s=60))
+    await server.start()
+    flooding = True
+    idle: list[asyncio.StreamWriter] = []
+
+    async def flood() -> None:
+        while flooding:
+            idle[:] = [w for w in idle if not w.is_closing() and not w.transport.is_closing()]
+            while flooding and len(idle) < 60:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", server.admin_port)
+                except OSError:
+                    break
+                idle.append(writer)
+            await asyncio.sleep(0.01)  # the attacker's pace, not synchronisation
+
+    headers = admin_headers(server)
+    request = f"GET /v1/shards HTTP/1.1\r\nHost: x\r\nAuthorization: {headers['Authorization']}\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.admin_port)
+
+    async def ask_on_the_kept_connection() -> bytes:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        return head
+
+    assert (await ask_on_the_kept_connection()).startswith(b"HTTP/1.1 200")
+    attacker = asyncio.create_task(flood())
+    try:
+        await eventually(lambda: len(idle) >= 60, 10)
+        async with aiohttp.ClientSession() as http:
+            for i in range(20):
+                path, auth = ("/healthz", {}) if i % 2 else ("/v1/shards", headers)
+                async with http.get(f"http://127.0.0.1:{server.admin_port}{path}", headers=auth) as r:
+                    assert r.status == 200, path
+        assert (await ask_on_the_kept_connection()).startswith(b"HTTP/1.1 200")
+    finally:
+        flooding = False
+        await attacker
+        for w in idle:
+            w.close()
+        writer.close()
+        await server.stop()

@@ -15,7 +15,6 @@ import socket
 import ssl
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from cryptography import x509
 
 from dgw.ca_cli import issue
 from envoy_proxy import BlockingEnvoy, make_bootstrap
+from envoy_proxy.blocking import admin_text
 from testkit.ports import port_open
 from testkit.sds import SdsChild
 from testkit.wait import wait_until
@@ -84,8 +84,7 @@ class SecureStack:
         files = self.ca.files(identity or gateway_id(shard), f"gateway-{shard}-{node_id}", lifetime)
         self.sds.append(SdsChild(socket_path, shard, list(providers), files,
                                  self.workdir / f"sds-{shard}-{node_id}.log"))  # fmt: skip
-        config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", "127.0.0.1:0",
-                                sds_socket=str(socket_path))  # fmt: skip
+        config = make_bootstrap(shard, node_id, f"127.0.0.1:{self.server.xds_port}", sds_socket=str(socket_path))
         envoy = BlockingEnvoy(config, self.workdir, name=f"envoy-{shard}-{node_id}", concurrency=1)
         self.envoys.append(envoy)
         envoy.wait_ready(READY_TIMEOUT_S)
@@ -118,14 +117,13 @@ class SecureStack:
         return child
 
     def proxy_stat(self, proxy: Child, name: str) -> int:
-        """A counter of a client proxy's Envoy (its admin address is in its ready line)."""
+        """A counter of a client proxy's Envoy (its admin socket is in its ready line)."""
         admin = re.search(r"admin=(\S+)", proxy.log())
-        assert admin, "the client proxy has not logged its admin address"
-        with urllib.request.urlopen(f"http://{admin.group(1)}/stats?filter=^{re.escape(name)}$", timeout=3) as r:
-            for line in r.read().decode().splitlines():
-                key, _, value = line.partition(": ")
-                if key == name:
-                    return int(value)
+        assert admin, "the client proxy has not logged its admin socket"
+        for line in admin_text(Path(admin.group(1)), "/stats", {"filter": f"^{re.escape(name)}$"}).splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
         return 0
 
     def close(self) -> None:

@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from envoy_proxy.blocking import admin_text
 from sidecar.config import SidecarSettings
-from sidecar.main import run_sidecar
+from sidecar.main import envoy_admin_socket, run_sidecar
 from testkit.ports import free_port
 from testkit.wait import eventually
 from xds_server.resources import LISTENER
@@ -38,10 +38,9 @@ network_dals:
 CERT_TTL_S = 6.0  # renewed every 3 s: two renewals within the test
 
 
-def _certs(admin_port: int) -> set[str]:
+def _certs(admin: Path) -> set[str]:
     """Serial numbers of every certificate Envoy holds (listener and xDS client)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/certs", timeout=2) as response:
-        data = json.load(response)
+    data = json.loads(admin_text(admin, "/certs"))
     return {
         chain["serial_number"]
         for cert in data.get("certificates", [])
@@ -66,13 +65,13 @@ async def test_sidecar_and_envoy_over_mtls_with_renewals(
     server = XdsServer(s)
     await server.start()
     token = server.create_join_token("sec")
-    admin_port = free_port()
     sidecar = SidecarSettings(
         server=f"127.0.0.1:{server.xds_port}", join_server=f"127.0.0.1:{server.join_port}",
         trust_bundle=s.ca_directory() / "ca.crt", join_token=token,  # type: ignore[arg-type]
         shard="sec", node_id="n1", runtime="process", state_dir=tmp_path / "st",
-        envoy_admin_port=admin_port, report_every_s=1.0,
+        report_every_s=1.0,
     )
+    admin = envoy_admin_socket(sidecar)
     stop = asyncio.Event()
     agent = asyncio.create_task(run_sidecar(sidecar, stop))
     try:
@@ -80,11 +79,11 @@ async def test_sidecar_and_envoy_over_mtls_with_renewals(
                          what="Envoy's listeners ACKed over mTLS")
         assert not agent.done(), agent.exception()
         connected = [s.connected_since for s in server.cache.node_status() if s.node_id == "n1"]
-        first = await asyncio.to_thread(_certs, admin_port)
+        first = await asyncio.to_thread(_certs, admin)
         assert first, "Envoy holds no certificate"
 
         # Renewals: new serials in Envoy (its xDS client certificate and the listener's).
-        await eventually(lambda: agent.done() or len(_certs(admin_port) - first) >= 1, 20,
+        await eventually(lambda: agent.done() or len(_certs(admin) - first) >= 1, 20,
                          what="a renewed certificate in Envoy's /certs")
         await eventually(lambda: "event=control_rotated" in caplog.text, 10,
                          what="the sidecar's control channel re-created with the new certificate")

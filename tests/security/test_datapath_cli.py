@@ -76,7 +76,7 @@ def test_client_proxy_refuses_bad_flags_and_files_without_quoting_a_key(tmp_path
 
 def _options() -> Options:
     return Options(shard="rds", listener="secure_postgres", address="rds.dgw", listen="127.0.0.1:15432",
-                   xds="127.0.0.1:18000", node_id="app-1", admin="127.0.0.1:0", delta=False,
+                   xds="127.0.0.1:18000", node_id="app-1", delta=False,
                    identity=None, ca=None, join=None, state_dir=None)  # fmt: skip
 
 
@@ -123,7 +123,7 @@ def test_join_against_a_server_without_signing_says_to_use_identity(tmp_path):
         try:
             options = Options(shard="rds", listener="secure_postgres", address="rds.dgw",
                               listen=f"127.0.0.1:{free_port()}", xds=f"127.0.0.1:{port}", node_id="app-1",
-                              admin="127.0.0.1:0", delta=False, identity=None, ca=None,
+                              delta=False, identity=None, ca=None,
                               join="dgw_0123456789ab_" + "x" * 43, state_dir=tmp_path / "s")  # fmt: skip
             with pytest.raises(ClientProxyError) as caught:
                 await run(options, asyncio.Event())

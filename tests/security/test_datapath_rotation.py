@@ -13,12 +13,13 @@ import re
 import ssl
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from envoy_proxy.blocking import admin_text
 from testkit.ports import free_port, port_open
 from testkit.wait import wait_until
 from tests.support.procs import sample_dal
@@ -110,8 +111,7 @@ def test_rotation_under_load_fails_no_request(tmp_path):
         proxy_admin = re.search(r"admin=(\S+)", wait_until(lambda: "admin=" in proxy.log() and proxy.log(), 10)).group(1)
 
         def proxy_certs() -> str:
-            with urllib.request.urlopen(f"http://{proxy_admin}/certs", timeout=3) as r:
-                return r.read().decode()
+            return admin_text(Path(proxy_admin), "/certs")
 
         def answered(port: int, context: ssl.SSLContext | None) -> bool:
             conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context) if context

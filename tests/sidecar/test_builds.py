@@ -29,7 +29,7 @@ CFG = RuntimeConfig.model_validate({
     "container_dals": {"kv": {"image": "dgw-kv", "container_listeners": {"api": 8081}}},
     "registrations": [{"address": "kv.one"}],
 })
-PORTS = HostPorts(port_range=(20000, 20010), in_use=lambda p: False, claimed={}, proxy={})
+PORTS = HostPorts(port_range=(20000, 20010), in_use=lambda p: False, claimed={})
 HOST = Host("kv", "n1", "127.0.0.1", "127.0.0.1", "docker", "host", account="prod", region="us-east-1")
 
 

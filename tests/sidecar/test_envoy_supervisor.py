@@ -78,7 +78,7 @@ async def test_supervised_envoy_is_observed_nacks_and_comes_back(
     notes: list[str] = []
     caplog.set_level(logging.INFO, logger="test.envoy")
     supervisor = EnvoySupervisor(
-        bootstrap=make_bootstrap("s1", "n1", address, "127.0.0.1:0"),
+        bootstrap=make_bootstrap("s1", "n1", address),
         state_dir=tmp_path,
         binary=None,
         log_level="warning",

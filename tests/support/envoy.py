@@ -20,11 +20,11 @@ def start_envoy(
 ) -> BlockingEnvoy:
     """A ready gateway Envoy of ``shard``; or, with ``client=(ADDRESS/LISTENER, port)``,
     a client-side proxy on ``port`` to the hosts registered under that address."""
-    xds, admin = f"127.0.0.1:{xds_port}", "127.0.0.1:0"
+    xds = f"127.0.0.1:{xds_port}"
     if client:
-        config = make_client_bootstrap(node_id, xds, client[0], f"127.0.0.1:{client[1]}", admin, delta)
+        config = make_client_bootstrap(node_id, xds, client[0], f"127.0.0.1:{client[1]}", delta)
     else:
-        config = make_bootstrap(shard, node_id, xds, admin, delta)
+        config = make_bootstrap(shard, node_id, xds, delta)
     envoy = BlockingEnvoy(config, workdir, name=f"envoy-{node_id}", concurrency=1)
     try:
         envoy.wait_ready(READY_TIMEOUT_S)

@@ -30,7 +30,7 @@ KV = """
 proxy_config:
   public_listeners:
     secure_grpc: {mode: grpc, path: 8980}
-    secure_http: {mode: http, path: /run/dgw/http.sock}
+    secure_http: {mode: http, path: http.sock}
 container_dals:
   kv:
     container_listeners: {secure_grpc: 8980, secure_http: 8443, admin: 8081}
@@ -52,7 +52,7 @@ def test_one_dal_behind_grpc_http_and_an_internal_listener() -> None:
             ),
             Listener(
                 name="public.secure_http", listener="secure_http", exposure="public",
-                protocol="http", bind=UnixSocket("/run/dgw/http.sock"),
+                protocol="http", bind=UnixSocket("http.sock"),
                 backends=(Backend("dal.kv.secure_http", 10_000),), route="route.secure_http",
             ),
         ),
@@ -67,7 +67,7 @@ def test_one_dal_behind_grpc_http_and_an_internal_listener() -> None:
 def test_options_set_the_public_address_and_connect_timeout() -> None:
     ir = build_ir(_cfg(KV), TranslateOptions(public_address="0.0.0.0", connect_timeout_s=0.25))
     assert _listener(ir, "public.secure_grpc").bind == HostPort("0.0.0.0", 8980)
-    assert _listener(ir, "public.secure_http").bind == UnixSocket("/run/dgw/http.sock")
+    assert _listener(ir, "public.secure_http").bind == UnixSocket("http.sock")
     assert _listener(ir, "internal.admin").bind == HostPort("127.0.0.1", 8081)
     assert {u.connect_timeout_s for u in ir.upstreams} == {0.25}
 

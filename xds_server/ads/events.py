@@ -46,7 +46,7 @@ class Refused(Exception):
     """A request the stream will not serve: the server ends the stream with the gRPC
     status ``code`` and this message, which says what to change."""
 
-    def __init__(self, code: Literal["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"], message: str):
+    def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
         self.message = message

@@ -32,6 +32,8 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
+from common.budget import LogBudget
+from common.text import log_value, printable
 from xds_server import metrics
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.events import Outgoing, Received, Refused
@@ -70,9 +72,30 @@ log = logging.getLogger("xds_server.ads")
 
 _Request: TypeAlias = "DiscoveryRequest | DeltaDiscoveryRequest"
 _Context: TypeAlias = "grpc.aio.ServicerContext[_Request, bytes]"
-# Who may open a stream as (shard, node id): None to allow, else the status and message
-# to end it with. The server's authorization by certificate lives behind it.
-Authorize: TypeAlias = "Callable[[_Context, str, str], tuple[grpc.StatusCode, str] | None]"
+
+
+class Ending(Protocol):
+    @property
+    def code(self) -> grpc.StatusCode: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+class Admission(Protocol):
+    """An admitted stream's hold: ``ended`` (checked whenever the stream wakes) says
+    why it must close now, ``release`` gives the hold back when it is over."""
+
+    @property
+    def ended(self) -> Ending | None: ...
+
+    def release(self) -> None: ...
+
+
+# Who may open a stream as (shard, node id), given the stream's wake-up: an admission,
+# else the status and message to end it with. The server's authorization by
+# certificate (and its per-identity cap, and revocations) lives behind it.
+Authorize: TypeAlias = "Callable[[_Context, str, str, Callable[[], None]], tuple[grpc.StatusCode, str] | Admission]"
 
 # Options for the grpc.aio.Server that serves a fleet. When the control plane
 # restarts, every node reconnects at once; gRPC's default limits on calls the
@@ -115,7 +138,7 @@ def _metric_type(type_url: str) -> str:
 
 def _quote(text: str) -> str:
     # Envoy's NACK messages hold spaces, quotes and newlines; keep the event on one line.
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 _MISSING_CLUSTER = (
@@ -149,6 +172,8 @@ class AdsServer:
         self._counted = counted
         self._authorize = authorize
         self._names = NameSets()
+        # Refused streams are logged, but a client retrying in a loop cannot flood the log.
+        self._refusals = LogBudget(log, "unauthorized_streams")
 
     def register(self, server: grpc.aio.Server) -> None:
         self._add(server, SERVICE, SOTW_METHOD, DELTA_METHOD, None)
@@ -208,24 +233,44 @@ class AdsServer:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, _MISSING_CLUSTER if not shard else _MISSING_ID
             )
-        if self._authorize is not None:
-            refusal = self._authorize(context, shard, node_id)
-            if refusal is not None:
-                log.warning(
-                    "event=unauthorized shard=%s node=%s stream=%s code=%s message=%s",
-                    shard[:253], node_id[:253], kind, refusal[0].name, _quote(refusal[1]),
-                )  # fmt: skip
-                await context.abort(*refusal)
-        await self._pacer.admit()  # a reconnect storm waits its turn (pacing.py)
         wake = _Waker()
+        admission: Admission | None = None
+        if self._authorize is not None:
+            admitted = self._authorize(context, shard, node_id, wake.set)
+            if isinstance(admitted, tuple):
+                self._refusals.log(
+                    "event=unauthorized shard=%s node=%s stream=%s code=%s message=%s",
+                    log_value(shard), log_value(node_id), kind, admitted[0].name, _quote(admitted[1]),
+                )  # fmt: skip
+                await context.abort(*admitted)
+            admission = admitted
+        inbox: list[_Request] = [first]
+        del first  # Envoy's Node can be kilobytes (its extension list): hold no request
+        try:
+            await self._pacer.admit()  # a reconnect storm waits its turn (pacing.py)
+            await self._stream(requests, inbox, context, kind, only_type, shard, node_id, wake, admission)
+        finally:
+            if admission is not None:
+                admission.release()
+
+    async def _stream(
+        self,
+        requests: AsyncIterator[_Request],
+        inbox: list[_Request],
+        context: _Context,
+        kind: StreamKind,
+        only_type: str | None,
+        shard: str,
+        node_id: str,
+        wake: _Waker,
+        admission: Admission | None,
+    ) -> None:
         watch = self._cache.connect(shard, node_id, kind, wake.set)
         stream: _Stream = (
             SotwStream(watch.status, self._names, self._limits)
             if kind == "sotw"
             else DeltaStream(watch.status, self._limits)
         )
-        inbox: list[_Request] = [first]
-        del first  # Envoy's Node can be kilobytes (its extension list): hold no request
         reader = asyncio.create_task(_read(requests, inbox, wake))
         log.info("event=connect shard=%s node=%s stream=%s", shard, node_id, kind)
         # Any client may name any shard: label only configured ones (bounded).
@@ -249,6 +294,10 @@ class AdsServer:
                     watch.status.record_evaluated(view)
                     await _write(context, shard, node_id, due, self._counted)
                 await wake.wait()
+                ended = admission.ended if admission is not None else None
+                if ended is not None:
+                    refused = Refused(ended.code.name, ended.message)
+                    break
             reason = f"refused:{refused.code}" if refused is not None else reader.result()
         except asyncio.CancelledError:
             reason = "cancelled"

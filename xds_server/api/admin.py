@@ -19,8 +19,10 @@ from google.protobuf import json_format
 from dgw_api.v1 import gateway_pb2
 from xds_server.api import deploy_api, shards_api
 from xds_server.api.admin_http import read_json
+from xds_server.api.guard import guard_middleware
 from xds_server.changes import Changes
 from xds_server.config import quote
+from xds_server.redact import masking_middleware
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 from xds_server.store import ConfigStore, StoreError
@@ -185,7 +187,7 @@ async def post_report(request: web.Request) -> web.Response:
     except (ValueError, json_format.ParseError) as e:
         return _json({"error": f"not a NodeReport: {quote(str(e), 300)}"}, status=400)
     try:
-        generation = registry.report(report)
+        generation = registry.report(report, request.remote or "127.0.0.1")
     except ValueError as e:
         return _json({"error": str(e)}, status=400)
     return _json({"generation": generation})
@@ -202,7 +204,10 @@ def make_app(
     changes: Changes | None = None,
     insecure: bool = False,
 ) -> web.Application:
-    app = web.Application(client_max_size=registry.limits.admin_body_bytes)
+    # Outermost first: every answer is masked (redact), every name checked (guard),
+    # then auth.install adds access control.
+    app = web.Application(client_max_size=registry.limits.admin_body_bytes,
+                          middlewares=[masking_middleware(registry.secrets), guard_middleware])
     app[REGISTRY] = registry
     app[HEALTH] = Health(problem, insecure)
     app.router.add_get("/healthz", healthz)

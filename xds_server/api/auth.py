@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import re
-import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,8 +32,12 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from common.budget import Budget
 from common.files import write_private
+from common.names import SHARD_RULE, TOKEN_NAME_RULE, is_shard, is_token_name
 from xds_server import metrics
+from xds_server.api.admin_http import TRUSTED, parse_json
+from xds_server.config import quote
 from xds_server.security.identity import IdentityError, consumer_id
 from xds_server.security.tokens import (
     ROLES,
@@ -44,10 +46,11 @@ from xds_server.security.tokens import (
     TokenError,
     TokenRecord,
     TokenStore,
-    authenticate,
     grants,
+    judge,
     mint,
     parse,
+    spend,
 )
 from xds_server.store.base import AuditLog, StoreError
 
@@ -93,6 +96,9 @@ ROUTE_ROLES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/tokens"): "admin",
     ("POST", "/v1/tokens"): "admin",
     ("DELETE", "/v1/tokens/{token_id}"): "admin",
+    ("GET", "/v1/revocations"): "admin",
+    ("PUT", "/v1/revocations/{shard}/{node}"): "admin",
+    ("DELETE", "/v1/revocations/{shard}/{node}"): "admin",
 }
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -142,6 +148,7 @@ class Access:
     metrics_public: bool = False
     body_timeout_s: float = 10.0
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    json_depth: int = 32  # Limits.admin_json_depth
 
 
 ACCESS = web.AppKey("access", Access)
@@ -160,48 +167,28 @@ def if_match_version(request: web.Request) -> int | None:
     return int(m.group(1)) if m else None
 
 
-async def _report_shard(request: web.Request, timeout_s: float) -> str | None:
+async def _report_shard(request: web.Request, timeout_s: float, json_depth: int) -> str | None:
     """The shard a report names (the body stays cached for the handler)."""
     try:
         async with asyncio.timeout(timeout_s):
-            body = json.loads(await request.read())
-    except (TimeoutError, ValueError, UnicodeDecodeError):
+            body = parse_json(await request.read(), json_depth)
+    except (TimeoutError, ValueError):
         return None
     shard = body.get("shard") if isinstance(body, dict) else None
     return shard if isinstance(shard, str) else None
 
 
-class RefusalBudget:
+class RefusalBudget(Budget):
     """How many refused mutations are audited one by one: at most ``per_window`` a
     window; the rest are counted and written as one entry when the next window opens.
     A caller hammering the API with bad or no tokens cannot grow the audit log faster
     than this, and the log still says how much was refused."""
 
-    def __init__(self, per_window: int = 60, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.per_window, self.window_s, self._clock = per_window, window_s, clock
-        self._start = clock()
-        self._used = 0
-        self.suppressed = 0
-
-    def take(self) -> tuple[bool, int]:
-        """(audit this one?, refusals left out in the window that just ended)."""
-        now = self._clock()
-        left_out = 0
-        if now - self._start >= self.window_s:
-            left_out, self.suppressed = self.suppressed, 0
-            self._start, self._used = now, 0
-        if self._used < self.per_window:
-            self._used += 1
-            return True, left_out
-        self.suppressed += 1
-        return False, left_out
-
 
 def auth_middleware(
     tokens: TokenStore, audit: AuditLog, *, metrics_public: bool = False,
     body_timeout_s: float = 10.0, clock: Callable[[], dt.datetime] | None = None,
-    refusal_budget: RefusalBudget | None = None,
+    refusal_budget: RefusalBudget | None = None, json_depth: int = 32,
 ) -> Any:  # fmt: skip
     """The aiohttp middleware: a ``Principal`` for every allowed request, 401/403 else."""
     now = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -218,13 +205,17 @@ def auth_middleware(
             return await handler(request)
         shard = request.match_info.get("shard")
         principal: Principal | None = None
-        record, status, message = _identify(tokens, request, now())
+        at = now()
+        record, status, message = _identify(tokens, request, at)
         if record is not None:
             principal = Principal(record.name, record.role, record.shard, record.token_id)
             if need == "node" and record.role == "node":
                 # Read only once the caller is known: nobody unknown makes us read a body.
-                shard = await _report_shard(request, body_timeout_s)
+                shard = await _report_shard(request, body_timeout_s, json_depth)
             status, message = _authorize(record, need, pattern, request.method, shard)
+            if status == 200:
+                # Spent only by a request it is allowed to make (a 403 spends nothing).
+                status, message = _spend(tokens, record, at)
         if status != 200 or principal is None:
             metrics.HTTP_REFUSED.labels(str(status)).inc()
             if request.method not in _READS:
@@ -238,6 +229,9 @@ def auth_middleware(
                     await _audit_refusal(audit, request, pattern, shard, principal, status, message)
             return _error(status, message)
         set_principal(request, principal)
+        trusted = request.app.get(TRUSTED)
+        if trusted is not None:
+            trusted.trust(request.transport)  # never closed to make room for others
         return await handler(request)
 
     return middleware
@@ -260,9 +254,19 @@ def _identify(
         if record is None:
             raise TokenError("unknown token")
         # Who the caller is (401 if not valid), before whether that is enough (403).
-        return authenticate(tokens, token, record.role, now, shard=record.shard), 200, ""
+        return judge(tokens, token, record.role, now, shard=record.shard), 200, ""
     except TokenError as e:
         return None, 401, str(e)
+
+
+def _spend(tokens: TokenStore, record: TokenRecord, now: dt.datetime) -> tuple[int, str]:
+    try:
+        spend(tokens, record, now)
+    except TokenError as e:
+        return 401, str(e)
+    except StoreError as e:  # a replica cut off from etcd cannot spend a one-time token
+        return 503, f"the one-time token could not be spent now: {e}; try again"
+    return 200, ""
 
 
 def _authorize(
@@ -333,8 +337,6 @@ def ensure_admin_token(tokens: TokenStore, data_dir: Path, now: dt.datetime) -> 
 
 # --- token and audit routes (admin) -------------------------------------------------
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:/-]{0,63}$")
-_SHARD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _MAX_TTL_S = 10 * 365 * 86400
 
 
@@ -360,7 +362,7 @@ class _BadRequest(Exception):
     pass
 
 
-def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | None, bool, str | None]:
+def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | None, bool | None, str | None]:
     if not isinstance(body, dict):
         raise _BadRequest('the body must be a JSON object: {"role": ..., "name": ...}')
     unknown = sorted(set(body) - {"role", "name", "shard", "ttl_s", "one_time", "identity"})
@@ -375,19 +377,18 @@ def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | Non
     role, name, shard = body.get("role"), body.get("name"), body.get("shard")
     if role not in ROLES:
         raise _BadRequest(f"role must be one of {', '.join(ROLES)}, not {str(role)[:80]!r}")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _BadRequest("name must be 1-64 characters: letters, digits and _ . @ : / - "
-                          "(starting with a letter or digit)")  # fmt: skip
-    if shard is not None and (not isinstance(shard, str) or not _SHARD.match(shard)):
-        raise _BadRequest("shard must be a shard name ([A-Za-z0-9][A-Za-z0-9_.-]{0,62})")
+    if not is_token_name(name):
+        raise _BadRequest(f"name must be {TOKEN_NAME_RULE}")
+    if shard is not None and not is_shard(shard):
+        raise _BadRequest(f"shard must be a shard name: {SHARD_RULE}")
     ttl_s = body.get("ttl_s")
     ttl = None
     if ttl_s is not None:
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not 0 < ttl_s <= _MAX_TTL_S:
             raise _BadRequest(f"ttl_s must be a number of seconds from 1 to {_MAX_TTL_S}")
         ttl = dt.timedelta(seconds=ttl_s)
-    one_time = body.get("one_time", False)
-    if not isinstance(one_time, bool):
+    one_time = body.get("one_time")
+    if one_time is not None and not isinstance(one_time, bool):
         raise _BadRequest("one_time must be true or false")
     return name, role, shard, ttl, one_time, identity
 
@@ -397,14 +398,14 @@ async def create_token(request: web.Request) -> web.Response:
     who = _principal(request)
     try:
         async with asyncio.timeout(access.body_timeout_s):
-            body = await request.json()
+            body = parse_json(await request.read(), access.json_depth)
         name, role, shard, ttl, one_time, identity = _token_request(body)
         token, record = mint(name, role, access.clock(), shard=shard, ttl=ttl, one_time=one_time,
                              identity=identity)  # fmt: skip
     except TimeoutError:
         return _error(408, "the request body did not arrive in time")
     except (ValueError, _BadRequest, TokenError) as e:
-        message = str(e) if not isinstance(e, ValueError) else "the body is not JSON"
+        message = str(e) if not isinstance(e, ValueError) else f"the body is not JSON: {quote(str(e), 200)}"
         await _audit(
             access.audit, actor=who.actor, action="token.create", shard=None, base_version=None,
             new_version=None, accepted=False, reason=f"400: {message}",
@@ -488,7 +489,7 @@ def install(app: web.Application, access: Access) -> None:
     app[ACCESS] = access
     app.middlewares.append(auth_middleware(
         access.tokens, access.audit, metrics_public=access.metrics_public,
-        body_timeout_s=access.body_timeout_s, clock=access.clock,
+        body_timeout_s=access.body_timeout_s, clock=access.clock, json_depth=access.json_depth,
     ))  # fmt: skip
     app.router.add_get("/v1/tokens", list_tokens)
     app.router.add_post("/v1/tokens", create_token)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from common.names import SHARD_RULE, is_shard
 from xds_server.api import deploy_api
 from xds_server.api.admin_http import read_json
 from xds_server.api.auth import PRINCIPAL
@@ -40,7 +41,6 @@ from xds_server.changes import (
 )
 from xds_server.config import quote
 from xds_server.ops import wiring
-from xds_server.sources.config_dir import SHARD_NAME
 from xds_server.store import Conflict, NotFound, StoreError, Version
 
 log = logging.getLogger("xds_server.api.shards_api")
@@ -53,8 +53,7 @@ HISTORY_PAGE_MAX = 1000
 MESSAGE_CHARS = 1000
 BATCH_MAX = 1000  # shards in one POST /v1/batch (the body limit bounds it too)
 VERSION_MAX = 10**18 - 1  # what If-Match accepts: well inside SQLite's 64-bit integers
-_SHARD = re.compile(rf"^{SHARD_NAME}$")
-_IF_MATCH = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
+_IF_MATCH = re.compile(r'(?:W/)?"?(\d{1,18})"?')
 
 
 class _Refusal(Exception):
@@ -213,7 +212,7 @@ async def post_rollback(request: web.Request) -> web.Response:
 
     async def run(changes: Changes, base: int | None, req: Request, body: _Body) -> Outcome:
         to = body.get("to")
-        if isinstance(to, bool) or not isinstance(to, int) or to < 1:
+        if isinstance(to, bool) or not isinstance(to, int) or not 1 <= to <= VERSION_MAX:
             raise _Refusal(400, {"error": "the body needs \"to\": the version number to roll back to"})
         return await changes.rollback(shard, to, base, req)
 
@@ -271,7 +270,7 @@ def _batch_items(raw: object) -> list[BatchItem]:
         if not isinstance(entry, dict):
             raise _Refusal(400, {"error": f"{where} must be an object {{shard, yaml, base_version}}"})
         shard, text, base = entry.get("shard"), entry.get("yaml"), entry.get("base_version")
-        if not isinstance(shard, str) or not _SHARD.match(shard):
+        if not is_shard(shard):
             raise _Refusal(400, {"error": f"{where}.shard {quote(str(shard))} is not a shard name"})
         if not isinstance(text, str) or not text.strip():
             raise _Refusal(400, {"error": f"{where}.yaml must be the shard file's text"})
@@ -308,9 +307,8 @@ async def _mutate(
     body: _Body = {}
     base: int | None = None
     try:
-        if not _SHARD.match(shard):
-            raise _Refusal(400, {"error": f"shard name {quote(shard)} is not allowed: an ASCII letter "
-                                 "or digit, then up to 62 letters, digits, _ . or -"})  # fmt: skip
+        if not is_shard(shard):
+            raise _Refusal(400, {"error": f"shard name {quote(shard)} is not allowed: {SHARD_RULE}"})
         body = await _body(request, changes, body_required)
         message = body.get("message", "")
         if not isinstance(message, str) or len(message) > MESSAGE_CHARS:
@@ -392,7 +390,7 @@ def _base(request: web.Request) -> int | None:
     header = request.headers.get("If-Match")
     if header is None:
         return None
-    m = _IF_MATCH.match(header.strip())
+    m = _IF_MATCH.fullmatch(header.strip())
     if not m:
         raise _Refusal(400, {"error": f"If-Match {quote(header)} must be a version number in quotes, "
                              'e.g. If-Match: "3" ("0": the shard must not exist yet)'})  # fmt: skip

@@ -9,22 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .masking import mask
+
 QUOTED_CHARS = 80  # Limits.quoted_chars; here so that every module can quote without settings
 MESSAGE_CHARS = 1000
 
 
 def quote(value: object, limit: int = QUOTED_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a container is never fully rendered)."""
+    """``repr(value)`` cut to ``limit`` characters (a container is never fully rendered),
+    the secrets in scope (``masking``) masked before the cut."""
     if isinstance(value, dict | list | tuple | set):
         kind = type(value).__name__
         return f"<a {kind} of {len(value)} items>"
-    text = repr(value) if isinstance(value, str) else repr(str(value)) if isinstance(value, bytes) else repr(value)
+    if isinstance(value, str | bytes):
+        text = repr(mask(value if isinstance(value, str) else str(value)))
+    else:
+        text = mask(repr(value))
     if len(text) <= limit:
         return text
     return f"{text[: max(limit - 12, 8)]}…({len(text)} chars)"
 
 
 def clip(message: str, limit: int = MESSAGE_CHARS) -> str:
+    """``message`` with the secrets in scope masked, then cut to ``limit``."""
+    message = mask(message)
     return message if len(message) <= limit else f"{message[:limit]}…(cut, {len(message)} chars)"
 
 

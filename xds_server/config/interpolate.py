@@ -8,8 +8,8 @@ Forms: ``${VAR}``, ``${VAR:-default}`` (default when unset or empty),
 (error when unset), ``$$`` for a literal ``$``. A ``$`` followed by anything else
 is kept as written.
 
-Which variables may be read is the caller's policy (``allowed``): the server allows only
-``DGW_*`` and its ``allowed_env`` setting. The values read from the environment are
+Which variables may be read is the caller's policy (``allowed``): the server allows those
+its ``allowed_env`` patterns name (default ``DGW_*``), never the platform's own. The values read from the environment are
 returned too, so that whoever shows the config (admin API, logs) can mask them.
 """
 
@@ -65,8 +65,8 @@ def interpolate_values(
         if allowed is not None and not allowed(name):
             raise InterpolationError(
                 _line_of(text, m.start()),
-                f"variable {quote(name)} may not be read: only variables starting DGW_ and "
-                "those in the server's allowed_env setting are",
+                f"variable {quote(name)} may not be read: only those the server's --allow-env "
+                "patterns name (default DGW_*), and never the platform's own (DGW_TOKEN, ...)",
             )
         value = env.get(name)
         if value:

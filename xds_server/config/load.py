@@ -10,11 +10,12 @@ relies on that instead of checking again.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import stat
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +23,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from xds_server.settings import ENV_PREFIX, Limits
+from xds_server.settings import DEFAULT_ALLOWED_ENV, RESERVED_ENV, Limits
 
 from .errors import ConfigError, Problem, quote
 from .interpolate import InterpolationError, interpolate_values
+from .masking import masking
 from .model import DeployFile, ShardFile
 from .secrets import shown_problems
 from .semantics import check_runtime
@@ -41,13 +43,14 @@ _DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True)
 class EnvPolicy:
-    """Which variables ``${VAR}`` may read: ``DGW_*`` and the names listed."""
+    """Which variables ``${VAR}`` may read: those matching one of ``allowed`` (names
+    or shell-style patterns; ``ServerSettings.allowed_env``), never a reserved one."""
 
-    names: frozenset[str] = frozenset()
-    prefix: str = ENV_PREFIX
+    allowed: Collection[str] = DEFAULT_ALLOWED_ENV
+    reserved: frozenset[str] = RESERVED_ENV
 
     def allows(self, name: str) -> bool:
-        return name.startswith(self.prefix) or name in self.names
+        return name not in self.reserved and any(fnmatch.fnmatchcase(name, p) for p in self.allowed)
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,15 @@ def _parse(
         raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
     if len(expanded) > 2 * limits.shard_file_bytes:
         raise ConfigError([Problem(file, "", "interpolated variables make the file too big")])
-    try:
-        check_shape(expanded, limits.yaml_depth, limits.yaml_nodes)
-        data = yaml.load(expanded, Loader=SafeLoader)
-    except ShapeError as e:
-        raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
-    except yaml.YAMLError as e:
-        line, problem = yaml_fault(e, expanded)
-        raise ConfigError([Problem(file, f"line {line}" if line else "", f"not valid YAML: {problem}")]) from None
+    with masking(secrets):  # a YAML error may quote the (interpolated) text
+        try:
+            check_shape(expanded, limits.yaml_depth, limits.yaml_nodes)
+            data = yaml.load(expanded, Loader=SafeLoader)
+        except ShapeError as e:
+            raise ConfigError([Problem(file, f"line {e.line}", str(e))]) from None
+        except yaml.YAMLError as e:
+            line, problem = yaml_fault(e, expanded)
+            raise ConfigError([Problem(file, f"line {line}" if line else "", f"not valid YAML: {problem}")]) from None
     if data is None:
         # An empty (or truncated-to-nothing) file is a mistake, never "no listeners".
         raise ConfigError([Problem(file, "", "the file is empty; a shard file needs at least "
@@ -149,8 +153,9 @@ def load_shard_checked(
     Problems never show a secret: each value read from the environment is ``***``."""
     data, secrets = _parse(text, file, env, policy, limits)
     try:
-        shard = validate_model(ShardFile, data, file)
-        problems = check_runtime(shard, file)
+        with masking(secrets):  # every message is masked before it is cut
+            shard = validate_model(ShardFile, data, file)
+            problems = check_runtime(shard, file)
         if problems:
             raise ConfigError(problems)
     except ConfigError as e:

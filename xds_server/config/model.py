@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from common.names import LISTENER_SOCKETS, is_socket_name
+
 from .errors import quote
 
 # Defaults live here, next to the models (STYLE.md: one place per program).
@@ -31,8 +33,8 @@ DEFAULT_HEALTHCHECK_RETRIES = 3
 DEFAULT_HEALTHCHECK_START_PERIOD = "0s"
 DEFAULT_SHADOW_PERCENT = 100.0
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s|us))+$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s|us))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 
@@ -46,7 +48,7 @@ class _Strict(BaseModel):
 def parse_duration(value: str) -> float:
     """docker-compose style durations ("1m30s", "500ms", "10s") in seconds."""
     text = value.strip()
-    if not _DURATION.match(text):
+    if not _DURATION.fullmatch(text):
         raise ValueError(f"{quote(value)} is not a duration: use forms like 10s, 500ms, 1m30s")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
@@ -86,22 +88,30 @@ PortValue = Annotated[int | str, AfterValidator(_checked_port)]
 
 
 class ListenAddress(_Strict):
-    """Where a public listener binds: a TCP port on all addresses, or a unix socket."""
+    """Where a public listener binds: a TCP port on all addresses, or a Unix socket
+    named ``socket`` in the gateway's socket directory."""
 
     port: int | None = None
-    unix_path: str | None = None
+    socket: str | None = None
 
     def __str__(self) -> str:
-        return self.unix_path if self.unix_path else str(self.port)
+        return self.socket if self.socket else str(self.port)
 
 
 def parse_listen_path(value: int | str) -> ListenAddress:
-    if isinstance(value, str) and value.startswith("/"):
-        return ListenAddress(unix_path=value)
-    if isinstance(value, str) and not value.strip().isdigit():
+    if isinstance(value, str) and "/" in value:
         raise ValueError(
-            f"{quote(value)} is neither a port (1-65535) nor an absolute unix socket path (/...)"
+            f"{quote(value)} is a path on the gateway host; a listener's Unix socket is a name "
+            f"ending in .sock (e.g. api.sock), made in the gateway's own socket directory "
+            f"(<state dir>/<shard>-<node>/{LISTENER_SOCKETS}/): a shard file may not place files on the host"
         )
+    if isinstance(value, str) and value.endswith(".sock"):
+        if not is_socket_name(value):
+            raise ValueError(f"{quote(value)} is not a socket name: a letter or digit, then letters, "
+                             "digits, _ . or -, ending in .sock (at most 105 characters)")  # fmt: skip
+        return ListenAddress(socket=value)
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise ValueError(f"{quote(value)} is neither a port (1-65535) nor a Unix socket name (NAME.sock)")
     return ListenAddress(port=_port(value))
 
 
@@ -131,7 +141,7 @@ class ProxyConfig(_Strict):
     @classmethod
     def _names(cls, v: dict[str, PublicListener]) -> dict[str, PublicListener]:
         for name in v:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"listener name {quote(name)} must match {_NAME}")
         return v
 
@@ -175,11 +185,11 @@ class Healthcheck(_Strict):
 EnvValue = Annotated[str | int | float | bool | None, BeforeValidator(_scalar_env)]
 
 
-_GRPC_METHOD = re.compile(r"^/[A-Za-z0-9_.*]+/[A-Za-z0-9_*]+$")
+_GRPC_METHOD = re.compile(r"/[A-Za-z0-9_.*]+/[A-Za-z0-9_*]+")
 
 
 def _grpc_method_pattern(value: str) -> str:
-    if not _GRPC_METHOD.match(value):
+    if not _GRPC_METHOD.fullmatch(value):
         raise ValueError(
             f"{value[:80]!r} is not a gRPC method pattern: write /package.Service/Method, "
             "with * for any characters within one part (e.g. /dgw.kv.v1.KeyValue/Get*)"
@@ -206,7 +216,7 @@ class ContainerDal(_Strict):
     @classmethod
     def _ports(cls, v: dict[str, int | str]) -> dict[str, int | str]:
         for name in v:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"listener name {quote(name)} must match {_NAME}")
         return v
 
@@ -292,7 +302,7 @@ class RuntimeConfig(_Strict):
     @classmethod
     def _dal_names(cls, v: dict[str, object]) -> dict[str, object]:
         for name in v:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"DAL name {quote(name)} must match {_NAME}")
         return v
 

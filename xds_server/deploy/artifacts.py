@@ -66,7 +66,7 @@ def config_version(text: str) -> str:
 
 def check_key(key: str) -> tuple[str, str]:
     """``dals/dgw-kv`` → ("dals", "dgw-kv"); ArtifactError for anything else."""
-    m = _KEY.match(key)
+    m = _KEY.fullmatch(key)
     if not m:
         raise ArtifactError(f"{key[:80]!r} is not an artifact name: write dals/IMAGE (a DAL's image) "
                             "or configs/NAME (the runtime config)")  # fmt: skip
@@ -76,7 +76,7 @@ def check_key(key: str) -> tuple[str, str]:
 def check_ref(ref: str) -> str:
     """``branch/main``, ``tag/v1``, ``version/1.2.3``."""
     kind, _, name = ref.partition("/")
-    if kind not in REF_KINDS or not _REF_NAME.match(name):
+    if kind not in REF_KINDS or not _REF_NAME.fullmatch(name):
         raise ArtifactError(f"{ref[:80]!r} is not a ref: write branch/NAME, tag/NAME or version/NAME")
     return ref
 
@@ -154,7 +154,7 @@ class Artifact:
 def push(current: Artifact | None, key: str, build: Build) -> Artifact:
     """``current`` with ``build`` added and every ref it names moved to it (pure)."""
     check_key(key)
-    if not DIGEST.match(build.digest):
+    if not DIGEST.fullmatch(build.digest):
         raise ArtifactError(f"digest {build.digest[:80]!r} must be sha256:<64 hex digits>")
     for ref in build.refs:
         check_ref(ref)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from xds_server.config.masking import mask, with_words
 from xds_server.resources import PUSH_ORDER, SHORT_NAMES, Resources
 from xds_server.translate.render import render_resource
 
@@ -49,8 +50,14 @@ def config_diff(old: str, new: str, shard: str) -> str:
     ))  # fmt: skip
 
 
-def resource_diff(old: Resources, new: Resources) -> ResourceDiff:
-    """Per resource type (in push order) and name: what appears, goes, or changes."""
+def resource_diff(old: Resources, new: Resources, secrets: frozenset[str] = frozenset()) -> ResourceDiff:
+    """Per resource type (in push order) and name: what appears, goes, or changes.
+
+    The resources are what Envoy gets, so they hold the values read from the
+    environment (``secrets``: both configs'), whole or transformed; each value and each
+    of its words is masked in every name and rendered resource *before* the diff is
+    made, so no diff line can show one."""
+    secrets = with_words(secrets)
     added: list[ResourceRef] = []
     removed: list[ResourceRef] = []
     changed: list[ResourceChange] = []
@@ -58,18 +65,20 @@ def resource_diff(old: Resources, new: Resources) -> ResourceDiff:
         short = SHORT_NAMES[type_url]
         before, after = old.of(type_url), new.of(type_url)
         for name in sorted(set(after) - set(before)):
-            added.append(ResourceRef(short, name))
+            added.append(ResourceRef(short, mask(name, secrets)))
         for name in sorted(set(before) - set(after)):
-            removed.append(ResourceRef(short, name))
+            removed.append(ResourceRef(short, mask(name, secrets)))
         for name in sorted(set(before) & set(after)):
             if before[name] == after[name]:
                 continue
-            a, b = render_resource(before[name]), render_resource(after[name])
+            a = mask(render_resource(before[name]), secrets)
+            b = mask(render_resource(after[name]), secrets)
+            shown = mask(name, secrets)
             diff = "".join(difflib.unified_diff(
                 a.splitlines(keepends=True), b.splitlines(keepends=True),
-                fromfile=f"a/{short}/{name}", tofile=f"b/{short}/{name}",
+                fromfile=f"a/{short}/{shown}", tofile=f"b/{short}/{shown}",
             ))  # fmt: skip
-            changed.append(ResourceChange(short, name, diff))
+            changed.append(ResourceChange(short, shown, diff))
     return ResourceDiff(tuple(added), tuple(removed), tuple(changed))
 
 

@@ -12,18 +12,27 @@ the handshake; this module only reads the names):
   and nothing else;
 - **unchecked**: the server runs ``--insecure``; nothing is checked.
 
+Whoever the caller, a shard and node id must be names of their grammar
+(``common.names``) before they reach a log line or a stream's state; a revoked node
+(``revocations.py``) is refused everything, and long-lived streams are admitted through
+``Sessions`` (a cap per identity; a revoked node's streams end).
+
 A refusal is a gRPC status and a message naming the identity and what it may do; the
 callers log it. The protocol state machines (``xds_server/ads``) know nothing of this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
 
+from common.names import NODE_ID_RULE, SHARD_RULE, is_node_id, is_shard
+from xds_server.config.errors import quote as shorten
+
 from .identity import GATEWAY_ACCOUNT, IdentityError, SpiffeId, parse_spiffe_id
+from .sessions import Lease, Sessions
 
 
 @dataclass(frozen=True)
@@ -99,21 +108,63 @@ def describe(caller: Caller) -> str:
             return "unchecked"
 
 
-class ControlAuthz:
-    """The checks, one per kind of call. ``discovery_shard``: the shard of client proxies."""
+def _no_revocations(shard: str, node: str) -> str | None:
+    return None
 
-    def __init__(self, trust_domain: str, discovery_shard: str, enforce: bool = True) -> None:
+
+class ControlAuthz:
+    """The checks, one per kind of call. ``discovery_shard``: the shard of client proxies;
+    ``revoked(shard, node)``: why that node is revoked, or None; ``sessions``: the
+    long-lived streams open (None: a cap of 32 per identity)."""
+
+    def __init__(
+        self, trust_domain: str, discovery_shard: str, enforce: bool = True,
+        revoked: Callable[[str, str], str | None] = _no_revocations, sessions: Sessions | None = None,
+    ) -> None:  # fmt: skip
         self.trust_domain = trust_domain
         self.discovery_shard = discovery_shard
         self.enforce = enforce
+        self.revoked = revoked
+        self.sessions = sessions if sessions is not None else Sessions(32)
 
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:  # type: ignore[type-arg]
         if not self.enforce:
             return Unchecked()
         return caller_from_auth(context.auth_context(), self.trust_domain)
 
+    def names(self, shard: str, node_id: str) -> Refusal | None:
+        """Refused unless ``shard`` and ``node_id`` are whole names of their grammar."""
+        if not (is_shard(shard) or shard == self.discovery_shard):
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"shard {shorten(shard)} is not allowed: {SHARD_RULE}")
+        if not is_node_id(node_id):
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"node id {shorten(node_id)} is not allowed: {NODE_ID_RULE}")
+        return None
+
+    def _revocation(self, caller: Caller, shard: str, node_id: str) -> Refusal | None:
+        if isinstance(caller, Gateway) and (why := self.revoked(shard, node_id)) is not None:
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED, f"node {shard}/{node_id} is revoked: {why}")
+        return None
+
+    def admit(
+        self, caller: Caller, shard: str, node_id: str, peer: str, wake: Callable[[], None]
+    ) -> Lease | Refusal:
+        """A long-lived stream of an authorized caller: counted against its identity."""
+        match caller:
+            case Gateway(identity, cert_node):
+                key: str | None = f"{identity}#{cert_node or node_id}"
+            case Workload(identity):
+                key = f"{identity}@{peer}"
+            case _:
+                key = None
+        admitted = self.sessions.admit(key, shard, node_id, wake)
+        return admitted if isinstance(admitted, Lease) else Refusal(admitted.code, admitted.message)
+
     def ads(self, caller: Caller, shard: str, node_id: str) -> Refusal | None:
         """May ``caller`` receive ``shard``'s resources as ``node_id``?"""
+        refusal = self.names(shard, node_id) or self._revocation(caller, shard, node_id)
+        if refusal is not None:
+            return refusal
         match caller:
             case Unchecked():
                 return None
@@ -137,6 +188,9 @@ class ControlAuthz:
 
     def node(self, caller: Caller, shard: str, node_id: str) -> Refusal | None:
         """May ``caller`` report, or watch the config, as ``shard``/``node_id``?"""
+        refusal = self.names(shard, node_id) or self._revocation(caller, shard, node_id)
+        if refusal is not None:
+            return refusal
         match caller:
             case Unchecked():
                 return None

@@ -7,6 +7,11 @@ desires name consumers as ``{type: account-app, value: prod-api}``: the value is
 dashes: ``prod-api-v2`` → ``prod`` / ``api-v2``). ``{type: app, value: api}`` is the app
 in the default account, and ``{type: spiffe, value: spiffe://...}`` is taken as written.
 A gateway of shard S is ``spiffe://<trust-domain>/gateway/S``.
+
+The account ``gateway`` is reserved: no consumer (and so no application certificate,
+client join token or listener grant) may be in it, so an application can never be, or
+be mistaken for, a gateway. The server's own ID has one path segment and no consumer
+(always two) can equal it.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from dataclasses import dataclass
 DEFAULT_TRUST_DOMAIN = "dgw.local"
 DEFAULT_ACCOUNT = "default"
 GATEWAY_ACCOUNT = "gateway"
+RESERVED_ACCOUNTS = frozenset({GATEWAY_ACCOUNT})
 
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 class IdentityError(ValueError):
@@ -41,7 +47,7 @@ class SpiffeId:
 
 
 def _check_segment(value: str, what: str) -> str:
-    if not _SEGMENT.match(value):
+    if not _SEGMENT.fullmatch(value):
         raise IdentityError(
             f"{what} {value[:80]!r} cannot be part of a SPIFFE ID: use 1-128 of A-Z a-z 0-9 . _ ~ -"
         )
@@ -49,7 +55,7 @@ def _check_segment(value: str, what: str) -> str:
 
 
 def _check_trust_domain(value: str) -> str:
-    if not _TRUST_DOMAIN.match(value):
+    if not _TRUST_DOMAIN.fullmatch(value):
         raise IdentityError(
             f"trust domain {value[:80]!r} is not valid: use lower-case letters, digits, '.', '_', '-'"
         )
@@ -69,7 +75,18 @@ def gateway_dns_name(shard: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> st
 
 
 def consumer_id(kind: str, value: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
-    """The identity a deploy-desires consumer ``{type: kind, value: value}`` names."""
+    """The identity a deploy-desires consumer ``{type: kind, value: value}`` names; never
+    one in a reserved account (a gateway's)."""
+    identity = _consumer_id(kind, value, trust_domain)
+    if identity.account in RESERVED_ACCOUNTS:
+        raise IdentityError(
+            f"consumer {value[:80]!r} names account {identity.account!r}, which is reserved for "
+            "gateways: an application's identity can never be a gateway's"
+        )
+    return identity
+
+
+def _consumer_id(kind: str, value: str, trust_domain: str) -> SpiffeId:
     td = _check_trust_domain(trust_domain)
     if kind == "account-app":
         account, sep, app = value.partition("-")

@@ -26,6 +26,9 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from common.names import NODE_ID_RULE, SHARD_RULE, is_node_id, is_shard
+from xds_server.config.errors import quote
+
 from .authz import Anonymous, Caller, Gateway, Unchecked, Workload, describe
 from .ca import CaError, CertificateAuthority, check_csr, csr_uris
 from .identity import IdentityError, SpiffeId, consumer_id, gateway_dns_name, gateway_id
@@ -33,7 +36,6 @@ from .tokens import Role, TokenError, TokenStore, authenticate, peek
 
 log = logging.getLogger("xds_server.security.signing")
 
-MAX_NODE_ID_CHARS = 253
 MAX_CSR_BYTES = 16 * 1024  # a P-256 CSR is under 1 KB
 
 
@@ -60,25 +62,31 @@ class NodeSigner:
         tokens: TokenStore,
         lifetime: dt.timedelta,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        revoked: Callable[[str, str], str | None] = lambda shard, node: None,
     ) -> None:
         self.ca = ca
         self.tokens = tokens
         self.lifetime = lifetime
         self._clock = clock
+        self._revoked = revoked
 
     def sign(self, shard: str, node_id: str, csr_pem: bytes, join_token: str, caller: Caller) -> Signed:
-        if not node_id or len(node_id) > MAX_NODE_ID_CHARS or any(c.isspace() or c in ",/+=" for c in node_id):
+        # What the certificate can hold is checked before anything else, the token
+        # included: a name it cannot hold must never spend a join token.
+        if not is_node_id(node_id):
             raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"node_id must be 1-{MAX_NODE_ID_CHARS} characters without spaces or , / + =")
+                              f"node_id {quote(node_id)} is not allowed: {NODE_ID_RULE} (it becomes "
+                              "the certificate's common name, at most 64 characters)")
+
         # Who is asking, before any costly work: the join port is open to anyone.
         consumer = self._consumer(join_token, caller)
         if consumer is not None:
             identity = consumer
         else:
-            try:
-                identity = gateway_id(shard, self.ca.trust_domain)
-            except IdentityError as e:
-                raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"shard: {e}") from None
+            if not is_shard(shard):
+                raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"shard {quote(shard)} is not allowed: {SHARD_RULE}")
+            identity = gateway_id(shard, self.ca.trust_domain)
             self._precheck(shard, node_id, join_token, caller)
         if len(csr_pem) > MAX_CSR_BYTES:
             raise SignRefused(grpc.StatusCode.INVALID_ARGUMENT, f"the CSR is over {MAX_CSR_BYTES} bytes")
@@ -113,7 +121,13 @@ class NodeSigner:
 
     def _precheck(self, shard: str, node_id: str, join_token: str, caller: Caller) -> None:
         """SignRefused unless the caller holds a join token for ``shard`` (not yet judged
-        for expiry or use: ``_spend`` does that) or is the certificate it renews."""
+        for expiry or use: ``_spend`` does that) or is the certificate it renews, and
+        the node is not revoked (neither renewal nor a new join brings it back)."""
+        why = self._revoked(shard, node_id)
+        if why is not None:
+            raise SignRefused(grpc.StatusCode.PERMISSION_DENIED,
+                              f"node {shard}/{node_id} is {why}; an admin may reinstate it "
+                              "(dgw node reinstate), then it needs a new join token")  # fmt: skip
         if join_token:
             record = peek(self.tokens, join_token)
             if record is None:

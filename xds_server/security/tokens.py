@@ -8,8 +8,12 @@ lets secret scanners, and our own tests, find a token that leaked into a log.
 Roles: ``reader`` < ``operator`` < ``admin`` for the operators' API; ``node`` for a
 gateway host of one shard (its reports, its first certificate); ``client`` for an
 application's first certificate as one consumer (``identity``: its ``ACCOUNT-APP``, e.g.
-for ``dgw client-proxy --join``). A one-time token is spent by its first use; an
-expired one is refused.
+for ``dgw client-proxy --join``). A one-time token is spent by its first use that is
+allowed (a use that is refused spends nothing); an expired one is refused.
+
+Join tokens (``node`` and ``client``) are one-time and expire after
+``DEFAULT_JOIN_TTL`` unless whoever mints one asks otherwise: a join token found in a
+shell history or a CI log must not sign certificates for a made-up fleet.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ ROLES: tuple[Role, ...] = ("reader", "operator", "admin", "node", "client")
 SCOPED: frozenset[Role] = frozenset({"node", "client"})
 _RANK: dict[Role, int] = {"reader": 1, "operator": 2, "admin": 3}
 PREFIX = "dgw_"
-_TOKEN = re.compile(r"^dgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_TOKEN = re.compile(r"dgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 DEFAULT_JOIN_TTL = dt.timedelta(hours=1)
 
 
@@ -74,10 +78,11 @@ def mint(
     *,
     shard: str | None = None,
     ttl: dt.timedelta | None = None,
-    one_time: bool = False,
+    one_time: bool | None = None,
     identity: str | None = None,
 ) -> tuple[str, TokenRecord]:
-    """A new token (shown once) and the record to store (which cannot rebuild it)."""
+    """A new token (shown once) and the record to store (which cannot rebuild it).
+    ``ttl`` and ``one_time`` None: a join token's defaults (``join_defaults``)."""
     if role not in ROLES:
         raise TokenError(f"role {role!r} is not one of {', '.join(ROLES)}")
     if role == "node" and not shard:
@@ -88,6 +93,7 @@ def mint(
         raise TokenError("a client token is for one consumer: give --identity ACCOUNT-APP")
     if role != "client" and identity:
         raise TokenError(f"a {role} token names no consumer: drop --identity")
+    ttl, one_time = join_defaults(role, ttl, one_time)
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     record = TokenRecord(
@@ -104,9 +110,20 @@ def mint(
     return f"{PREFIX}{token_id}_{secret}", record
 
 
+def join_defaults(
+    role: Role, ttl: dt.timedelta | None, one_time: bool | None
+) -> tuple[dt.timedelta | None, bool]:
+    """A join token (``node``, ``client``) is one-time and lives ``DEFAULT_JOIN_TTL``
+    unless asked otherwise; an operators' token is reusable and never expires unless
+    asked otherwise."""
+    if role in SCOPED:
+        return (ttl or DEFAULT_JOIN_TTL), (True if one_time is None else one_time)
+    return ttl, bool(one_time)
+
+
 def parse(token: str) -> tuple[str, str]:
     """(id, secret) of a well-formed token; never echoes the token in the error."""
-    m = _TOKEN.match(token.strip())
+    m = _TOKEN.fullmatch(token.strip())
     if not m:
         raise TokenError("not a Data Gateway token (they look like dgw_<12 hex>_<43 chars>)")
     return m.group(1), m.group(2)
@@ -142,6 +159,21 @@ def authenticate(
 ) -> TokenRecord:
     """The record of a token that grants ``need``; spends it if it is one-time.
     Every refusal is a TokenError whose message names no secret."""
+    return spend(store, judge(store, token, need, now, shard=shard), now)
+
+
+def judge(
+    store: TokenStore,
+    token: str,
+    need: Role,
+    now: dt.datetime,
+    *,
+    shard: str | None = None,
+) -> TokenRecord:
+    """``authenticate`` without spending: the record of a valid token (known, not
+    revoked, not expired, not used if one-time) that grants ``need``. A caller that
+    authorizes more after this spends the token with ``spend`` only once it allows the
+    request, so a refused request never spends a one-time token."""
     token_id, secret = parse(token)
     record = store.get(token_id)
     if record is None or not hmac.compare_digest(record.secret_sha256, _digest(secret)):
@@ -153,11 +185,22 @@ def authenticate(
     if not grants(record.role, need, have_shard=record.shard, shard=shard):
         scope = f" for shard {shard!r}" if shard else ""
         raise TokenError(f"token {record.name!r} ({record.role}) may not act as {need}{scope}")
-    if record.one_time:
-        if record.used_at is not None or not store.spend(token_id, now):
-            raise TokenError(f"token {record.name!r} was already used (it is one-time)")
-        record = replace(record, used_at=now)
+    if record.one_time and record.used_at is not None:
+        raise TokenError(_USED.format(name=record.name))
     return record
+
+
+_USED = "token {name!r} was already used (it is one-time)"
+
+
+def spend(store: TokenStore, record: TokenRecord, now: dt.datetime) -> TokenRecord:
+    """Spend a judged one-time token (atomically: of two racing uses one fails); a
+    reusable token is returned as it is."""
+    if not record.one_time:
+        return record
+    if not store.spend(record.token_id, now):
+        raise TokenError(_USED.format(name=record.name))
+    return replace(record, used_at=now)
 
 
 class MemoryTokenStore:

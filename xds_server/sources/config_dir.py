@@ -46,6 +46,7 @@ from pathlib import Path
 import watchfiles
 
 from common.backoff import backoff_delay
+from common.names import SHARD_NAME
 from xds_server.changes import Changes
 from xds_server.config import (
     ConfigError,
@@ -63,8 +64,7 @@ log = logging.getLogger("xds_server.sources.config_dir")
 # watchfiles logs every batch at INFO; our own config_applied lines say what matters.
 logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
-SHARD_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
-_SHARD_FILE = re.compile(rf"^(?P<shard>{SHARD_NAME})\.ya?ml$")
+_SHARD_FILE = re.compile(rf"(?P<shard>{SHARD_NAME})\.ya?ml")
 # Names already logged as ignored; bounded so that a flood of files cannot grow it.
 _IGNORED_REMEMBERED = 10_000
 
@@ -72,7 +72,7 @@ _Fingerprint = tuple[int, int, int]  # (inode, size, mtime_ns)
 
 
 def shard_of(path: Path) -> str | None:
-    m = _SHARD_FILE.match(path.name)
+    m = _SHARD_FILE.fullmatch(path.name)
     return m.group("shard") if m else None
 
 

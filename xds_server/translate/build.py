@@ -269,8 +269,8 @@ def _authz(cfg: RuntimeConfig, topo: ListenerTopology, consumers: _Consumers) ->
 
 def _public_bind(public: PublicListener, options: TranslateOptions) -> HostPort | UnixSocket:
     address = public.address
-    if address.unix_path:
-        return UnixSocket(address.unix_path)
+    if address.socket:
+        return UnixSocket(address.socket)
     return HostPort(options.public_address, address.port or 0)
 
 

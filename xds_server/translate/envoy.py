@@ -23,6 +23,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from common.names import LISTENER_SOCKETS
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 
 from . import ir, security
@@ -146,7 +147,9 @@ def _listener(lst: ir.Listener) -> listener_pb2.Listener:
 
 def _bind_address(bind: ir.HostPort | ir.UnixSocket) -> address_pb2.Address:
     if isinstance(bind, ir.UnixSocket):
-        return address_pb2.Address(pipe=address_pb2.Pipe(path=bind.path))
+        # Relative to Envoy's working directory, the sidecar's own state dir; any local
+        # user may connect, as to a loopback port (tls_creds and authz decide who is served).
+        return address_pb2.Address(pipe=address_pb2.Pipe(path=f"{LISTENER_SOCKETS}/{bind.name}", mode=0o666))
     return socket_address(bind.host, bind.port)
 
 

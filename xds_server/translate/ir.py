@@ -33,7 +33,9 @@ class HostPort:
 
 @dataclass(frozen=True)
 class UnixSocket:
-    path: str
+    """A socket named ``name`` in the gateway's socket directory (never a host path)."""
+
+    name: str
 
 
 @dataclass(frozen=True)

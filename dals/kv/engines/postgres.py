@@ -251,7 +251,7 @@ class PostgresEngine:
 
     @classmethod
     async def open(cls, dsn: str, schema: str, pool_size: int = 4, timeout_s: float = 5.0) -> PostgresEngine:
-        if not _SCHEMA_NAME.match(schema):
+        if not _SCHEMA_NAME.fullmatch(schema):
             raise EngineError(f"postgres schema {schema!r} must match {_SCHEMA_NAME.pattern}")
         connections = _Connections(dsn, pool_size, timeout_s)
         try:
