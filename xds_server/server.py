@@ -35,7 +35,16 @@ from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.ads.pacing import StartPacer
-from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api, revocations_api
+from xds_server.api import (
+    admin,
+    auth,
+    deploy_api,
+    fleet,
+    gateway,
+    migrations_api,
+    replicas_api,
+    revocations_api,
+)
 from xds_server.api.admin_http import (
     TRUSTED,
     LimitedSite,
@@ -53,6 +62,7 @@ from xds_server.deploy.rollout.engine import RolloutEngine
 from xds_server.ha.owner import Owner
 from xds_server.ha.replica import Replica, default_replica_id
 from xds_server.ha.tokens import EtcdTokenStore
+from xds_server.migrate.engine import MigrationEngine
 from xds_server.redact import LogMasking
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
@@ -148,6 +158,9 @@ class XdsServer:
         # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
         self.plans: PlanService | None = None
         self.rollouts: RolloutEngine | None = None
+        self.migrations: MigrationEngine | None = (
+            None  # data migrations: steps, the promotions' loop
+        )
         self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
@@ -173,10 +186,18 @@ class XdsServer:
                                   revoked=self._revoked, sessions=self.sessions)  # fmt: skip
         self._log_masking = LogMasking(self.registry.secrets)
 
-    def create_join_token(self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = "") -> str:
+    def create_join_token(
+        self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = ""
+    ) -> str:
         """A one-time node token for ``shard``'s first certificate; shown once, stored hashed."""
-        token, record = mint(name or f"join-{shard}", "node", dt.datetime.now(dt.UTC),
-                             shard=shard, ttl=ttl, one_time=True)
+        token, record = mint(
+            name or f"join-{shard}",
+            "node",
+            dt.datetime.now(dt.UTC),
+            shard=shard,
+            ttl=ttl,
+            one_time=True,
+        )
         if self.tokens is None:
             raise RuntimeError("join tokens are made by a started server")
         self.tokens.add(record)
@@ -196,7 +217,9 @@ class XdsServer:
         # Every node's last report before anything is served: a restarted server gives
         # a reconnecting Envoy the endpoints it has, never an empty set.
         if self.settings.store is None:
-            for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
+            for shard, node in report_file.read(
+                self.state_dir, time.time(), self.limits.report_ttl_s
+            ):
                 self.registry.restore(shard, node)
             try:
                 self.store = await SqliteStore.open(self.state_dir)
@@ -215,6 +238,7 @@ class XdsServer:
         await self.config_dir.rescan()  # then files changed meanwhile become versions
         self.plans = PlanService(self.store)
         self.rollouts = RolloutEngine(self.store, self.changes)
+        self.migrations = MigrationEngine(self.store, self.changes)
         self.changes.on_served.append(self._plan_ahead)
         for state in list(self.registry.shards.values()):
             self._plan_ahead(state.name)
@@ -222,37 +246,57 @@ class XdsServer:
             # Of several replicas, the one that owns the job runs the rollouts' loop.
             self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
                                              self.replica.session, "rollouts", self._own_rollouts))  # fmt: skip
-            self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
+            self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
+                                             self.replica.session, "migrations", self._own_migrations))  # fmt: skip
+            self._tasks.append(
+                asyncio.create_task(self.changes.follow(revision), name="follow-store")
+            )
             self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
                                            + self._connection_age())  # fmt: skip
         signer = self._security()
-        AdsServer(self.cache, self.settings.ads_limits, self._admit_ads,
-                  pacer=StartPacer(self.settings.stream_starts_per_s)).register(self.grpc_server)
+        AdsServer(
+            self.cache,
+            self.settings.ads_limits,
+            self._admit_ads,
+            pacer=StartPacer(self.settings.stream_starts_per_s),
+        ).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry, self.authz, signer)
         host, _ = split_host_port(self.settings.xds, "--xds")
         if self.serving_cert is None:
             self.xds_port = self._bind("--xds", self.settings.xds, None)
         else:
-            self.xds_port = self._bind("--xds", self.settings.xds, self.serving_cert.credentials(True))
-            self.join_port = self._bind("--join", self.settings.join, self.serving_cert.credentials(False))
+            self.xds_port = self._bind(
+                "--xds", self.settings.xds, self.serving_cert.credentials(True)
+            )
+            self.join_port = self._bind(
+                "--join", self.settings.join, self.serving_cert.credentials(False)
+            )
         await self.grpc_server.start()
 
         self.admin_runner = admin_runner(await self._admin_app(), self.limits)
         await self.admin_runner.setup()
         ahost, aport = split_host_port(self.settings.admin, "--admin")
-        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections,
-                           self.admin_runner.app[TRUSTED])
+        site = LimitedSite(
+            self.admin_runner,
+            ahost,
+            aport,
+            self.limits.admin_connections,
+            self.admin_runner.app[TRUSTED],
+        )
         try:
             await site.start()
         except OSError as e:
-            raise BindError(f"cannot listen on --admin {self.settings.admin}: "
-                            f"{e.strerror or e} (another dgw server?)") from None
+            raise BindError(
+                f"cannot listen on --admin {self.settings.admin}: "
+                f"{e.strerror or e} (another dgw server?)"
+            ) from None
         self.admin_port = site.port
         await self._admin_socket()
 
-        if self.replica is None:  # else the replica that owns "rollouts" runs them
+        if self.replica is None:  # else the replicas that own "rollouts" and "migrations" run them
             await self.rollouts.start()
+            await self.migrations.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.insecure:
             self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
@@ -265,9 +309,17 @@ class XdsServer:
         log.info(
             "event=started xds=%s:%d join=%s admin=%s:%d admin_socket=%s tls=%s config_dir=%s data_dir=%s "
             "shards=%d rejected=%d restored_reports=%d",
-            host, self.xds_port, self.join_port or "-", ahost, self.admin_port, self.admin_socket or "-",
-            "off" if self.settings.insecure else "mtls", self.config_dir.directory, self.state_dir,
-            len(self.registry.shards), len(self.registry.rejections),
+            host,
+            self.xds_port,
+            self.join_port or "-",
+            ahost,
+            self.admin_port,
+            self.admin_socket or "-",
+            "off" if self.settings.insecure else "mtls",
+            self.config_dir.directory,
+            self.state_dir,
+            len(self.registry.shards),
+            len(self.registry.rejections),
             len(self.registry.all_reports()),
         )
 
@@ -295,8 +347,13 @@ class XdsServer:
         age = self.settings.max_connection_age_s
         if age is None:
             return ()
-        return (("grpc.max_connection_age_ms", int(age * 1000)),
-                ("grpc.max_connection_age_grace_ms", int(self.settings.max_connection_age_grace_s * 1000)))
+        return (
+            ("grpc.max_connection_age_ms", int(age * 1000)),
+            (
+                "grpc.max_connection_age_grace_ms",
+                int(self.settings.max_connection_age_grace_s * 1000),
+            ),
+        )
 
     async def _admin_app(self) -> web.Application:
         """The admin API behind access control; the config store keeps the audit log."""
@@ -304,18 +361,24 @@ class XdsServer:
         app = admin.make_app(self.registry, self.problem, self.changes, self.settings.insecure)
         app[TRUSTED] = Trusted()
         changes = self.changes
-        fleet.add_routes(app, self.registry,
-                         lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
+        fleet.add_routes(
+            app,
+            self.registry,
+            lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None,
+        )
         assert self.revocations is not None
         revocations_api.register(app, self.revocations, self.store, self.limits)
         assert self.plans is not None and self.rollouts is not None and changes is not None
         deploy_api.register(app, changes, self.plans, self.rollouts)
+        assert self.migrations is not None
+        migrations_api.register(app, self.migrations, self.limits)
         replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
             body_timeout_s=self.limits.admin_body_timeout_s, json_depth=self.limits.admin_json_depth,
         ))  # fmt: skip
         return app
+
     async def _admin_socket(self) -> None:
         """The admin API on ``<data dir>/admin.sock`` too: where ``dgw`` sends the
         tokens it finds on disk, once the kernel has told it who answers."""
@@ -327,10 +390,16 @@ class XdsServer:
                         self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
             return
         try:
-            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections,
-                                  self.admin_runner.app[TRUSTED]).start()
+            await LimitedUnixSite(
+                self.admin_runner,
+                path,
+                self.limits.admin_connections,
+                self.admin_runner.app[TRUSTED],
+            ).start()
         except OSError as e:
-            raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
+            raise BindError(
+                f"cannot listen on the admin socket {path}: {e.strerror or e}"
+            ) from None
         self.admin_socket = path
 
     def _security(self) -> NodeSigner | None:
@@ -338,8 +407,10 @@ class XdsServer:
         if self.settings.insecure:
             host, _ = split_host_port(self.settings.xds, "--xds")
             if not _is_loopback(host):
-                raise ValueError(f"--insecure serves only loopback: --xds {self.settings.xds} is not "
-                                 "(use 127.0.0.1, or drop --insecure to serve mTLS)")
+                raise ValueError(
+                    f"--insecure serves only loopback: --xds {self.settings.xds} is not "
+                    "(use 127.0.0.1, or drop --insecure to serve mTLS)"
+                )
             log.warning(_INSECURE_WARNING)
             return None
         try:
@@ -355,7 +426,8 @@ class XdsServer:
                    wake: Callable[[], None]) -> tuple[grpc.StatusCode, str] | Lease:  # fmt: skip
         caller = self.authz.caller(context)
         admitted = self.authz.ads(caller, shard, node_id) or self.authz.admit(
-            caller, shard, node_id, peer_ip(context.peer()), wake)
+            caller, shard, node_id, peer_ip(context.peer()), wake
+        )
         return admitted if isinstance(admitted, Lease) else (admitted.code, admitted.message)
 
     def _revoked(self, shard: str, node: str) -> str | None:
@@ -363,14 +435,21 @@ class XdsServer:
         revocation = self.revocations.revoked(shard, node) if self.revocations is not None else None
         if revocation is None:
             return None
-        return f"revoked at {revocation.at} by {revocation.by}" + (f": {revocation.reason}" if revocation.reason else "")
+        return f"revoked at {revocation.at} by {revocation.by}" + (
+            f": {revocation.reason}" if revocation.reason else ""
+        )
 
     def _end_streams(self, revocation: Revocation) -> None:
         ended = self.sessions.end(revocation.shard, revocation.node, Ended(
             grpc.StatusCode.PERMISSION_DENIED,
             f"node {revocation.shard}/{revocation.node} was revoked: an admin may reinstate it "
             "(dgw node reinstate), then it needs a new join token"))  # fmt: skip
-        log.warning("event=node_streams_ended shard=%s node=%s streams=%d", revocation.shard, revocation.node, ended)
+        log.warning(
+            "event=node_streams_ended shard=%s node=%s streams=%d",
+            revocation.shard,
+            revocation.node,
+            ended,
+        )
 
     def _bind(self, flag: str, address: str, credentials: grpc.ServerCredentials | None) -> int:
         assert self.grpc_server is not None
@@ -384,8 +463,10 @@ class XdsServer:
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise BindError(f"cannot listen on {flag} {address}: the port is in use "
-                            "(another dgw server?) or the address is not local")
+            raise BindError(
+                f"cannot listen on {flag} {address}: the port is in use "
+                "(another dgw server?) or the address is not local"
+            )
         return bound
 
     async def _warn_insecure(self) -> None:
@@ -402,11 +483,25 @@ class XdsServer:
         finally:
             await self.rollouts.stop()
 
+    async def _own_migrations(self) -> None:
+        """The migrations' loop (promotion steps), for as long as this replica owns it."""
+        assert self.migrations is not None
+        await self.migrations.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.migrations.stop()
+
     def _plan_ahead(self, shard: str) -> None:
         """A served shard with capacity desires gets its plan computed in the background."""
         state = self.registry.shards.get(shard)
         desires = state.config.deploy_desires if state is not None else None
-        if self.plans is None or not self.plans.installed or desires is None or desires.capacity is None:
+        if (
+            self.plans is None
+            or not self.plans.installed
+            or desires is None
+            or desires.capacity is None
+        ):
             return
         try:
             request = self.plans.request(desires)
@@ -463,6 +558,8 @@ class XdsServer:
     async def stop(self) -> None:
         if self.rollouts is not None:
             await self.rollouts.stop()
+        if self.migrations is not None:
+            await self.migrations.stop()
         if self.plans is not None:
             await self.plans.close()
         for task in self._tasks:
