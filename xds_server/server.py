@@ -158,9 +158,7 @@ class XdsServer:
         # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
         self.plans: PlanService | None = None
         self.rollouts: RolloutEngine | None = None
-        self.migrations: MigrationEngine | None = (
-            None  # data migrations: steps, the promotions' loop
-        )
+        self.migrations: MigrationEngine | None = None  # data migrations: steps, the promotions' loop
         self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
@@ -186,18 +184,10 @@ class XdsServer:
                                   revoked=self._revoked, sessions=self.sessions)  # fmt: skip
         self._log_masking = LogMasking(self.registry.secrets)
 
-    def create_join_token(
-        self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = ""
-    ) -> str:
+    def create_join_token(self, shard: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL, name: str = "") -> str:
         """A one-time node token for ``shard``'s first certificate; shown once, stored hashed."""
-        token, record = mint(
-            name or f"join-{shard}",
-            "node",
-            dt.datetime.now(dt.UTC),
-            shard=shard,
-            ttl=ttl,
-            one_time=True,
-        )
+        token, record = mint(name or f"join-{shard}", "node", dt.datetime.now(dt.UTC),
+                             shard=shard, ttl=ttl, one_time=True)
         if self.tokens is None:
             raise RuntimeError("join tokens are made by a started server")
         self.tokens.add(record)
@@ -217,9 +207,7 @@ class XdsServer:
         # Every node's last report before anything is served: a restarted server gives
         # a reconnecting Envoy the endpoints it has, never an empty set.
         if self.settings.store is None:
-            for shard, node in report_file.read(
-                self.state_dir, time.time(), self.limits.report_ttl_s
-            ):
+            for shard, node in report_file.read(self.state_dir, time.time(), self.limits.report_ttl_s):
                 self.registry.restore(shard, node)
             try:
                 self.store = await SqliteStore.open(self.state_dir)
@@ -248,49 +236,32 @@ class XdsServer:
                                              self.replica.session, "rollouts", self._own_rollouts))  # fmt: skip
             self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
                                              self.replica.session, "migrations", self._own_migrations))  # fmt: skip
-            self._tasks.append(
-                asyncio.create_task(self.changes.follow(revision), name="follow-store")
-            )
+            self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
             self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
                                            + self._connection_age())  # fmt: skip
         signer = self._security()
-        AdsServer(
-            self.cache,
-            self.settings.ads_limits,
-            self._admit_ads,
-            pacer=StartPacer(self.settings.stream_starts_per_s),
-        ).register(self.grpc_server)
+        AdsServer(self.cache, self.settings.ads_limits, self._admit_ads,
+                  pacer=StartPacer(self.settings.stream_starts_per_s)).register(self.grpc_server)
         gateway.register(self.grpc_server, self.registry, self.authz, signer)
         host, _ = split_host_port(self.settings.xds, "--xds")
         if self.serving_cert is None:
             self.xds_port = self._bind("--xds", self.settings.xds, None)
         else:
-            self.xds_port = self._bind(
-                "--xds", self.settings.xds, self.serving_cert.credentials(True)
-            )
-            self.join_port = self._bind(
-                "--join", self.settings.join, self.serving_cert.credentials(False)
-            )
+            self.xds_port = self._bind("--xds", self.settings.xds, self.serving_cert.credentials(True))
+            self.join_port = self._bind("--join", self.settings.join, self.serving_cert.credentials(False))
         await self.grpc_server.start()
 
         self.admin_runner = admin_runner(await self._admin_app(), self.limits)
         await self.admin_runner.setup()
         ahost, aport = split_host_port(self.settings.admin, "--admin")
-        site = LimitedSite(
-            self.admin_runner,
-            ahost,
-            aport,
-            self.limits.admin_connections,
-            self.admin_runner.app[TRUSTED],
-        )
+        site = LimitedSite(self.admin_runner, ahost, aport, self.limits.admin_connections,
+                           self.admin_runner.app[TRUSTED])
         try:
             await site.start()
         except OSError as e:
-            raise BindError(
-                f"cannot listen on --admin {self.settings.admin}: "
-                f"{e.strerror or e} (another dgw server?)"
-            ) from None
+            raise BindError(f"cannot listen on --admin {self.settings.admin}: "
+                            f"{e.strerror or e} (another dgw server?)") from None
         self.admin_port = site.port
         await self._admin_socket()
 
@@ -309,17 +280,9 @@ class XdsServer:
         log.info(
             "event=started xds=%s:%d join=%s admin=%s:%d admin_socket=%s tls=%s config_dir=%s data_dir=%s "
             "shards=%d rejected=%d restored_reports=%d",
-            host,
-            self.xds_port,
-            self.join_port or "-",
-            ahost,
-            self.admin_port,
-            self.admin_socket or "-",
-            "off" if self.settings.insecure else "mtls",
-            self.config_dir.directory,
-            self.state_dir,
-            len(self.registry.shards),
-            len(self.registry.rejections),
+            host, self.xds_port, self.join_port or "-", ahost, self.admin_port, self.admin_socket or "-",
+            "off" if self.settings.insecure else "mtls", self.config_dir.directory, self.state_dir,
+            len(self.registry.shards), len(self.registry.rejections),
             len(self.registry.all_reports()),
         )
 
@@ -347,13 +310,8 @@ class XdsServer:
         age = self.settings.max_connection_age_s
         if age is None:
             return ()
-        return (
-            ("grpc.max_connection_age_ms", int(age * 1000)),
-            (
-                "grpc.max_connection_age_grace_ms",
-                int(self.settings.max_connection_age_grace_s * 1000),
-            ),
-        )
+        return (("grpc.max_connection_age_ms", int(age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.settings.max_connection_age_grace_s * 1000)))
 
     async def _admin_app(self) -> web.Application:
         """The admin API behind access control; the config store keeps the audit log."""
@@ -361,11 +319,8 @@ class XdsServer:
         app = admin.make_app(self.registry, self.problem, self.changes, self.settings.insecure)
         app[TRUSTED] = Trusted()
         changes = self.changes
-        fleet.add_routes(
-            app,
-            self.registry,
-            lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None,
-        )
+        fleet.add_routes(app, self.registry,
+                         lambda shard: head.number if changes and (head := changes.heads.get(shard)) else None)
         assert self.revocations is not None
         revocations_api.register(app, self.revocations, self.store, self.limits)
         assert self.plans is not None and self.rollouts is not None and changes is not None
@@ -378,7 +333,6 @@ class XdsServer:
             body_timeout_s=self.limits.admin_body_timeout_s, json_depth=self.limits.admin_json_depth,
         ))  # fmt: skip
         return app
-
     async def _admin_socket(self) -> None:
         """The admin API on ``<data dir>/admin.sock`` too: where ``dgw`` sends the
         tokens it finds on disk, once the kernel has told it who answers."""
@@ -390,16 +344,10 @@ class XdsServer:
                         self.state_dir / ADMIN_SOCKET_FILE)  # fmt: skip
             return
         try:
-            await LimitedUnixSite(
-                self.admin_runner,
-                path,
-                self.limits.admin_connections,
-                self.admin_runner.app[TRUSTED],
-            ).start()
+            await LimitedUnixSite(self.admin_runner, path, self.limits.admin_connections,
+                                  self.admin_runner.app[TRUSTED]).start()
         except OSError as e:
-            raise BindError(
-                f"cannot listen on the admin socket {path}: {e.strerror or e}"
-            ) from None
+            raise BindError(f"cannot listen on the admin socket {path}: {e.strerror or e}") from None
         self.admin_socket = path
 
     def _security(self) -> NodeSigner | None:
@@ -407,10 +355,8 @@ class XdsServer:
         if self.settings.insecure:
             host, _ = split_host_port(self.settings.xds, "--xds")
             if not _is_loopback(host):
-                raise ValueError(
-                    f"--insecure serves only loopback: --xds {self.settings.xds} is not "
-                    "(use 127.0.0.1, or drop --insecure to serve mTLS)"
-                )
+                raise ValueError(f"--insecure serves only loopback: --xds {self.settings.xds} is not "
+                                 "(use 127.0.0.1, or drop --insecure to serve mTLS)")
             log.warning(_INSECURE_WARNING)
             return None
         try:
@@ -426,8 +372,7 @@ class XdsServer:
                    wake: Callable[[], None]) -> tuple[grpc.StatusCode, str] | Lease:  # fmt: skip
         caller = self.authz.caller(context)
         admitted = self.authz.ads(caller, shard, node_id) or self.authz.admit(
-            caller, shard, node_id, peer_ip(context.peer()), wake
-        )
+            caller, shard, node_id, peer_ip(context.peer()), wake)
         return admitted if isinstance(admitted, Lease) else (admitted.code, admitted.message)
 
     def _revoked(self, shard: str, node: str) -> str | None:
@@ -435,21 +380,14 @@ class XdsServer:
         revocation = self.revocations.revoked(shard, node) if self.revocations is not None else None
         if revocation is None:
             return None
-        return f"revoked at {revocation.at} by {revocation.by}" + (
-            f": {revocation.reason}" if revocation.reason else ""
-        )
+        return f"revoked at {revocation.at} by {revocation.by}" + (f": {revocation.reason}" if revocation.reason else "")
 
     def _end_streams(self, revocation: Revocation) -> None:
         ended = self.sessions.end(revocation.shard, revocation.node, Ended(
             grpc.StatusCode.PERMISSION_DENIED,
             f"node {revocation.shard}/{revocation.node} was revoked: an admin may reinstate it "
             "(dgw node reinstate), then it needs a new join token"))  # fmt: skip
-        log.warning(
-            "event=node_streams_ended shard=%s node=%s streams=%d",
-            revocation.shard,
-            revocation.node,
-            ended,
-        )
+        log.warning("event=node_streams_ended shard=%s node=%s streams=%d", revocation.shard, revocation.node, ended)
 
     def _bind(self, flag: str, address: str, credentials: grpc.ServerCredentials | None) -> int:
         assert self.grpc_server is not None
@@ -463,10 +401,8 @@ class XdsServer:
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise BindError(
-                f"cannot listen on {flag} {address}: the port is in use "
-                "(another dgw server?) or the address is not local"
-            )
+            raise BindError(f"cannot listen on {flag} {address}: the port is in use "
+                            "(another dgw server?) or the address is not local")
         return bound
 
     async def _warn_insecure(self) -> None:
@@ -496,12 +432,7 @@ class XdsServer:
         """A served shard with capacity desires gets its plan computed in the background."""
         state = self.registry.shards.get(shard)
         desires = state.config.deploy_desires if state is not None else None
-        if (
-            self.plans is None
-            or not self.plans.installed
-            or desires is None
-            or desires.capacity is None
-        ):
+        if self.plans is None or not self.plans.installed or desires is None or desires.capacity is None:
             return
         try:
             request = self.plans.request(desires)

@@ -301,9 +301,7 @@ def _allows(record: TokenRecord, need: Need, shard: str | None) -> bool:
     if need == "node":
         if record.role == "admin":
             return True
-        return shard is not None and grants(
-            record.role, "node", have_shard=record.shard, shard=shard
-        )
+        return shard is not None and grants(record.role, "node", have_shard=record.shard, shard=shard)
     return record.role not in SCOPED and grants(record.role, need)
 
 
@@ -373,16 +371,12 @@ class _BadRequest(Exception):
     pass
 
 
-def _token_request(
-    body: Any,
-) -> tuple[str, Role, str | None, dt.timedelta | None, bool | None, str | None]:
+def _token_request(body: Any) -> tuple[str, Role, str | None, dt.timedelta | None, bool | None, str | None]:
     if not isinstance(body, dict):
         raise _BadRequest('the body must be a JSON object: {"role": ..., "name": ...}')
     unknown = sorted(set(body) - {"role", "name", "shard", "ttl_s", "one_time", "identity"})
     if unknown:
-        raise _BadRequest(
-            f"unknown field {unknown[0]!r}; allowed: role, name, shard, ttl_s, one_time, identity"
-        )
+        raise _BadRequest(f"unknown field {unknown[0]!r}; allowed: role, name, shard, ttl_s, one_time, identity")
     identity = body.get("identity")
     if identity is not None:
         try:
@@ -399,11 +393,7 @@ def _token_request(
     ttl_s = body.get("ttl_s")
     ttl = None
     if ttl_s is not None:
-        if (
-            isinstance(ttl_s, bool)
-            or not isinstance(ttl_s, int | float)
-            or not 0 < ttl_s <= _MAX_TTL_S
-        ):
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not 0 < ttl_s <= _MAX_TTL_S:
             raise _BadRequest(f"ttl_s must be a number of seconds from 1 to {_MAX_TTL_S}")
         ttl = dt.timedelta(seconds=ttl_s)
     one_time = body.get("one_time")
@@ -424,11 +414,7 @@ async def create_token(request: web.Request) -> web.Response:
     except TimeoutError:
         return _error(408, "the request body did not arrive in time")
     except (ValueError, _BadRequest, TokenError) as e:
-        message = (
-            str(e)
-            if not isinstance(e, ValueError)
-            else f"the body is not JSON: {quote(str(e), 200)}"
-        )
+        message = str(e) if not isinstance(e, ValueError) else f"the body is not JSON: {quote(str(e), 200)}"
         await _audit(
             access.audit, actor=who.actor, action="token.create", shard=None, base_version=None,
             new_version=None, accepted=False, reason=f"400: {message}",
@@ -475,9 +461,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     return web.json_response({"id": token_id, "revoked": True})
 
 
-def _int_param(
-    request: web.Request, name: str, default: int | None, low: int, high: int
-) -> int | None:
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -497,9 +481,7 @@ async def audit_log(request: web.Request) -> web.Response:
         before = _int_param(request, "before", None, 1, 2**62)
     except _BadRequest as e:
         return _error(400, str(e))
-    entries = await access.audit.audit_log(
-        limit=limit, before=before, shard=request.query.get("shard")
-    )
+    entries = await access.audit.audit_log(limit=limit, before=before, shard=request.query.get("shard"))
     return web.json_response({
         "entries": [
             {"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "action": e.action,

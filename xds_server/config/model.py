@@ -80,10 +80,7 @@ def _scalar_env(value: object) -> object:
 def _command_words(value: object) -> object:
     # YAML reads `[CMD, true]` as a boolean; a command word is always text.
     if isinstance(value, list):
-        return [
-            str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v
-            for v in value
-        ]
+        return [str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v for v in value]
     return value
 
 
@@ -114,9 +111,7 @@ def parse_listen_path(value: int | str) -> ListenAddress:
                              "digits, _ . or -, ending in .sock (at most 105 characters)")  # fmt: skip
         return ListenAddress(socket=value)
     if isinstance(value, str) and not value.strip().isdigit():
-        raise ValueError(
-            f"{quote(value)} is neither a port (1-65535) nor a Unix socket name (NAME.sock)"
-        )
+        raise ValueError(f"{quote(value)} is neither a port (1-65535) nor a Unix socket name (NAME.sock)")
     return ListenAddress(port=_port(value))
 
 

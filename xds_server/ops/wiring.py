@@ -282,9 +282,7 @@ def parse_op(body: Mapping[str, Any]) -> WiringOp:
             return Shadow(field("source"), field("target"), percent)
         case "split":
             if percent is None:
-                raise WiringError(
-                    "percent", "op 'split' needs 'percent': the share (0-100) sent to the target"
-                )
+                raise WiringError("percent", "op 'split' needs 'percent': the share (0-100) sent to the target")
             return Split(field("source"), field("target"), percent)
         case "promote":
             return Promote(field("target"))
@@ -299,7 +297,7 @@ def describe(op: WiringOp) -> str:
         case Shadow(source, target, percent, traffic, read_percent):
             return (f"shadow {source} → {target}" + (f" {percent}%" if percent is not None else "")
                     + (f" ({traffic} only)" if traffic else "")
-                    + (f", {read_percent}% of reads to {target}" if read_percent else ""))  # fmt: skip
+                    + (f", {read_percent:g}% of reads to {target}" if read_percent else ""))  # fmt: skip
         case Split(source, target, percent):
             return f"split {percent}% of {source} → {target}"
         case Promote(target, _):
@@ -308,3 +306,4 @@ def describe(op: WiringOp) -> str:
             return f"clear {source}"
         case Retire(dal):
             return f"retire {dal}"
+
