@@ -65,6 +65,8 @@ MEANINGS: dict[str, dict[str, str]] = {
                                "the agent assigns a free port and passes it as `DGW_LISTENER_<NAME>_PORT`.",
         "env": "Environment variables for the DAL (strings, numbers or booleans).",
         "healthcheck": "docker-compose's healthcheck: an unhealthy DAL gets no traffic and is restarted.",
+        "api": "The API the DAL serves (e.g. `dgw.kv.v1`): a migration moves data only between DALs of one "
+               "API. Default: the gRPC services its `read_methods` name, else its image's name.",
     },
     "Healthcheck": {
         "test": "[CMD, ...], [CMD-SHELL, \"...\"], [NONE], or a string run by the shell.",
@@ -81,12 +83,18 @@ MEANINGS: dict[str, dict[str, str]] = {
         "listeners": "Listener name → URL (postgresql://, mysql://, tcp:// for tcp listeners; http://, "
                      "grpc:// for http and grpc ones).",
         "mode": "How Envoy resolves the URL's host: logical_dns, strict_dns, or static (an IP address).",
+        "api": "The API the DAL serves (e.g. `dgw.kv.v1`): a migration moves data only between DALs of one "
+               "API. Default: the gRPC services its `read_methods` name, else its image's name.",
     },
     "Wiring": {
         "mode": "shadow: the target gets a copy of every request, the client sees only the source's answers; "
                 "split: the target gets `percent` of the traffic instead of the source.",
         "target": "The DAL that receives the shadow copy or the split share.",
         "percent": "Share of traffic, 0-100: required for split; for shadow the sampled share (default 100).",
+        "traffic": "Which requests on gRPC listeners: all, or writes (the methods not in the DALs' `read_methods`): "
+                   "a data migration copies only what changes data.",
+        "read_percent": "With shadow and `traffic: writes`: the share of reads (0-100) served by the target "
+                        "instead (a migration's promotion steps).",
     },
     "Registration": {
         "address": "One or more discovery names, comma-separated.",
