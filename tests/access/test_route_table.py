@@ -7,7 +7,15 @@ from pathlib import Path
 
 import yaml
 
-from xds_server.api import admin, auth, deploy_api, fleet, migrations_api, replicas_api, revocations_api
+from xds_server.api import (
+    admin,
+    auth,
+    deploy_api,
+    fleet,
+    migrations_api,
+    replicas_api,
+    revocations_api,
+)
 from xds_server.api.guard import PARAMETERS
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
