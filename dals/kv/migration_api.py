@@ -136,7 +136,7 @@ class MigrationService:
     @staticmethod
     def _answer(out: pb.ExportResponse, page: pb.ExportPage, ns: Namespace, nxt: pages.Position | None) -> pb.ExportResponse:
         out.page = page.SerializeToString()
-        out.bytes = sum(len(i.key) + len(i.value) for r in page.records for i in r.items)
+        out.size_bytes = sum(len(i.key) + len(i.value) for r in page.records for i in r.items)
         if nxt is not None:
             out.next_cursor = pages.encode(pages.PageToken(ns.name, "", _EXPORT_DIGEST, nxt))
         return out
@@ -192,7 +192,7 @@ class MigrationService:
         if not 1 <= len(req.ranges) <= MAX_DIGEST_RANGES:
             raise invalid(f"a digest covers 1 to {MAX_DIGEST_RANGES} ranges, not {len(req.ranges)}")
         with _ENGINE_ERRORS:
-            found = await ns.engine.digest(ns.name, [_span(r) for r in req.ranges])
+            found = await ns.engine.digest(ns.name, [_span(r) for r in req.ranges], req.count_only)
         return pb.DigestResponse(digests=[pb.RangeDigest(count=n, hash=h) for n, h in found])
 
     async def split(self, req: pb.SplitRequest) -> pb.SplitResponse:

@@ -264,8 +264,9 @@ class Engine(Protocol):
         version. How many applied."""
         ...
 
-    async def digest(self, namespace: str, spans: Sequence[Span]) -> list[tuple[int, bytes]]:
-        """Per span: the count of live items and their ``Digest`` hash."""
+    async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
+        """Per span: the count of live items and their ``Digest`` hash (b"" with
+        ``count_only``)."""
         ...
 
     async def split(self, namespace: str, span: Span, parts: int) -> list[Place]:

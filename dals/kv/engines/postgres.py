@@ -429,11 +429,16 @@ class PostgresEngine:
                 f"i.namespace AND h.id = i.id AND h.key = i.key AND h.write_time = i.write_time AND "
                 f"h.writer = i.writer))) AS h FROM {s}.items i WHERE namespace = $1{where}")  # fmt: skip
 
-    async def digest(self, namespace: str, spans: Sequence[Span]) -> list[tuple[int, bytes]]:
+    async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
         out = []
         async with self._conn() as c:
             for span in spans:
                 where, args = _where(span, None, 2)
+                if count_only:
+                    n = await c.fetchval(f"SELECT count(*) FROM {self.schema}.items WHERE namespace = $1{where}",
+                                         namespace, *args)  # fmt: skip
+                    out.append((int(n), b""))
+                    continue
                 row = await c.fetchrow(
                     "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0), "
                     "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0) FROM ("
@@ -599,7 +604,7 @@ class _Connection:
 def _where(span: Span, after: Place | None, first: int) -> tuple[str, list[Any]]:
     """The SQL condition (after ``namespace = $1``) and arguments, numbered from
     ``$first``, for live items in ``span`` and after ``after``."""
-    sql, args = f" AND {_LIVE}", []
+    sql, args = f" AND {_LIVE}", list[Any]()
     n = first
 
     def place(op: str, p: Place) -> None:

@@ -396,8 +396,8 @@ class SqliteEngine:
                 applied += 1
         return applied
 
-    async def digest(self, namespace: str, spans: Sequence[Span]) -> list[tuple[int, bytes]]:
-        return await self._run_bulk(_digest, namespace, spans)
+    async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
+        return await self._run_bulk(_digest, namespace, spans, count_only)
 
     async def split(self, namespace: str, span: Span, parts: int) -> list[Place]:
         return await self._run_bulk(_split, namespace, span, parts)
@@ -486,9 +486,13 @@ def _hashed(db: sqlite3.Connection, ns: str, span: Span, limit: int | None) -> I
         yield Entry(rid, key, v, size, item_hash(rid, key, v, value))
 
 
-def _digest(db: sqlite3.Connection, ns: str, spans: Sequence[Span]) -> list[tuple[int, bytes]]:
+def _digest(db: sqlite3.Connection, ns: str, spans: Sequence[Span], count_only: bool) -> list[tuple[int, bytes]]:
     out = []
     for span in spans:
+        if count_only:
+            where, args = _where(span)
+            out.append((db.execute(f"SELECT count(*) FROM items WHERE namespace = ?{where}", (ns, *args)).fetchone()[0], b""))
+            continue
         d = Digest()
         for entry in _hashed(db, ns, span, None):
             d.add(entry.hash)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dgw_api/migration/v1/migration.proto\x12\x10\x64gw.migration.v1\"#\n\x08Position\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"[\n\x05Range\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.dgw.migration.v1.Position\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.dgw.migration.v1.Position\"\x13\n\x11NamespacesRequest\"(\n\x12NamespacesResponse\x12\x12\n\nnamespaces\x18\x01 \x03(\t\"s\n\rExportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x0c\x12\x17\n\x0fpage_size_bytes\x18\x03 \x01(\x04\x12&\n\x05range\x18\x04 \x01(\x0b\x32\x17.dgw.migration.v1.Range\"Q\n\x0e\x45xportResponse\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\r\n\x05items\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x13\n\x0bnext_cursor\x18\x04 \x01(\x0c\"=\n\nExportPage\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.dgw.migration.v1.ExportRecord\"G\n\x0c\x45xportRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.dgw.migration.v1.ExportItem\"\x88\x01\n\nExportItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12&\n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x17.dgw.migration.v1.Chunk\"M\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"@\n\rImportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04page\x18\x02 \x01(\x0c\x12\x0e\n\x06repair\x18\x03 \x01(\x08\";\n\x0eImportResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\x12\x18\n\x10skipped_as_older\x18\x02 \x01(\x04\"K\n\rDigestRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\'\n\x06ranges\x18\x02 \x03(\x0b\x32\x17.dgw.migration.v1.Range\"*\n\x0bRangeDigest\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"@\n\x0e\x44igestResponse\x12.\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x1d.dgw.migration.v1.RangeDigest\"X\n\x0cSplitRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x05range\x18\x02 \x01(\x0b\x32\x17.dgw.migration.v1.Range\x12\r\n\x05parts\x18\x03 \x01(\r\"?\n\rSplitResponse\x12.\n\nboundaries\x18\x01 \x03(\x0b\x32\x1a.dgw.migration.v1.Position\"Z\n\x0e\x45ntriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x05range\x18\x02 \x01(\x0b\x32\x17.dgw.migration.v1.Range\x12\r\n\x05limit\x18\x03 \x01(\r\"i\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x12\n\nvalue_hash\x18\x05 \x01(\x0c\x12\x0c\n\x04size\x18\x06 \x01(\x04\"N\n\x0f\x45ntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.dgw.migration.v1.Entry\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\xe8\x03\n\x0c\x44\x61lMigration\x12W\n\nNamespaces\x12#.dgw.migration.v1.NamespacesRequest\x1a$.dgw.migration.v1.NamespacesResponse\x12K\n\x06\x45xport\x12\x1f.dgw.migration.v1.ExportRequest\x1a .dgw.migration.v1.ExportResponse\x12K\n\x06Import\x12\x1f.dgw.migration.v1.ImportRequest\x1a .dgw.migration.v1.ImportResponse\x12K\n\x06\x44igest\x12\x1f.dgw.migration.v1.DigestRequest\x1a .dgw.migration.v1.DigestResponse\x12H\n\x05Split\x12\x1e.dgw.migration.v1.SplitRequest\x1a\x1f.dgw.migration.v1.SplitResponse\x12N\n\x07\x45ntries\x12 .dgw.migration.v1.EntriesRequest\x1a!.dgw.migration.v1.EntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dgw_api/migration/v1/migration.proto\x12\x10\x64gw.migration.v1\"#\n\x08Position\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"[\n\x05Range\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.dgw.migration.v1.Position\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.dgw.migration.v1.Position\"\x13\n\x11NamespacesRequest\"(\n\x12NamespacesResponse\x12\x12\n\nnamespaces\x18\x01 \x03(\t\"s\n\rExportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x0c\x12\x17\n\x0fpage_size_bytes\x18\x03 \x01(\x04\x12&\n\x05range\x18\x04 \x01(\x0b\x32\x17.dgw.migration.v1.Range\"V\n\x0e\x45xportResponse\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bnext_cursor\x18\x04 \x01(\x0c\"=\n\nExportPage\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.dgw.migration.v1.ExportRecord\"G\n\x0c\x45xportRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.dgw.migration.v1.ExportItem\"\x88\x01\n\nExportItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12&\n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x17.dgw.migration.v1.Chunk\"M\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"@\n\rImportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04page\x18\x02 \x01(\x0c\x12\x0e\n\x06repair\x18\x03 \x01(\x08\";\n\x0eImportResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\x12\x18\n\x10skipped_as_older\x18\x02 \x01(\x04\"_\n\rDigestRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\'\n\x06ranges\x18\x02 \x03(\x0b\x32\x17.dgw.migration.v1.Range\x12\x12\n\ncount_only\x18\x03 \x01(\x08\"*\n\x0bRangeDigest\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"@\n\x0e\x44igestResponse\x12.\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x1d.dgw.migration.v1.RangeDigest\"X\n\x0cSplitRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x05range\x18\x02 \x01(\x0b\x32\x17.dgw.migration.v1.Range\x12\r\n\x05parts\x18\x03 \x01(\r\"?\n\rSplitResponse\x12.\n\nboundaries\x18\x01 \x03(\x0b\x32\x1a.dgw.migration.v1.Position\"Z\n\x0e\x45ntriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x05range\x18\x02 \x01(\x0b\x32\x17.dgw.migration.v1.Range\x12\r\n\x05limit\x18\x03 \x01(\r\"i\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x12\n\nvalue_hash\x18\x05 \x01(\x0c\x12\x0c\n\x04size\x18\x06 \x01(\x04\"N\n\x0f\x45ntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.dgw.migration.v1.Entry\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\xe8\x03\n\x0c\x44\x61lMigration\x12W\n\nNamespaces\x12#.dgw.migration.v1.NamespacesRequest\x1a$.dgw.migration.v1.NamespacesResponse\x12K\n\x06\x45xport\x12\x1f.dgw.migration.v1.ExportRequest\x1a .dgw.migration.v1.ExportResponse\x12K\n\x06Import\x12\x1f.dgw.migration.v1.ImportRequest\x1a .dgw.migration.v1.ImportResponse\x12K\n\x06\x44igest\x12\x1f.dgw.migration.v1.DigestRequest\x1a .dgw.migration.v1.DigestResponse\x12H\n\x05Split\x12\x1e.dgw.migration.v1.SplitRequest\x1a\x1f.dgw.migration.v1.SplitResponse\x12N\n\x07\x45ntries\x12 .dgw.migration.v1.EntriesRequest\x1a!.dgw.migration.v1.EntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTREQUEST']._serialized_start=251
   _globals['_EXPORTREQUEST']._serialized_end=366
   _globals['_EXPORTRESPONSE']._serialized_start=368
-  _globals['_EXPORTRESPONSE']._serialized_end=449
-  _globals['_EXPORTPAGE']._serialized_start=451
-  _globals['_EXPORTPAGE']._serialized_end=512
-  _globals['_EXPORTRECORD']._serialized_start=514
-  _globals['_EXPORTRECORD']._serialized_end=585
-  _globals['_EXPORTITEM']._serialized_start=588
-  _globals['_EXPORTITEM']._serialized_end=724
-  _globals['_CHUNK']._serialized_start=726
-  _globals['_CHUNK']._serialized_end=803
-  _globals['_IMPORTREQUEST']._serialized_start=805
-  _globals['_IMPORTREQUEST']._serialized_end=869
-  _globals['_IMPORTRESPONSE']._serialized_start=871
-  _globals['_IMPORTRESPONSE']._serialized_end=930
-  _globals['_DIGESTREQUEST']._serialized_start=932
-  _globals['_DIGESTREQUEST']._serialized_end=1007
-  _globals['_RANGEDIGEST']._serialized_start=1009
-  _globals['_RANGEDIGEST']._serialized_end=1051
-  _globals['_DIGESTRESPONSE']._serialized_start=1053
-  _globals['_DIGESTRESPONSE']._serialized_end=1117
-  _globals['_SPLITREQUEST']._serialized_start=1119
-  _globals['_SPLITREQUEST']._serialized_end=1207
-  _globals['_SPLITRESPONSE']._serialized_start=1209
-  _globals['_SPLITRESPONSE']._serialized_end=1272
-  _globals['_ENTRIESREQUEST']._serialized_start=1274
-  _globals['_ENTRIESREQUEST']._serialized_end=1364
-  _globals['_ENTRY']._serialized_start=1366
-  _globals['_ENTRY']._serialized_end=1471
-  _globals['_ENTRIESRESPONSE']._serialized_start=1473
-  _globals['_ENTRIESRESPONSE']._serialized_end=1551
-  _globals['_DALMIGRATION']._serialized_start=1554
-  _globals['_DALMIGRATION']._serialized_end=2042
+  _globals['_EXPORTRESPONSE']._serialized_end=454
+  _globals['_EXPORTPAGE']._serialized_start=456
+  _globals['_EXPORTPAGE']._serialized_end=517
+  _globals['_EXPORTRECORD']._serialized_start=519
+  _globals['_EXPORTRECORD']._serialized_end=590
+  _globals['_EXPORTITEM']._serialized_start=593
+  _globals['_EXPORTITEM']._serialized_end=729
+  _globals['_CHUNK']._serialized_start=731
+  _globals['_CHUNK']._serialized_end=808
+  _globals['_IMPORTREQUEST']._serialized_start=810
+  _globals['_IMPORTREQUEST']._serialized_end=874
+  _globals['_IMPORTRESPONSE']._serialized_start=876
+  _globals['_IMPORTRESPONSE']._serialized_end=935
+  _globals['_DIGESTREQUEST']._serialized_start=937
+  _globals['_DIGESTREQUEST']._serialized_end=1032
+  _globals['_RANGEDIGEST']._serialized_start=1034
+  _globals['_RANGEDIGEST']._serialized_end=1076
+  _globals['_DIGESTRESPONSE']._serialized_start=1078
+  _globals['_DIGESTRESPONSE']._serialized_end=1142
+  _globals['_SPLITREQUEST']._serialized_start=1144
+  _globals['_SPLITREQUEST']._serialized_end=1232
+  _globals['_SPLITRESPONSE']._serialized_start=1234
+  _globals['_SPLITRESPONSE']._serialized_end=1297
+  _globals['_ENTRIESREQUEST']._serialized_start=1299
+  _globals['_ENTRIESREQUEST']._serialized_end=1389
+  _globals['_ENTRY']._serialized_start=1391
+  _globals['_ENTRY']._serialized_end=1496
+  _globals['_ENTRIESRESPONSE']._serialized_start=1498
+  _globals['_ENTRIESRESPONSE']._serialized_end=1576
+  _globals['_DALMIGRATION']._serialized_start=1579
+  _globals['_DALMIGRATION']._serialized_end=2067
 # @@protoc_insertion_point(module_scope)

@@ -45,16 +45,16 @@ class ExportRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., cursor: _Optional[bytes] = ..., page_size_bytes: _Optional[int] = ..., range: _Optional[_Union[Range, _Mapping]] = ...) -> None: ...
 
 class ExportResponse(_message.Message):
-    __slots__ = ("page", "items", "bytes", "next_cursor")
+    __slots__ = ("page", "items", "size_bytes", "next_cursor")
     PAGE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
-    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     page: bytes
     items: int
-    bytes: int
+    size_bytes: int
     next_cursor: bytes
-    def __init__(self, page: _Optional[bytes] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., next_cursor: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, page: _Optional[bytes] = ..., items: _Optional[int] = ..., size_bytes: _Optional[int] = ..., next_cursor: _Optional[bytes] = ...) -> None: ...
 
 class ExportPage(_message.Message):
     __slots__ = ("records",)
@@ -117,12 +117,14 @@ class ImportResponse(_message.Message):
     def __init__(self, applied: _Optional[int] = ..., skipped_as_older: _Optional[int] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
-    __slots__ = ("namespace", "ranges")
+    __slots__ = ("namespace", "ranges", "count_only")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     ranges: _containers.RepeatedCompositeFieldContainer[Range]
-    def __init__(self, namespace: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[Range, _Mapping]]] = ...) -> None: ...
+    count_only: bool
+    def __init__(self, namespace: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[Range, _Mapping]]] = ..., count_only: _Optional[bool] = ...) -> None: ...
 
 class RangeDigest(_message.Message):
     __slots__ = ("count", "hash")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dals/kv/migration/v1/migration.proto\x12\x14\x64\x61ls.kv.migration.v1\"#\n\x08Position\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"c\n\x05Range\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1e.dals.kv.migration.v1.Position\x12+\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1e.dals.kv.migration.v1.Position\"\x13\n\x11NamespacesRequest\"(\n\x12NamespacesResponse\x12\x12\n\nnamespaces\x18\x01 \x03(\t\"w\n\rExportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x0c\x12\x17\n\x0fpage_size_bytes\x18\x03 \x01(\x04\x12*\n\x05range\x18\x04 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Range\"Q\n\x0e\x45xportResponse\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\r\n\x05items\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x13\n\x0bnext_cursor\x18\x04 \x01(\x0c\"A\n\nExportPage\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".dals.kv.migration.v1.ExportRecord\"K\n\x0c\x45xportRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x05items\x18\x02 \x03(\x0b\x32 .dals.kv.migration.v1.ExportItem\"\x8c\x01\n\nExportItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12*\n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Chunk\"M\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"@\n\rImportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04page\x18\x02 \x01(\x0c\x12\x0e\n\x06repair\x18\x03 \x01(\x08\";\n\x0eImportResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\x12\x18\n\x10skipped_as_older\x18\x02 \x01(\x04\"O\n\rDigestRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12+\n\x06ranges\x18\x02 \x03(\x0b\x32\x1b.dals.kv.migration.v1.Range\"*\n\x0bRangeDigest\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"D\n\x0e\x44igestResponse\x12\x32\n\x07\x64igests\x18\x01 \x03(\x0b\x32!.dals.kv.migration.v1.RangeDigest\"\\\n\x0cSplitRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\x05range\x18\x02 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Range\x12\r\n\x05parts\x18\x03 \x01(\r\"C\n\rSplitResponse\x12\x32\n\nboundaries\x18\x01 \x03(\x0b\x32\x1e.dals.kv.migration.v1.Position\"^\n\x0e\x45ntriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\x05range\x18\x02 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Range\x12\r\n\x05limit\x18\x03 \x01(\r\"i\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x12\n\nvalue_hash\x18\x05 \x01(\x0c\x12\x0c\n\x04size\x18\x06 \x01(\x04\"R\n\x0f\x45ntriesResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.dals.kv.migration.v1.Entry\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\x98\x04\n\x0c\x44\x61lMigration\x12_\n\nNamespaces\x12\'.dals.kv.migration.v1.NamespacesRequest\x1a(.dals.kv.migration.v1.NamespacesResponse\x12S\n\x06\x45xport\x12#.dals.kv.migration.v1.ExportRequest\x1a$.dals.kv.migration.v1.ExportResponse\x12S\n\x06Import\x12#.dals.kv.migration.v1.ImportRequest\x1a$.dals.kv.migration.v1.ImportResponse\x12S\n\x06\x44igest\x12#.dals.kv.migration.v1.DigestRequest\x1a$.dals.kv.migration.v1.DigestResponse\x12P\n\x05Split\x12\".dals.kv.migration.v1.SplitRequest\x1a#.dals.kv.migration.v1.SplitResponse\x12V\n\x07\x45ntries\x12$.dals.kv.migration.v1.EntriesRequest\x1a%.dals.kv.migration.v1.EntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dals/kv/migration/v1/migration.proto\x12\x14\x64\x61ls.kv.migration.v1\"#\n\x08Position\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"c\n\x05Range\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1e.dals.kv.migration.v1.Position\x12+\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1e.dals.kv.migration.v1.Position\"\x13\n\x11NamespacesRequest\"(\n\x12NamespacesResponse\x12\x12\n\nnamespaces\x18\x01 \x03(\t\"w\n\rExportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x0c\x12\x17\n\x0fpage_size_bytes\x18\x03 \x01(\x04\x12*\n\x05range\x18\x04 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Range\"V\n\x0e\x45xportResponse\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bnext_cursor\x18\x04 \x01(\x0c\"A\n\nExportPage\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".dals.kv.migration.v1.ExportRecord\"K\n\x0c\x45xportRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x05items\x18\x02 \x03(\x0b\x32 .dals.kv.migration.v1.ExportItem\"\x8c\x01\n\nExportItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12*\n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Chunk\"M\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"@\n\rImportRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04page\x18\x02 \x01(\x0c\x12\x0e\n\x06repair\x18\x03 \x01(\x08\";\n\x0eImportResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\x12\x18\n\x10skipped_as_older\x18\x02 \x01(\x04\"c\n\rDigestRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12+\n\x06ranges\x18\x02 \x03(\x0b\x32\x1b.dals.kv.migration.v1.Range\x12\x12\n\ncount_only\x18\x03 \x01(\x08\"*\n\x0bRangeDigest\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"D\n\x0e\x44igestResponse\x12\x32\n\x07\x64igests\x18\x01 \x03(\x0b\x32!.dals.kv.migration.v1.RangeDigest\"\\\n\x0cSplitRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\x05range\x18\x02 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Range\x12\r\n\x05parts\x18\x03 \x01(\r\"C\n\rSplitResponse\x12\x32\n\nboundaries\x18\x01 \x03(\x0b\x32\x1e.dals.kv.migration.v1.Position\"^\n\x0e\x45ntriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\x05range\x18\x02 \x01(\x0b\x32\x1b.dals.kv.migration.v1.Range\x12\r\n\x05limit\x18\x03 \x01(\r\"i\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x15\n\rwrite_time_us\x18\x03 \x01(\x03\x12\x0e\n\x06writer\x18\x04 \x01(\x0c\x12\x12\n\nvalue_hash\x18\x05 \x01(\x0c\x12\x0c\n\x04size\x18\x06 \x01(\x04\"R\n\x0f\x45ntriesResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.dals.kv.migration.v1.Entry\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\x98\x04\n\x0c\x44\x61lMigration\x12_\n\nNamespaces\x12\'.dals.kv.migration.v1.NamespacesRequest\x1a(.dals.kv.migration.v1.NamespacesResponse\x12S\n\x06\x45xport\x12#.dals.kv.migration.v1.ExportRequest\x1a$.dals.kv.migration.v1.ExportResponse\x12S\n\x06Import\x12#.dals.kv.migration.v1.ImportRequest\x1a$.dals.kv.migration.v1.ImportResponse\x12S\n\x06\x44igest\x12#.dals.kv.migration.v1.DigestRequest\x1a$.dals.kv.migration.v1.DigestResponse\x12P\n\x05Split\x12\".dals.kv.migration.v1.SplitRequest\x1a#.dals.kv.migration.v1.SplitResponse\x12V\n\x07\x45ntries\x12$.dals.kv.migration.v1.EntriesRequest\x1a%.dals.kv.migration.v1.EntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTREQUEST']._serialized_start=263
   _globals['_EXPORTREQUEST']._serialized_end=382
   _globals['_EXPORTRESPONSE']._serialized_start=384
-  _globals['_EXPORTRESPONSE']._serialized_end=465
-  _globals['_EXPORTPAGE']._serialized_start=467
-  _globals['_EXPORTPAGE']._serialized_end=532
-  _globals['_EXPORTRECORD']._serialized_start=534
-  _globals['_EXPORTRECORD']._serialized_end=609
-  _globals['_EXPORTITEM']._serialized_start=612
-  _globals['_EXPORTITEM']._serialized_end=752
-  _globals['_CHUNK']._serialized_start=754
-  _globals['_CHUNK']._serialized_end=831
-  _globals['_IMPORTREQUEST']._serialized_start=833
-  _globals['_IMPORTREQUEST']._serialized_end=897
-  _globals['_IMPORTRESPONSE']._serialized_start=899
-  _globals['_IMPORTRESPONSE']._serialized_end=958
-  _globals['_DIGESTREQUEST']._serialized_start=960
-  _globals['_DIGESTREQUEST']._serialized_end=1039
-  _globals['_RANGEDIGEST']._serialized_start=1041
-  _globals['_RANGEDIGEST']._serialized_end=1083
-  _globals['_DIGESTRESPONSE']._serialized_start=1085
-  _globals['_DIGESTRESPONSE']._serialized_end=1153
-  _globals['_SPLITREQUEST']._serialized_start=1155
-  _globals['_SPLITREQUEST']._serialized_end=1247
-  _globals['_SPLITRESPONSE']._serialized_start=1249
-  _globals['_SPLITRESPONSE']._serialized_end=1316
-  _globals['_ENTRIESREQUEST']._serialized_start=1318
-  _globals['_ENTRIESREQUEST']._serialized_end=1412
-  _globals['_ENTRY']._serialized_start=1414
-  _globals['_ENTRY']._serialized_end=1519
-  _globals['_ENTRIESRESPONSE']._serialized_start=1521
-  _globals['_ENTRIESRESPONSE']._serialized_end=1603
-  _globals['_DALMIGRATION']._serialized_start=1606
-  _globals['_DALMIGRATION']._serialized_end=2142
+  _globals['_EXPORTRESPONSE']._serialized_end=470
+  _globals['_EXPORTPAGE']._serialized_start=472
+  _globals['_EXPORTPAGE']._serialized_end=537
+  _globals['_EXPORTRECORD']._serialized_start=539
+  _globals['_EXPORTRECORD']._serialized_end=614
+  _globals['_EXPORTITEM']._serialized_start=617
+  _globals['_EXPORTITEM']._serialized_end=757
+  _globals['_CHUNK']._serialized_start=759
+  _globals['_CHUNK']._serialized_end=836
+  _globals['_IMPORTREQUEST']._serialized_start=838
+  _globals['_IMPORTREQUEST']._serialized_end=902
+  _globals['_IMPORTRESPONSE']._serialized_start=904
+  _globals['_IMPORTRESPONSE']._serialized_end=963
+  _globals['_DIGESTREQUEST']._serialized_start=965
+  _globals['_DIGESTREQUEST']._serialized_end=1064
+  _globals['_RANGEDIGEST']._serialized_start=1066
+  _globals['_RANGEDIGEST']._serialized_end=1108
+  _globals['_DIGESTRESPONSE']._serialized_start=1110
+  _globals['_DIGESTRESPONSE']._serialized_end=1178
+  _globals['_SPLITREQUEST']._serialized_start=1180
+  _globals['_SPLITREQUEST']._serialized_end=1272
+  _globals['_SPLITRESPONSE']._serialized_start=1274
+  _globals['_SPLITRESPONSE']._serialized_end=1341
+  _globals['_ENTRIESREQUEST']._serialized_start=1343
+  _globals['_ENTRIESREQUEST']._serialized_end=1437
+  _globals['_ENTRY']._serialized_start=1439
+  _globals['_ENTRY']._serialized_end=1544
+  _globals['_ENTRIESRESPONSE']._serialized_start=1546
+  _globals['_ENTRIESRESPONSE']._serialized_end=1628
+  _globals['_DALMIGRATION']._serialized_start=1631
+  _globals['_DALMIGRATION']._serialized_end=2167
 # @@protoc_insertion_point(module_scope)
