@@ -62,6 +62,7 @@ def handler(service: KvService) -> grpc.GenericRpcHandler[bytes, bytes]:
             service.counters[key] += 1
             outcome = UNKNOWN
             try:
+                service.faults.check()
                 answer = await call(request, context)
                 outcome = OK
                 return answer
