@@ -319,29 +319,24 @@ class MigrationEngine:
 
 
 def progress(m: Migration, now: float) -> dict[str, Any] | None:
-    """The backfill's progress from its checkpoint: items and bytes copied, the rate,
-    and (when the runner said how many there are) percent and ETA."""
+    """The backfill's progress from the runner's checkpoint (``dgw.migrate.state``):
+    items and bytes copied, the rate since it began, and percent and ETA once the
+    runner has counted the source (``totals.source_items``)."""
     b = m.backfill
     if not b:
         return None
     totals = b.get("totals") if isinstance(b.get("totals"), dict) else {}
     assert isinstance(totals, dict)
     items = _number(totals.get("items"))
-    began = next(
-        (h["at"] for h in m.history if str(h.get("what", "")).startswith("backfill began")), None
-    )
-    elapsed = (m.updated_at if b.get("done") else now) - began if began is not None else None
-    rate = _number(b.get("rate_items_per_s")) or (
-        items / elapsed if elapsed and elapsed > 0 else 0.0
-    )
-    expected = _number(b.get("expected_items") or totals.get("expected_items"))
+    started, updated = _number(b.get("started")), _number(b.get("updated"))
+    elapsed = (updated if b.get("done") or not updated else max(updated, now)) - started if started else 0.0
+    rate = items / elapsed if elapsed > 0 else 0.0
+    expected = _number(totals.get("source_items"))
     out: dict[str, Any] = {"items": items, "bytes": _number(totals.get("bytes")), "items_per_s": round(rate, 1),
                            "done": bool(b.get("done"))}  # fmt: skip
     if expected:
         out["percent"] = round(min(100.0, 100.0 * items / expected), 1)
-        out["eta_s"] = (
-            0.0 if b.get("done") else (round((expected - items) / rate, 1) if rate > 0 else None)
-        )
+        out["eta_s"] = 0.0 if b.get("done") else (round(max(0.0, expected - items) / rate, 1) if rate > 0 else None)
     return out
 
 
