@@ -5,6 +5,8 @@ starting at once (exactly one wins), the runner's If-Match, the audit log."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 
 import yaml
 
@@ -187,3 +189,20 @@ async def test_rollback_after_promotion_and_a_file_owned_shard(api: Api) -> None
         "POST", "/v1/migrations/owned/start", {"from": "thrift", "to": "cql"}
     )
     assert status == 409 and "owned by file" in answer["error"], answer
+
+
+async def test_a_record_ahead_of_the_wiring_is_wired_by_the_loop(api: Api) -> None:
+    """A server killed between storing a step and wiring it: the loop wires it, once."""
+    assert (await api.put("kv", KV, 0))[0] == 200
+    assert (await api.call("POST", f"{M}/start", {"from": "thrift", "to": "cql"}))[0] == 201
+    engine = api.server.migrations
+    assert engine is not None
+    stored = await engine.get("kv")
+    assert stored is not None
+    ahead = dataclasses.replace(stored, phase="promoted")
+    await api.server.store.put_record("migration", "kv", json.dumps(ahead.to_json()), base_version=stored.record_version)
+    await engine.tick()
+    assert await wiring(api) == {"cql": {"mode": "shadow", "target": "thrift", "traffic": "writes"}}
+    wired = await version(api)
+    await engine.tick()
+    assert await version(api) == wired  # acting again changes nothing
