@@ -174,3 +174,119 @@ def _merge(current: _T, given: dict[str, Any] | None, **renamed: str) -> _T:
         else:
             changes[key] = value
     return replace(current, **changes)
+
+
+# --- checks (``semantics.RULES`` runs them; each problem at the key it is about) ----
+
+
+def check_resilience(cfg: RuntimeConfig) -> list[tuple[str, str]]:
+    """Combinations no proxy can carry out, in the effective policy of every DAL (and
+    of the shard), reported at the most specific key that set them."""
+    found: list[tuple[str, str]] = []
+    for dal, base, spec in _dal_specs(cfg):
+        found.extend(_method_overlap(base, spec.read_methods, spec.idempotent_methods))
+    levels: list[tuple[str | None, str]] = [(None, "")]
+    levels += [(dal, f"{base}.") for dal, base, _ in _dal_specs(cfg)]
+    for dal, prefix in levels:
+        policy = effective_policy(cfg, dal)
+        own = dal_spec(cfg, dal) if dal is not None else cfg.resilience
+        if dal is not None and own is None and cfg.resilience is None:
+            continue  # tier defaults only: consistent by construction (tested)
+        found.extend(_timeouts(cfg, dal, prefix, policy))
+        found.extend(_hedging(cfg, dal, prefix, policy))
+    return list(dict.fromkeys(found))
+
+
+def _dal_specs(cfg: RuntimeConfig) -> list[tuple[str, str, Any]]:
+    specs: list[tuple[str, str, Any]] = [
+        (name, f"container_dals.{name}", dal) for name, dal in sorted(cfg.container_dals.items())
+    ]
+    specs += [(name, f"network_dals.{name}", dal) for name, dal in sorted(cfg.network_dals.items())]
+    return specs
+
+
+def _method_overlap(base: str, reads: list[str] | None, idempotent: list[str] | None) -> list[tuple[str, str]]:
+    read_set = set(reads or ())
+    return [
+        (f"{base}.idempotent_methods.{i}",
+         f"{pattern!r} is also in read_methods: idempotent_methods lists writes that are safe to "
+         "retry (reads are retried anyway, and may be hedged; writes never are)")
+        for i, pattern in enumerate(idempotent or ())
+        if pattern in read_set
+    ]
+
+
+def _origin(cfg: RuntimeConfig, dal: str | None, prefix: str, key: str) -> str:
+    """Where the effective value of ``key`` comes from, in words."""
+    where = _set_at(cfg, dal, prefix, key)
+    return f"from {where}" if where else f"the tier {tier_of(cfg)} default"
+
+
+def _where(cfg: RuntimeConfig, dal: str | None, prefix: str, *keys: str) -> str:
+    """The most specific place that sets one of ``keys`` (dotted, under ``resilience``)."""
+    for key in keys:
+        where = _set_at(cfg, dal, prefix, key)
+        if where:
+            return where
+    return f"{prefix}resilience.{keys[0]}"
+
+
+def _set_at(cfg: RuntimeConfig, dal: str | None, prefix: str, key: str) -> str | None:
+    levels = [(prefix, dal_spec(cfg, dal))] if dal is not None else []
+    levels.append(("", cfg.resilience))
+    for level_prefix, spec in levels:
+        if spec is None:
+            continue
+        value: Any = spec.model_dump(exclude_unset=True, exclude_none=True)
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return f"{level_prefix}resilience.{key}"
+    return None
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:g}ms" if value < 1 else f"{value:g}s"
+
+
+def _timeouts(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) -> list[tuple[str, str]]:
+    found = []
+    retries = policy.retries
+    if retries.attempts and retries.per_try_timeout_s <= 0:
+        found.append((_where(cfg, dal, prefix, "retries.per_try_timeout"),
+                      "a per-try timeout must be more than 0s (set retries.attempts: 0 for no retries)"))
+    elif retries.attempts and policy.timeout_s and retries.per_try_timeout_s >= policy.timeout_s:
+        found.append((
+            _where(cfg, dal, prefix, "retries.per_try_timeout", "timeout"),
+            f"the per-try timeout ({_seconds(retries.per_try_timeout_s)}, "
+            f"{_origin(cfg, dal, prefix, 'retries.per_try_timeout')}) must be less than the request "
+            f"timeout ({_seconds(policy.timeout_s)}, {_origin(cfg, dal, prefix, 'timeout')}), which "
+            "includes every try: no retry could ever start",
+        ))
+    o = policy.outlier_detection
+    for key, value in (("interval", o.interval_s), ("base_ejection_time", o.base_ejection_time_s)):
+        if value <= 0:
+            found.append((_where(cfg, dal, prefix, f"outlier_detection.{key}"), f"{key} must be more than 0s"))
+    return found
+
+
+def _hedging(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) -> list[tuple[str, str]]:
+    """Hedging set on purpose must be able to happen; a tier's default simply does not
+    apply where there are no reads to hedge."""
+    where = _where(cfg, dal, prefix, "hedging")
+    own = dal_spec(cfg, dal) if dal is not None else None
+    explicit = (own is not None and own.hedging) or (
+        cfg.resilience is not None and cfg.resilience.hedging and (own is None or own.hedging is None)
+    )
+    if not (policy.hedging and explicit):
+        return []
+    if not policy.retries.attempts:
+        return [(where, "hedging needs retries.attempts of 1 or more: a hedge is a retry sent "
+                        "before the first try has failed")]
+    if dal is None:
+        return []
+    spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
+    if spec is not None and not spec.read_methods:
+        return [(where, f"DAL {dal!r} declares no read_methods, and only reads are hedged (writes "
+                        f"never are): add {prefix}read_methods, or set {prefix}resilience.hedging: false")]
+    return []

@@ -255,23 +255,22 @@ def _routes(lst: ir.Listener) -> list[route_components_pb2.Route]:
     classes = lst.route_classes or (ir.RouteClass("writes", None, 0.0, None),)
     routes = []
     for route_class in classes:
-        for low_match in _low_priority_matches(lst.low_priority):
-            routes.append(_route(lst, route_class, low_match, base_pb2.RoutingPriority.DEFAULT))
-        routes.append(_route(lst, route_class, [], base_pb2.RoutingPriority.HIGH))
+        for suffix, low_match in _low_priority_matches(lst.low_priority):
+            routes.append(_route(lst, route_class, suffix, low_match, base_pb2.RoutingPriority.DEFAULT))
+        routes.append(_route(lst, route_class, "", [], base_pb2.RoutingPriority.HIGH))
     return routes
 
 
 def _route(
     lst: ir.Listener,
     route_class: ir.RouteClass,
+    suffix: str,
     headers: list[route_components_pb2.HeaderMatcher],
     priority: int,
 ) -> route_components_pb2.Route:
     match = _class_match(route_class.match)
     match.headers.extend(headers)
-    low = priority == base_pb2.RoutingPriority.DEFAULT
-    name = f"{route_class.method_class}{'.low' if low else ''}"
-    return route_components_pb2.Route(name=name, match=match, route=_route_action(lst, route_class, priority))
+    return route_components_pb2.Route(name=route_class.method_class + suffix, match=match, route=_route_action(lst, route_class, priority))
 
 
 def _class_match(match: ir.GrpcMethods | ir.HttpMethods | None) -> route_components_pb2.RouteMatch:
@@ -289,19 +288,22 @@ def _regex(pattern: str) -> regex_pb2.RegexMatcher:
     return regex_pb2.RegexMatcher(regex=pattern)
 
 
-def _low_priority_matches(low: ir.LowPriority | None) -> list[list[route_components_pb2.HeaderMatcher]]:
+_LowMatch = tuple[str, list[route_components_pb2.HeaderMatcher]]  # route name suffix, headers
+
+
+def _low_priority_matches(low: ir.LowPriority | None) -> list[_LowMatch]:
     """The header conditions of a low-priority request, one list per route (a route's
     headers must all match; the lists are alternatives)."""
     if low is None:
         return []
     asked = route_components_pb2.HeaderMatcher(name=low.header, string_match=string_pb2.StringMatcher(exact="low"))
-    alternatives = []
+    alternatives: list[_LowMatch] = []
     if low.callers:
-        alternatives.append([_caller_is(low.callers)])
+        alternatives.append((".low", [_caller_is(low.callers)]))
     if low.header_from_anyone:
-        alternatives.append([asked])
+        alternatives.append((".low_asked", [asked]))
     elif low.header_setters:
-        alternatives.append([asked, _caller_is(low.header_setters)])
+        alternatives.append((".low_asked", [asked, _caller_is(low.header_setters)]))
     return alternatives
 
 
