@@ -183,10 +183,10 @@ def check_resilience(cfg: RuntimeConfig) -> list[tuple[str, str]]:
     """Combinations no proxy can carry out, in the effective policy of every DAL (and
     of the shard), reported at the most specific key that set them."""
     found: list[tuple[str, str]] = []
-    for dal, base, spec in _dal_specs(cfg):
+    for _, base, spec in _dal_specs(cfg):
         found.extend(_method_overlap(base, spec.read_methods, spec.idempotent_methods))
     levels: list[tuple[str | None, str]] = [(None, "")]
-    levels += [(dal, f"{base}.") for dal, base, _ in _dal_specs(cfg)]
+    levels += [(name, f"{base}.") for name, base, _ in _dal_specs(cfg)]
     for dal, prefix in levels:
         policy = effective_policy(cfg, dal)
         own = dal_spec(cfg, dal) if dal is not None else cfg.resilience
