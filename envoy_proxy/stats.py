@@ -35,6 +35,7 @@ _CLUSTER = (
     r"|timeout|per_try_timeout|pending_overflow|rx_reset|tx_reset)"
     r"|upstream_cx_(overflow|connect_fail)|upstream_rq_time"
     r"|outlier_detection\.ejections_(active|enforced_total)"
+    r"|grpc\.(success|failure|total)"  # gRPC calls by outcome (their HTTP status is 200)
 )
 _LISTENER = r"downstream_rq_(total|[2345]xx|time)|downstream_cx_overflow"
 # Envoy's filter (RE2: no look-ahead) narrows what admin sends; REPORTED decides.

@@ -13,16 +13,18 @@ from xds_server.migrate.plan import Refused
 from xds_server.node_stats import TrafficSummary
 
 READS = ["/dgw.kv.v1.KeyValue/GetItems", "/dgw.kv.v1.KeyValue/ScanItems"]
-TEXT = """\
+TEMPLATE = """\
 proxy_config:
   public_listeners:
     grpc: {mode: grpc, path: 18080}  # kept
 container_dals:
   thrift: {container_listeners: {grpc: 18081}, read_methods: READS}
-  cql: {container_listeners: {grpc: 18082}, api: dgw.kv.v1.KeyValue}
-  echo: {container_listeners: {grpc: 18083}, image: "reg.example/echo-dal:3"}
+  cql: {container_listeners: {grpc: 18082}, api: dgw.kv.v1.KeyValue, read_methods: READS}
+  echo: {container_listeners: {grpc: 18083}, image: "reg.example/echo-dal:3", read_methods: READS}
   mystery: {container_listeners: {grpc: 18084}}
-""".replace("READS", str(READS))
+  plain: {container_listeners: {grpc: 18085}, api: dgw.kv.v1.KeyValue}
+"""
+TEXT = TEMPLATE.replace("READS", str(READS))
 
 
 def config(text: str = TEXT) -> ShardFile:
@@ -60,7 +62,8 @@ def test_apis_from_the_key_the_read_methods_or_the_image() -> None:
     c = config()
     assert plan.dal_api(c, "cql") == "dgw.kv.v1.KeyValue"
     assert plan.dal_api(c, "thrift") == "dgw.kv.v1.KeyValue"
-    assert plan.dal_api(c, "echo") == "echo-dal"
+    assert plan.dal_api(c, "echo") == "dgw.kv.v1.KeyValue"  # its read_methods say so
+    assert plan.dal_api(config(TEMPLATE.replace(", read_methods: READS}", "}").replace("READS", str(READS))), "echo") == "echo-dal"
     assert plan.dal_api(c, "mystery") is None
 
 
@@ -121,12 +124,18 @@ REFUSALS = [
     (
         lambda: plan.start(None, config(), "kv", "thrift", "nope", by="o", now=1, version=1),
         404,
-        "--to DAL 'nope' is not a DAL of shard kv; its DALs: cql, echo, mystery, thrift",
+        "--to DAL 'nope' is not a DAL of shard kv; its DALs: cql, echo, mystery, plain, thrift",
     ),
     (
-        lambda: plan.start(None, config(), "kv", "thrift", "echo", by="o", now=1, version=1),
+        lambda: plan.start(None, config(TEMPLATE.replace("image:", "api: echo.v1, image:").replace(
+            "READS", str(READS))), "kv", "thrift", "echo", by="o", now=1, version=1),
         400,
-        "DALs 'thrift' (dgw.kv.v1.KeyValue) and 'echo' (echo-dal) serve different APIs",
+        "DALs 'thrift' (dgw.kv.v1.KeyValue) and 'echo' (echo.v1) serve different APIs",
+    ),
+    (
+        lambda: plan.start(None, config(), "kv", "thrift", "plain", by="o", now=1, version=1),
+        400,
+        "DAL 'plain' serves gRPC listener grpc but declares no read_methods: declare them",
     ),
     (
         lambda: plan.start(None, config(), "kv", "thrift", "mystery", by="o", now=1, version=1),

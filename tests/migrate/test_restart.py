@@ -19,8 +19,8 @@ proxy_config:
   public_listeners:
     grpc: {mode: grpc, path: 18080}
 container_dals:
-  thrift: {container_listeners: {grpc: 18081}, api: dgw.kv.v1}
-  cql: {container_listeners: {grpc: 18082}, api: dgw.kv.v1}
+  thrift: {container_listeners: {grpc: 18081}, api: dgw.kv.v1, read_methods: [/dgw.kv.v1.KeyValue/Get*]}
+  cql: {container_listeners: {grpc: 18082}, api: dgw.kv.v1, read_methods: [/dgw.kv.v1.KeyValue/Get*]}
 wiring:
   thrift: {mode: shadow, target: cql}
 """

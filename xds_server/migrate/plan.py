@@ -95,6 +95,13 @@ def start(existing: Migration | None, config: RuntimeConfig, shard: str, source:
     if apis[source] != apis[target]:
         raise Refused(400, f"DALs {source!r} ({apis[source]}) and {target!r} ({apis[target]}) serve different "
                            "APIs: data moves only between DALs of one API")  # fmt: skip
+    for name in (source, target):
+        spec = config.container_dals.get(name) or config.network_dals.get(name)
+        served = set(spec.container_listeners if hasattr(spec, "container_listeners") else getattr(spec, "listeners", {}))
+        grpc = sorted(n for n, lst in config.proxy_config.public_listeners.items() if lst.mode == "grpc" and n in served)
+        if grpc and not (spec is not None and spec.read_methods):
+            raise Refused(400, f"DAL {name!r} serves gRPC listener {grpc[0]} but declares no read_methods: declare "
+                               "them, so that only writes are copied and reads can move in steps")  # fmt: skip
     before = config.wiring.get(source)
     if before is not None and before.target != target:
         raise Refused(409, f"DAL {source!r} is already wired ({before.mode} to {before.target}); clear that "
