@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import defaultdict
@@ -228,7 +229,16 @@ async def _rollback_after_promotion(w: World) -> None:
     try:
         await preload(thrift, 20)
         await answers(client)
+        # Careless use through the CLI: one line, exit 1, nothing changed.
+        code, out, err = await w.adgw("start", "--from", "thrift", "--to", "nope")
+        assert (code, out) == (1, "") and err.count("\n") == 1, err
+        assert "--to DAL 'nope' is not a DAL of shard kvmig; its DALs: cql, thrift" in err
+        code, out, err = await w.adgw("promote")
+        assert code == 1 and "shard kvmig has no migration; start one" in err and err.count("\n") == 1, err
         await through_verified(w, 20)
+        code, out, err = await w.adgw("finish")
+        assert code == 1 and "cannot finish: the migration of shard kvmig is verified; next: dgw migrate kvmig promote" \
+            in err, err
         code, out, err = await w.adgw("promote")
         assert code == 0 and "promoted" in out, err
         # The new DAL serves: a marker written only into cql is what the gateway reads.
@@ -245,6 +255,11 @@ async def _rollback_after_promotion(w: World) -> None:
             await client.put("gw", key, {b"v": written[key][0]}, token)
         code, out, err = await w.adgw("rollback")
         assert code == 0 and "verified" in out, err
+        code, out, err = await w.adgw("status")
+        assert code == 0 and "migration of shard kvmig: thrift → cql (dgw.kv.v1.KeyValue), verified" in out, out
+        assert "next: dgw migrate kvmig promote" in out and "rolled back from promoted to verified" in out
+        code, out, err = await w.adgw("status", "-o", "json")
+        assert code == 0 and json.loads(out)["phase"] == "verified"
         assert w.wiring() == {"thrift": {"mode": "shadow", "target": "cql", "traffic": "writes"}}
 
         async def in_thrift() -> list[str]:
