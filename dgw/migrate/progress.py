@@ -29,7 +29,14 @@ def eta_text(seconds: float | None) -> str:
 class ProgressView:
     """``update(done, total, note)`` as often as wanted; ``close()`` at the end."""
 
-    def __init__(self, title: str, *, tty: bool | None = None, every_s: float = 5.0, out: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        *,
+        tty: bool | None = None,
+        every_s: float = 5.0,
+        out: IO[str] | None = None,
+    ) -> None:
         self.title = title
         self.out = out or sys.stderr
         self.tty = self.out.isatty() if tty is None else tty
