@@ -92,7 +92,8 @@ class Pace:
     """Spaces pages so items/s and bytes/s stay under their limits (None: no limit),
     scaled by the back-off factor (AIMD on the live p99)."""
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
         self.items_per_s: float | None = None
         self.bytes_per_s: float | None = None
         self.factor = 1.0
@@ -101,6 +102,7 @@ class Pace:
         """The (items/s, bytes/s) seen while not backing off: what the factor scales
         when the operator set no limit."""
         self._clock = clock
+        self._sleep = sleep
         self._free_at = clock()
 
     def limits(self) -> tuple[float, float]:
@@ -118,7 +120,7 @@ class Pace:
         now = self._clock()
         self._free_at = max(self._free_at, now - 1.0) + cost  # at most 1 s of credit
         if self._free_at > now:
-            await asyncio.sleep(self._free_at - now)
+            await self._sleep(self._free_at - now)
 
     def judge(self, p99: float | None, tolerance: float, floor: float) -> str:
         """One AIMD step from a p99 reading: "" (nothing), "back off" or "recover"."""

@@ -42,7 +42,7 @@ class ProgressView:
         self.tty = self.out.isatty() if tty is None else tty
         self.every_s = every_s
         self._started = time.monotonic()
-        self._last_line = 0.0
+        self._last_line: float | None = None
         self._bar: Progress | None = None
         self._task = None
         if self.tty:
@@ -58,7 +58,7 @@ class ProgressView:
             self._bar.update(self._task, completed=done, total=total, note=text)
             return
         now = time.monotonic()
-        if now - self._last_line < self.every_s:
+        if self._last_line is not None and now - self._last_line < self.every_s:
             return
         self._last_line = now
         self.line(done, total, rate, note)

@@ -45,14 +45,21 @@ class Pair:
     tmp: Path
 
 
-def start_dal(name: str, engine: dict[str, object], tmp: Path, extra: dict[str, str] | None = None) -> KvDal:
+def start_dal(
+    name: str, engine: dict[str, object], tmp: Path, extra: dict[str, str] | None = None
+) -> KvDal:
     port = free_port()
-    config = {"engines": {"main": engine}, "namespaces": {ns: {"engine": "main"} for ns in NAMESPACES}}
+    config = {
+        "engines": {"main": engine},
+        "namespaces": {ns: {"engine": "main"} for ns in NAMESPACES},
+    }
     env = {"KV_CONFIG": json.dumps(config), "DGW_DAL_NAME": name, "KV_LOG_LEVEL": "WARNING",
            "DGW_LISTENER_RPC_GRPC_PORT": str(port), **(extra or {})}  # fmt: skip
     child = Child([sys.executable, "-m", "dals.kv", "serve"], tmp / f"{name}.log", env)
     try:
-        wait_until(lambda: child.serving(port, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}")
+        wait_until(
+            lambda: child.serving(port, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}"
+        )
     except BaseException:
         child.stop()
         raise
@@ -64,9 +71,13 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     asyncio.run(require_postgres())
     schema = f"kv_mig_{secrets.token_hex(4)}"
     sqlite = tmp_path / "source.sqlite3"
-    source = start_dal("thrift", {"kind": "sqlite", "path": str(sqlite), "synchronous": "NORMAL"}, tmp_path)
+    source = start_dal(
+        "thrift", {"kind": "sqlite", "path": str(sqlite), "synchronous": "NORMAL"}, tmp_path
+    )
     try:
-        target = start_dal("cql", {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}, tmp_path)
+        target = start_dal(
+            "cql", {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}, tmp_path
+        )
         try:
             yield Pair(source, target, schema, sqlite, tmp_path)
         finally:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -18,10 +17,10 @@ import pytest
 from dals.kv.client import KvClient
 from dals.kv.tokens import new_token
 from dgw.migrate.backfill import BackfillOptions, run_backfill
-from dgw.migrate.state import FileState, MemoryState
+from dgw.migrate.state import MemoryState
 from dgw.migrate.verify import CHANGED, EXTRA, MISSING, VerifyOptions, run_verify
 from testkit.procs import Child
-from testkit.wait import eventually, wait_until
+from testkit.wait import eventually
 from tests.kv.support import POSTGRES_DSN
 from tests.migrate.conftest import Pair
 
@@ -41,18 +40,29 @@ async def snapshot(client: KvClient, namespaces: tuple[str, ...] = ("ns", "other
 
 async def seed(client: KvClient, records: int, items: int = 10, size: int = 1024) -> None:
     for r in range(records):
-        await client.put("ns", f"user-{r:05}", {f"k{i:02}".encode(): bytes([r % 251]) * size for i in range(items)})
+        await client.put(
+            "ns",
+            f"user-{r:05}",
+            {f"k{i:02}".encode(): bytes([r % 251]) * size for i in range(items)},
+        )
 
 
-async def shadowed(source: KvClient, target: KvClient, ns: str, rid: str, items: dict[bytes, bytes]) -> None:
+async def shadowed(
+    source: KvClient, target: KvClient, ns: str, rid: str, items: dict[bytes, bytes]
+) -> None:
     """A live write as the gateway's shadow makes it: one token, to the source, then the target."""
     token = new_token()
     await source.put(ns, rid, items, token=token)
     await target.put(ns, rid, items, token=token)
 
 
-async def test_backfill_copies_every_item_with_its_version_and_a_second_run_applies_nothing(pair: Pair) -> None:
-    async with KvClient.connect(pair.source.target) as src, KvClient.connect(pair.target.target) as dst:
+async def test_backfill_copies_every_item_with_its_version_and_a_second_run_applies_nothing(
+    pair: Pair,
+) -> None:
+    async with (
+        KvClient.connect(pair.source.target) as src,
+        KvClient.connect(pair.target.target) as dst,
+    ):
         await seed(src, 60)
         await src.put("other", "o-1", {b"a": b"1", b"b": b"2"})
         await src.put("ns", "big", {b"value": bytes(range(256)) * (3 * 4096)})  # 3 MiB: in chunks
@@ -66,12 +76,17 @@ async def test_backfill_copies_every_item_with_its_version_and_a_second_run_appl
         saved = state.data["backfill"]
         assert saved["done"] and saved["lease"] is None and saved["totals"]["items"] == first.items
         assert all(ns["done"] for ns in saved["namespaces"].values())
-        again = await run_backfill(pair.source.target, pair.target.target, MemoryState(), progress=False)
+        again = await run_backfill(
+            pair.source.target, pair.target.target, MemoryState(), progress=False
+        )
         assert again.done and again.items == first.items and again.skipped == again.items
 
 
 async def test_live_writes_during_the_backfill_keep_the_newest_value(pair: Pair) -> None:
-    async with KvClient.connect(pair.source.target) as src, KvClient.connect(pair.target.target) as dst:
+    async with (
+        KvClient.connect(pair.source.target) as src,
+        KvClient.connect(pair.target.target) as dst,
+    ):
         await seed(src, 100)
         state = MemoryState({"throttle": {"items_per_s": 1500, "bytes_per_s": None}})
         copying = asyncio.create_task(run_backfill(
@@ -80,7 +95,13 @@ async def test_live_writes_during_the_backfill_keep_the_newest_value(pair: Pair)
         written = 0
         while not copying.done() or written < 20:
             r = written % 100
-            await shadowed(src, dst, "ns", f"user-{r:05}", {b"k00": f"live {written}".encode(), b"new": b"live"})
+            await shadowed(
+                src,
+                dst,
+                "ns",
+                f"user-{r:05}",
+                {b"k00": f"live {written}".encode(), b"new": b"live"},
+            )
             if written % 7 == 0:
                 token = new_token()
                 await src.delete("ns", f"user-{r:05}", keys=[b"k01"], token=token)
@@ -107,11 +128,16 @@ async def test_a_backfill_killed_with_minus_9_resumes_from_its_checkpoint(pair: 
         except (OSError, ValueError, KeyError, TypeError):
             return 0
 
-    async with KvClient.connect(pair.source.target) as src, KvClient.connect(pair.target.target) as dst:
+    async with (
+        KvClient.connect(pair.source.target) as src,
+        KvClient.connect(pair.target.target) as dst,
+    ):
         await seed(src, 150)
         first = Child(backfill("--items-per-s", "400"), pair.tmp / "backfill-1.log")
         try:
-            await eventually(lambda: first.check("the backfill") or copied() >= 200, 30, what="a checkpoint")
+            await eventually(
+                lambda: first.check("the backfill") or copied() >= 200, 30, what="a checkpoint"
+            )
             await shadowed(src, dst, "ns", "user-00140", {b"k00": b"newer than the copy"})
             first.kill()
         finally:
@@ -120,12 +146,18 @@ async def test_a_backfill_killed_with_minus_9_resumes_from_its_checkpoint(pair: 
         assert not at_kill["done"] and at_kill["lease"] is not None
         # The dead runner's lease stands: a second one is refused, unless it takes over.
         refused = subprocess.run(backfill(), capture_output=True, text=True, timeout=60)
-        assert refused.returncode == 1 and "lease" in refused.stderr and "--take-over" in refused.stderr
+        assert (
+            refused.returncode == 1
+            and "lease" in refused.stderr
+            and "--take-over" in refused.stderr
+        )
         resumed = subprocess.run(backfill("--take-over", "--items-per-s", "1000000"), capture_output=True,
                                  text=True, timeout=120)  # fmt: skip
         assert resumed.returncode == 0, resumed.stderr
         summary = json.loads(resumed.stdout)
-        assert summary["done"] and summary["items"] < 1500  # resumed from the cursor, not from the start
+        assert (
+            summary["done"] and summary["items"] < 1500
+        )  # resumed from the cursor, not from the start
         end = json.loads(state_file.read_text())["backfill"]
         assert end["done"] and end["totals"]["items"] >= 1500
         source, target = await snapshot(src), await snapshot(dst)
@@ -133,7 +165,9 @@ async def test_a_backfill_killed_with_minus_9_resumes_from_its_checkpoint(pair: 
         assert target[("ns", "user-00140", b"k00")][0] == b"newer than the copy"
 
 
-async def test_verify_names_a_missing_item_a_changed_value_and_an_extra_record_and_fix_repairs_them(pair: Pair) -> None:
+async def test_verify_names_a_missing_item_a_changed_value_and_an_extra_record_and_fix_repairs_them(
+    pair: Pair,
+) -> None:
     async with KvClient.connect(pair.source.target) as src:
         await seed(src, 300, items=4, size=64)
     await run_backfill(pair.source.target, pair.target.target, MemoryState(), progress=False)
@@ -143,16 +177,26 @@ async def test_verify_names_a_missing_item_a_changed_value_and_an_extra_record_a
     conn = await asyncpg.connect(POSTGRES_DSN)
     s = pair.schema
     try:
-        await conn.execute(f"DELETE FROM {s}.items WHERE namespace = 'ns' AND id = 'user-00017' AND key = 'k02'")
+        await conn.execute(
+            f"DELETE FROM {s}.items WHERE namespace = 'ns' AND id = 'user-00017' AND key = 'k02'"
+        )
         await conn.execute(f"UPDATE {s}.items SET value = 'damaged' WHERE namespace = 'ns' AND id = 'user-00230' "
                            "AND key = 'k01'")  # fmt: skip
-        await conn.execute(f"INSERT INTO {s}.items VALUES ('ns', 'stray', 'k', 'x', 1, 0, 5, $1)", bytes(16))
+        await conn.execute(
+            f"INSERT INTO {s}.items VALUES ('ns', 'stray', 'k', 'x', 1, 0, 5, $1)", bytes(16)
+        )
     finally:
         await conn.close()
     state = MemoryState()
-    report = await run_verify(pair.source.target, pair.target.target, state, options, progress=False)
+    report = await run_verify(
+        pair.source.target, pair.target.target, state, options, progress=False
+    )
     found = {(d.record_id, d.key, d.kind) for d in report.found}
-    assert found == {("user-00017", b"k02", MISSING), ("user-00230", b"k01", CHANGED), ("stray", b"k", EXTRA)}
+    assert found == {
+        ("user-00017", b"k02", MISSING),
+        ("user-00230", b"k01", CHANGED),
+        ("stray", b"k", EXTRA),
+    }
     assert report.differences == 3 and report.namespaces["ns"]["differences"] == 3
     assert any("ns/stray/k: only in the target" in line for line in report.lines())
     assert state.data["verify"]["differences"] == 3
