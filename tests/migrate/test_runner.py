@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 
 import asyncpg
@@ -54,6 +53,20 @@ async def shadowed(
     token = new_token()
     await source.put(ns, rid, items, token=token)
     await target.put(ns, rid, items, token=token)
+
+
+async def run(argv: list[str]) -> tuple[int, str, str]:
+    """Run a child to its end (bounded): exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_backfill_copies_every_item_with_its_version_and_a_second_run_applies_nothing(

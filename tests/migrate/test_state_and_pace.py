@@ -95,4 +95,4 @@ def test_without_a_terminal_progress_is_a_line_every_few_seconds() -> None:
     view.update(250, 1000, 50.0)
     view.update(500, 1000, 50.0)  # within every_s of the last line: nothing
     view.close()
-    assert out.getvalue() == "backfill: 250/1000 items (25.0%), 50.0 items/s, ETA 0m15s\n"
+    assert out.getvalue() == "backfill: 250/1000 items (25.0%), 50 items/s, ETA 0m15s\n"
