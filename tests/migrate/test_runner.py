@@ -158,16 +158,11 @@ async def test_a_backfill_killed_with_minus_9_resumes_from_its_checkpoint(pair: 
         at_kill = json.loads(state_file.read_text())["backfill"]
         assert not at_kill["done"] and at_kill["lease"] is not None
         # The dead runner's lease stands: a second one is refused, unless it takes over.
-        refused = subprocess.run(backfill(), capture_output=True, text=True, timeout=60)
-        assert (
-            refused.returncode == 1
-            and "lease" in refused.stderr
-            and "--take-over" in refused.stderr
-        )
-        resumed = subprocess.run(backfill("--take-over", "--items-per-s", "1000000"), capture_output=True,
-                                 text=True, timeout=120)  # fmt: skip
-        assert resumed.returncode == 0, resumed.stderr
-        summary = json.loads(resumed.stdout)
+        code, _, err = await run(backfill())
+        assert code == 1 and "lease" in err and "--take-over" in err
+        code, out, err = await run(backfill("--take-over", "--items-per-s", "1000000"))
+        assert code == 0, err
+        summary = json.loads(out)
         assert (
             summary["done"] and summary["items"] < 1500
         )  # resumed from the cursor, not from the start
