@@ -50,14 +50,23 @@ BASE_TIME_US = 1_700_000_000_000_000
 
 
 class _Dal:
-    def __init__(self, name: str, engine: dict[str, object], workdir: Path, stack: ExitStack) -> None:
+    def __init__(
+        self, name: str, engine: dict[str, object], workdir: Path, stack: ExitStack
+    ) -> None:
         self.port = free_port()
-        config = {"engines": {"main": engine}, "namespaces": {"bench": {"engine": "main"}, "verify": {"engine": "main"}}}
+        config = {
+            "engines": {"main": engine},
+            "namespaces": {"bench": {"engine": "main"}, "verify": {"engine": "main"}},
+        }
         env = {"KV_CONFIG": json.dumps(config), "DGW_DAL_NAME": name, "KV_LOG_LEVEL": "WARNING",
                "DGW_LISTENER_RPC_GRPC_PORT": str(self.port)}  # fmt: skip
         self.child = Child([sys.executable, "-m", "dals.kv", "serve"], workdir / f"{name}.log", env)
         stack.callback(self.child.stop)
-        wait_for(partial(self.child.serving, self.port, f"KV DAL {name}"), 60, f"KV DAL {name} on {self.port}")
+        wait_for(
+            partial(self.child.serving, self.port, f"KV DAL {name}"),
+            60,
+            f"KV DAL {name} on {self.port}",
+        )
 
     @property
     def target(self) -> str:
@@ -128,16 +137,25 @@ async def _plant(schema: str, items: int) -> list[tuple[str, bytes, str]]:
     return planted
 
 
-def _backfill_round(source: _Dal, workdir: Path, r: int, args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+def _backfill_round(
+    source: _Dal, workdir: Path, r: int, args: argparse.Namespace, stack: ExitStack
+) -> dict[str, Any]:
     schema = f"kv_bench_mig_{secrets.token_hex(4)}"
     inner = ExitStack()
     inner.callback(_drop_schema, schema)
     try:
-        target = _Dal(f"target-{r}", {"kind": "postgres", "dsn": DSN, "schema": schema, "pool_size": 4}, workdir, inner)
+        target = _Dal(
+            f"target-{r}",
+            {"kind": "postgres", "dsn": DSN, "schema": schema, "pool_size": 4},
+            workdir,
+            inner,
+        )
         cpu = {"source": cpu_seconds(source.child.pid), "target": cpu_seconds(target.child.pid),
                "runner": time.process_time()}  # fmt: skip
         options = BackfillOptions(namespaces=["bench"], page_size_bytes=args.page_bytes)
-        result = asyncio.run(run_backfill(source.target, target.target, MemoryState(), options, progress=False))
+        result = asyncio.run(
+            run_backfill(source.target, target.target, MemoryState(), options, progress=False)
+        )
         spent = {"source": cpu_seconds(source.child.pid) - cpu["source"],
                  "target": cpu_seconds(target.child.pid) - cpu["target"],
                  "runner": time.process_time() - cpu["runner"]}  # fmt: skip
@@ -151,14 +169,24 @@ def _backfill_round(source: _Dal, workdir: Path, r: int, args: argparse.Namespac
         inner.close()
 
 
-def _verify(source: _Dal, workdir: Path, args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+def _verify(
+    source: _Dal, workdir: Path, args: argparse.Namespace, stack: ExitStack
+) -> dict[str, Any]:
     schema = f"kv_bench_ver_{secrets.token_hex(4)}"
     stack.callback(_drop_schema, schema)
-    target = _Dal("verify-target", {"kind": "postgres", "dsn": DSN, "schema": schema}, workdir, stack)
-    note(f"migrate: filling {args.verify_items} items of {args.value_bytes} B into both DALs (namespace verify)")
+    target = _Dal(
+        "verify-target", {"kind": "postgres", "dsn": DSN, "schema": schema}, workdir, stack
+    )
+    note(
+        f"migrate: filling {args.verify_items} items of {args.value_bytes} B into both DALs (namespace verify)"
+    )
     started = time.monotonic()
-    asyncio.run(_fill([source.target, target.target], "verify", args.verify_items, args.value_bytes))
-    note(f"migrate: filled in {time.monotonic() - started:.0f} s; planting 10 differences in the target")
+    asyncio.run(
+        _fill([source.target, target.target], "verify", args.verify_items, args.value_bytes)
+    )
+    note(
+        f"migrate: filled in {time.monotonic() - started:.0f} s; planting 10 differences in the target"
+    )
     planted = asyncio.run(_plant(schema, args.verify_items))
     rows = []
     for r in range(args.verify_rounds):
@@ -169,7 +197,10 @@ def _verify(source: _Dal, workdir: Path, args: argparse.Namespace, stack: ExitSt
         rows.append({"round": r + 1, "items": args.verify_items, "seconds": report.seconds, "planted": len(planted),
                      "named": named, "reported": report.differences})  # fmt: skip
         note(f"migrate: verify round {r + 1}: {report.seconds:.1f} s, {named}/{len(planted)} named")
-    return {"rows": rows, "planted": [f"{rid}/{key.decode()} ({kind})" for rid, key, kind in planted]}
+    return {
+        "rows": rows,
+        "planted": [f"{rid}/{key.decode()} ({kind})" for rid, key, kind in planted],
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -177,15 +208,25 @@ def main(args: argparse.Namespace) -> int:
     stack = ExitStack()
     ok = False
     try:
-        source = _Dal("source", {"kind": "sqlite", "path": str(workdir / "source.sqlite3")}, workdir, stack)
+        source = _Dal(
+            "source", {"kind": "sqlite", "path": str(workdir / "source.sqlite3")}, workdir, stack
+        )
         backfill_rows: list[dict[str, Any]] = []
         if args.items:
-            note(f"migrate: filling {args.items} items of {args.value_bytes} B into the source (SQLite)")
+            note(
+                f"migrate: filling {args.items} items of {args.value_bytes} B into the source (SQLite)"
+            )
             asyncio.run(_fill([source.target], "bench", args.items, args.value_bytes))
             for r in range(args.rounds):
                 backfill_rows.append(_backfill_round(source, workdir, r, args, stack))
-                note(f"migrate: backfill round {r + 1}: {backfill_rows[-1]['items_per_s']:.0f} items/s")
-        verify = _verify(source, workdir, args, stack) if args.verify_items else {"rows": [], "planted": []}
+                note(
+                    f"migrate: backfill round {r + 1}: {backfill_rows[-1]['items_per_s']:.0f} items/s"
+                )
+        verify = (
+            _verify(source, workdir, args, stack)
+            if args.verify_items
+            else {"rows": [], "planted": []}
+        )
         ok = True
     finally:
         stack.close()
