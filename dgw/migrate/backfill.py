@@ -47,6 +47,8 @@ from .state import FileState, MigrationState, StateLost
 log = logging.getLogger("dgw.migrate")
 
 LiveP99 = Callable[[], Awaitable[float | None]]
+"""The shard's client p99 now, in ms (None: not measured); any unit would do, since a
+reading is compared only to the first one."""
 Clock = Callable[[], float]
 
 
@@ -219,7 +221,7 @@ class _Run:
             said = self.pace.judge(p99, self.options.p99_tolerance, self.options.min_backoff)
             if said:
                 log.info("event=backfill_%s p99_ms=%.2f baseline_ms=%.2f factor=%.2f", said.replace(" ", "_"),
-                         (p99 or 0) * 1000, (self.pace.baseline or 0) * 1000, self.pace.factor)  # fmt: skip
+                         p99 or 0, self.pace.baseline or 0, self.pace.factor)  # fmt: skip
 
     async def maybe_checkpoint(self) -> None:
         if time.monotonic() - self.last_checkpoint >= self.options.checkpoint_s:

@@ -213,3 +213,41 @@ async def test_verify_names_a_missing_item_a_changed_value_and_an_extra_record_a
     assert fixed.fixed == 3
     again = await run_verify(pair.source.target, pair.target.target, state, options, progress=False)
     assert again.differences == 0 and state.data["verify"]["differences"] == 0
+
+
+async def test_a_throttle_acts_while_the_backfill_runs_and_a_rising_p99_backs_it_off(
+    pair: Pair,
+) -> None:
+    async with KvClient.connect(pair.source.target) as src:
+        await seed(src, 100, items=10, size=100)
+    state = MemoryState({"throttle": {"items_per_s": 200, "bytes_per_s": None}})
+    p99s = iter([10.0, 10.5, 30.0])  # ms: the baseline, within it, then over it
+
+    async def live_p99() -> float | None:
+        return next(p99s, 30.0)
+
+    options = BackfillOptions(page_size_bytes=4096, checkpoint_s=0.05)
+    copying = asyncio.create_task(
+        run_backfill(
+            pair.source.target,
+            pair.target.target,
+            state,
+            options,
+            live_p99=live_p99,
+            progress=False,
+        )
+    )
+
+    def rate() -> dict[str, object]:
+        return dict(state.data.get("backfill", {}).get("rate") or {})
+
+    try:
+        await eventually(lambda: rate().get("backoff", 1) < 1, 10, what="the back-off")
+        assert rate()["limit_items_per_s"] < 200
+        state.update(
+            throttle={"items_per_s": 1_000_000, "bytes_per_s": None}
+        )  # the operator, meanwhile
+        result = await asyncio.wait_for(copying, 60)
+    finally:
+        copying.cancel()
+    assert result.done and result.items == 1000
