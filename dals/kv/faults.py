@@ -44,4 +44,6 @@ class Faults:
             except OSError:
                 self._unavailable = False
         if self._unavailable:
-            raise KvError(Code.UNAVAILABLE, f"fault injected: {self.path} says unavailable (KV_FAULTS_FILE)")
+            raise KvError(
+                Code.UNAVAILABLE, f"fault injected: {self.path} says unavailable (KV_FAULTS_FILE)"
+            )

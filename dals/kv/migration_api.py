@@ -48,7 +48,10 @@ def _place(p: pb.Position) -> Place:
 
 
 def _span(r: pb.Range) -> Span:
-    return Span(_place(r.start) if r.HasField("start") else None, _place(r.end) if r.HasField("end") else None)
+    return Span(
+        _place(r.start) if r.HasField("start") else None,
+        _place(r.end) if r.HasField("end") else None,
+    )
 
 
 class MigrationService:
@@ -80,9 +83,13 @@ class MigrationService:
         with _ENGINE_ERRORS:
             if resume is not None and resume.version is not None:
                 # The rest of a value in chunks that the last page began.
-                items = await ns.engine.read_items(ns.name, resume.record_id, Keys((resume.key,)), None, 1)
+                items = await ns.engine.read_items(
+                    ns.name, resume.record_id, Keys((resume.key,)), None, 1
+                )
                 if items and items[0].version == resume.version:
-                    used, cont = await self._chunks(ns, page, out, resume.record_id, items[0], resume.offset, budget, 0)
+                    used, cont = await self._chunks(
+                        ns, page, out, resume.record_id, items[0], resume.offset, budget, 0
+                    )
                     if cont is not None:
                         return self._answer(out, page, ns, cont)
                 # else: replaced since (a newer write, which reached the target itself)
@@ -91,7 +98,9 @@ class MigrationService:
                 for rid, item in rows:
                     cost = len(item.key) + item.size
                     if used and used + cost > budget:
-                        return self._answer(out, page, ns, pages.Position(*after) if after else None)
+                        return self._answer(
+                            out, page, ns, pages.Position(*after) if after else None
+                        )
                     if item.value is not None:
                         _record(page, rid).items.add(key=item.key, value=item.value,
                                                      write_time_us=item.version.write_time_us,
@@ -134,7 +143,9 @@ class MigrationService:
         return used, None
 
     @staticmethod
-    def _answer(out: pb.ExportResponse, page: pb.ExportPage, ns: Namespace, nxt: pages.Position | None) -> pb.ExportResponse:
+    def _answer(
+        out: pb.ExportResponse, page: pb.ExportPage, ns: Namespace, nxt: pages.Position | None
+    ) -> pb.ExportResponse:
         out.page = page.SerializeToString()
         out.size_bytes = sum(len(i.key) + len(i.value) for r in page.records for i in r.items)
         if nxt is not None:
@@ -153,7 +164,9 @@ class MigrationService:
             self.kv._check_id(r.id)
             for item in r.items:
                 if len(item.writer) != 16 or item.write_time_us <= 0:
-                    raise invalid(f"record {r.id!r}: every item carries its write time and 16-byte writer id")
+                    raise invalid(
+                        f"record {r.id!r}: every item carries its write time and 16-byte writer id"
+                    )
                 if item.HasField("chunk"):
                     chunked.append((r.id, item))
                     continue
@@ -166,7 +179,7 @@ class MigrationService:
         applied = skipped = 0
         with _ENGINE_ERRORS:
             for i in range(0, len(items), IMPORT_BATCH):
-                batch = items[i:i + IMPORT_BATCH]
+                batch = items[i : i + IMPORT_BATCH]
                 n = await ns.engine.import_items(ns.name, batch, req.repair)
                 applied += n
                 skipped += len(batch) - n
@@ -175,10 +188,14 @@ class MigrationService:
                 v = Version(item.write_time_us, item.writer)
                 c = item.chunk
                 if c.index < c.count:
-                    late = await ns.engine.stage_chunks(ns.name, rid, item.key, v, [(c.index, item.value)], now)
+                    late = await ns.engine.stage_chunks(
+                        ns.name, rid, item.key, v, [(c.index, item.value)], now
+                    )
                     applied += late is CommitOutcome.APPLIED
                 else:
-                    outcome = await ns.engine.commit_chunks(ns.name, rid, item.key, v, c.count, c.total_size)
+                    outcome = await ns.engine.commit_chunks(
+                        ns.name, rid, item.key, v, c.count, c.total_size
+                    )
                     applied += outcome is CommitOutcome.APPLIED
                     skipped += outcome is CommitOutcome.SUPERSEDED
         if self.kv.cache is not None and ns.cache_ttl_s and applied:
@@ -243,7 +260,9 @@ def handler(kv: KvService) -> grpc.GenericRpcHandler[bytes, bytes]:
             finally:
                 kv.call_ended(key, outcome)
 
-        return grpc.unary_unary_rpc_method_handler(run, request_deserializer=None, response_serializer=None)
+        return grpc.unary_unary_rpc_method_handler(
+            run, request_deserializer=None, response_serializer=None
+        )
 
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Namespaces": unary("Namespaces", pb.NamespacesRequest, service.namespaces),

@@ -47,6 +47,8 @@ from .state import FileState, MigrationState, StateLost
 log = logging.getLogger("dgw.migrate")
 
 LiveP99 = Callable[[], Awaitable[float | None]]
+"""The shard's client p99 now, in ms (None: not measured); any unit would do, since a
+reading is compared only to the first one."""
 Clock = Callable[[], float]
 
 
@@ -92,7 +94,8 @@ class Pace:
     """Spaces pages so items/s and bytes/s stay under their limits (None: no limit),
     scaled by the back-off factor (AIMD on the live p99)."""
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
         self.items_per_s: float | None = None
         self.bytes_per_s: float | None = None
         self.factor = 1.0
@@ -101,6 +104,7 @@ class Pace:
         """The (items/s, bytes/s) seen while not backing off: what the factor scales
         when the operator set no limit."""
         self._clock = clock
+        self._sleep = sleep
         self._free_at = clock()
 
     def limits(self) -> tuple[float, float]:
@@ -118,7 +122,7 @@ class Pace:
         now = self._clock()
         self._free_at = max(self._free_at, now - 1.0) + cost  # at most 1 s of credit
         if self._free_at > now:
-            await asyncio.sleep(self._free_at - now)
+            await self._sleep(self._free_at - now)
 
     def judge(self, p99: float | None, tolerance: float, floor: float) -> str:
         """One AIMD step from a p99 reading: "" (nothing), "back off" or "recover"."""
@@ -159,10 +163,16 @@ class _Run:
         section = dict(data.get("backfill") or {})
         lease = section.get("lease") or {}
         now = time.time()
-        if lease and lease.get("runner") != self.runner and lease.get("expires", 0) > now and not self.options.take_over:
+        if (
+            lease
+            and lease.get("runner") != self.runner
+            and lease.get("expires", 0) > now
+            and not self.options.take_over
+        ):
             raise BackfillRefused(
                 f"the backfill is running in {lease.get('runner')} (its lease ends in "
-                f"{lease['expires'] - now:.0f} s); wait for it, or if it is dead, start this one with --take-over")
+                f"{lease['expires'] - now:.0f} s); wait for it, or if it is dead, start this one with --take-over"
+            )
         section.setdefault("namespaces", {})
         section.setdefault("totals", {"items": 0, "bytes": 0, "skipped": 0, "source_items": None})
         section.setdefault("started", now)
@@ -179,7 +189,9 @@ class _Run:
 
     async def checkpoint(self, *, final: bool = False) -> None:
         now = time.time()
-        self.section["lease"] = None if final else {"runner": self.runner, "expires": now + self.options.lease_s}
+        self.section["lease"] = (
+            None if final else {"runner": self.runner, "expires": now + self.options.lease_s}
+        )
         self.section["updated"] = now
         items_limit, bytes_limit = self.pace.limits()
         self.section["rate"] = {"items_per_s": round(self.rate, 1), "backoff": self.pace.factor,
@@ -193,7 +205,9 @@ class _Run:
                 data = await self.state.load()  # someone else wrote: a throttle, or another runner
                 lease = (data.get("backfill") or {}).get("lease") or {}
                 if lease.get("runner") != self.runner:
-                    raise StateLost(f"runner {lease.get('runner')} took the backfill over; this one stops") from None
+                    raise StateLost(
+                        f"runner {lease.get('runner')} took the backfill over; this one stops"
+                    ) from None
                 self._throttle(data)
                 if attempt == 4:
                     raise
@@ -207,7 +221,7 @@ class _Run:
             said = self.pace.judge(p99, self.options.p99_tolerance, self.options.min_backoff)
             if said:
                 log.info("event=backfill_%s p99_ms=%.2f baseline_ms=%.2f factor=%.2f", said.replace(" ", "_"),
-                         (p99 or 0) * 1000, (self.pace.baseline or 0) * 1000, self.pace.factor)  # fmt: skip
+                         p99 or 0, self.pace.baseline or 0, self.pace.factor)  # fmt: skip
 
     async def maybe_checkpoint(self) -> None:
         if time.monotonic() - self.last_checkpoint >= self.options.checkpoint_s:
@@ -249,7 +263,9 @@ class _Run:
             while True:
                 page = await pending
                 if page.next_cursor:
-                    pending = asyncio.create_task(self.src.export(namespace, page.next_cursor, page_bytes))
+                    pending = asyncio.create_task(
+                        self.src.export(namespace, page.next_cursor, page_bytes)
+                    )
                 await self.pace.take(page.items, page.size_bytes)
                 imported = await self.dst.import_page(namespace, page.page)
                 skipped = int(imported.skipped_as_older)
@@ -335,7 +351,9 @@ async def run_backfill(
         await run.checkpoint(final=done)
         seconds = time.monotonic() - run.started
         if view is not None:
-            view.update(run.section["totals"]["items"], run.section["totals"].get("source_items"), run.rate)
+            view.update(
+                run.section["totals"]["items"], run.section["totals"].get("source_items"), run.rate
+            )
             view.close()
             view = None
         return BackfillResult(run.run_items, run.run_bytes, run.run_skipped, seconds, done,
@@ -355,13 +373,19 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Copy a KV DAL's namespaces to another (state in a JSON file).")  # fmt: skip
     parser.add_argument("--source", required=True, help="the source DAL's gRPC address, host:port")
     parser.add_argument("--target", required=True, help="the target DAL's gRPC address, host:port")
-    parser.add_argument("--state", required=True, type=Path, help="the JSON file holding the migration's state")
+    parser.add_argument(
+        "--state", required=True, type=Path, help="the JSON file holding the migration's state"
+    )
     parser.add_argument("--namespace", action="append", help="only these namespaces (default: all)")
     parser.add_argument("--page-bytes", type=int, default=1 << 20)
     parser.add_argument("--checkpoint-s", type=float, default=2.0)
     parser.add_argument("--lease-s", type=float, default=30.0)
-    parser.add_argument("--items-per-s", type=float, help="set the throttle in the state file first")
-    parser.add_argument("--take-over", action="store_true", help="start even if another runner holds the lease")
+    parser.add_argument(
+        "--items-per-s", type=float, help="set the throttle in the state file first"
+    )
+    parser.add_argument(
+        "--take-over", action="store_true", help="start even if another runner holds the lease"
+    )
     parser.add_argument("--runner-id", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -47,7 +47,9 @@ def just(record_id: str, key: bytes) -> pb.Range:
 
 
 class DalClient:
-    def __init__(self, target: str, *, name: str = "", timeout_s: float = 60.0, retry_for_s: float = 30.0) -> None:
+    def __init__(
+        self, target: str, *, name: str = "", timeout_s: float = 60.0, retry_for_s: float = 30.0
+    ) -> None:
         self.target = target
         self.name = name or target
         self.timeout_s = timeout_s
@@ -67,7 +69,9 @@ class DalClient:
         await self.close()
 
     async def _call(self, method: str, request: Message, kind: type[M]) -> M:
-        call = self._channel.unary_unary(SERVICE + method, request_serializer=None, response_deserializer=None)
+        call = self._channel.unary_unary(
+            SERVICE + method, request_serializer=None, response_deserializer=None
+        )
         data = request.SerializeToString()
         give_up = time.monotonic() + self.retry_for_s
         pause = 0.05
@@ -77,12 +81,18 @@ class DalClient:
                 return kind.FromString(answer)
             except grpc.aio.AioRpcError as e:
                 if e.code() not in _RETRIED or time.monotonic() + pause > give_up:
-                    raise DalError(f"{self.name} ({self.target}) {method}: {e.code().name}: {e.details()}") from None
+                    raise DalError(
+                        f"{self.name} ({self.target}) {method}: {e.code().name}: {e.details()}"
+                    ) from None
             await asyncio.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 2.0)
 
     async def namespaces(self) -> list[str]:
-        return list((await self._call("Namespaces", pb.NamespacesRequest(), pb.NamespacesResponse)).namespaces)
+        return list(
+            (
+                await self._call("Namespaces", pb.NamespacesRequest(), pb.NamespacesResponse)
+            ).namespaces
+        )
 
     async def export(self, namespace: str, cursor: bytes = b"", page_size_bytes: int = 0,
                      range: pb.Range | None = None) -> pb.ExportResponse:  # fmt: skip
@@ -91,11 +101,15 @@ class DalClient:
             req.range.CopyFrom(range)
         return await self._call("Export", req, pb.ExportResponse)
 
-    async def import_page(self, namespace: str, page: bytes, *, repair: bool = False) -> pb.ImportResponse:
+    async def import_page(
+        self, namespace: str, page: bytes, *, repair: bool = False
+    ) -> pb.ImportResponse:
         return await self._call("Import", pb.ImportRequest(namespace=namespace, page=page, repair=repair),
                                 pb.ImportResponse)  # fmt: skip
 
-    async def digest(self, namespace: str, ranges: Sequence[pb.Range], *, count_only: bool = False) -> list[pb.RangeDigest]:
+    async def digest(
+        self, namespace: str, ranges: Sequence[pb.Range], *, count_only: bool = False
+    ) -> list[pb.RangeDigest]:
         req = pb.DigestRequest(namespace=namespace, ranges=ranges, count_only=count_only)
         answer = await self._call("Digest", req, pb.DigestResponse)
         return list(answer.digests)

@@ -29,13 +29,20 @@ def eta_text(seconds: float | None) -> str:
 class ProgressView:
     """``update(done, total, note)`` as often as wanted; ``close()`` at the end."""
 
-    def __init__(self, title: str, *, tty: bool | None = None, every_s: float = 5.0, out: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        *,
+        tty: bool | None = None,
+        every_s: float = 5.0,
+        out: IO[str] | None = None,
+    ) -> None:
         self.title = title
         self.out = out or sys.stderr
         self.tty = self.out.isatty() if tty is None else tty
         self.every_s = every_s
         self._started = time.monotonic()
-        self._last_line = 0.0
+        self._last_line: float | None = None
         self._bar: Progress | None = None
         self._task = None
         if self.tty:
@@ -51,7 +58,7 @@ class ProgressView:
             self._bar.update(self._task, completed=done, total=total, note=text)
             return
         now = time.monotonic()
-        if now - self._last_line < self.every_s:
+        if self._last_line is not None and now - self._last_line < self.every_s:
             return
         self._last_line = now
         self.line(done, total, rate, note)

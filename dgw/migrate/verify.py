@@ -22,6 +22,7 @@ The report goes to the migration's state (section ``verify``) when one is given.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sys
 import time
@@ -151,14 +152,18 @@ class _Verify:
                 if len(pieces) < 2:
                     listed.append(r)
                     continue
-                ds, dt = await asyncio.gather(self.src.digest(ns, pieces), self.dst.digest(ns, pieces))
+                ds, dt = await asyncio.gather(
+                    self.src.digest(ns, pieces), self.dst.digest(ns, pieces)
+                )
                 narrower += [(p, int(a.count), int(b.count)) for p, a, b in zip(pieces, ds, dt, strict=True)
                              if (a.count, a.hash) != (b.count, b.hash)]  # fmt: skip
             self.note(f"{ns}: {len(narrower)} range(s) differ, {len(listed)} listed item by item")
             level = narrower
             parts = 16
         for r in listed:
-            src_entries, dst_entries = await asyncio.gather(self._entries(self.src, ns, r), self._entries(self.dst, ns, r))
+            src_entries, dst_entries = await asyncio.gather(
+                self._entries(self.src, ns, r), self._entries(self.dst, ns, r)
+            )
             for place in sorted(src_entries.keys() | dst_entries.keys()):
                 a, b = src_entries.get(place), dst_entries.get(place)
                 if a != b:
@@ -233,14 +238,16 @@ def _difference(ns: str, place: Place, a: _Entry | None, b: _Entry | None) -> Di
         kind = TARGET_NEWER
     else:
         kind = CHANGED
-    return Difference(ns, place[0], place[1], kind, a[:2] if a else None, b[:2] if b else None)  # type: ignore[arg-type]
+    return Difference(
+        ns, place[0], place[1], kind, (a[0], a[1]) if a else None, (b[0], b[1]) if b else None
+    )
 
 
 def _cut(r: pb.Range, bounds: list[Place]) -> list[pb.Range]:
     """``r`` cut at ``bounds`` (ascending, inside it)."""
     edges: list[Place | None] = [_place(r.start) if r.HasField("start") else None, *bounds,
                                  _place(r.end) if r.HasField("end") else None]  # fmt: skip
-    return [span(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+    return [span(a, b) for a, b in itertools.pairwise(edges)]
 
 
 def _place(p: pb.Position) -> Place:

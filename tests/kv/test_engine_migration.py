@@ -31,7 +31,9 @@ async def test_export_pages_live_items_in_order_with_versions_inside_a_span(engi
     assert [(r, i.key) for r, i in inside] == [("r1", b"b"), ("r2", b"b")]
 
 
-async def test_import_applies_by_the_original_version_and_twice_changes_nothing(engine: Engine) -> None:
+async def test_import_applies_by_the_original_version_and_twice_changes_nothing(
+    engine: Engine,
+) -> None:
     await engine.write(NS, "r", puts(new="live"), v(30))
     await engine.write(NS, "r", Batch(items=((b"gone", None),)), v(30))
     await engine.write(NS, "r", Batch(ranges=(KeyRange(b"x", b"y"),)), v(30))
@@ -47,23 +49,34 @@ async def test_import_applies_by_the_original_version_and_twice_changes_nothing(
     assert await values(engine, "s") == {"k": "copied"}
     assert await engine.import_items(NS, copies, repair=False) == 0
     # A newer copy wins; a live write newer than the copy wins afterwards too.
-    assert await engine.import_items(NS, [Copied("r", b"old", b"newer copy", v(40))], repair=False) == 1
+    assert (
+        await engine.import_items(NS, [Copied("r", b"old", b"newer copy", v(40))], repair=False)
+        == 1
+    )
     assert await engine.write(NS, "r", puts(old="live again"), v(45)) == 1
     assert await values(engine) == {"new": "live", "old": "live again"}
 
 
-async def test_repair_replaces_an_item_of_the_same_version_and_can_tombstone_it(engine: Engine) -> None:
+async def test_repair_replaces_an_item_of_the_same_version_and_can_tombstone_it(
+    engine: Engine,
+) -> None:
     await engine.write(NS, "r", puts(k="damaged", extra="x"), v(20))
     same = Copied("r", b"k", b"right", v(20))
     assert await engine.import_items(NS, [same], repair=False) == 0
-    assert await engine.import_items(NS, [same, Copied("r", b"extra", None, v(20))], repair=True) == 2
+    assert (
+        await engine.import_items(NS, [same, Copied("r", b"extra", None, v(20))], repair=True) == 2
+    )
     assert await values(engine) == {"k": "right"}
     assert await engine.import_items(NS, [Copied("r", b"k", b"older", v(10))], repair=True) == 0
 
 
-async def test_digests_count_and_hash_the_same_items_the_same_whatever_their_order(engine: Engine) -> None:
+async def test_digests_count_and_hash_the_same_items_the_same_whatever_their_order(
+    engine: Engine,
+) -> None:
     await _fill(engine)
-    everything, first, rest = await engine.digest(NS, [Span(), Span(None, ("r2", b"")), Span(("r2", b""), None)])
+    everything, first, rest = await engine.digest(
+        NS, [Span(), Span(None, ("r2", b"")), Span(("r2", b""), None)]
+    )
     assert everything[0] == 10 and first[0] == 4 and rest[0] == 6
     expected = Digest()
     for i in reversed(range(5)):
@@ -79,7 +92,9 @@ async def test_digests_count_and_hash_the_same_items_the_same_whatever_their_ord
     assert (await engine.digest(NS, [Span(("zz", b""), None)]))[0] == (0, bytes(16))
 
 
-async def test_split_cuts_a_span_into_parts_of_equal_counts_and_entries_name_items(engine: Engine) -> None:
+async def test_split_cuts_a_span_into_parts_of_equal_counts_and_entries_name_items(
+    engine: Engine,
+) -> None:
     for i in range(20):
         await engine.write(NS, f"r{i:02}", puts(k="v"), v(10))
     bounds = await engine.split(NS, Span(), 4)
