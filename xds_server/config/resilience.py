@@ -290,3 +290,28 @@ def _hedging(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) -
         return [(where, f"DAL {dal!r} declares no read_methods, and only reads are hedged (writes "
                         f"never are): add {prefix}read_methods, or set {prefix}resilience.hedging: false")]
     return []
+
+
+# --- in words (``dgw render`` prints it above the resources) -------------------------
+
+
+def describe(policy: Policy) -> str:
+    """One line: the effective policy as a person reads it."""
+    r, b, o, s = policy.retries, policy.circuit_breakers, policy.outlier_detection, policy.load_shedding
+    timeout = _seconds(policy.timeout_s) if policy.timeout_s else "none"
+    if r.attempts:
+        budget = f"budget {r.budget_percent:g}% (min {r.min_retry_concurrency})" if r.budget_percent else \
+            f"at most {b.max_retries} at once"
+        retries = f"{r.attempts} x {_seconds(r.per_try_timeout_s)} per try, {budget}"
+    else:
+        retries = "none"
+    limit = s.rate_limit
+    rate = f"{limit.requests_per_second}/s burst {limit.burst}" if limit else "none"
+    return (
+        f"timeout {timeout}; retries {retries}; hedging {'on (reads)' if policy.hedging and r.attempts else 'off'}; "
+        f"breakers {b.max_connections} conn/{b.max_pending_requests} pending/{b.max_requests} requests "
+        f"(low priority {s.low_priority_share:g}%); ejection after {o.consecutive_5xx} 5xx or "
+        f"{o.consecutive_gateway_failure} gateway errors for {_seconds(o.base_ejection_time_s)}+, "
+        f"at most {o.max_ejection_percent:g}%; rate limit {rate}; adaptive concurrency "
+        f"{'on' if s.adaptive_concurrency else 'off'}; priority header {s.priority_header}"
+    )

@@ -66,12 +66,14 @@ _Names = dict[tuple[str, str], str]  # (DAL, listener) → upstream name
 # What may be tried again (Envoy's retry_on). A request that was never sent (no
 # connection, or refused by HTTP/2 before the DAL saw it) is safe to send again
 # whatever it does. Reads and idempotent writes are also tried again when the try
-# failed on the way (a reset, or its per-try timeout) or the DAL said it could not
-# serve it (UNAVAILABLE; for http, 502/503/504). Never on RESOURCE_EXHAUSTED or
-# CANCELLED: a DAL that sheds load, or a caller that gave up, must not get more.
+# failed on the way (a reset, or its per-try timeout: Envoy counts that as a 504,
+# a gateway error) or the DAL said it could not serve it (gRPC UNAVAILABLE; for
+# http, 502/503/504). gRPC answers are HTTP 200, so gateway-error adds no more for
+# them. Never on RESOURCE_EXHAUSTED or CANCELLED: a DAL that sheds load, or a
+# caller that gave up, must not get more.
 _NEVER_SENT = "connect-failure,refused-stream"
 _RETRIABLE: dict[Protocol, str] = {
-    "grpc": f"{_NEVER_SENT},reset,unavailable",
+    "grpc": f"{_NEVER_SENT},reset,gateway-error,unavailable",
     "http": f"{_NEVER_SENT},reset,gateway-error",
     "tcp": "",
 }

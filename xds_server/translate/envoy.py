@@ -277,7 +277,10 @@ def _route(
 ) -> route_components_pb2.Route:
     match = _class_match(route_class.match)
     match.headers.extend(headers)
-    return route_components_pb2.Route(name=route_class.method_class + suffix, match=match, route=_route_action(lst, route_class, priority))
+    name = route_class.method_class + suffix
+    # Per-route counters (vhost.<listener>.route.<name>.upstream_rq_retry, ...): what
+    # each method class and priority was retried, timed out or shed.
+    return route_components_pb2.Route(name=name, stat_prefix=name, match=match, route=_route_action(lst, route_class, priority))
 
 
 def _class_match(match: ir.GrpcMethods | ir.HttpMethods | None) -> route_components_pb2.RouteMatch:
@@ -306,11 +309,11 @@ def _low_priority_matches(low: ir.LowPriority | None) -> list[_LowMatch]:
     asked = route_components_pb2.HeaderMatcher(name=low.header, string_match=string_pb2.StringMatcher(exact="low"))
     alternatives: list[_LowMatch] = []
     if low.callers:
-        alternatives.append((".low", [_caller_is(low.callers)]))
+        alternatives.append(("_low", [_caller_is(low.callers)]))
     if low.header_from_anyone:
-        alternatives.append((".low_asked", [asked]))
+        alternatives.append(("_low_asked", [asked]))
     elif low.header_setters:
-        alternatives.append((".low_asked", [asked, _caller_is(low.header_setters)]))
+        alternatives.append(("_low_asked", [asked, _caller_is(low.header_setters)]))
     return alternatives
 
 

@@ -55,7 +55,9 @@ def _rate_limit(lst: ir.Listener, bucket: ir.TokenBucket) -> local_rate_limit_pb
         return base_pb2.RuntimeFractionalPercent(default_value=_EVERY_REQUEST, runtime_key=key)
 
     return local_rate_limit_pb2.LocalRateLimit(
-        stat_prefix=f"{lst.listener}_rate_limit",
+        # Counters read <listener>.http_local_rate_limit.{enforced,ok,...}: dgw stats
+        # reports them under the listener.
+        stat_prefix=lst.listener,
         status=_UNAVAILABLE,
         token_bucket=token_bucket_pb2.TokenBucket(
             max_tokens=bucket.max_tokens,
