@@ -96,8 +96,9 @@ def start(existing: Migration | None, config: RuntimeConfig, shard: str, source:
         raise Refused(400, f"DALs {source!r} ({apis[source]}) and {target!r} ({apis[target]}) serve different "
                            "APIs: data moves only between DALs of one API")  # fmt: skip
     for name in (source, target):
-        spec = config.container_dals.get(name) or config.network_dals.get(name)
-        served = set(spec.container_listeners if hasattr(spec, "container_listeners") else getattr(spec, "listeners", {}))
+        container, network = config.container_dals.get(name), config.network_dals.get(name)
+        spec = container or network
+        served = set(container.container_listeners if container else network.listeners if network else ())
         grpc = sorted(n for n, lst in config.proxy_config.public_listeners.items() if lst.mode == "grpc" and n in served)
         if grpc and not (spec is not None and spec.read_methods):
             raise Refused(400, f"DAL {name!r} serves gRPC listener {grpc[0]} but declares no read_methods: declare "
