@@ -11,19 +11,10 @@ import json
 import yaml
 
 from tests.api.conftest import Api
+from tests.migrate.support import KV as TWO
+from tests.migrate.support import M
 
-KV = """\
-proxy_config:
-  public_listeners:
-    grpc: {mode: grpc, path: 18080}
-container_dals:
-  thrift: {container_listeners: {grpc: 18081}, api: dgw.kv.v1, read_methods: [/dgw.kv.v1.KeyValue/Get*]}
-  cql: {container_listeners: {grpc: 18082}, api: dgw.kv.v1, read_methods: [/dgw.kv.v1.KeyValue/Get*]}
-  echo: {container_listeners: {other: 18083}, api: echo.v1}
-wiring:
-  thrift: {mode: shadow, target: cql}  # the operator's shadow, before any migration
-"""
-M = "/v1/migrations/kv"
+KV = TWO.replace("wiring:\n", "  echo: {container_listeners: {other: 18083}, api: echo.v1}\nwiring:\n")
 
 
 async def wiring(api: Api) -> dict:

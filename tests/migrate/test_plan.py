@@ -245,15 +245,13 @@ def test_a_step_is_judged_by_error_rate_and_p99_against_the_old_dal() -> None:
     )
 
 
+def promoting() -> Migration:
+    m = through(started(), "backfilling", "backfilled", "verified")
+    return plan.promote(m, "kv", [1, 100], 2, by="o", now=1)
+
+
 def test_a_failed_step_rolls_back_to_verified_and_says_why() -> None:
-    m = plan.promote(
-        through(started(), "backfilling", "backfilled", "verified"),
-        "kv",
-        [1, 100],
-        2,
-        by="o",
-        now=1,
-    )
+    m = promoting()
     m = plan.step_failed(m, "step 1 (1%) failed: x", now=3)
     assert (
         m.phase == "verified"
@@ -264,12 +262,5 @@ def test_a_failed_step_rolls_back_to_verified_and_says_why() -> None:
 
 
 def test_the_record_round_trips() -> None:
-    m = plan.promote(
-        through(started(), "backfilling", "backfilled", "verified"),
-        "kv",
-        [1, 100],
-        2,
-        by="o",
-        now=1,
-    )
+    m = promoting()
     assert Migration.from_json(m.to_json(), 0) == m

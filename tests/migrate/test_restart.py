@@ -10,22 +10,10 @@ import pytest
 import yaml
 
 from testkit.wait import wait_until
+from tests.migrate.support import KV, WRITES, M
 from tests.support.gateway import XdsServerProcess
 
 pytestmark = pytest.mark.slow
-
-KV = """\
-proxy_config:
-  public_listeners:
-    grpc: {mode: grpc, path: 18080}
-container_dals:
-  thrift: {container_listeners: {grpc: 18081}, api: dgw.kv.v1, read_methods: [/dgw.kv.v1.KeyValue/Get*]}
-  cql: {container_listeners: {grpc: 18082}, api: dgw.kv.v1, read_methods: [/dgw.kv.v1.KeyValue/Get*]}
-wiring:
-  thrift: {mode: shadow, target: cql}
-"""
-M = "/v1/migrations/kv"
-WRITES = {"mode": "shadow", "target": "cql", "traffic": "writes"}
 
 
 def wiring(server: XdsServerProcess) -> dict:

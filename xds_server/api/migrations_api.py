@@ -153,26 +153,25 @@ async def start(request: web.Request) -> web.Response:
     return await _answer(request, "start", step, status=201)
 
 
-async def put_backfill(request: web.Request) -> web.Response:
+async def _runner_put(request: web.Request, section: str) -> web.Response:
+    """The runner's checkpoint (``backfill``) or report (``verify``), If-Match."""
     try:
         version = _if_match(request)
         body = await _body(request, set())
     except Refused as e:
         return _error(e.status, str(e))
     actor, now, shard = _actor(request), request.app[ENGINE].clock(), request.match_info["shard"]
-    return await _answer(request, "backfill", lambda m, _c, _v: plan.backfill(m, shard, body, by=actor, now=now),
+    record = plan.backfill if section == "backfill" else plan.verify
+    return await _answer(request, section, lambda m, _c, _v: record(m, shard, body, by=actor, now=now),
                          if_match=version)  # fmt: skip
+
+
+async def put_backfill(request: web.Request) -> web.Response:
+    return await _runner_put(request, "backfill")
 
 
 async def put_verify(request: web.Request) -> web.Response:
-    try:
-        version = _if_match(request)
-        body = await _body(request, set())
-    except Refused as e:
-        return _error(e.status, str(e))
-    actor, now, shard = _actor(request), request.app[ENGINE].clock(), request.match_info["shard"]
-    return await _answer(request, "verify", lambda m, _c, _v: plan.verify(m, shard, body, by=actor, now=now),
-                         if_match=version)  # fmt: skip
+    return await _runner_put(request, "verify")
 
 
 async def throttle(request: web.Request) -> web.Response:

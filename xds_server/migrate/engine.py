@@ -21,7 +21,6 @@ several replicas the one that owns the ``migrations`` job (``xds_server.ha.owner
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from xds_server.changes import (
     owner_path,
 )
 from xds_server.config.model import ShardFile
+from xds_server.loop import Loop
 from xds_server.node_stats import TrafficSummary, cluster_summary
 from xds_server.ops.wiring import WiringError, describe
 from xds_server.store import ConfigStore, Conflict, RecordConflict, StoreError
@@ -66,35 +66,18 @@ class MigrationEngine:
         self.changes = changes
         self.clock = clock
         self._lock = asyncio.Lock()  # one actor on the records at a time, in this process
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("migrations", self.tick, log)
 
     # --- the loop's seam ----------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="migrations")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                delay = await self.tick()
-            except StoreError as e:
-                log.error("event=migrations_store_failed error=%s retry_s=1", e)
-                delay = 1.0
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+        self._loop.wake()
 
     # --- records --------------------------------------------------------------------
 
