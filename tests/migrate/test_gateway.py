@@ -9,7 +9,9 @@
 - a progressive promotion to a DAL that answers errors halts at its first step and
   rolls back by itself, saying which figure failed and by how much; the clients'
   errors stay within that step's share;
-- a rollback after a promotion: every write made while promoted is in the old engine.
+- a rollback after a promotion: every write made while promoted is in the old engine;
+- ``kill -9`` of ``dgw migrate backfill`` midway: run again it is refused while the dead
+  runner's lease lasts (one line), taken over it completes; nothing older over newer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -282,3 +285,53 @@ async def _rollback_after_promotion(w: World) -> None:
 
 def test_a_rollback_after_promotion_keeps_every_write_in_the_old_engine(world: World) -> None:  # noqa: F811
     asyncio.run(_rollback_after_promotion(world))
+
+
+async def _backfill_killed(w: World) -> None:
+    thrift, cql = w.direct("thrift"), w.direct("cql")
+    try:
+        pre = await preload(thrift, 2500)  # 1 KiB each: three 1 MiB pages
+        code, _, err = await w.adgw("start", "--from", "thrift", "--to", "cql")
+        assert code == 0, err
+        # Overwritten in thrift after the start: the shadow brings them to cql, newer
+        # than what the backfill will copy.
+        client = w.client()
+        await answers(client)
+        newer = {}
+        for key in sorted(pre)[:50]:
+            newer[key] = value(f"{key}-new")
+            await client.put("gw", key, {b"v": newer[key]})
+        await client.close()
+        code, _, err = await w.adgw("throttle", "--items-per-s", "150")
+        assert code == 0, err
+        runner = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dgw.cli", "migrate", "kvmig", "backfill", env=w.env(),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)  # fmt: skip
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 30
+            while ((w.migration().get("progress") or {}).get("items") or 0) < 100:
+                assert loop.time() < end and runner.returncode is None, "the backfill made no checkpoint"
+                await asyncio.sleep(0.2)
+        finally:
+            runner.kill()  # kill -9, midway
+            await runner.wait()
+        assert w.migration()["phase"] == "backfilling"
+        code, out, err = await w.adgw("backfill")
+        assert code == 1 and "its lease ends in" in err and "--take-over" in err and err.count("\n") == 1, err
+        code, _, err = await w.adgw("throttle", "--items-per-s", "100000")
+        code, out, err = await w.adgw("backfill", "--take-over")
+        assert code == 0, err + out
+        m = w.migration()
+        assert m["phase"] == "backfilled" and m["progress"]["done"], m
+        for key, data in pre.items():  # no older value over a newer one, nothing missing
+            assert [i.value for i in await cql.get("gw", key)] == [newer.get(key, data)], key
+        code, out, err = await w.adgw("verify")
+        assert code == 0 and w.migration()["phase"] == "verified", out + err
+    finally:
+        for c in (thrift, cql):
+            await c.close()
+
+
+def test_a_backfill_killed_midway_completes_when_run_again(world: World) -> None:  # noqa: F811
+    asyncio.run(_backfill_killed(world))

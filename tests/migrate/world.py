@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -116,13 +117,13 @@ class World:
     def fault(self, on: bool) -> None:
         self.faults.write_text("unavailable" if on else "")
 
+    def env(self) -> dict[str, str]:
+        """How an operator's shell points ``dgw`` at the server."""
+        return {**os.environ, "DGW_SERVER": f"http://127.0.0.1:{self.server.admin_port}", "DGW_TOKEN": self.server.token}
+
     def dgw(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
         """``dgw migrate SHARD ...`` as an operator runs it (token from $DGW_TOKEN)."""
-        import subprocess
-
-        env = {**os.environ, "DGW_SERVER": f"http://127.0.0.1:{self.server.admin_port}",
-               "DGW_TOKEN": self.server.token}  # fmt: skip
-        run = subprocess.run([sys.executable, "-m", "dgw.cli", "migrate", SHARD, *args], env=env,
+        run = subprocess.run([sys.executable, "-m", "dgw.cli", "migrate", SHARD, *args], env=self.env(),
                              capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
         return run.returncode, run.stdout, run.stderr
 
