@@ -1,13 +1,14 @@
 """The verify: compare the source DAL and the target namespace by namespace without
 copying either to one place, name every differing item, and (``fix``) re-copy them.
 
-1. **Counts and digests.** Each side's DAL digests the whole namespace (count and an
-   order-independent hash over id, key, version and value, computed in its engine).
-   Equal: done.
-2. **Narrowing.** The source cuts a differing range into ``parts`` ranges of equal item
-   counts (Split); both sides digest those ranges; the ranges that differ are cut again
-   (in 16) until a range holds at most ``entries_limit`` items, whose Entries (position,
-   version, hash) both sides list: the differences are named.
+1. **Counts and digests.** The source cuts the namespace into ``parts`` ranges of equal
+   item counts (Split: a pass over its keys); both DALs digest those ranges at once
+   (count and an order-independent hash over id, key, version and value, computed in
+   their engines: one pass over the values each). The counts per namespace are the
+   sums; every range equal: done.
+2. **Narrowing.** A differing range is cut again (in 16, by the side with more items)
+   and digested, until a range holds at most ``entries_limit`` items, whose Entries
+   (position, version, hash) both sides list: the differences are named.
 3. **Re-check.** A difference may be a live write on its way (the shadow copy lands on
    the target a moment after the source): each is read again on both sides after
    ``recheck_s``, up to ``rechecks`` times, and reported only if it stays.
@@ -130,36 +131,37 @@ class _Verify:
             print(f"verify: {text}", file=sys.stderr, flush=True)
 
     async def namespace(self, ns: str) -> None:
+        # The first cut needs no count: the source splits the namespace (a pass over its
+        # keys), both sides digest the parts (one pass each, at once); the namespace's
+        # counts are the parts' sums, and it is equal when every part is.
         whole = span()
-        [s], [t] = await asyncio.gather(self.src.digest(ns, [whole]), self.dst.digest(ns, [whole]))
-        summary = {"source_items": int(s.count), "target_items": int(t.count), "differences": 0}
+        pieces = _cut(whole, await self.src.split(ns, whole, self.options.parts))
+        ds, dt = await asyncio.gather(self.src.digest(ns, pieces), self.dst.digest(ns, pieces))
+        summary = {"source_items": sum(int(d.count) for d in ds), "target_items": sum(int(d.count) for d in dt),
+                   "differences": 0}  # fmt: skip
         self.report.namespaces[ns] = summary
-        self.note(f"{ns}: source {s.count} items, target {t.count}")
-        if (s.count, s.hash) == (t.count, t.hash):
-            return
+        self.note(f"{ns}: source {summary['source_items']} items, target {summary['target_items']}")
+        level = [(p, int(a.count), int(b.count)) for p, a, b in zip(pieces, ds, dt, strict=True)
+                 if (a.count, a.hash) != (b.count, b.hash)]  # fmt: skip
         listed: list[pb.Range] = []
-        level: list[tuple[pb.Range, int, int]] = [(whole, int(s.count), int(t.count))]
-        parts = self.options.parts
         while level:
+            self.note(f"{ns}: {len(level)} range(s) differ")
             narrower: list[tuple[pb.Range, int, int]] = []
             for r, n_src, n_dst in level:
                 if max(n_src, n_dst) <= self.options.entries_limit:
                     listed.append(r)
                     continue
                 cutter = self.src if n_src >= n_dst else self.dst
-                bounds = await cutter.split(ns, r, parts)
-                pieces = _cut(r, bounds)
-                if len(pieces) < 2:
+                parts = _cut(r, await cutter.split(ns, r, 16))
+                if len(parts) < 2:
                     listed.append(r)
                     continue
                 ds, dt = await asyncio.gather(
-                    self.src.digest(ns, pieces), self.dst.digest(ns, pieces)
+                    self.src.digest(ns, parts), self.dst.digest(ns, parts)
                 )
-                narrower += [(p, int(a.count), int(b.count)) for p, a, b in zip(pieces, ds, dt, strict=True)
+                narrower += [(p, int(a.count), int(b.count)) for p, a, b in zip(parts, ds, dt, strict=True)
                              if (a.count, a.hash) != (b.count, b.hash)]  # fmt: skip
-            self.note(f"{ns}: {len(narrower)} range(s) differ, {len(listed)} listed item by item")
             level = narrower
-            parts = 16
         for r in listed:
             src_entries, dst_entries = await asyncio.gather(
                 self._entries(self.src, ns, r), self._entries(self.dst, ns, r)

@@ -162,19 +162,23 @@ def item_hash(record_id: str, key: bytes, version: Version, value: bytes) -> byt
 
 
 class Digest:
-    """Count and order-independent hash of items: the sums, modulo 2**64, of the two
-    halves of their ``item_hash`` read as signed 64-bit integers."""
+    """Count and order-independent hash of items: the XOR of their ``item_hash`` (an
+    item appears once in a namespace and its hash covers its position, so no two
+    cancel but by a collision of md5)."""
 
-    def __init__(self, count: int = 0, high: int = 0, low: int = 0) -> None:
-        self.count, self.high, self.low = count, high, low
+    def __init__(self, count: int = 0, xor: int = 0) -> None:
+        self.count, self.xor = count, xor
 
     def add(self, h: bytes) -> None:
         self.count += 1
-        self.high += int.from_bytes(h[:8], "big", signed=True)
-        self.low += int.from_bytes(h[8:], "big", signed=True)
+        self.xor ^= int.from_bytes(h, "big")
+
+    def merge(self, count: int, xor: int) -> None:
+        self.count += count
+        self.xor ^= xor
 
     def value(self) -> tuple[int, bytes]:
-        return self.count, (self.high % 2**64).to_bytes(8, "big") + (self.low % 2**64).to_bytes(8, "big")
+        return self.count, self.xor.to_bytes(16, "big")
 
 
 class CommitOutcome(enum.Enum):

@@ -13,6 +13,7 @@ contract's "one record, one transaction", for every record at once). WAL journal
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,6 @@ from .base import (
     Batch,
     CommitOutcome,
     Copied,
-    Digest,
     EngineError,
     Entry,
     KeyRange,
@@ -368,32 +368,41 @@ class SqliteEngine:
         return await self._run(self._import, namespace, items, repair) if items else 0
 
     def _import(self, ns: str, items: Sequence[Copied], repair: bool) -> int:
-        applied = 0
+        """Per record, its range tombstones and its chunked items first (few); then every
+        item in one upsert that applies only over an older version."""
+        rows = []
         with self._tx() as c:
             newer: dict[str, list[tuple[KeyRange, Version]]] = {}
+            chunked: dict[tuple[str, bytes], Version] = {}
             for rid in {i.record_id for i in items}:
                 newer[rid] = [(KeyRange(s, e), Version(t, w)) for s, e, t, w in c.execute(
                     "SELECT start_key, end_key, write_time, writer FROM ranges WHERE namespace = ? AND id = ?",
                     (ns, rid))]  # fmt: skip
+                for key, wt, wr in c.execute(
+                    "SELECT key, write_time, writer FROM items WHERE namespace = ? AND id = ? AND chunk_size > 0",
+                    (ns, rid),
+                ):
+                    chunked[(rid, key)] = Version(wt, wr)
             for item in items:
                 v = item.version
-                if any(item.key in r and rv > v for r, rv in newer[item.record_id]):
+                if newer[item.record_id] and any(item.key in r and rv > v for r, rv in newer[item.record_id]):
                     continue
-                row = c.execute(
-                    "SELECT write_time, writer, chunk_size FROM items WHERE namespace = ? AND id = ? AND key = ?",
-                    (ns, item.record_id, item.key),
-                ).fetchone()
-                if row is not None:
-                    current = Version(row[0], row[1])
+                current = chunked.get((item.record_id, item.key))
+                if current is not None:
                     if current > v or (current == v and not repair):
                         continue
-                    if row[2]:
-                        self._drop_chunks(c, ns, item.record_id, item.key, current)
+                    self._drop_chunks(c, ns, item.record_id, item.key, current)
                 value = item.value
-                c.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-                          (ns, item.record_id, item.key, value, len(value) if value is not None else 0,
-                           v.write_time_us, v.writer))  # fmt: skip
-                applied += 1
+                rows.append((ns, item.record_id, item.key, value, len(value) if value is not None else 0,
+                             v.write_time_us, v.writer))  # fmt: skip
+            before = c.total_changes
+            c.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (namespace, id, key) DO UPDATE SET "
+                "value = excluded.value, size = excluded.size, chunk_size = 0, write_time = excluded.write_time, "
+                "writer = excluded.writer WHERE (items.write_time, items.writer) < (excluded.write_time, "
+                f"excluded.writer){' OR (items.write_time, items.writer) = (excluded.write_time, excluded.writer)' if repair else ''}",
+                rows)  # fmt: skip
+            applied = c.total_changes - before
         return applied
 
     async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
@@ -480,24 +489,37 @@ def _hashed(db: sqlite3.Connection, ns: str, span: Span, limit: int | None) -> I
     for rid, key, value, size, wt, wr in db.execute(sql, (ns, *args)):
         v = Version(wt, wr)
         if value is None:  # in chunks
-            value = b"".join(r[0] for r in db.execute(
-                "SELECT data FROM chunks WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? "
-                "AND writer = ? ORDER BY idx", (ns, rid, key, wt, wr)))  # fmt: skip
+            value = _chunked(db, ns, rid, key, wt, wr)
         yield Entry(rid, key, v, size, item_hash(rid, key, v, value))
 
 
 def _digest(db: sqlite3.Connection, ns: str, spans: Sequence[Span], count_only: bool) -> list[tuple[int, bytes]]:
+    """Streamed: each row hashed as it is read (a lean loop; the same ``item_hash``)."""
     out = []
+    md5, from_bytes = hashlib.md5, int.from_bytes
     for span in spans:
+        where, args = _where(span)
         if count_only:
-            where, args = _where(span)
-            out.append((db.execute(f"SELECT count(*) FROM items WHERE namespace = ?{where}", (ns, *args)).fetchone()[0], b""))
+            n = db.execute(f"SELECT count(*) FROM items WHERE namespace = ?{where}", (ns, *args)).fetchone()[0]
+            out.append((n, b""))
             continue
-        d = Digest()
-        for entry in _hashed(db, ns, span, None):
-            d.add(entry.hash)
-        out.append(d.value())
+        n = xor = 0
+        rows = db.execute(f"SELECT id, key, value, write_time, writer FROM items WHERE namespace = ?{where}", (ns, *args))
+        for rid, key, value, wt, wr in rows:
+            if value is None:  # in chunks
+                value = _chunked(db, ns, rid, key, wt, wr)
+            xor ^= from_bytes(md5(rid.encode() + b"\0" + len(key).to_bytes(4, "big") + key
+                                  + wt.to_bytes(8, "big", signed=True) + wr + value, usedforsecurity=False).digest(),
+                              "big")  # fmt: skip
+            n += 1
+        out.append((n, xor.to_bytes(16, "big")))
     return out
+
+
+def _chunked(db: sqlite3.Connection, ns: str, rid: str, key: bytes, wt: int, wr: bytes) -> bytes:
+    return b"".join(r[0] for r in db.execute(
+        "SELECT data FROM chunks WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? AND writer = ? "
+        "ORDER BY idx", (ns, rid, key, wt, wr)))  # fmt: skip
 
 
 def _entries(db: sqlite3.Connection, ns: str, span: Span, limit: int) -> list[Entry]:
@@ -505,13 +527,26 @@ def _entries(db: sqlite3.Connection, ns: str, span: Span, limit: int) -> list[En
 
 
 def _split(db: sqlite3.Connection, ns: str, span: Span, parts: int) -> list[Place]:
-    where, args = _where(span)
-    count = db.execute(f"SELECT count(*) FROM items WHERE namespace = ?{where}", (ns, *args)).fetchone()[0]
-    step = -(-count // max(parts, 1))
-    if parts < 2 or count < 2:
+    """One pass over the positions in order (keys only: no value is read), keeping every
+    k-th, k doubling whenever more than 4 × ``parts`` (at least 4096) are kept; the
+    boundaries are picked from those, so parts differ by at most k items (none for a
+    range of up to 4096)."""
+    if parts < 2:
         return []
-    rows = db.execute(
-        f"SELECT id, key FROM (SELECT id, key, row_number() OVER (ORDER BY id, key) AS n FROM items "
-        f"WHERE namespace = ?{where}) WHERE n > 1 AND (n - 1) % ? = 0 ORDER BY n LIMIT ?",
-        (ns, *args, step, parts - 1))  # fmt: skip
-    return [(r[0], r[1]) for r in rows]
+    where, args = _where(span)
+    rows = db.execute(f"SELECT id, key FROM items WHERE namespace = ?{where} ORDER BY id, key", (ns, *args))
+    kept: list[Place] = []
+    every, count = 1, 0
+    for rid, key in rows:
+        if count % every == 0:
+            kept.append((rid, key))
+            if len(kept) == max(4 * parts, 4096):
+                kept, every = kept[::2], every * 2
+        count += 1
+    out: list[Place] = []
+    step = -(-count // parts)
+    for i in range(1, parts):
+        at = i * step // every
+        if 0 < at < len(kept) and i * step < count and (not out or kept[at] > out[-1]):
+            out.append(kept[at])
+    return out
