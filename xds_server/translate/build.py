@@ -33,7 +33,6 @@ from .ir import (
     FULL_SHARE,
     Authz,
     Backend,
-    Ejection,
     GatewayIR,
     GrpcMethods,
     HostPort,
@@ -134,18 +133,12 @@ def _thresholds(policy: Policy, share: float = 100.0) -> Thresholds:
     )
 
 
-def _ejection(policy: Policy) -> Ejection:
-    o = policy.outlier_detection
-    return Ejection(o.consecutive_5xx, o.consecutive_gateway_failure, o.interval_s,
-                    o.base_ejection_time_s, o.max_ejection_percent)
-
-
 def _with_policy(upstream: Upstream, policy: Policy) -> Upstream:
     return replace(
         upstream,
         high=_thresholds(policy),
         low=_thresholds(policy, policy.load_shedding.low_priority_share),
-        ejection=_ejection(policy),
+        ejection=policy.outlier_detection,
     )
 
 

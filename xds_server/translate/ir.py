@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from xds_server.config.resilience import OutlierDetection
+
 Protocol = Literal["grpc", "http", "tcp"]
 
 # "reported": a container DAL on this host; the sidecar reports its endpoints (EDS).
@@ -59,17 +61,6 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class Ejection:
-    """Outlier detection: when an endpoint is taken out of load balancing, and for how long."""
-
-    consecutive_5xx: int
-    consecutive_gateway_failure: int
-    interval_s: float
-    base_ejection_time_s: float
-    max_ejection_percent: float
-
-
-@dataclass(frozen=True)
 class Upstream:
     """One DAL serving one listener: an Envoy cluster.
 
@@ -86,7 +77,7 @@ class Upstream:
     target: HostPort | None = None  # network DALs only: where Envoy connects
     high: Thresholds | None = None
     low: Thresholds | None = None
-    ejection: Ejection | None = None
+    ejection: OutlierDetection | None = None  # when an endpoint is taken out, for how long
 
 
 @dataclass(frozen=True)
