@@ -17,6 +17,10 @@ from .model import DeployDesires, ResilienceSpec, RuntimeConfig, ShardFile, pars
 
 PriorityHeader = Literal["trusted", "any", "off"]
 
+# Streaming methods every gRPC server may have, besides those a DAL declares
+# (``stream_methods``): they get no time limit but the caller's own deadline.
+DEFAULT_STREAM_METHODS: tuple[str, ...] = ("/grpc.health.v1.Health/Watch",)
+
 # Set by a trusted caller to ``low`` (or ``high``) to choose a request's priority.
 PRIORITY_HEADER = "x-dgw-priority"
 

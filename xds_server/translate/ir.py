@@ -29,9 +29,11 @@ FULL_SHARE = 10_000
 
 # Requests of a grpc or http listener are routed by method class, each with its own
 # retry policy: reads may be retried and hedged, idempotent writes retried, other
-# writes only when they were provably never sent.
-MethodClass = Literal["reads", "idempotent_writes", "writes"]
-METHOD_CLASSES: tuple[MethodClass, ...] = ("reads", "idempotent_writes", "writes")
+# writes only when they were provably never sent; streams have no time limit but
+# the caller's own deadline.
+MethodClass = Literal["streams", "reads", "idempotent_writes", "writes"]
+METHOD_CLASSES: tuple[MethodClass, ...] = ("streams", "reads", "idempotent_writes", "writes")
+WRITE_CLASSES: frozenset[MethodClass] = frozenset({"idempotent_writes", "writes"})
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Mirror:
 
     @property
     def writes_only(self) -> bool:
-        return "reads" not in self.method_classes
+        return set(self.method_classes) <= WRITE_CLASSES
 
 
 @dataclass(frozen=True)
