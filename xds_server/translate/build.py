@@ -18,7 +18,12 @@ from xds_server.config import (
     parse_network_url,
 )
 from xds_server.config.model import PublicListener, ShardFile
-from xds_server.config.resilience import DEFAULT_STREAM_METHODS, PRIORITY_HEADER, Policy, effective_policy
+from xds_server.config.resilience import (
+    DEFAULT_STREAM_METHODS,
+    PRIORITY_HEADER,
+    Policy,
+    effective_policy,
+)
 from xds_server.security.identity import IdentityError, consumer_id
 from xds_server.security.providers import (
     DEFAULT_GRPC_READ_METHODS,
