@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from xds_server.config import RuntimeConfig, load_shard_text
+from xds_server.config import ConfigError, RuntimeConfig, load_shard_text
 from xds_server.config.resilience import TIER_DEFAULTS, check_resilience, effective_policy
 from xds_server.translate import build_ir
 from xds_server.translate.ir import GatewayIR, GrpcMethods, Listener, Mirror
@@ -194,3 +194,22 @@ wiring:
     (table,) = to_resources(gateway).by_type[ROUTE].values()
     mirrored = {r.name: [m.cluster for m in r.route.request_mirror_policies] for r in table.virtual_hosts[0].routes}
     assert mirrored == {"streams": [], "reads": [], "writes": ["dal.next.api"]}
+
+
+def test_hedging_set_on_purpose_needs_grpc_reads_to_hedge() -> None:
+    no_reads = """
+proxy_config:
+  public_listeners:
+    api: {mode: grpc, path: 8980}
+    web: {mode: http, path: 8080}
+container_dals:
+  kv: {container_listeners: {api: 8980}}
+  site: {container_listeners: {web: 8080}}
+resilience: {hedging: true}
+"""
+    with pytest.raises(ConfigError) as e:
+        _cfg(no_reads)
+    keys = [p.path for p in e.value.problems]
+    # The http DAL hedges GET/HEAD/OPTIONS: nothing to declare there.
+    assert keys == ["resilience.hedging"]
+    assert "DAL 'kv' declares no read_methods" in e.value.problems[0].message

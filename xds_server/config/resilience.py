@@ -290,7 +290,7 @@ def _hedging(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) -
     if dal is None:
         return []
     spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
-    if spec is not None and not spec.read_methods:
+    if spec is not None and not spec.read_methods and _serves_grpc(cfg, dal):
         return [(where, f"DAL {dal!r} declares no read_methods, and only reads are hedged (writes "
                         f"never are): add {prefix}read_methods, or set {prefix}resilience.hedging: false")]
     return []
@@ -319,3 +319,12 @@ def describe(policy: Policy) -> str:
         f"at most {o.max_ejection_percent:g}%; rate limit {rate}; adaptive concurrency "
         f"{'on' if s.adaptive_concurrency else 'off'}; priority header {s.priority_header}"
     )
+
+
+def _serves_grpc(cfg: RuntimeConfig, dal: str) -> bool:
+    """Whether ``dal`` serves a public grpc listener (only there are gRPC reads hedged;
+    http reads are GET/HEAD/OPTIONS, whatever the DAL declares)."""
+    container = cfg.container_dals.get(dal)
+    names = set(container.container_listeners) if container else set(cfg.network_dals[dal].listeners)
+    public = cfg.proxy_config.public_listeners
+    return any(public[name].mode == "grpc" for name in names if name in public)
