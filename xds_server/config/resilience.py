@@ -265,7 +265,8 @@ def _timeouts(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) 
             f"the per-try timeout ({_seconds(retries.per_try_timeout_s)}, "
             f"{_origin(cfg, dal, prefix, 'retries.per_try_timeout')}) must be less than the request "
             f"timeout ({_seconds(policy.timeout_s)}, {_origin(cfg, dal, prefix, 'timeout')}), which "
-            "includes every try: no retry could ever start",
+            "includes every try: no retry could ever start (lower retries.per_try_timeout, "
+            "or set retries.attempts: 0)",
         ))
     o = policy.outlier_detection
     for key, value in (("interval", o.interval_s), ("base_ejection_time", o.base_ejection_time_s)):
