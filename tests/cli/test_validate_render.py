@@ -82,4 +82,4 @@ def test_render_shows_the_effective_resilience_above_the_resources() -> None:
     assert any("DAL kv-next: timeout 2s; retries 2 x 500ms per try" in line for line in comments)
     assert any("reads (2 method patterns) retried up to 1x, hedged" in line for line in comments)
     assert any("x-dgw-priority: low from spiffe://dgw.local/prod/ui" in line for line in comments)
-    assert yaml.safe_load(proc.stdout)["routes"][0]["virtual_hosts"][0]["routes"][0]["name"] == "reads_low"
+    assert yaml.safe_load(proc.stdout)["routes"][0]["virtual_hosts"][0]["routes"][3]["name"] == "reads_low"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -76,13 +77,13 @@ def test_a_rate_limit_sheds_at_once_with_503_retry_after_or_resource_exhausted(s
     api, rpc, dal_api, dal_rpc = free_port(), free_port(), free_port(), free_port()
     stack.server.write_shard("shed", {
         "proxy_config": {"public_listeners": {"api": {"mode": "http", "path": api},
-                                              "rpc": {"mode": "grpc", "path": rpc}}},
-        "container_dals": {"kv": {"container_listeners": {"api": dal_api, "rpc": dal_rpc}}},
+                                              "grpc": {"mode": "grpc", "path": rpc}}},
+        "container_dals": {"kv": {"container_listeners": {"api": dal_api, "grpc": dal_rpc}}},
         # One request a second, none stored up: the second of two quick requests is shed.
         "resilience": {"load_shedding": {"rate_limit": {"requests_per_second": 1, "burst": 1}}},
     })  # fmt: skip
-    stack.dal("kv", {"api": dal_api, "rpc": dal_rpc})
-    stack.server.report("shed", "node-1", [_healthy(dal_api), _healthy(dal_rpc, "rpc")])
+    stack.dal("kv", {"api": dal_api, "grpc": dal_rpc})
+    stack.server.report("shed", "node-1", [_healthy(dal_api), _healthy(dal_rpc, "grpc")])
     envoy = stack.envoy("shed")
 
     def shed_http() -> http.client.HTTPResponse | None:
@@ -114,5 +115,63 @@ def test_a_rate_limit_sheds_at_once_with_503_retry_after_or_resource_exhausted(s
         return None
 
     wait_until(shed_grpc, 15, what="a gRPC call shed with RESOURCE_EXHAUSTED")
-    assert envoy.stat("rpc.http_local_rate_limit.rate_limited") >= 1
+    assert envoy.stat("grpc.http_local_rate_limit.rate_limited") >= 1
     assert envoy.stat("api.http_local_rate_limit.rate_limited") >= 1
+
+
+class _FailingDal:
+    """A gRPC endpoint that answers every call INTERNAL (an HTTP 200 with grpc-status 13)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.port = free_port()
+        handler = grpc.method_handlers_generic_handler("dgw.sample.v1.Echo", {
+            "Echo": grpc.unary_unary_rpc_method_handler(self._fail),
+        })  # fmt: skip
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[handler])
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.start()
+
+    def _fail(self, _request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.calls += 1
+        context.abort(grpc.StatusCode.INTERNAL, "broken on purpose")
+        raise AssertionError("abort raises")
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+def test_an_endpoint_answering_grpc_errors_is_ejected_and_its_peer_takes_the_traffic(stack):
+    rpc, good = free_port(), free_port()
+    failing = _FailingDal()
+    try:
+        stack.server.write_shard("eject", {
+            "proxy_config": {"public_listeners": {"grpc": {"mode": "grpc", "path": rpc}}},
+            "container_dals": {"kv": {"container_listeners": {"grpc": good}}},
+            # Not retried (INTERNAL never is), so every failure reaches the caller until
+            # the ejection; a gRPC error counts as its HTTP status (INTERNAL is 500).
+            "resilience": {"outlier_detection": {
+                "consecutive_5xx": 3, "interval": "100ms", "base_ejection_time": "60s", "max_ejection_percent": 50}},
+        })  # fmt: skip
+        stack.dal("kv", {"grpc": good})
+        stack.server.report("eject", "node-1", [_healthy(good, "grpc"), _healthy(failing.port, "grpc")])
+        envoy = stack.envoy("eject")
+
+        def ejected() -> bool:
+            with grpc.insecure_channel(f"127.0.0.1:{rpc}") as channel:
+                for _ in range(4):
+                    try:
+                        channel.unary_unary(ECHO)(b"x", timeout=5)
+                    except grpc.RpcError as e:
+                        assert e.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE), e
+            return envoy.stat("cluster.dal.kv.grpc.outlier_detection.ejections_enforced_consecutive_5xx") >= 1
+
+        wait_until(ejected, 20, what="the failing endpoint ejected")
+        assert failing.calls >= 3
+        calls = failing.calls
+        with grpc.insecure_channel(f"127.0.0.1:{rpc}") as channel:
+            for i in range(10):
+                assert channel.unary_unary(ECHO)(f"{i}".encode(), timeout=5) == f"kv:{i}".encode()
+        assert failing.calls == calls, "an ejected endpoint got traffic"
+    finally:
+        failing.stop()

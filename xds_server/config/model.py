@@ -290,6 +290,7 @@ class ContainerDal(_Strict):
     healthcheck: Healthcheck | None = None
     read_methods: list[GrpcMethodPattern] | None = None
     idempotent_methods: list[GrpcMethodPattern] | None = None
+    stream_methods: list[GrpcMethodPattern] | None = None
     resilience: ResilienceSpec | None = None
     api: DalApi | None = None
 
@@ -334,6 +335,7 @@ class NetworkDal(_Strict):
     mode: Literal["logical_dns", "strict_dns", "static"] = "logical_dns"
     read_methods: list[GrpcMethodPattern] | None = None
     idempotent_methods: list[GrpcMethodPattern] | None = None
+    stream_methods: list[GrpcMethodPattern] | None = None
     resilience: ResilienceSpec | None = None
     api: DalApi | None = None
 

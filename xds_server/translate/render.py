@@ -133,4 +133,4 @@ def _route_class(c: RouteClass) -> str:
         how = "retried only if never sent"
     else:
         how = f"retried up to {retry.attempts}x" + (", hedged" if retry.hedge else "")
-    return f"{what} {how}"
+    return f"{what} {how}" + ("" if c.timeout_s else ", no time limit")
