@@ -37,6 +37,7 @@ from xds_server.security.providers import (
 from .ir import (
     FULL_SHARE,
     METHOD_CLASSES,
+    WRITE_CLASSES,
     Authz,
     Backend,
     GatewayIR,
@@ -45,7 +46,6 @@ from .ir import (
     HttpMethods,
     Listener,
     LowPriority,
-    MethodClass,
     Mirror,
     Protocol,
     Retry,
@@ -460,7 +460,7 @@ def _mirrors(cfg: RuntimeConfig, topo: ListenerTopology, primary: str, names: _N
     for target, percent in topo.shadows:
         share = _share(percent)
         runtime_key = None if share == FULL_SHARE else f"dgw.shadow.{primary}.{target}"
-        classes: tuple[MethodClass, ...] = ("idempotent_writes", "writes") if target in writes_only else METHOD_CLASSES
+        classes = tuple(c for c in METHOD_CLASSES if c in WRITE_CLASSES) if target in writes_only else METHOD_CLASSES
         mirrors.append(Mirror(names[(target, topo.name)], share, runtime_key, classes))
     return tuple(mirrors)
 
