@@ -119,12 +119,9 @@ class MigrationEngine:
         except Refused as e:
             await self._audit(actor, f"migration.{action}", shard, False, f"{e.status} {e}")
             raise
-        await self._audit(
-            actor, f"migration.{action}", shard, True, m.history[-1]["what"] if m.history else ""
-        )
-        log.info(
-            "event=migration_step shard=%s action=%s phase=%s by=%s", shard, action, m.phase, actor
-        )
+        if m.history and m.history[-1]["at"] == m.updated_at:  # a step, not a runner's checkpoint
+            await self._audit(actor, f"migration.{action}", shard, True, m.history[-1]["what"])
+            log.info("event=migration_step shard=%s action=%s phase=%s by=%s", shard, action, m.phase, actor)
         m = await self.reconcile(m, actor)
         self.wake()
         return m
