@@ -35,7 +35,7 @@ from bench.kv import DSN, _drop_schema
 from bench.procs import BenchError, cpu_seconds, finish_scratch_dir, scratch_dir, wait_for
 from bench.report import emit, machine, note, save_json, table
 from dgw.migrate.backfill import BackfillOptions, run_backfill
-from dgw.migrate.dal_client import DalClient
+from dgw.migrate.dal_client import DalClient, DalError
 from dgw.migrate.state import MemoryState
 from dgw.migrate.verify import VerifyOptions, run_verify
 from dgw_api.migration.v1 import migration_pb2 as pb
@@ -228,6 +228,8 @@ def main(args: argparse.Namespace) -> int:
             else {"rows": [], "planted": []}
         )
         ok = True
+    except DalError as e:
+        raise BenchError(str(e)) from None
     finally:
         stack.close()
         finish_scratch_dir(workdir, ok)

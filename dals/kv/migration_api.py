@@ -26,10 +26,10 @@ import grpc
 from . import pages
 from .engines import Keys, Version
 from .engines.base import CommitOutcome, Copied, Place, Span, StoredItem
-from .errors import Code, KvError, invalid
-from .grpc_api import STATUS, Context, parse
+from .errors import Code, invalid
+from .grpc_api import Context, parse, unary
 from .migration.v1 import migration_pb2 as pb
-from .service import _ENGINE_ERRORS, OK, UNKNOWN, KvService, Namespace
+from .service import _ENGINE_ERRORS, KvService, Namespace
 
 SERVICE = "dgw.migration.v1.DalMigration"
 """The contract's service name (the DAL's generated copy has a package of its own)."""
@@ -242,35 +242,20 @@ def _record(page: pb.ExportPage, rid: str) -> pb.ExportRecord:
 def handler(kv: KvService) -> grpc.GenericRpcHandler[bytes, bytes]:
     service = MigrationService(kv)
 
-    def unary(name: str, kind: type[Any], call: Callable[[Any], Awaitable[Any]]) -> Any:
-        key = f"migration.{name}"
+    def method(name: str, kind: type[Any], call: Callable[[Any], Awaitable[Any]]) -> Any:
+        async def run(data: bytes, _: Context) -> bytes:
+            answer = await call(parse(kind, data))
+            return bytes(answer.SerializeToString())
 
-        async def run(request: bytes, context: Context) -> bytes:
-            kv.counters[key] += 1
-            outcome = UNKNOWN
-            try:
-                answer = await call(parse(kind, request))
-                outcome = OK
-                return bytes(answer.SerializeToString())
-            except KvError as e:
-                outcome = e.code.value
-                kv.counters[f"error.{outcome}"] += 1
-                await context.abort(STATUS[e.code], e.message)
-                raise
-            finally:
-                kv.call_ended(key, outcome)
-
-        return grpc.unary_unary_rpc_method_handler(
-            run, request_deserializer=None, response_serializer=None
-        )
+        return unary(kv, f"migration.{name}", run, faults=False)
 
     return grpc.method_handlers_generic_handler(SERVICE, {
-        "Namespaces": unary("Namespaces", pb.NamespacesRequest, service.namespaces),
-        "Export": unary("Export", pb.ExportRequest, service.export),
-        "Import": unary("Import", pb.ImportRequest, service.import_page),
-        "Digest": unary("Digest", pb.DigestRequest, service.digest),
-        "Split": unary("Split", pb.SplitRequest, service.split),
-        "Entries": unary("Entries", pb.EntriesRequest, service.entries),
+        "Namespaces": method("Namespaces", pb.NamespacesRequest, service.namespaces),
+        "Export": method("Export", pb.ExportRequest, service.export),
+        "Import": method("Import", pb.ImportRequest, service.import_page),
+        "Digest": method("Digest", pb.DigestRequest, service.digest),
+        "Split": method("Split", pb.SplitRequest, service.split),
+        "Entries": method("Entries", pb.EntriesRequest, service.entries),
     })  # fmt: skip
 
 

@@ -167,3 +167,14 @@ def test_rollout_reports_each_waves_time_beyond_the_bake_and_cpu() -> None:
     assert all(w["shards"] == 2 and w["beyond_bake_s"] >= 0 and w["cpu_s"] >= 0 for w in result["waves"])
     assert result["beyond_bake_max_s"] == max(w["beyond_bake_s"] for w in result["waves"])
     assert code in (0, 1)
+
+
+@pytest.mark.postgres
+def test_migrate_reports_backfill_rates_and_a_verify_that_names_every_planted_difference() -> None:
+    code, result = dgw_bench("migrate", "--items", "2000", "--rounds", "1", "--verify-items", "3000",
+                             "--verify-rounds", "1", timeout=300)  # fmt: skip
+    [backfill] = result["backfill"]
+    assert backfill["items"] == 2000 and backfill["items_per_s"] > 0 and backfill["target_cpu_s_per_10k"] > 0
+    [verify] = result["verify"]
+    assert verify["planted"] == verify["named"] == verify["reported"] == 10 and len(result["planted"]) == 10
+    assert code == 0

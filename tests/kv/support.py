@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -16,14 +17,19 @@ from tests.support.procs import Child
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def kv_dal(name: str, engine: dict[str, object], ports: dict[str, int], log: Path, **env: str) -> Child:
-    """A KV DAL process serving namespace ``gw`` on ``engine``, its listeners on ``ports``."""
-    config = {"engines": {"main": engine}, "namespaces": {"gw": {"engine": "main"}}}
+def kv_dal(name: str, engine: dict[str, object], ports: dict[str, int], log: Path,
+           namespaces: Sequence[str] = ("gw",), **env: str) -> Child:  # fmt: skip
+    """A KV DAL process serving ``namespaces`` on ``engine``, its listeners on ``ports``."""
+    config = {"engines": {"main": engine}, "namespaces": {ns: {"engine": "main"} for ns in namespaces}}
     env = {"KV_CONFIG": json.dumps(config), "DGW_DAL_NAME": name, "KV_LOG_LEVEL": "WARNING",
            **{f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()}, **env}  # fmt: skip
     child = Child([sys.executable, "-m", "dals.kv", "serve"], env, log=log)
-    for port in ports.values():
-        wait_until(lambda p=port: child.serving(p, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}")
+    try:
+        for port in ports.values():
+            wait_until(lambda p=port: child.serving(p, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}")
+    except BaseException:
+        child.stop()
+        raise
     return child
 
 
@@ -36,6 +42,15 @@ async def require_postgres() -> None:
         pytest.fail(f"PostgreSQL is not answering at {POSTGRES_DSN} ({e}); start it "
                     "(pg_ctlcluster 15 main start) or deselect with -m 'not postgres'")  # fmt: skip
     await conn.close()
+
+
+async def engine_config(kind: str, tmp: Path, schema: str) -> dict[str, object]:
+    """A KV DAL's engine config for a test: a SQLite file in ``tmp``, or PostgreSQL in
+    ``schema`` (checked to answer; drop it after with ``drop_schema``)."""
+    if kind == "postgres":
+        await require_postgres()
+        return {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}
+    return {"kind": "sqlite", "path": str(tmp / "kv.sqlite3"), "synchronous": "NORMAL"}
 
 
 async def drop_schema(schema: str) -> None:

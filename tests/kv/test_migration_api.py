@@ -18,7 +18,7 @@ from dals.kv.client import KvCallError, KvClient
 from dgw.migrate.dal_client import DalClient, DalError, just, span
 from dgw_api.migration.v1 import migration_pb2 as pb
 from testkit.ports import free_port
-from tests.kv.support import POSTGRES_DSN, drop_schema, require_postgres
+from tests.kv.support import drop_schema, engine_config
 from tests.kv.test_api import kv_env, running
 
 MIB = 1024 * 1024
@@ -34,11 +34,7 @@ class Served:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
     schema = f"kv_mig_{secrets.token_hex(4)}"
-    if request.param == "postgres":
-        await require_postgres()
-        engine: dict[str, object] = {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}
-    else:
-        engine = {"kind": "sqlite", "path": str(tmp_path / "kv.sqlite3"), "synchronous": "NORMAL"}
+    engine = await engine_config(request.param, tmp_path, schema)
     port = free_port()
     faults = tmp_path / "faults"
     env = kv_env(engine, port, free_port()) | {"KV_FAULTS_FILE": str(faults)}
