@@ -132,9 +132,8 @@ class MigrationEngine:
         if state is None or head is None:
             raise Refused(404, f"no shard {shard!r}")
         if is_file_owned(head.meta):
-            raise Refused(
-                409, str(OwnedByFile(shard, owner_path(head.meta), shard in self.changes.missing))
-            )
+            raise Refused(409, f"shard {shard} is owned by file {owner_path(head.meta)}, which decides its wiring: "
+                               "a migration rewires shards owned by the API (dgw apply)")  # fmt: skip
         current = await self.get(shard)
         if if_match is not None and (current is None or current.record_version != if_match):
             now = "there is no migration" if current is None else \
