@@ -116,14 +116,16 @@ class MigrationEngine:
         try:
             async with self._lock:
                 m = await self._step(shard, actor, step, if_match)
+                stepped = bool(m.history) and m.history[-1]["at"] == m.updated_at  # not a runner's checkpoint
+                if stepped:
+                    m = await self.reconcile(m, actor)
         except Refused as e:
             await self._audit(actor, f"migration.{action}", shard, False, f"{e.status} {e}")
             raise
-        if m.history and m.history[-1]["at"] == m.updated_at:  # a step, not a runner's checkpoint
+        if stepped:
             await self._audit(actor, f"migration.{action}", shard, True, m.history[-1]["what"])
             log.info("event=migration_step shard=%s action=%s phase=%s by=%s", shard, action, m.phase, actor)
-        m = await self.reconcile(m, actor)
-        self.wake()
+            self.wake()
         return m
 
     async def _step(self, shard: str, actor: str, step: Step, if_match: int | None) -> Migration:
@@ -151,8 +153,10 @@ class MigrationEngine:
 
     async def reconcile(self, m: Migration, actor: str | None = None) -> Migration:
         """Make the shard's wiring what the migration's phase needs (nothing if it is);
-        the version made is recorded in the migration's last history entry."""
+        the version made is recorded in the migration's last history entry. Called
+        under ``_lock``, from the record as stored now (never an older copy's phase)."""
         for _ in range(3):
+            m = await self.get(m.shard) or m
             state = self.changes.registry.shards.get(m.shard)
             head = await self.store.get(m.shard)
             if state is None or head is None:
@@ -206,9 +210,9 @@ class MigrationEngine:
         for m in await self.migrations():
             if not m.running:
                 continue
-            m = await self.reconcile(m)
-            if m.phase == "promoting" and m.promotion is not None:
-                async with self._lock:
+            async with self._lock:
+                m = await self.reconcile(m)
+                if m.phase == "promoting" and m.promotion is not None:
                     delay = min(delay, await self._promotion(m.shard))
         return delay
 
