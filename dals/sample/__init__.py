@@ -17,8 +17,9 @@ lower-case names without the prefix, e.g. ``{"fail": true, "slow_percent": 10}``
   ``concurrency / service time``;
 - ``SAMPLE_SLOW_PERCENT`` of requests take ``SAMPLE_SLOW_MS`` instead (random, seeded
   by ``SAMPLE_SEED``);
-- ``SAMPLE_FAIL``: answer every call at once with HTTP 503 / gRPC UNAVAILABLE (still
-  counted); ``SAMPLE_FAIL_FILE``: the same while that file exists;
+- ``SAMPLE_FAIL``: answer every call with HTTP 503 / gRPC UNAVAILABLE after its service
+  time (like a DAL whose datastore fails; still counted); ``SAMPLE_FAIL_FILE``: the same
+  while that file exists;
 - ``SAMPLE_UNHEALTHY_FILE``: while that file exists /health answers 503.
 
 ``GET /stats``: ``requests`` (every call served or failed), ``by_path``, ``by_method``

@@ -98,25 +98,24 @@ class State:
         self.requests += 1
         self.by_path[path] = self.by_path.get(path, 0) + 1
         self.by_method[method] = self.by_method.get(method, 0) + 1
-        if self.faults.failing():
-            self.failed += 1
-            raise Failing
         slow = self.faults.slow_percent and self._rng.random() * 100 < self.faults.slow_percent
         delay_s = (self.faults.slow_ms if slow else self.faults.delay_ms) / 1000.0
-        if not self.faults.concurrency:
-            await self._hold(delay_s)
-            return
-        async with self._turn:  # FIFO: asyncio.Condition wakes waiters in order
-            self.waiting += 1
-            try:
-                await self._turn.wait_for(lambda: self.in_service < max(1, self.faults.concurrency))
-            finally:
-                self.waiting -= 1
+        if self.faults.concurrency:
+            async with self._turn:  # FIFO: asyncio.Condition wakes waiters in order
+                self.waiting += 1
+                try:
+                    await self._turn.wait_for(lambda: self.in_service < max(1, self.faults.concurrency))
+                finally:
+                    self.waiting -= 1
         try:
             await self._hold(delay_s)
         finally:
-            async with self._turn:
-                self._turn.notify()
+            if self.faults.concurrency:
+                async with self._turn:
+                    self._turn.notify()
+        if self.faults.failing():  # like a DAL whose datastore failed: after the service time
+            self.failed += 1
+            raise Failing
 
     async def _hold(self, delay_s: float) -> None:
         self.in_service += 1
