@@ -194,11 +194,12 @@ def grpc_handler(state: State) -> grpc.GenericRpcHandler[bytes, bytes]:
         path = f"/{GRPC_SERVICE}/{method}"
 
         async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            await context.send_initial_metadata((("x-dgw-dal", state.name),))
             try:
                 await state.served(path, path)
             except Failing:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{state.name} is set to fail")
+            # Headers only with the answer: a proxy may hedge or retry a call until they come.
+            await context.send_initial_metadata((("x-dgw-dal", state.name),))
             return state.name.encode() + b":" + request
 
         return call
