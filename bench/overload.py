@@ -51,8 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data_path import _Loader
-from bench.envoys import start_envoys, wait_applied
-from bench.fleet import expected_versions
+from bench.envoys import start_envoys
 from bench.overload_load import TIMEOUT, overload_main
 from bench.procs import (
     BenchError,
@@ -61,13 +60,13 @@ from bench.procs import (
     cpu_times,
     finish_scratch_dir,
     http_json,
+    http_text,
     scratch_dir,
     wait_for,
 )
 from bench.report import emit, machine, note, percentile, save_json, table
 from envoy_proxy import BlockingEnvoy
 from testkit.ports import free_port
-from xds_server.resources import CLUSTER, LISTENER, ROUTE
 
 LEVELS = (1.0, 2.0, 4.0)
 OVERLOAD_CASES = ("envoy-defaults", "tier-0", "tier-0-sized")
@@ -156,22 +155,36 @@ class _Stack:
         self.children.extend(envoys)
         self.envoys: dict[str, BlockingEnvoy] = dict(zip(cases, envoys, strict=True))
         for case, envoy in self.envoys.items():
-            self._wire(case, envoy, texts[case])
+            self._wire(case, envoy)
 
-    def _wire(self, case: str, envoy: BlockingEnvoy, text: str) -> None:
+    def _wire(self, case: str, envoy: BlockingEnvoy) -> None:
+        """Report the case's endpoints, then wait until its Envoy has them and answers."""
         ports = self.dal_ports[case]
-        endpoints = [{"dal": "dal", "listener": "api", "address": "127.0.0.1", "port": p, "health": "HEALTHY"}
-                     for p in ports]  # fmt: skip
+        endpoints = [
+            {
+                "dal": "dal",
+                "listener": "api",
+                "address": "127.0.0.1",
+                "port": p,
+                "health": "HEALTHY",
+            }
+            for p in ports
+        ]
         report = {"shard": case, "node_id": envoy.node_id, "endpoints": endpoints}
         wait_for(lambda: self.server.post_report(report), 20, "the server to accept the report")
-        versions = expected_versions(text)
-        wait_applied(envoy, {t: versions[t] for t in (CLUSTER, LISTENER, ROUTE)}, 20)
         wanted = [f"dal.dal.api::127.0.0.1:{p}::health_flags::healthy" for p in ports]
         wait_for(
-            lambda: all(w in envoy.admin_text("/clusters") for w in wanted),
+            lambda: all(w in envoy.admin_text("/clusters") for w in wanted) and self._answers(case),
             20,
-            f"Envoy endpoints for {case}",
+            f"Envoy of {case} to route to its DAL",
         )
+
+    def _answers(self, case: str) -> bool:
+        try:
+            http_text(self.url(case), 2)
+        except OSError:
+            return False
+        return True
 
     def url(self, case: str) -> str:
         return f"http://127.0.0.1:{self.public[case]}/v1/item"
