@@ -17,7 +17,9 @@ every 1/rate s whatever the answers do) offers 1×, 2× and 4× that capacity fo
   ``docs/resilience.md``);
 - ``tier-0-sized``: tier 0 with the circuit breakers sized to the DAL: connections and
   requests ``concurrency + 1``, pending ``concurrency / 2`` (what a shard owner who
-  knows the DAL's capacity sets; no tier can know it).
+  knows the DAL's capacity sets; no tier can know it), and adaptive concurrency off
+  (the breakers bound the DAL's concurrency exactly, per priority; the adaptive limit
+  sheds high and low priority alike).
 
 Per case and load: goodput (2xx answered within the offer window, per second, and as a
 share of capacity), p50/p99 of the admitted (2xx) requests, the share shed (503/429/
@@ -96,13 +98,17 @@ def _shard_text(port: int, extra: str) -> str:
 def overload_shard(case: str, port: int, concurrency: int) -> str:
     if case == "envoy-defaults":
         return _shard_text(port, ENVOY_DEFAULTS)
-    extra = (
-        "deploy_desires: {service_tier: 0}\nresilience:\n  load_shedding: {priority_header: any}\n"
-    )
-    if case == "tier-0-sized":
-        extra += (f"  circuit_breakers: {{max_connections: {concurrency + 1}, max_requests: {concurrency + 1}, "
-                  f"max_pending_requests: {max(1, concurrency // 2)}}}\n")  # fmt: skip
-    return _shard_text(port, extra)
+    if case == "tier-0":
+        return _shard_text(port, "deploy_desires: {service_tier: 0}\n")
+    # Sized: the breakers bound the DAL's concurrency exactly, per priority; adaptive
+    # concurrency (tier 0's default) is turned off, as it sheds without regard to priority.
+    return _shard_text(port, (
+        "deploy_desires: {service_tier: 0}\n"
+        "resilience:\n"
+        "  load_shedding: {priority_header: any, adaptive_concurrency: false}\n"
+        f"  circuit_breakers: {{max_connections: {concurrency + 1}, max_requests: {concurrency + 1}, "
+        f"max_pending_requests: {max(1, concurrency // 2)}}}\n"
+    ))  # fmt: skip
 
 
 def hedge_shard(case: str, port: int, per_try_ms: float) -> str:
