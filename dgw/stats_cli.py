@@ -29,7 +29,8 @@ def render(data: dict[str, Any]) -> str:
     header = (f"shard {data['shard']}: the last {data['window_s']:g} s "
               f"(samples span {data['measured_s']:g} s) of {data['nodes']} node(s)")  # fmt: skip
     rows = []
-    for kind, entries in (("cluster", data["clusters"]), ("listener", data["listeners"])):
+    for kind, entries in (("cluster", data["clusters"]), ("listener", data["listeners"]),
+                          ("route", data.get("routes", {}))):  # fmt: skip
         for name, t in sorted(entries.items()):
             rows.append([kind, name, t["requests"], f"{t['rps']:.1f}", t["errors"],
                          f"{100 * t['error_rate']:.2f}%", _ms(t["p50_ms"]), _ms(t["p99_ms"]),

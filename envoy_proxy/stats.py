@@ -39,9 +39,15 @@ _CLUSTER = (
     r"|enforced_consecutive_gateway_failure|overflow)"
 )
 _LISTENER = r"downstream_rq_(total|[2345]xx|time|overload_close)|downstream_cx_overflow"
+# Each route (a method class and priority: ``reads``, ``writes_low``, ...; its name is its
+# stat prefix): what it answered (a request shed by a breaker is a 503 there) and retried.
+_ROUTE = (
+    r"upstream_rq_(completed|[2345]xx|retry|retry_success|retry_overflow|retry_limit_exceeded"
+    r"|timeout|per_try_timeout|time)"
+)
 # Envoy's filter (RE2: no look-ahead) narrows what admin sends; REPORTED decides.
 ENVOY_FILTER = (
-    r"^(cluster\.(dal|net)\.|http\.|overload\.)|local_rate_limit|adaptive_concurrency|admission_control"
+    r"^(cluster\.(dal|net)\.|http\.|overload\.|vhost\.)|local_rate_limit|adaptive_concurrency|admission_control"
     r"|^listener\..*downstream_cx_overflow$"
 )
 REPORTED = re.compile(
@@ -50,6 +56,7 @@ REPORTED = re.compile(
     r"^(?!.*\.(external|internal|canary)\.)(?!http\.admin\.)"
     rf"(cluster\.(dal|net)\..+\.({_CLUSTER})"
     rf"|http\..+\.({_LISTENER})"
+    rf"|vhost\.[^.]+\.route\.[^.]+\.({_ROUTE})"
     r"|.*(local_rate_limit|adaptive_concurrency|admission_control)\..*"
     r"|overload\..*"
     r"|listener\..+\.downstream_cx_overflow)$"

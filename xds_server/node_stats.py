@@ -223,6 +223,16 @@ def resilience(counters: Mapping[str, int]) -> dict[str, dict[str, int]]:
     return out
 
 
+def route_summaries(window: Delta, listener: str) -> dict[str, TrafficSummary]:
+    """Each route of an HTTP listener (its virtual host is named after it), by route
+    name: what it answered (``upstream_rq_completed``; shed by a breaker counts as a 503)."""
+    prefix = f"vhost.{listener}.route."
+    names = {k[len(prefix):].split(".", 1)[0] for k in (*window.counters, *window.histograms) if k.startswith(prefix)}
+    return {name: summarize(window, f"{prefix}{name}.", total="upstream_rq_completed",
+                            errors="upstream_rq_5xx", latency="upstream_rq_time")
+            for name in sorted(names)}  # fmt: skip
+
+
 @dataclass
 class _Node:
     samples: deque[StatsSample]

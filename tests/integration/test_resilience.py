@@ -173,6 +173,7 @@ def test_overload_is_shed_at_once_with_the_documented_status_and_everything_reco
     stats = stack.server.get("/v1/stats/shed?window=60s")
     assert stats["resilience"]["shed"]["circuit_breaker"] >= len(shed)
     assert stats["clusters"]["dal.kv.api"]["resilience"]["shed"]["requests"] >= len(shed)
+    assert stats["routes"]["api/reads"]["errors"] >= len(shed), "the reads' route answered them 503"
 
 
 def test_a_retry_storm_does_not_raise_the_dal_load_beyond_the_retry_budget(stack: Stack) -> None:

@@ -10,7 +10,14 @@ import pytest
 from dgw_api.v1 import gateway_pb2
 from envoy_proxy.stats import REPORTED, Histogram, parse_sample
 from xds_server import metrics
-from xds_server.node_stats import StatsBook, check_stats, cluster_summary, quantile, resilience
+from xds_server.node_stats import (
+    StatsBook,
+    check_stats,
+    cluster_summary,
+    quantile,
+    resilience,
+    route_summaries,
+)
 from xds_server.settings import Limits
 
 BOUNDS = (1.0, 2.0, 5.0, 10.0)
@@ -175,3 +182,25 @@ def test_the_policies_counts_reach_prometheus_per_shard_and_reason() -> None:
     assert _metric("dgw_ejected_hosts", shard="res") == 3
     b.expire(now=1000, ttl_s=10)
     assert _metric("dgw_ejected_hosts", shard="res") == 0
+
+
+def test_routes_are_reported_and_summed_by_method_class_and_priority() -> None:
+    data = {"stats": [
+        {"name": "vhost.api.route.reads_low_asked.upstream_rq_completed", "value": 21},
+        {"name": "vhost.api.route.reads_low_asked.upstream_rq_5xx", "value": 19},
+        {"name": "vhost.api.route.reads.upstream_rq_retry", "value": 2},
+        {"name": "vhost.api.vcluster.other.upstream_rq_total", "value": 5},
+    ]}  # fmt: skip
+    sample = parse_sample(data)
+    assert set(sample.counters) == {"vhost.api.route.reads_low_asked.upstream_rq_completed",
+                                    "vhost.api.route.reads_low_asked.upstream_rq_5xx",
+                                    "vhost.api.route.reads.upstream_rq_retry"}  # fmt: skip
+    b = book()
+    b.add(gateway_pb2.EnvoyStats(shard="r", node_id="n", envoy_epoch="e"), at=0)
+    b.add(gateway_pb2.EnvoyStats(shard="r", node_id="n", envoy_epoch="e", counters=sample.counters), at=10)
+    window, _ = b.window("r", 10, now=10)
+    routes = route_summaries(window, "api")
+    assert set(routes) == {"reads", "reads_low_asked"}
+    low = routes["reads_low_asked"]
+    assert (low.requests, low.errors) == (21, 19)
+    assert resilience(routes["reads"].counters)["retried"]["retries"] == 2
