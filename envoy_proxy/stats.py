@@ -139,7 +139,11 @@ GAUGES = re.compile(r"(\.ejections_active|\.active|\.pressure|\.scale_percent|\.
 
 @functools.lru_cache(maxsize=4096)
 def resilience_of(name: str) -> tuple[str, str] | None:
-    """``(group, reason)`` of a reported stat the resilience policies count, else None."""
+    """``(group, reason)`` of a reported stat the resilience policies count, else None.
+    A route's stats (``vhost.``) repeat its cluster's, by method class: a breakdown,
+    never added to a shard's totals (a route's own counters, read by suffix, still are)."""
+    if name.startswith("vhost."):
+        return None
     for suffix, what in RESILIENCE.items():
         if name == suffix or name.endswith("." + suffix):
             return what

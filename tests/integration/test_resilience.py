@@ -14,6 +14,7 @@ import asyncio
 import http.client
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 
 from testkit.ports import free_port
 from testkit.wait import wait_until
+from tests.cli.run import dgw
 
 from .conftest import Stack, http_get
 
@@ -223,6 +225,17 @@ def test_a_retry_storm_does_not_raise_the_dal_load_beyond_the_retry_budget(stack
     stack.server.send_stats(envoy)
     shown = stack.server.get("/v1/stats/storm?window=60s")["resilience"]["retried"]
     assert shown["refused_by_budget"] > 0 and shown["retries"] == retries
+    env = {"DGW_SERVER": f"127.0.0.1:{stack.server.admin_port}", "DGW_TOKEN": stack.server.token}
+    table = dgw("stats", "storm", "--window", "60s", env=env, timeout=30)
+    assert table.returncode == 0, table.stderr
+    line = next(x for x in table.stdout.splitlines() if x.startswith("retried refused_by_budget"))
+    assert int(line.split()[-1]) == shown["refused_by_budget"]
+    scrape = urllib.request.Request(f"http://127.0.0.1:{stack.server.admin_port}/metrics",
+                                    headers={"Authorization": f"Bearer {stack.server.token}"})  # fmt: skip
+    with urllib.request.urlopen(scrape, timeout=5) as answer:
+        metrics = answer.read().decode()
+    assert f'dgw_resilience_events_total{{group="retried",reason="refused_by_budget",shard="storm"}} ' \
+           f'{float(shown["refused_by_budget"])}' in metrics  # fmt: skip
 
 
 def test_writes_are_never_hedged_or_doubled_while_reads_hedge(stack: Stack) -> None:
