@@ -350,6 +350,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ok = True
         return {
             "capacity_rps": capacity,
+            "measured_capacity_rps": measured,
             "rows": rows,
             "priority": priority,
             "hedging": hedge_rows,
@@ -371,7 +372,11 @@ def _range(values: list[float]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    data = measure(args)
+    return publish(measure(args), args)
+
+
+def publish(data: dict[str, Any], args: argparse.Namespace) -> int:
+    """The checks, the JSON (saved unless ``--no-save``) and the tables of ``measure``'s data."""
     rows, capacity = data["rows"], data["capacity_rps"]
     checks = []
 
