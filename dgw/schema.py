@@ -63,6 +63,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
                               "because they carry an idempotency token: the gateway retries them. Other "
                               "writes are retried only when they never reached the DAL.",
+        "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
+                          "but the caller's own deadline, retried only when they never reached the DAL.",
         "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
                       "for this DAL; keys not set here come from the shard's `resilience`, then the service tier's defaults (docs/resilience.md).",
         "image": "The container image (Docker runtime); the process runtime runs container_cmd on the host.",
@@ -88,6 +90,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
                               "because they carry an idempotency token: the gateway retries them. Other "
                               "writes are retried only when they never reached the DAL.",
+        "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
+                          "but the caller's own deadline, retried only when they never reached the DAL.",
         "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
                       "for this DAL; keys not set here come from the shard's `resilience`, then the service tier's defaults (docs/resilience.md).",
         "listeners": "Listener name → URL (postgresql://, mysql://, tcp:// for tcp listeners; http://, "

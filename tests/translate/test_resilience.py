@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from xds_server.config import RuntimeConfig, load_shard_text
+from xds_server.config import ConfigError, RuntimeConfig, load_shard_text
 from xds_server.config.resilience import TIER_DEFAULTS, check_resilience, effective_policy
 from xds_server.translate import build_ir
 from xds_server.translate.ir import GatewayIR, GrpcMethods, Listener, Mirror
@@ -42,7 +42,7 @@ deploy_desires:
 
 def test_grpc_routes_split_reads_idempotent_writes_and_other_writes() -> None:
     classes = {c.method_class: c for c in _listener(build_ir(_kv(tier=0))).route_classes}
-    assert list(classes) == ["reads", "idempotent_writes", "writes"]
+    assert list(classes) == ["streams", "reads", "idempotent_writes", "writes"]
     reads, idempotent, writes = classes["reads"], classes["idempotent_writes"], classes["writes"]
     assert isinstance(reads.match, GrpcMethods) and reads.match.paths == (r"/dgw\.kv\.v1\.KeyValue/GetItems",)
     assert reads.retry is not None and reads.retry.hedge and "reset" in reads.retry.retry_on
@@ -55,6 +55,16 @@ def test_grpc_routes_split_reads_idempotent_writes_and_other_writes() -> None:
         assert "resource-exhausted" not in (c.retry.retry_on if c.retry else "")
 
 
+def test_streams_have_no_time_limit_and_are_retried_only_when_never_sent() -> None:
+    cfg = _kv(tier=0, dal_extra='    stream_methods: ["/dgw.kv.v1.KeyValue/Watch*"]')
+    streams = _listener(build_ir(cfg)).route_classes[0]
+    assert streams.method_class == "streams" and streams.timeout_s == 0
+    assert isinstance(streams.match, GrpcMethods)
+    assert streams.match.paths == (r"/dgw\.kv\.v1\.KeyValue/Watch[^/]*", r"/grpc\.health\.v1\.Health/Watch")
+    assert streams.retry is not None and streams.retry.retry_on == "connect-failure,refused-stream"
+    assert not streams.retry.hedge
+
+
 def test_undeclared_reads_are_never_retried_as_reads() -> None:
     gateway = build_ir(_cfg("""
 proxy_config:
@@ -64,14 +74,15 @@ container_dals:
   kv:
     container_listeners: {api: 8980}
 """))
-    assert [c.method_class for c in _listener(gateway).route_classes] == ["writes"]
+    assert [c.method_class for c in _listener(gateway).route_classes] == ["streams", "writes"]
 
 
 @pytest.mark.parametrize("tier", [0, 1, 2, 3, 7])
 def test_each_tier_has_its_defaults(tier: int) -> None:
     policy = TIER_DEFAULTS[min(tier, 3)]
     gateway = build_ir(_kv(tier=tier))
-    reads = _listener(gateway).route_classes[0]
+    reads = _listener(gateway).route_classes[1]
+    assert reads.method_class == "reads"
     assert reads.timeout_s == policy.timeout_s
     assert reads.retry is not None and reads.retry.per_try_timeout_s == policy.retries.per_try_timeout_s
     assert reads.retry.hedge == policy.hedging
@@ -182,4 +193,23 @@ wiring:
     gateway = replace(gateway, listeners=(replace(api, mirrors=writes_only),))
     (table,) = to_resources(gateway).by_type[ROUTE].values()
     mirrored = {r.name: [m.cluster for m in r.route.request_mirror_policies] for r in table.virtual_hosts[0].routes}
-    assert mirrored == {"reads": [], "writes": ["dal.next.api"]}
+    assert mirrored == {"streams": [], "reads": [], "writes": ["dal.next.api"]}
+
+
+def test_hedging_set_on_purpose_needs_grpc_reads_to_hedge() -> None:
+    no_reads = """
+proxy_config:
+  public_listeners:
+    api: {mode: grpc, path: 8980}
+    web: {mode: http, path: 8080}
+container_dals:
+  kv: {container_listeners: {api: 8980}}
+  site: {container_listeners: {web: 8080}}
+resilience: {hedging: true}
+"""
+    with pytest.raises(ConfigError) as e:
+        _cfg(no_reads)
+    keys = [p.path for p in e.value.problems]
+    # The http DAL hedges GET/HEAD/OPTIONS: nothing to declare there.
+    assert keys == ["resilience.hedging"]
+    assert "DAL 'kv' declares no read_methods" in e.value.problems[0].message

@@ -276,6 +276,7 @@ class ContainerDal(_Strict):
     healthcheck: Healthcheck | None = None
     read_methods: list[GrpcMethodPattern] | None = None
     idempotent_methods: list[GrpcMethodPattern] | None = None
+    stream_methods: list[GrpcMethodPattern] | None = None
     resilience: ResilienceSpec | None = None
 
     @field_validator("container_listeners")
@@ -319,6 +320,7 @@ class NetworkDal(_Strict):
     mode: Literal["logical_dns", "strict_dns", "static"] = "logical_dns"
     read_methods: list[GrpcMethodPattern] | None = None
     idempotent_methods: list[GrpcMethodPattern] | None = None
+    stream_methods: list[GrpcMethodPattern] | None = None
     resilience: ResilienceSpec | None = None
 
 

@@ -17,6 +17,10 @@ from .model import DeployDesires, ResilienceSpec, RuntimeConfig, ShardFile, pars
 
 PriorityHeader = Literal["trusted", "any", "off"]
 
+# Streaming methods every gRPC server may have, besides those a DAL declares
+# (``stream_methods``): they get no time limit but the caller's own deadline.
+DEFAULT_STREAM_METHODS: tuple[str, ...] = ("/grpc.health.v1.Health/Watch",)
+
 # Set by a trusted caller to ``low`` (or ``high``) to choose a request's priority.
 PRIORITY_HEADER = "x-dgw-priority"
 
@@ -261,7 +265,8 @@ def _timeouts(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) 
             f"the per-try timeout ({_seconds(retries.per_try_timeout_s)}, "
             f"{_origin(cfg, dal, prefix, 'retries.per_try_timeout')}) must be less than the request "
             f"timeout ({_seconds(policy.timeout_s)}, {_origin(cfg, dal, prefix, 'timeout')}), which "
-            "includes every try: no retry could ever start",
+            "includes every try: no retry could ever start (lower retries.per_try_timeout, "
+            "or set retries.attempts: 0)",
         ))
     o = policy.outlier_detection
     for key, value in (("interval", o.interval_s), ("base_ejection_time", o.base_ejection_time_s)):
@@ -286,7 +291,41 @@ def _hedging(cfg: RuntimeConfig, dal: str | None, prefix: str, policy: Policy) -
     if dal is None:
         return []
     spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
-    if spec is not None and not spec.read_methods:
+    if spec is not None and not spec.read_methods and _serves_grpc(cfg, dal):
         return [(where, f"DAL {dal!r} declares no read_methods, and only reads are hedged (writes "
                         f"never are): add {prefix}read_methods, or set {prefix}resilience.hedging: false")]
     return []
+
+
+# --- in words (``dgw render`` prints it above the resources) -------------------------
+
+
+def describe(policy: Policy) -> str:
+    """One line: the effective policy as a person reads it."""
+    r, b, o, s = policy.retries, policy.circuit_breakers, policy.outlier_detection, policy.load_shedding
+    timeout = _seconds(policy.timeout_s) if policy.timeout_s else "none"
+    if r.attempts:
+        budget = f"budget {r.budget_percent:g}% (min {r.min_retry_concurrency})" if r.budget_percent else \
+            f"at most {b.max_retries} at once"
+        retries = f"{r.attempts} x {_seconds(r.per_try_timeout_s)} per try, {budget}"
+    else:
+        retries = "none"
+    limit = s.rate_limit
+    rate = f"{limit.requests_per_second}/s burst {limit.burst}" if limit else "none"
+    return (
+        f"timeout {timeout}; retries {retries}; hedging {'on (reads)' if policy.hedging and r.attempts else 'off'}; "
+        f"breakers {b.max_connections} conn/{b.max_pending_requests} pending/{b.max_requests} requests "
+        f"(low priority {s.low_priority_share:g}%); ejection after {o.consecutive_5xx} 5xx or "
+        f"{o.consecutive_gateway_failure} gateway errors for {_seconds(o.base_ejection_time_s)}+, "
+        f"at most {o.max_ejection_percent:g}%; rate limit {rate}; adaptive concurrency "
+        f"{'on' if s.adaptive_concurrency else 'off'}; priority header {s.priority_header}"
+    )
+
+
+def _serves_grpc(cfg: RuntimeConfig, dal: str) -> bool:
+    """Whether ``dal`` serves a public grpc listener (only there are gRPC reads hedged;
+    http reads are GET/HEAD/OPTIONS, whatever the DAL declares)."""
+    container = cfg.container_dals.get(dal)
+    names = set(container.container_listeners) if container else set(cfg.network_dals[dal].listeners)
+    public = cfg.proxy_config.public_listeners
+    return any(public[name].mode == "grpc" for name in names if name in public)

@@ -18,7 +18,12 @@ from xds_server.config import (
     parse_network_url,
 )
 from xds_server.config.model import PublicListener, ShardFile
-from xds_server.config.resilience import PRIORITY_HEADER, Policy, effective_policy
+from xds_server.config.resilience import (
+    DEFAULT_STREAM_METHODS,
+    PRIORITY_HEADER,
+    Policy,
+    effective_policy,
+)
 from xds_server.security.identity import IdentityError, consumer_id
 from xds_server.security.providers import (
     DEFAULT_GRPC_READ_METHODS,
@@ -33,7 +38,6 @@ from .ir import (
     FULL_SHARE,
     Authz,
     Backend,
-    Ejection,
     GatewayIR,
     GrpcMethods,
     HostPort,
@@ -134,18 +138,12 @@ def _thresholds(policy: Policy, share: float = 100.0) -> Thresholds:
     )
 
 
-def _ejection(policy: Policy) -> Ejection:
-    o = policy.outlier_detection
-    return Ejection(o.consecutive_5xx, o.consecutive_gateway_failure, o.interval_s,
-                    o.base_ejection_time_s, o.max_ejection_percent)
-
-
 def _with_policy(upstream: Upstream, policy: Policy) -> Upstream:
     return replace(
         upstream,
         high=_thresholds(policy),
         low=_thresholds(policy, policy.load_shedding.low_priority_share),
-        ejection=_ejection(policy),
+        ejection=policy.outlier_detection,
     )
 
 
@@ -357,12 +355,21 @@ def _declared_by_all(cfg: RuntimeConfig, dals: list[str], key: str) -> list[str]
     return sorted(common or ())
 
 
+def _declared_by_any(cfg: RuntimeConfig, dals: list[str], key: str) -> set[str]:
+    declared: set[str] = set()
+    for dal in dals:
+        spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
+        declared.update(getattr(spec, key, None) or ())
+    return declared
+
+
 def _route_classes(
     cfg: RuntimeConfig, topo: ListenerTopology, protocol: Protocol, policy: Policy,
 ) -> tuple[RouteClass, ...]:
-    """Reads, then idempotent writes, then every other request; a class no DAL
-    declares is left out. gRPC reads are the methods the DALs declare in read_methods
-    (never the authz default: a default guess must not make a stream retried)."""
+    """Streams (gRPC), reads, idempotent writes, then every other request; a class no
+    DAL declares is left out. gRPC reads are the methods the DALs declare in
+    read_methods (never the authz default: a default guess must not make a stream
+    retried)."""
     retries = policy.retries
     classes: list[RouteClass] = []
 
@@ -371,8 +378,13 @@ def _route_classes(
             return None
         return Retry(_RETRIABLE[protocol], retries.attempts, retries.per_try_timeout_s, hedge)
 
+    never_sent = Retry(_NEVER_SENT, retries.attempts, None, False) if retries.attempts else None
     if protocol == "grpc":
         serving = _serving(topo)
+        # A stream is one whenever any DAL says so: a time limit would cut it.
+        streams = sorted({*DEFAULT_STREAM_METHODS, *_declared_by_any(cfg, serving, "stream_methods")})
+        classes.append(RouteClass("streams", GrpcMethods(tuple(method_pattern_regex(p) for p in streams)),
+                                  0.0, never_sent))
         reads = _declared_by_all(cfg, serving, "read_methods")
         if reads:
             classes.append(RouteClass("reads", GrpcMethods(tuple(method_pattern_regex(p) for p in reads)),
@@ -386,7 +398,6 @@ def _route_classes(
     else:
         classes.append(RouteClass("reads", HttpMethods(HTTP_READ_METHODS), policy.timeout_s,
                                   retry(policy.hedging)))
-    never_sent = Retry(_NEVER_SENT, retries.attempts, None, False) if retries.attempts else None
     classes.append(RouteClass("writes", None, policy.timeout_s, never_sent))
     return tuple(classes)
 

@@ -23,15 +23,16 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from common.names import LISTENER_SOCKETS
+from xds_server.config.resilience import OutlierDetection
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 
 from . import ir, security, shedding
 from .endpoints import endpoints_for, lb_endpoint, socket_address
-from .packing import packed
+from .packing import duration, packed
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -87,12 +88,6 @@ def _by_name(named: Iterable[tuple[str, Message]]) -> dict[str, Message]:
     return dict(sorted(named, key=lambda pair: pair[0]))
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
 # --- clusters --------------------------------------------------------------------
 
 
@@ -100,7 +95,7 @@ def _cluster(upstream: ir.Upstream) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=upstream.name,
         type=_DISCOVERY_TYPE[upstream.discovery],
-        connect_timeout=_duration(upstream.connect_timeout_s),
+        connect_timeout=duration(upstream.connect_timeout_s),
     )
     if upstream.target is None:
         cluster.eds_cluster_config.eds_config.CopyFrom(_ADS)
@@ -149,7 +144,7 @@ def _thresholds(priority: int, t: ir.Thresholds) -> circuit_breaker_pb2.CircuitB
     return thresholds
 
 
-def _outlier_detection(e: ir.Ejection) -> outlier_detection_pb2.OutlierDetection:
+def _outlier_detection(e: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
     # gRPC answers count too: the router maps grpc-status to an HTTP status for the
     # outlier detector (UNAVAILABLE is 503, INTERNAL and UNKNOWN 500).
     return outlier_detection_pb2.OutlierDetection(
@@ -159,8 +154,8 @@ def _outlier_detection(e: ir.Ejection) -> outlier_detection_pb2.OutlierDetection
         enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
         # Success-rate ejection needs a request volume per host a DAL cluster rarely has.
         enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
-        interval=_duration(e.interval_s),
-        base_ejection_time=_duration(e.base_ejection_time_s),
+        interval=duration(e.interval_s),
+        base_ejection_time=duration(e.base_ejection_time_s),
         max_ejection_percent=wrappers_pb2.UInt32Value(value=round(e.max_ejection_percent)),
     )
 
@@ -330,10 +325,10 @@ def _route_action(lst: ir.Listener, route_class: ir.RouteClass, priority: int) -
             for b in lst.backends
         )
     # Zero turns the limit off (streams may last for hours).
-    action.timeout.CopyFrom(_duration(route_class.timeout_s))
+    action.timeout.CopyFrom(duration(route_class.timeout_s))
     if lst.protocol == "grpc":
         # A caller's own deadline (grpc-timeout) applies when it is shorter.
-        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(_duration(route_class.timeout_s))
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(route_class.timeout_s))
     if route_class.retry is not None:
         action.retry_policy.CopyFrom(_retry_policy(route_class.retry))
         if route_class.retry.hedge:
@@ -359,7 +354,7 @@ def _retry_policy(retry: ir.Retry) -> route_components_pb2.RetryPolicy:
         host_selection_retry_max_attempts=3,
     )
     if retry.per_try_timeout_s is not None:
-        policy.per_try_timeout.CopyFrom(_duration(retry.per_try_timeout_s))
+        policy.per_try_timeout.CopyFrom(duration(retry.per_try_timeout_s))
     return policy
 
 

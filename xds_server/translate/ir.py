@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from xds_server.config.resilience import OutlierDetection
+
 Protocol = Literal["grpc", "http", "tcp"]
 
 # "reported": a container DAL on this host; the sidecar reports its endpoints (EDS).
@@ -27,9 +29,11 @@ FULL_SHARE = 10_000
 
 # Requests of a grpc or http listener are routed by method class, each with its own
 # retry policy: reads may be retried and hedged, idempotent writes retried, other
-# writes only when they were provably never sent.
-MethodClass = Literal["reads", "idempotent_writes", "writes"]
-METHOD_CLASSES: tuple[MethodClass, ...] = ("reads", "idempotent_writes", "writes")
+# writes only when they were provably never sent; streams have no time limit but
+# the caller's own deadline.
+MethodClass = Literal["streams", "reads", "idempotent_writes", "writes"]
+METHOD_CLASSES: tuple[MethodClass, ...] = ("streams", "reads", "idempotent_writes", "writes")
+WRITE_CLASSES: frozenset[MethodClass] = frozenset({"idempotent_writes", "writes"})
 
 
 @dataclass(frozen=True)
@@ -59,17 +63,6 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class Ejection:
-    """Outlier detection: when an endpoint is taken out of load balancing, and for how long."""
-
-    consecutive_5xx: int
-    consecutive_gateway_failure: int
-    interval_s: float
-    base_ejection_time_s: float
-    max_ejection_percent: float
-
-
-@dataclass(frozen=True)
 class Upstream:
     """One DAL serving one listener: an Envoy cluster.
 
@@ -86,7 +79,7 @@ class Upstream:
     target: HostPort | None = None  # network DALs only: where Envoy connects
     high: Thresholds | None = None
     low: Thresholds | None = None
-    ejection: Ejection | None = None
+    ejection: OutlierDetection | None = None  # when an endpoint is taken out, for how long
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ class Mirror:
 
     @property
     def writes_only(self) -> bool:
-        return "reads" not in self.method_classes
+        return set(self.method_classes) <= WRITE_CLASSES
 
 
 @dataclass(frozen=True)

@@ -16,22 +16,16 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from . import ir
-from .packing import packed
+from .packing import duration, packed
 
 LOCAL_RATE_LIMIT = "envoy.filters.http.local_ratelimit"
 ADAPTIVE_CONCURRENCY = "envoy.filters.http.adaptive_concurrency"
 
 _UNAVAILABLE = http_status_pb2.HttpStatus(code=http_status_pb2.StatusCode.ServiceUnavailable)
 _EVERY_REQUEST = percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED)
-
-
-def _seconds(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
 
 
 def http_filters(lst: ir.Listener, shedding: ir.Shedding) -> list[hcm_pb2.HttpFilter]:
@@ -62,7 +56,7 @@ def _rate_limit(lst: ir.Listener, bucket: ir.TokenBucket) -> local_rate_limit_pb
         token_bucket=token_bucket_pb2.TokenBucket(
             max_tokens=bucket.max_tokens,
             tokens_per_fill=wrappers_pb2.UInt32Value(value=bucket.tokens_per_fill),
-            fill_interval=_seconds(bucket.fill_interval_s),
+            fill_interval=duration(bucket.fill_interval_s),
         ),
         filter_enabled=always(f"dgw.rate_limit.{lst.listener}.enabled"),
         filter_enforced=always(f"dgw.rate_limit.{lst.listener}.enforced"),
@@ -77,10 +71,10 @@ def _adaptive_concurrency(lst: ir.Listener) -> ac_pb2.AdaptiveConcurrency:
         sample_aggregate_percentile=percent_pb2.Percent(value=90),
         concurrency_limit_params=ac_pb2.GradientControllerConfig.ConcurrencyLimitCalculationParams(
             max_concurrency_limit=wrappers_pb2.UInt32Value(value=1000),
-            concurrency_update_interval=_seconds(0.1),
+            concurrency_update_interval=duration(0.1),
         ),
         min_rtt_calc_params=ac_pb2.GradientControllerConfig.MinimumRTTCalculationParams(
-            interval=_seconds(30),
+            interval=duration(30),
             request_count=wrappers_pb2.UInt32Value(value=50),
             jitter=percent_pb2.Percent(value=10),
             min_concurrency=wrappers_pb2.UInt32Value(value=3),
