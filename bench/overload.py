@@ -119,9 +119,7 @@ def overload_shard(case: str, port: int, concurrency: int) -> str:
 def hedge_shard(case: str, port: int, per_try_ms: float) -> str:
     per_try = "900ms" if case == "no-hedging" else f"{per_try_ms:g}ms"
     hedging = "true" if case == "hedging" else "false"
-    # read_methods: hedging is refused on a DAL that declares none (HTTP reads are GETs anyway)
-    return _shard_text(port, f"    read_methods: [/dgw.sample.v1.Echo/Echo]\n"
-                             f"resilience:\n  timeout: 1s\n  retries: {{attempts: 2, per_try_timeout: {per_try}}}\n"
+    return _shard_text(port, f"resilience:\n  timeout: 1s\n  retries: {{attempts: 2, per_try_timeout: {per_try}}}\n"
                              f"  hedging: {hedging}\n")  # fmt: skip
 
 
