@@ -27,7 +27,7 @@ from testkit.ports import free_port
 from testkit.wait import wait_until
 from tests.cli.run import dgw
 
-from .conftest import Stack, http_get
+from .conftest import Stack, answered_by, healthy, http_get
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
@@ -41,10 +41,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s.close()
 
 
-def healthy(dal: str, listener: str, port: int) -> dict[str, Any]:
-    return {"dal": dal, "listener": listener, "address": "127.0.0.1", "port": port, "health": "HEALTHY"}
-
-
 def faults(port: int, **knobs: Any) -> None:
     """Flip a DAL's fault knobs live (straight to the DAL, not through Envoy)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -55,14 +51,6 @@ def faults(port: int, **knobs: Any) -> None:
 
 def dal_stats(port: int) -> dict[str, Any]:
     return http_get(port, "/stats")[1]
-
-
-def answered_by(port: int, path: str = "/v1/item") -> str | None:
-    try:
-        status, body = http_get(port, path)
-    except OSError:
-        return None
-    return body.get("dal") if status == 200 else None
 
 
 def shard(api: int, dal: dict[str, Any], rpc: int | None = None, **top: Any) -> dict[str, Any]:
