@@ -194,7 +194,11 @@ class _Stack:
 
     def report(self, case: str) -> None:
         """Report the case's endpoints (again), as a sidecar does: a report lives 2 minutes."""
-        wait_for(lambda: self.server.post_report(self.reports[case]), 20, "the server to accept the report")
+        wait_for(
+            lambda: self.server.post_report(self.reports[case]),
+            20,
+            "the server to accept the report",
+        )
         self.reported[case] = time.monotonic()
 
     def keep_reported(self, case: str) -> None:

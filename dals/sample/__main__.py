@@ -104,7 +104,9 @@ class State:
             async with self._turn:  # FIFO: asyncio.Condition wakes waiters in order
                 self.waiting += 1
                 try:
-                    await self._turn.wait_for(lambda: self.in_service < max(1, self.faults.concurrency))
+                    await self._turn.wait_for(
+                        lambda: self.in_service < max(1, self.faults.concurrency)
+                    )
                 finally:
                     self.waiting -= 1
         try:

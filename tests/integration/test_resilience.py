@@ -73,7 +73,9 @@ def start(stack: Stack, name: str, config: dict[str, Any], dals: dict[str, dict[
     stack.envoy(name)
 
 
-def test_an_endpoint_answering_5xx_is_ejected_and_returns_after_the_ejection_time(stack: Stack) -> None:
+def test_an_endpoint_answering_5xx_is_ejected_and_returns_after_the_ejection_time(
+    stack: Stack,
+) -> None:
     api = free_port()
     dals = {"a": {"api": free_port()}, "b": {"api": free_port()}}
     start(stack, "ej", shard(api, {"container_listeners": {"api": 8081}, "resilience": {
@@ -82,11 +84,17 @@ def test_an_endpoint_answering_5xx_is_ejected_and_returns_after_the_ejection_tim
     }}), dals)  # fmt: skip
     envoy = stack.envoys[0]
     seen: set[str | None] = set()
-    wait_until(lambda: seen.add(answered_by(api)) or {"kv-a", "kv-b"} <= seen, 15, what="both endpoints serving")
+    wait_until(
+        lambda: seen.add(answered_by(api)) or {"kv-a", "kv-b"} <= seen,
+        15,
+        what="both endpoints serving",
+    )
 
     faults(dals["b"]["api"], fail=True)
     ejected = "cluster.dal.kv.api.outlier_detection.ejections_active"
-    wait_until(lambda: answered_by(api) is not None and envoy.stat(ejected) == 1, 15, what="b ejected")
+    wait_until(
+        lambda: answered_by(api) is not None and envoy.stat(ejected) == 1, 15, what="b ejected"
+    )
     b_calls = dal_stats(dals["b"]["api"])["requests"]
     answers = [answered_by(api) for _ in range(30)]
     assert answers == ["kv-a"] * 30, "while b is ejected, its healthy peer takes every request"
@@ -94,19 +102,25 @@ def test_an_endpoint_answering_5xx_is_ejected_and_returns_after_the_ejection_tim
 
     faults(dals["b"]["api"], fail=False)
     healed = time.monotonic()
-    wait_until(lambda: answered_by(api) == "kv-b", 15, what="b back in rotation after its ejection time")
+    wait_until(
+        lambda: answered_by(api) == "kv-b", 15, what="b back in rotation after its ejection time"
+    )
     assert time.monotonic() - healed >= 0.3, "ejected for its ejection time, not returned at once"
     assert envoy.stat(ejected) == 0
     assert envoy.stat("cluster.dal.kv.api.outlier_detection.ejections_enforced_total") >= 1
 
 
-async def _burst(url: str, n: int, headers: dict[str, str] | None = None) -> list[tuple[int, float, bool]]:
+async def _burst(
+    url: str, n: int, headers: dict[str, str] | None = None
+) -> list[tuple[int, float, bool]]:
     """``n`` requests at once, each on its own connection: (status, seconds, retry-after?)."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one() -> tuple[int, float, bool]:
             began = time.monotonic()
-            async with session.get(url, headers=headers or {}, timeout=aiohttp.ClientTimeout(total=15)) as r:
+            async with session.get(
+                url, headers=headers or {}, timeout=aiohttp.ClientTimeout(total=15)
+            ) as r:
                 await r.read()
                 return r.status, time.monotonic() - began, "retry-after" in r.headers
 
@@ -127,7 +141,9 @@ async def _grpc_burst(port: int, n: int) -> list[grpc.StatusCode]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-def test_overload_is_shed_at_once_with_the_documented_status_and_everything_recovers(stack: Stack) -> None:
+def test_overload_is_shed_at_once_with_the_documented_status_and_everything_recovers(
+    stack: Stack,
+) -> None:
     api, rpc = free_port(), free_port()
     ports = {"api": free_port(), "secure_grpc": free_port()}
     # The DAL serves 2 requests at once, 50 ms each: 40/s. The breakers admit 3 in flight and 1 waiting.
@@ -152,7 +168,10 @@ def test_overload_is_shed_at_once_with_the_documented_status_and_everything_reco
 
     codes = asyncio.run(_grpc_burst(rpc, 40))
     refused = [c for c in codes if c != grpc.StatusCode.OK]
-    assert refused and set(refused) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert refused and set(refused) <= {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }, codes
 
     assert envoy.alive() and answered_by(api) == "kv-a", "Envoy and the DAL stay up"
     assert [answered_by(api) for _ in range(10)] == ["kv-a"] * 10, "recovered when the load drops"
@@ -186,6 +205,7 @@ def test_a_retry_storm_does_not_raise_the_dal_load_beyond_the_retry_budget(stack
         """Every client retries every failure at once, ``tries`` times: what Envoy received."""
         sent = 0
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
             async def client() -> None:
                 nonlocal sent
                 for _ in range(tries):
@@ -205,8 +225,14 @@ def test_a_retry_storm_does_not_raise_the_dal_load_beyond_the_retry_budget(stack
     # flight stay within 20 % of the active requests: of 30 active, at most 6 retrying and
     # 24 on their first try, so at most 6/24 = 25 % more calls than requests (+ the ramp).
     assert calls == received + retries, (received, calls, retries)
-    assert received <= calls <= received * (1 + budget / (100 - budget)) * 1.1 + 10, (received, calls, retries)
-    assert envoy.stat("cluster.dal.kv.api.upstream_rq_retry_overflow") > 0, "the budget refused retries"
+    assert received <= calls <= received * (1 + budget / (100 - budget)) * 1.1 + 10, (
+        received,
+        calls,
+        retries,
+    )
+    assert envoy.stat("cluster.dal.kv.api.upstream_rq_retry_overflow") > 0, (
+        "the budget refused retries"
+    )
     faults(port, fail=False)
     assert answered_by(api) == "kv-a"
 
@@ -237,7 +263,11 @@ def test_writes_are_never_hedged_or_doubled_while_reads_hedge(stack: Stack) -> N
     }, rpc), dals)  # fmt: skip
     envoy = stack.envoys[0]
     seen: set[str | None] = set()
-    wait_until(lambda: seen.add(answered_by(api)) or {"kv-fast", "kv-slow"} <= seen, 15, what="both endpoints")
+    wait_until(
+        lambda: seen.add(answered_by(api)) or {"kv-fast", "kv-slow"} <= seen,
+        15,
+        what="both endpoints",
+    )
     faults(dals["slow"]["api"], delay_ms=400)  # one process serves both listeners
 
     def counted(method: str) -> int:
@@ -263,12 +293,18 @@ def test_writes_are_never_hedged_or_doubled_while_reads_hedge(stack: Stack) -> N
     assert counted("POST") - writes == 20, "writes counted at the DAL: none doubled"
 
     with grpc.insecure_channel(f"127.0.0.1:{rpc}") as channel:
-        before = {m: sum(dal_stats(p["api"])["by_method"].get(m, 0) for p in dals.values()) for m in (ECHO, WRITE)}
+        before = {
+            m: sum(dal_stats(p["api"])["by_method"].get(m, 0) for p in dals.values())
+            for m in (ECHO, WRITE)
+        }
         for i in range(10):
             assert channel.unary_unary(ECHO)(b"r%d" % i, timeout=5).endswith(b"r%d" % i)
         for i in range(10):
             assert channel.unary_unary(WRITE)(b"w%d" % i, timeout=5).endswith(b"w%d" % i)
-        after = {m: sum(dal_stats(p["api"])["by_method"].get(m, 0) for p in dals.values()) for m in (ECHO, WRITE)}
+        after = {
+            m: sum(dal_stats(p["api"])["by_method"].get(m, 0) for p in dals.values())
+            for m in (ECHO, WRITE)
+        }
     assert after[WRITE] - before[WRITE] == 10, "gRPC writes: none doubled"
     assert after[ECHO] - before[ECHO] > 10, "gRPC reads (declared in read_methods) hedge"
     # A hedge is a retry in Envoy's counts (the slow try is not timed out: it runs on).
