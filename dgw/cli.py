@@ -84,7 +84,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from xds_server.translate import TranslateOptions, render_yaml, translate
+    from xds_server.translate import (
+        TranslateOptions,
+        build_ir,
+        render_yaml,
+        resilience_summary,
+        to_resources,
+    )
 
     try:
         config = load_any(args.path)
@@ -94,15 +100,15 @@ def cmd_render(args: argparse.Namespace) -> int:
                 "holds only deploy_desires: there is nothing to render (render takes a "
                 "runtime config: proxy_config, container_dals, network_dals, wiring)",
             )])
-        resources = translate(
-            config,
-            TranslateOptions(public_address=args.public_address, file=str(args.path)),
-        )
+        gateway = build_ir(config, TranslateOptions(public_address=args.public_address, file=str(args.path)))
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 1
-    sys.stdout.write(render_yaml(resources))
+    # The effective resilience in words first, as YAML comments: the output stays a
+    # YAML document of the resources, which carry the same policies in Envoy's terms.
+    sys.stdout.write("".join(f"# {line}\n" for line in resilience_summary(config, gateway)))
+    sys.stdout.write(render_yaml(to_resources(gateway)))
     return 0
 
 

@@ -35,6 +35,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "registrations": "Discovery names this instance is registered under while it is healthy.",
         "deploy_desires": "Capacity, tier, versions, locations, owners and consumers of the shard "
                           "(may also live in a file of its own).",
+        "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
+                      "for every DAL of the shard; keys not set here come from the service tier's defaults (`deploy_desires.service_tier`) (docs/resilience.md).",
         "allow_no_listeners": "Say true to accept a config with no public listener while Envoys of the "
                               "shard are connected (it would refuse all their traffic); otherwise "
                               "such a change is rejected.",
@@ -58,6 +60,13 @@ MEANINGS: dict[str, dict[str, str]] = {
         "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
                         "all a read-only consumer may call on an `authz` listener. Default: Get*, "
                         "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
+        "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
+                              "because they carry an idempotency token: the gateway retries them. Other "
+                              "writes are retried only when they never reached the DAL.",
+        "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
+                          "but the caller's own deadline, retried only when they never reached the DAL.",
+        "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
+                      "for this DAL; keys not set here come from the shard's `resilience`, then the service tier's defaults (docs/resilience.md).",
         "image": "The container image (Docker runtime); the process runtime runs container_cmd on the host.",
         "container_cmd": "The command: a string is split into words like docker-compose's `command` "
                          "(no shell); a list is used as is.",
@@ -78,6 +87,13 @@ MEANINGS: dict[str, dict[str, str]] = {
         "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
                         "all a read-only consumer may call on an `authz` listener. Default: Get*, "
                         "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
+        "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
+                              "because they carry an idempotency token: the gateway retries them. Other "
+                              "writes are retried only when they never reached the DAL.",
+        "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
+                          "but the caller's own deadline, retried only when they never reached the DAL.",
+        "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
+                      "for this DAL; keys not set here come from the shard's `resilience`, then the service tier's defaults (docs/resilience.md).",
         "listeners": "Listener name → URL (postgresql://, mysql://, tcp:// for tcp listeners; http://, "
                      "grpc:// for http and grpc ones).",
         "mode": "How Envoy resolves the URL's host: logical_dns, strict_dns, or static (an IP address).",
@@ -140,6 +156,56 @@ MEANINGS: dict[str, dict[str, str]] = {
         "type": "How the consumer is identified.",
         "value": "The consumer's identity.",
         "group": "What it may do: read-write or read-only.",
+        "priority": "Its requests' priority under overload: low-priority requests (batch, backfills) are "
+                    "shed before high ones. Needs `tls_creds` on the listener (the caller's identity).",
+        "may_set_priority": "Whether its `x-dgw-priority: low` header is believed (`load_shedding."
+                            "priority_header: trusted`): a caller marks single requests as low priority.",
+    },
+    "ResilienceSpec": {
+        "timeout": "The whole request, retries included (10s, 250ms); 0s: no limit (streaming DALs).",
+        "retries": "How failed or slow requests are tried again.",
+        "hedging": "Reads only: when a try exceeds its per-try timeout, send another try at once and "
+                   "take whichever answers first. Writes are never hedged.",
+        "circuit_breakers": "Limits of each DAL cluster; beyond them Envoy answers 503 at once.",
+        "outlier_detection": "When an endpoint that keeps failing is taken out of load balancing.",
+        "load_shedding": "What a listener refuses at once when overloaded, and who is refused first.",
+    },
+    "RetriesSpec": {
+        "attempts": "Tries after the first (0-10). Reads and idempotent writes are retried on "
+                    "failure; other writes only when they never reached the DAL.",
+        "per_try_timeout": "The limit of one try; must be less than `timeout`.",
+        "budget_percent": "Retries active at once, as a percent of active requests (0-100): "
+                          "retries cannot multiply an overload.",
+        "min_retry_concurrency": "Retries always allowed at once, whatever the budget.",
+    },
+    "CircuitBreakersSpec": {
+        "max_connections": "Connections to the DAL cluster.",
+        "max_pending_requests": "Requests waiting for a connection.",
+        "max_requests": "Requests in flight.",
+        "max_retries": "Retries in flight; only used when `retries.budget_percent` is 0.",
+    },
+    "OutlierDetectionSpec": {
+        "consecutive_5xx": "Consecutive 5xx answers (gRPC UNAVAILABLE, INTERNAL, UNKNOWN...) that eject an endpoint.",
+        "consecutive_gateway_failure": "Consecutive 502/503/504 answers or connection failures that eject an endpoint.",
+        "interval": "How often ejections are decided.",
+        "base_ejection_time": "How long an endpoint stays out the first time (longer each time again).",
+        "max_ejection_percent": "The most endpoints of a cluster out at once, in percent (0-100); "
+                                "a cluster with one endpoint may still lose it.",
+    },
+    "LoadSheddingSpec": {
+        "rate_limit": "A local rate limit per listener (absent: none); `null` turns off an inherited one.",
+        "adaptive_concurrency": "Envoy's gradient controller: a concurrency limit that follows the DAL's "
+                                "latency; requests over it get 503 (gRPC UNAVAILABLE) at once.",
+        "low_priority_share": "The share of the circuit breakers' limits (percent) low-priority requests "
+                              "may use; they are shed first.",
+        "priority_header": "Who may mark a request low priority with `x-dgw-priority: low`: trusted "
+                           "(consumers with `may_set_priority`), any (every caller: trusted networks "
+                           "only) or off.",
+    },
+    "RateLimitSpec": {
+        "requests_per_second": "Requests admitted per second, sustained; more get 503 with retry-after "
+                               "(gRPC RESOURCE_EXHAUSTED).",
+        "burst": "Requests admitted at once above the rate (default: a tenth of a second's worth).",
     },
 }
 

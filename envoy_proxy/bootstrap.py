@@ -31,6 +31,44 @@ XDS_CONNECT_TIMEOUT = "1s"
 XDS_RETRY = {"retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"}}
 
 
+# The overload manager protects Envoy itself, whatever the shard's policies say: past
+# these, Envoy refuses new connections (downstream) or sheds requests (heap) rather
+# than fall over. Fixed defaults, sized for a gateway host: a gateway Envoy holds
+# tens of MiB and hundreds of connections in normal use.
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+MAX_HEAP_BYTES = 1 << 30
+_FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
+OVERLOAD_MANAGER: dict[str, Any] = {
+    "refresh_interval": "0.25s",
+    "resource_monitors": [
+        {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                     "DownstreamConnectionsConfig",
+            "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+        }},
+        {"name": _FIXED_HEAP, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+            "max_heap_size_bytes": MAX_HEAP_BYTES,
+        }},
+    ],
+    "actions": [
+        # From 80 % of the heap, idle connections are closed sooner (down to a fifth
+        # of their timeout at 95 %), freeing their buffers first.
+        {"name": "envoy.overload_actions.reduce_timeouts",
+         "triggers": [{"name": _FIXED_HEAP, "scaled": {"scaling_threshold": 0.80, "saturation_threshold": 0.95}}],
+         "typed_config": {
+             "@type": "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+             "timer_scale_factors": [{"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_scale": {"value": 20}}],
+         }},
+        {"name": "envoy.overload_actions.shrink_heap",
+         "triggers": [{"name": _FIXED_HEAP, "threshold": {"value": 0.90}}]},
+        # Near the limit new requests get 503 at once; those in flight finish.
+        {"name": "envoy.overload_actions.stop_accepting_requests",
+         "triggers": [{"name": _FIXED_HEAP, "threshold": {"value": 0.95}}]},
+    ],
+}
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -120,6 +158,7 @@ def make_bootstrap(
             {"match": {"safe_regex": {"regex": ".*"}}, "buckets": list(LATENCY_BUCKETS_MS)}
         ]},
         "stats_flush_interval": f"{STATS_FLUSH_INTERVAL_S:g}s",
+        "overload_manager": OVERLOAD_MANAGER,
     }
     if sds_socket:
         config["static_resources"]["clusters"].append(sds_cluster(sds_socket))

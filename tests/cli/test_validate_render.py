@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
+
 from .run import EXAMPLES, dgw
 
 ENV = {"DGW_CONFIG_VERSION": "0123abc"}
@@ -67,3 +69,17 @@ def test_a_mistyped_key_gets_a_suggestion(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert (f"{path}:container_dals.kv.container_listners: unknown key 'container_listners': "
             "did you mean 'container_listeners'?") in proc.stdout
+
+
+def test_render_shows_the_effective_resilience_above_the_resources() -> None:
+    case = Path(__file__).parents[1] / "translate" / "testdata" / "in" / "resilience-method-classes.yaml"
+    proc = dgw("render", str(case), env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    comments = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    assert comments[0].startswith("# effective resilience (service tier 1 defaults")
+    # The DAL's own keys win over the shard's, the shard's over the tier's.
+    assert any("DAL kv: timeout 2s; retries 1 x 400ms per try" in line for line in comments)
+    assert any("DAL kv-next: timeout 2s; retries 2 x 500ms per try" in line for line in comments)
+    assert any("reads (2 method patterns) retried up to 1x, hedged" in line for line in comments)
+    assert any("x-dgw-priority: low from spiffe://dgw.local/prod/ui" in line for line in comments)
+    assert yaml.safe_load(proc.stdout)["routes"][0]["virtual_hosts"][0]["routes"][3]["name"] == "reads_low"

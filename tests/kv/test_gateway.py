@@ -39,13 +39,15 @@ pytestmark = [pytest.mark.envoy, pytest.mark.postgres, pytest.mark.slow]
 SHARD, ADDRESS = "kvgw", "kvgw.dgwkv"
 WRITER, READER = "kv-app", "kv-reader"
 READS = ["/dgw.kv.v1.KeyValue/GetItems", "/dgw.kv.v1.KeyValue/ScanItems"]
+# The KV DAL's writes carry idempotency tokens: the gateway may retry them.
+IDEMPOTENT = ["/dgw.kv.v1.KeyValue/PutItems", "/dgw.kv.v1.KeyValue/DeleteItems", "/dgw.kv.v1.KeyValue/MutateItems"]
 
 
 def shard(grpc_port: int, ports: dict[str, dict[str, int]], wiring: dict[str, object]) -> dict[str, object]:
     return {
         "proxy_config": {"public_listeners": {
             "secure_grpc": {"mode": "grpc", "path": grpc_port, "tls_creds": "metatron", "authz": "gandalf"}}},
-        "container_dals": {name: {"container_listeners": p, "read_methods": READS} for name, p in ports.items()},
+        "container_dals": {name: {"container_listeners": p, "read_methods": READS, "idempotent_methods": IDEMPOTENT} for name, p in ports.items()},
         "wiring": {"thrift": wiring},
         "registrations": [{"address": ADDRESS}],
         "deploy_desires": {"consumers": [{"type": "account-app", "value": WRITER, "group": "read-write"},

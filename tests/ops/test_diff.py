@@ -48,3 +48,18 @@ def test_added_and_removed_resources_are_named_by_type() -> None:
     back = resource_diff(resources(more), resources(ONE))
     assert set(back.removed) == set(diff.added) and back.added == ()
     assert resource_diff(resources(ONE), Resources()).to_dict()["removed"][0]["type"] == "clusters"
+
+
+def test_a_policy_change_shows_in_the_route_and_cluster_diffs() -> None:
+    def full(text: str) -> Resources:
+        return translate(load_shard_text(text, "kv.yaml", env={}))
+
+    edited = ONE + "resilience: {timeout: 750ms, retries: {per_try_timeout: 200ms}, circuit_breakers: {max_requests: 64}}\n"
+    diff = resource_diff(full(ONE), full(edited))
+    changed = {(c.type, c.name): c.diff for c in diff.changed}
+    assert set(changed) == {("routes", "route.api"), ("clusters", "dal.thrift.api"), ("clusters", "dal.cql.api")}
+    assert "+      timeout: 0.750s" in changed[("routes", "route.api")]
+    assert "+    max_requests: 64" in changed[("clusters", "dal.thrift.api")]
+    # The service tier is a policy too: its defaults change with it.
+    tier0 = resource_diff(full(ONE), full(ONE + "deploy_desires: {service_tier: 0}\n"))
+    assert ("listeners", "public.api") in {(c.type, c.name) for c in tier0.changed}  # adaptive concurrency

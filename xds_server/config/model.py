@@ -202,6 +202,70 @@ def _grpc_method_pattern(value: str) -> str:
 GrpcMethodPattern = Annotated[str, AfterValidator(_grpc_method_pattern)]
 
 
+def _duration_text(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration_text)]
+
+
+class RetriesSpec(_Strict):
+    """How a failed or slow request is tried again (unset keys inherit)."""
+
+    attempts: int | None = Field(default=None, ge=0, le=10)
+    per_try_timeout: Duration | None = None
+    budget_percent: float | None = Field(default=None, ge=0, le=100)
+    min_retry_concurrency: int | None = Field(default=None, ge=0)
+
+
+class CircuitBreakersSpec(_Strict):
+    """Envoy's circuit breakers of each DAL cluster (unset keys inherit)."""
+
+    max_connections: int | None = Field(default=None, ge=1)
+    max_pending_requests: int | None = Field(default=None, ge=1)
+    max_requests: int | None = Field(default=None, ge=1)
+    max_retries: int | None = Field(default=None, ge=1)
+
+
+class OutlierDetectionSpec(_Strict):
+    """When an endpoint of a DAL is ejected from its load balancing (unset keys inherit)."""
+
+    consecutive_5xx: int | None = Field(default=None, ge=1)
+    consecutive_gateway_failure: int | None = Field(default=None, ge=1)
+    interval: Duration | None = None
+    base_ejection_time: Duration | None = None
+    max_ejection_percent: float | None = Field(default=None, ge=0, le=100)
+
+
+class RateLimitSpec(_Strict):
+    """A token bucket per listener: ``requests_per_second`` sustained, ``burst`` at once."""
+
+    requests_per_second: int = Field(ge=1)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class LoadSheddingSpec(_Strict):
+    """What a listener refuses at once when it is overloaded (unset keys inherit)."""
+
+    rate_limit: RateLimitSpec | None = None
+    adaptive_concurrency: bool | None = None
+    low_priority_share: float | None = Field(default=None, gt=0, le=100)
+    priority_header: Literal["trusted", "any", "off"] | None = None
+
+
+class ResilienceSpec(_Strict):
+    """Timeouts, retries, hedging, breakers, ejection and shedding; each key not set
+    here comes from the next level (DAL > shard > the service tier's defaults)."""
+
+    timeout: Duration | None = None
+    retries: RetriesSpec | None = None
+    hedging: bool | None = None
+    circuit_breakers: CircuitBreakersSpec | None = None
+    outlier_detection: OutlierDetectionSpec | None = None
+    load_shedding: LoadSheddingSpec | None = None
+
+
 class ContainerDal(_Strict):
     """A DAL run as a container (or a local process) on every gateway instance."""
 
@@ -211,6 +275,9 @@ class ContainerDal(_Strict):
     env: dict[str, EnvValue] = Field(default_factory=dict)
     healthcheck: Healthcheck | None = None
     read_methods: list[GrpcMethodPattern] | None = None
+    idempotent_methods: list[GrpcMethodPattern] | None = None
+    stream_methods: list[GrpcMethodPattern] | None = None
+    resilience: ResilienceSpec | None = None
 
     @field_validator("container_listeners")
     @classmethod
@@ -252,6 +319,9 @@ class NetworkDal(_Strict):
     listeners: dict[str, str] = Field(default_factory=dict)
     mode: Literal["logical_dns", "strict_dns", "static"] = "logical_dns"
     read_methods: list[GrpcMethodPattern] | None = None
+    idempotent_methods: list[GrpcMethodPattern] | None = None
+    stream_methods: list[GrpcMethodPattern] | None = None
+    resilience: ResilienceSpec | None = None
 
 
 class Wiring(_Strict):
@@ -297,6 +367,7 @@ class RuntimeConfig(_Strict):
     network_dals: dict[str, NetworkDal] = Field(default_factory=dict)
     wiring: dict[str, Wiring] = Field(default_factory=dict)
     registrations: list[Registration] = Field(default_factory=list)
+    resilience: ResilienceSpec | None = None
 
     @field_validator("container_dals", "network_dals")
     @classmethod
@@ -370,6 +441,8 @@ class Consumer(_Strict):
     type: Literal["account-app", "app", "spiffe"]
     value: str
     group: Literal["read-write", "read-only"]
+    priority: Literal["high", "low"] = "high"
+    may_set_priority: bool = False
 
 
 class DeployDesires(_Strict):

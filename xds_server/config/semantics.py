@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from .errors import Problem, quote
 from .model import NETWORK_SCHEMES, RuntimeConfig
+from .resilience import check_resilience
 
 
 @dataclass(frozen=True)
@@ -243,4 +244,5 @@ RULES: tuple[Callable[[RuntimeConfig], _Found], ...] = (
     _wiring,
     _one_primary_each,
     _registrations,
+    check_resilience,
 )

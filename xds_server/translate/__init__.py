@@ -14,7 +14,7 @@ from .discovery import resource_name as discovery_name
 from .endpoints import endpoints_for
 from .envoy import to_resources
 from .ir import GatewayIR
-from .render import render_yaml
+from .render import render_yaml, resilience_summary
 
 
 def translate(cfg: RuntimeConfig, options: TranslateOptions = DEFAULT_OPTIONS) -> Resources:
@@ -32,6 +32,7 @@ __all__ = [
     "discovery_name",
     "endpoints_for",
     "render_yaml",
+    "resilience_summary",
     "to_resources",
     "translate",
 ]

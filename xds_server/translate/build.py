@@ -7,7 +7,7 @@ refuses what the proxy cannot do yet, reporting every reason at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xds_server.config import (
     ConfigError,
@@ -18,9 +18,16 @@ from xds_server.config import (
     parse_network_url,
 )
 from xds_server.config.model import PublicListener, ShardFile
+from xds_server.config.resilience import (
+    DEFAULT_STREAM_METHODS,
+    PRIORITY_HEADER,
+    Policy,
+    effective_policy,
+)
 from xds_server.security.identity import IdentityError, consumer_id
 from xds_server.security.providers import (
     DEFAULT_GRPC_READ_METHODS,
+    HTTP_READ_METHODS,
     Providers,
     certificate_secret,
     method_pattern_regex,
@@ -32,11 +39,19 @@ from .ir import (
     Authz,
     Backend,
     GatewayIR,
+    GrpcMethods,
     HostPort,
+    HttpMethods,
     Listener,
+    LowPriority,
     Mirror,
     Protocol,
+    Retry,
+    RouteClass,
+    Shedding,
+    Thresholds,
     Tls,
+    TokenBucket,
     UnixSocket,
     Upstream,
 )
@@ -49,6 +64,21 @@ LOOPBACK = "127.0.0.1"
 _ALPN: dict[Protocol, tuple[str, ...]] = {"grpc": ("h2",), "http": ("h2", "http/1.1"), "tcp": ()}
 
 _Names = dict[tuple[str, str], str]  # (DAL, listener) → upstream name
+
+# What may be tried again (Envoy's retry_on). A request that was never sent (no
+# connection, or refused by HTTP/2 before the DAL saw it) is safe to send again
+# whatever it does. Reads and idempotent writes are also tried again when the try
+# failed on the way (a reset, or its per-try timeout: Envoy counts that as a 504,
+# a gateway error) or the DAL said it could not serve it (gRPC UNAVAILABLE; for
+# http, 502/503/504). gRPC answers are HTTP 200, so gateway-error adds no more for
+# them. Never on RESOURCE_EXHAUSTED or CANCELLED: a DAL that sheds load, or a
+# caller that gave up, must not get more.
+_NEVER_SENT = "connect-failure,refused-stream"
+_RETRIABLE: dict[Protocol, str] = {
+    "grpc": f"{_NEVER_SENT},reset,gateway-error,unavailable",
+    "http": f"{_NEVER_SENT},reset,gateway-error",
+    "tcp": "",
+}
 
 
 _DEFAULT_PROVIDERS = Providers()
@@ -91,6 +121,32 @@ def build_ir(cfg: RuntimeConfig, options: TranslateOptions = DEFAULT_OPTIONS) ->
     )
 
 
+def _thresholds(policy: Policy, share: float = 100.0) -> Thresholds:
+    """The breakers at ``share`` percent of the policy's (each at least 1)."""
+    b, r = policy.circuit_breakers, policy.retries
+
+    def part(n: int) -> int:
+        return max(1, int(n * share / 100))
+
+    return Thresholds(
+        max_connections=part(b.max_connections),
+        max_pending_requests=part(b.max_pending_requests),
+        max_requests=part(b.max_requests),
+        max_retries=part(b.max_retries),
+        budget_percent=r.budget_percent if r.attempts and r.budget_percent > 0 else None,
+        min_retry_concurrency=r.min_retry_concurrency,
+    )
+
+
+def _with_policy(upstream: Upstream, policy: Policy) -> Upstream:
+    return replace(
+        upstream,
+        high=_thresholds(policy),
+        low=_thresholds(policy, policy.load_shedding.low_priority_share),
+        ejection=policy.outlier_detection,
+    )
+
+
 def _upstream_names(cfg: RuntimeConfig) -> _Names:
     names: _Names = {}
     for dal, cdal in cfg.container_dals.items():
@@ -129,7 +185,8 @@ def _unknown_providers(cfg: RuntimeConfig, options: TranslateOptions) -> list[Pr
     return problems
 
 
-_Consumers = tuple[tuple[str, ...], tuple[str, ...]]  # (read-write, read-only) SPIFFE IDs
+# SPIFFE IDs: (read-write, read-only, always low priority, may set the priority header)
+_Consumers = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 
 
 def _consumers(cfg: RuntimeConfig, options: TranslateOptions) -> tuple[_Consumers, list[Problem]]:
@@ -137,8 +194,10 @@ def _consumers(cfg: RuntimeConfig, options: TranslateOptions) -> tuple[_Consumer
     has no deploy desires: authorization then denies everyone)."""
     desires = cfg.deploy_desires if isinstance(cfg, ShardFile) else None
     if desires is None:
-        return ((), ()), []
+        return ((), (), (), ()), []
     groups: dict[str, set[str]] = {"read-write": set(), "read-only": set()}
+    low: set[str] = set()
+    setters: set[str] = set()
     problems: list[Problem] = []
     for i, consumer in enumerate(desires.consumers):
         try:
@@ -147,9 +206,17 @@ def _consumers(cfg: RuntimeConfig, options: TranslateOptions) -> tuple[_Consumer
             problems.append(Problem(options.file, f"deploy_desires.consumers[{i}].value", str(e)))
             continue
         groups[consumer.group].add(identity.uri)
+        if consumer.priority == "low":
+            low.add(identity.uri)
+        if consumer.may_set_priority:
+            setters.add(identity.uri)
     # Read-write includes every read: a caller in both groups is read-write.
     read_only = groups["read-only"] - groups["read-write"]
-    return (tuple(sorted(groups["read-write"])), tuple(sorted(read_only))), problems
+    # A low-priority consumer is always low: its header changes nothing.
+    return (
+        tuple(sorted(groups["read-write"])), tuple(sorted(read_only)),
+        tuple(sorted(low)), tuple(sorted(setters - low)),
+    ), problems
 
 
 def _name_clashes(cfg: RuntimeConfig, names: _Names, file: str) -> list[Problem]:
@@ -206,7 +273,8 @@ def _upstreams(cfg: RuntimeConfig, names: _Names, options: TranslateOptions) -> 
                 connect_timeout_s=options.connect_timeout_s,
                 target=HostPort(target.host, target.port),
             ))
-    return tuple(sorted(upstreams, key=lambda u: u.name))
+    policies = {dal: effective_policy(cfg, dal) for dal in {u.dal for u in upstreams}}
+    return tuple(sorted((_with_policy(u, policies[u.dal]) for u in upstreams), key=lambda u: u.name))
 
 
 def _listener(
@@ -232,6 +300,7 @@ def _listener(
             backends=_backends(topo, primary, names),
         )
     http = public.mode != "tcp"
+    policy = effective_policy(cfg, primary)
     return Listener(
         name=f"public.{topo.name}",
         listener=topo.name,
@@ -243,6 +312,9 @@ def _listener(
         route=f"route.{topo.name}" if http else None,
         tls=_tls(public) if public.tls_creds else None,
         authz=_authz(cfg, topo, consumers) if public.authz else None,
+        route_classes=_route_classes(cfg, topo, public.mode, policy) if http else (),
+        low_priority=_low_priority(public, policy, consumers) if http else None,
+        shedding=_shedding(policy) if http else None,
     )
 
 
@@ -263,8 +335,98 @@ def _authz(cfg: RuntimeConfig, topo: ListenerTopology, consumers: _Consumers) ->
         if spec is not None and spec.read_methods:
             declared.update(spec.read_methods)
     patterns = sorted(declared) if declared else DEFAULT_GRPC_READ_METHODS
-    read_write, read_only = consumers
+    read_write, read_only, _, _ = consumers
     return Authz(read_write, read_only, tuple(method_pattern_regex(p) for p in patterns))
+
+
+def _serving(topo: ListenerTopology) -> list[str]:
+    """The DALs that answer a listener's requests (shadow targets' answers are dropped)."""
+    return [d for d in (topo.primary, *(t for t, _ in topo.splits)) if d is not None]
+
+
+def _declared_by_all(cfg: RuntimeConfig, dals: list[str], key: str) -> list[str]:
+    """The method patterns every DAL in ``dals`` declares under ``key``: a request may
+    go to any of them, so it is retried only if all of them say it is safe."""
+    common: set[str] | None = None
+    for dal in dals:
+        spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
+        declared = set(getattr(spec, key, None) or ())
+        common = declared if common is None else common & declared
+    return sorted(common or ())
+
+
+def _declared_by_any(cfg: RuntimeConfig, dals: list[str], key: str) -> set[str]:
+    declared: set[str] = set()
+    for dal in dals:
+        spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
+        declared.update(getattr(spec, key, None) or ())
+    return declared
+
+
+def _route_classes(
+    cfg: RuntimeConfig, topo: ListenerTopology, protocol: Protocol, policy: Policy,
+) -> tuple[RouteClass, ...]:
+    """Streams (gRPC), reads, idempotent writes, then every other request; a class no
+    DAL declares is left out. gRPC reads are the methods the DALs declare in
+    read_methods (never the authz default: a default guess must not make a stream
+    retried)."""
+    retries = policy.retries
+    classes: list[RouteClass] = []
+
+    def retry(hedge: bool) -> Retry | None:
+        if not retries.attempts:
+            return None
+        return Retry(_RETRIABLE[protocol], retries.attempts, retries.per_try_timeout_s, hedge)
+
+    never_sent = Retry(_NEVER_SENT, retries.attempts, None, False) if retries.attempts else None
+    if protocol == "grpc":
+        serving = _serving(topo)
+        # A stream is one whenever any DAL says so: a time limit would cut it.
+        streams = sorted({*DEFAULT_STREAM_METHODS, *_declared_by_any(cfg, serving, "stream_methods")})
+        classes.append(RouteClass("streams", GrpcMethods(tuple(method_pattern_regex(p) for p in streams)),
+                                  0.0, never_sent))
+        reads = _declared_by_all(cfg, serving, "read_methods")
+        if reads:
+            classes.append(RouteClass("reads", GrpcMethods(tuple(method_pattern_regex(p) for p in reads)),
+                                      policy.timeout_s, retry(policy.hedging)))
+        idempotent = [p for p in _declared_by_all(cfg, serving, "idempotent_methods") if p not in reads]
+        if idempotent:
+            classes.append(RouteClass(
+                "idempotent_writes", GrpcMethods(tuple(method_pattern_regex(p) for p in idempotent)),
+                policy.timeout_s, retry(False),
+            ))
+    else:
+        classes.append(RouteClass("reads", HttpMethods(HTTP_READ_METHODS), policy.timeout_s,
+                                  retry(policy.hedging)))
+    classes.append(RouteClass("writes", None, policy.timeout_s, never_sent))
+    return tuple(classes)
+
+
+def _low_priority(public: PublicListener, policy: Policy, consumers: _Consumers) -> LowPriority | None:
+    """Who is shed first. Identities come from the client certificate, so without
+    tls_creds only ``priority_header: any`` can make a request low."""
+    header = policy.load_shedding.priority_header
+    _, _, low_callers, setters = consumers
+    has_identity = public.tls_creds is not None
+    low = LowPriority(
+        header=PRIORITY_HEADER,
+        callers=low_callers if has_identity else (),
+        header_setters=setters if has_identity and header == "trusted" else (),
+        header_from_anyone=header == "any",
+    )
+    if not (low.callers or low.header_setters or low.header_from_anyone):
+        return None
+    return low
+
+
+def _shedding(policy: Policy) -> Shedding:
+    shedding = policy.load_shedding
+    limit = shedding.rate_limit
+    bucket = None
+    if limit is not None:
+        bucket = TokenBucket(max(limit.burst, limit.tokens_per_fill), limit.tokens_per_fill,
+                             limit.fill_interval_s)
+    return Shedding(bucket, shedding.adaptive_concurrency)
 
 
 def _public_bind(public: PublicListener, options: TranslateOptions) -> HostPort | UnixSocket:

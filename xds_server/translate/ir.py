@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from xds_server.config.resilience import OutlierDetection
+
 Protocol = Literal["grpc", "http", "tcp"]
 
 # "reported": a container DAL on this host; the sidecar reports its endpoints (EDS).
@@ -23,6 +25,15 @@ Exposure = Literal["public", "internal"]
 # Traffic shares are in basis points (1/100 of a percent), so a percent such as
 # 12.5 or 0.25 survives exactly as an integer weight.
 FULL_SHARE = 10_000
+
+
+# Requests of a grpc or http listener are routed by method class, each with its own
+# retry policy: reads may be retried and hedged, idempotent writes retried, other
+# writes only when they were provably never sent; streams have no time limit but
+# the caller's own deadline.
+MethodClass = Literal["streams", "reads", "idempotent_writes", "writes"]
+METHOD_CLASSES: tuple[MethodClass, ...] = ("streams", "reads", "idempotent_writes", "writes")
+WRITE_CLASSES: frozenset[MethodClass] = frozenset({"idempotent_writes", "writes"})
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,25 @@ class UnixSocket:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """Circuit breakers of one routing priority of a cluster; with a retry budget
+    (``budget_percent`` not None) Envoy ignores ``max_retries``."""
+
+    max_connections: int
+    max_pending_requests: int
+    max_requests: int
+    max_retries: int
+    budget_percent: float | None
+    min_retry_concurrency: int
+
+
+@dataclass(frozen=True)
 class Upstream:
-    """One DAL serving one listener: an Envoy cluster."""
+    """One DAL serving one listener: an Envoy cluster.
+
+    ``high`` are the breakers of high-priority (the default) requests, ``low`` the
+    smaller ones of low-priority requests, which are shed first.
+    """
 
     name: str
     dal: str
@@ -49,6 +77,9 @@ class Upstream:
     discovery: Discovery
     connect_timeout_s: float
     target: HostPort | None = None  # network DALs only: where Envoy connects
+    high: Thresholds | None = None
+    low: Thresholds | None = None
+    ejection: OutlierDetection | None = None  # when an endpoint is taken out, for how long
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,75 @@ class Mirror:
     upstream: str
     share: int
     runtime_key: str | None
+    method_classes: tuple[MethodClass, ...] = METHOD_CLASSES  # the routes that copy
+
+    @property
+    def writes_only(self) -> bool:
+        return set(self.method_classes) <= WRITE_CLASSES
+
+
+@dataclass(frozen=True)
+class GrpcMethods:
+    """gRPC methods: regular expressions on the ``/package.Service/Method`` path."""
+
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HttpMethods:
+    """HTTP request methods (GET, HEAD...)."""
+
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a route tries a request again. ``per_try_timeout_s`` None: no per-try
+    limit; ``hedge``: on a per-try timeout, send another try without cancelling the first."""
+
+    retry_on: str
+    attempts: int
+    per_try_timeout_s: float | None
+    hedge: bool
+
+
+@dataclass(frozen=True)
+class RouteClass:
+    """The requests of one method class (``match`` None: every request not matched
+    by an earlier class) and what the route does for them."""
+
+    method_class: MethodClass
+    match: GrpcMethods | HttpMethods | None
+    timeout_s: float  # 0: no limit
+    retry: Retry | None
+
+
+@dataclass(frozen=True)
+class LowPriority:
+    """Which requests are low priority: those of ``callers`` (SPIFFE IDs), and those
+    with the priority header set to low by ``header_setters`` (or by anyone when
+    ``header_from_anyone``)."""
+
+    header: str
+    callers: tuple[str, ...]
+    header_setters: tuple[str, ...]
+    header_from_anyone: bool
+
+
+@dataclass(frozen=True)
+class TokenBucket:
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval_s: float
+
+
+@dataclass(frozen=True)
+class Shedding:
+    """What a listener refuses at once: requests over a rate (``rate_limit``), or
+    over the concurrency its latency allows (``adaptive_concurrency``)."""
+
+    rate_limit: TokenBucket | None
+    adaptive_concurrency: bool
 
 
 @dataclass(frozen=True)
@@ -113,6 +213,9 @@ class Listener:
     route: str | None = None
     tls: Tls | None = None
     authz: Authz | None = None
+    route_classes: tuple[RouteClass, ...] = ()
+    low_priority: LowPriority | None = None
+    shedding: Shedding | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``google.protobuf.Any`` for the translator's nested configs (filters, RBAC, TLS).
+"""``google.protobuf.Any`` for the translator's nested configs (filters, RBAC, TLS),
+and the one conversion of seconds to a ``Duration``.
 
 Packed with deterministic serialization: a packed message is bytes inside the
 resource, so a map in it (RBAC ``policies``) serialized in hash order made the same
@@ -9,11 +10,17 @@ sent (and briefly re-applies) what it already holds.
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 
 def packed(message: Message) -> any_pb2.Any:
     out = any_pb2.Any()
     out.Pack(message, deterministic=True)
+    return out
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(round(seconds * 1e9))
     return out

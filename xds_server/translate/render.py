@@ -1,4 +1,5 @@
-"""Envoy resources → YAML, as ``dgw render`` prints them and golden files hold them."""
+"""Envoy resources → YAML, as ``dgw render`` prints them and golden files hold them;
+and the effective resilience in words, which ``dgw render`` prints above them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from xds_server.config import RuntimeConfig
+from xds_server.config.resilience import describe, effective_policy, tier_of
 from xds_server.resources import (
     CLUSTER,
     ENDPOINT,
@@ -20,6 +23,8 @@ from xds_server.resources import (
     SHORT_NAMES,
     Resources,
 )
+
+from .ir import GatewayIR, GrpcMethods, HttpMethods, RouteClass
 
 # The order a reader follows a request in: where it arrives, where it is routed,
 # which upstream takes it, which hosts that upstream has.
@@ -91,3 +96,41 @@ def _unpacked(packed: any_pb2.Any) -> Message | None:
     inner = message_factory.GetMessageClass(descriptor)()
     packed.Unpack(inner)
     return inner
+
+
+def resilience_summary(cfg: RuntimeConfig, gateway: GatewayIR) -> list[str]:
+    """The effective resilience of each DAL and listener, in words (``dgw render``)."""
+    lines = [f"effective resilience (service tier {tier_of(cfg)} defaults < shard < DAL; docs/resilience.md):"]
+    dals = sorted({u.dal for u in gateway.upstreams})
+    lines += [f"  DAL {dal}: {describe(effective_policy(cfg, dal))}" for dal in dals]
+    for lst in gateway.listeners:
+        if not lst.route_classes:
+            continue
+        classes = "; ".join(_route_class(c) for c in lst.route_classes)
+        lines.append(f"  listener {lst.listener} ({lst.protocol}): {classes}")
+        low = lst.low_priority
+        if low is not None:
+            who = [f"callers {', '.join(low.callers)}"] if low.callers else []
+            if low.header_from_anyone:
+                who.append(f"any request with {low.header}: low")
+            elif low.header_setters:
+                who.append(f"{low.header}: low from {', '.join(low.header_setters)}")
+            lines.append(f"    low priority (shed first): {'; '.join(who)}")
+    return lines
+
+
+def _route_class(c: RouteClass) -> str:
+    if isinstance(c.match, GrpcMethods):
+        what = f"{c.method_class} ({len(c.match.paths)} method patterns)"
+    elif isinstance(c.match, HttpMethods):
+        what = f"{c.method_class} ({'/'.join(c.match.methods)})"
+    else:
+        what = "other writes" if c.method_class == "writes" else c.method_class
+    retry = c.retry
+    if retry is None:
+        how = "not retried"
+    elif retry.per_try_timeout_s is None:
+        how = "retried only if never sent"
+    else:
+        how = f"retried up to {retry.attempts}x" + (", hedged" if retry.hedge else "")
+    return f"{what} {how}" + ("" if c.timeout_s else ", no time limit")
