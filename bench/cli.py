@@ -159,6 +159,12 @@ def cmd_kv_cpu(args: argparse.Namespace) -> int:
     return kv_cpu.main(args)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from bench import migrate
+
+    return migrate.main(args)
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from bench import store
 
@@ -253,6 +259,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="do not hold /dev/cpu_dma_latency at 0 while measuring")
     _common(p)
     p.set_defaults(func=_run(cmd_kv))
+
+    p = figures.add_parser("migrate", help="migration runner: backfill items/s SQLite → PostgreSQL, verify with planted differences")
+    p.add_argument("--items", type=int, default=200_000, help="items the backfill copies, each round (0: skip)")
+    p.add_argument("--rounds", type=int, default=2, help="backfill rounds, each into a fresh target")
+    p.add_argument("--verify-items", type=int, default=1_000_000, help="items in both DALs for verify (0: skip)")
+    p.add_argument("--verify-rounds", type=int, default=2, help="verify runs over the same data")
+    p.add_argument("--value-bytes", type=int, default=1024, help="bytes per value")
+    p.add_argument("--page-bytes", type=int, default=1 << 20, help="the backfill's Export page budget")
+    _common(p)
+    p.set_defaults(func=_run(cmd_migrate))
 
     p = figures.add_parser("kv-cpu", help="the KV DAL's CPU per call: this tree against --baseline DIR, interleaved")
     p.add_argument("--baseline", type=Path, required=True,

@@ -182,3 +182,14 @@ def test_data_path_overload_reports_shedding_priorities_hedging_and_writes() -> 
     assert all(w["counted_at_dal"] == w["sent"] for w in result["writes"].values()), result["writes"]
     assert 0 < result["measured_capacity_rps"] <= result["capacity_rps"] * 1.05
     assert code in (0, 1)  # half a second per load is too short to judge the targets by
+
+
+@pytest.mark.postgres
+def test_migrate_reports_backfill_rates_and_a_verify_that_names_every_planted_difference() -> None:
+    code, result = dgw_bench("migrate", "--items", "2000", "--rounds", "1", "--verify-items", "3000",
+                             "--verify-rounds", "1", timeout=300)  # fmt: skip
+    [backfill] = result["backfill"]
+    assert backfill["items"] == 2000 and backfill["items_per_s"] > 0 and backfill["target_cpu_s_per_10k"] > 0
+    [verify] = result["verify"]
+    assert verify["planted"] == verify["named"] == verify["reported"] == 10 and len(result["planted"]) == 10
+    assert code == 0
