@@ -78,7 +78,7 @@ class MigrationService:
             after = (resume.record_id, resume.key)
         page = pb.ExportPage()
         out = pb.ExportResponse()
-        used = 0
+        used = count = 0
         limit = 256
         with _ENGINE_ERRORS:
             if resume is not None and resume.version is not None:
@@ -91,29 +91,33 @@ class MigrationService:
                         ns, page, out, resume.record_id, items[0], resume.offset, budget, 0
                     )
                     if cont is not None:
-                        return self._answer(out, page, ns, cont)
+                        return self._answer(out, page, ns, cont, used, out.items)
+                    count = out.items
                 # else: replaced since (a newer write, which reached the target itself)
+            items_of: Any = None  # the page's last record's items (one lookup per record)
+            last_id: str | None = None
             while True:
                 rows = await ns.engine.export(ns.name, after, span, limit)
                 for rid, item in rows:
                     cost = len(item.key) + item.size
                     if used and used + cost > budget:
-                        return self._answer(
-                            out, page, ns, pages.Position(*after) if after else None
-                        )
+                        return self._answer(out, page, ns, pages.Position(*after) if after else None, used, count)
                     if item.value is not None:
-                        _record(page, rid).items.add(key=item.key, value=item.value,
-                                                     write_time_us=item.version.write_time_us,
-                                                     writer=item.version.writer)  # fmt: skip
+                        if rid != last_id:
+                            items_of, last_id = _record(page, rid).items, rid
+                        items_of.add(key=item.key, value=item.value, write_time_us=item.version.write_time_us,
+                                     writer=item.version.writer)  # fmt: skip
                         used += cost
-                        out.items += 1
+                        count += 1
                     else:
+                        out.items = count
                         used, cont = await self._chunks(ns, page, out, rid, item, 0, budget, used)
+                        count, last_id = out.items, None
                         if cont is not None:
-                            return self._answer(out, page, ns, cont)
+                            return self._answer(out, page, ns, cont, used, count)
                     after = (rid, item.key)
                 if len(rows) < limit:
-                    return self._answer(out, page, ns, None)
+                    return self._answer(out, page, ns, None, used, count)
                 limit = min(limit * 2, 4096)
 
     async def _chunks(
@@ -144,10 +148,12 @@ class MigrationService:
 
     @staticmethod
     def _answer(
-        out: pb.ExportResponse, page: pb.ExportPage, ns: Namespace, nxt: pages.Position | None
-    ) -> pb.ExportResponse:
+        out: pb.ExportResponse, page: pb.ExportPage, ns: Namespace, nxt: pages.Position | None, used: int,
+        count: int,
+    ) -> pb.ExportResponse:  # fmt: skip
         out.page = page.SerializeToString()
-        out.size_bytes = sum(len(i.key) + len(i.value) for r in page.records for i in r.items)
+        out.items = count
+        out.size_bytes = used
         if nxt is not None:
             out.next_cursor = pages.encode(pages.PageToken(ns.name, "", _EXPORT_DIGEST, nxt))
         return out

@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                               checkpoint_s=args.checkpoint_s, lease_s=args.lease_s, runner_id=args.runner_id,
                               take_over=args.take_over)  # fmt: skip
     try:
-        result = asyncio.run(run_backfill(args.source, args.target, state, options, progress=False))
+        result = asyncio.run(run_backfill(args.source, args.target, state, options))
     except (BackfillRefused, StateLost, DalError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 1
