@@ -141,7 +141,11 @@ async def _acceptance(w: World) -> None:
         code, out, err = await w.adgw("verify")
         assert code == 0 and w.migration()["phase"] == "verified", err + out
         load.phase = "promoting"
-        promote = asyncio.create_task(w.adgw("promote", "--steps", "10,50,100", "--interval", "3s", "--wait"))
+        # The steps are judged for real; PostgreSQL's p99 against SQLite's on this loaded
+        # 2-core box may differ by more than the default 1.5x (this test is about losing
+        # nothing; the failing-DAL test is about the judgement).
+        promote = asyncio.create_task(w.adgw("promote", "--steps", "10,50,100", "--interval", "3s",
+                                             "--max-p99-ratio", "5", "--wait"))  # fmt: skip
         while not promote.done():
             m = w.migration()
             p = m.get("promotion")

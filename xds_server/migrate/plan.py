@@ -440,6 +440,10 @@ def _totals(data: Mapping[str, Any]) -> str:
 
 
 def _counted(data: Mapping[str, Any]) -> str:
+    namespaces = data.get("namespaces")
+    if isinstance(namespaces, dict):
+        items = sum(n.get("source_items") or 0 for n in namespaces.values() if isinstance(n, dict))
+        return f"{items} items in {len(namespaces)} namespaces"
     for key in ("items", "records", "checked"):
         if isinstance(data.get(key), int):
             return f"{data[key]} {key}"
