@@ -92,6 +92,10 @@ def cmd_translate_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_data_path(args: argparse.Namespace) -> int:
+    if args.overload:
+        from bench import overload
+
+        return overload.run(args)
     if args.tls:
         from bench import data_path_tls
 
@@ -99,6 +103,31 @@ def cmd_data_path(args: argparse.Namespace) -> int:
     from bench import data_path
 
     return data_path.main(args)
+
+
+def _overload_arguments(p: argparse.ArgumentParser) -> None:
+    """``data-path --overload``'s options (bench/overload.py)."""
+    g = p.add_argument_group("--overload")
+    g.add_argument("--overload", action="store_true",
+                   help="the overload figure instead: shedding at 1×/2×/4× a fixed-capacity DAL, priorities, "
+                        "hedging around a slow endpoint (bench/overload.py)")
+    g.add_argument("--dal-concurrency", type=int, default=4, help="with --overload: requests the DAL serves at once")
+    g.add_argument("--service-ms-overload", dest="overload_service_ms", type=float, default=40.0,
+                   help="with --overload: the DAL's service time (capacity = concurrency / service time)")
+    g.add_argument("--overload-rounds", type=int, default=2,
+                   help="with --overload: rounds of every case (their order rotating)")
+    g.add_argument("--seconds", type=float, default=3.0, help="with --overload: seconds of each offered load")
+    g.add_argument("--timeout", type=float, default=5.0, help="with --overload: a request's client-side limit (s)")
+    g.add_argument("--high-share", type=float, default=0.5,
+                   help="with --overload: the high-priority class's load, in capacities, of the 4× total")
+    g.add_argument("--hedge-rate", type=float, default=50.0, help="with --overload: reads per second to the DAL pair")
+    g.add_argument("--hedge-seconds", type=float, default=6.0, help="with --overload: seconds of each hedging case")
+    g.add_argument("--hedge-service-ms", type=float, default=2.0, help="with --overload: the DAL pair's service time")
+    g.add_argument("--hedge-slow-ms", type=float, default=200.0,
+                   help="with --overload: how late the slow endpoint answers its slow share")
+    g.add_argument("--slow-percent", type=float, default=10.0,
+                   help="with --overload: the share of the slow endpoint's answers that are late")
+    g.add_argument("--per-try-ms", type=float, default=30.0, help="with --overload: the per-try timeout that hedges")
 
 
 def cmd_sidecar_recovery(args: argparse.Namespace) -> int:
@@ -128,6 +157,12 @@ def cmd_kv_cpu(args: argparse.Namespace) -> int:
     from bench import kv_cpu
 
     return kv_cpu.main(args)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from bench import migrate
+
+    return migrate.main(args)
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -201,6 +236,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "through the client proxy), and new mTLS connections per second through one Envoy")
     p.add_argument("--tls-seconds", type=float, default=5.0, help="with --tls: how long connections are opened")
     p.add_argument("--tls-callers", type=int, default=2, help="with --tls: openssl s_time callers opening them")
+    _overload_arguments(p)
     _common(p)
     p.set_defaults(func=_run(cmd_data_path))
 
@@ -223,6 +259,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="do not hold /dev/cpu_dma_latency at 0 while measuring")
     _common(p)
     p.set_defaults(func=_run(cmd_kv))
+
+    p = figures.add_parser("migrate", help="migration runner: backfill items/s SQLite → PostgreSQL, verify with planted differences")
+    p.add_argument("--items", type=int, default=200_000, help="items the backfill copies, each round (0: skip)")
+    p.add_argument("--rounds", type=int, default=2, help="backfill rounds, each into a fresh target")
+    p.add_argument("--verify-items", type=int, default=1_000_000, help="items in both DALs for verify (0: skip)")
+    p.add_argument("--verify-rounds", type=int, default=2, help="verify runs over the same data")
+    p.add_argument("--value-bytes", type=int, default=1024, help="bytes per value")
+    p.add_argument("--page-bytes", type=int, default=1 << 20, help="the backfill's Export page budget")
+    _common(p)
+    p.set_defaults(func=_run(cmd_migrate))
 
     p = figures.add_parser("kv-cpu", help="the KV DAL's CPU per call: this tree against --baseline DIR, interleaved")
     p.add_argument("--baseline", type=Path, required=True,

@@ -15,6 +15,7 @@ bucket's width of the truth.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,21 +33,33 @@ STATS_FLUSH_INTERVAL_S = 1.0
 # timeouts, overflows, ejections, shed requests).
 _CLUSTER = (
     r"upstream_rq_(total|[2345]xx|retry|retry_success|retry_overflow|retry_limit_exceeded"
-    r"|timeout|per_try_timeout|pending_overflow|rx_reset|tx_reset)"
+    r"|retry_backoff_(exponential|ratelimited)|timeout|per_try_timeout|pending_overflow|rx_reset|tx_reset)"
     r"|upstream_cx_(overflow|connect_fail)|upstream_rq_time"
-    r"|outlier_detection\.ejections_(active|enforced_total)"
+    r"|outlier_detection\.ejections_(active|enforced_total|enforced_consecutive_5xx"
+    r"|enforced_consecutive_gateway_failure|overflow)"
 )
-_LISTENER = r"downstream_rq_(total|[2345]xx|time)|downstream_cx_overflow"
+_LISTENER = r"downstream_rq_(total|[2345]xx|time|overload_close)|downstream_cx_overflow"
+# Each route (a method class and priority: ``reads``, ``writes_low``, ...; its name is its
+# stat prefix): what it answered (a request shed by a breaker is a 503 there) and retried.
+_ROUTE = (
+    r"upstream_rq_(completed|[2345]xx|retry|retry_success|retry_overflow|retry_limit_exceeded"
+    r"|timeout|per_try_timeout|time)"
+)
 # Envoy's filter (RE2: no look-ahead) narrows what admin sends; REPORTED decides.
-ENVOY_FILTER = r"^(cluster\.(dal|net)\.|http\.|overload\.)|local_rate_limit|adaptive_concurrency|admission_control"
+ENVOY_FILTER = (
+    r"^(cluster\.(dal|net)\.|http\.|overload\.|vhost\.)|local_rate_limit|adaptive_concurrency|admission_control"
+    r"|^listener\..*downstream_cx_overflow$"
+)
 REPORTED = re.compile(
     # Envoy's per-zone and per-origin copies of a cluster's stats, and its admin
     # listener's, are left out.
     r"^(?!.*\.(external|internal|canary)\.)(?!http\.admin\.)"
     rf"(cluster\.(dal|net)\..+\.({_CLUSTER})"
     rf"|http\..+\.({_LISTENER})"
+    rf"|vhost\.[^.]+\.route\.[^.]+\.({_ROUTE})"
     r"|.*(local_rate_limit|adaptive_concurrency|admission_control)\..*"
-    r"|overload\..*)$"
+    r"|overload\..*"
+    r"|listener\..+\.downstream_cx_overflow)$"
 )
 
 
@@ -89,3 +102,54 @@ def parse_sample(data: dict[str, Any], selected: re.Pattern[str] = REPORTED) -> 
         if isinstance(name, str) and isinstance(value, int) and selected.match(name):
             counters[name] = value
     return Sample(counters, histograms)
+
+
+# What the resilience policies did, read from Envoy's stat names by their suffix:
+# the group (``shed``: requests refused to protect the DAL; ``retried``: retries and
+# hedges and what limited them; ``ejected``: outlier detection) and the reason.
+RESILIENCE: dict[str, tuple[str, str]] = {
+    # shed: answered at once (503 / RESOURCE_EXHAUSTED / UNAVAILABLE) instead of queued
+    "http_local_rate_limit.enforced": ("shed", "rate_limit"),
+    "upstream_rq_pending_overflow": ("shed", "circuit_breaker"),  # pending or request limit
+    "adaptive_concurrency.gradient_controller.rq_blocked": ("shed", "adaptive_concurrency"),
+    "admission_control.rq_rejected": ("shed", "admission_control"),
+    "downstream_rq_overload_close": ("shed", "overload_manager"),
+    # retried: every retry (a hedge is one), the ones that won, the ones refused
+    "upstream_rq_retry": ("retried", "retries"),
+    "upstream_rq_retry_success": ("retried", "succeeded"),
+    "upstream_rq_per_try_timeout": ("retried", "per_try_timeouts"),
+    "upstream_rq_retry_overflow": ("retried", "refused_by_budget"),  # budget or retry breaker
+    "upstream_rq_retry_limit_exceeded": ("retried", "attempts_exhausted"),
+    "upstream_rq_retry_backoff_ratelimited": ("retried", "backoff_ratelimited"),
+    # ejected: outlier detection
+    "outlier_detection.ejections_enforced_total": ("ejected", "ejections"),
+    "outlier_detection.ejections_active": ("ejected", "ejected_now"),
+    "outlier_detection.ejections_overflow": ("ejected", "kept_by_max_share"),
+    "upstream_cx_overflow": ("shed", "connection_limit"),  # connections refused by the breaker
+}
+RESILIENCE_REASONS: dict[str, tuple[str, ...]] = {
+    group: tuple(r for g, r in RESILIENCE.values() if g == group) for group in ("shed", "retried", "ejected")
+}
+# Requests a client saw refused (``connection_limit`` counts connections, not requests).
+SHED_REQUESTS = ("rate_limit", "circuit_breaker", "adaptive_concurrency", "admission_control", "overload_manager")
+# Values that are levels, not running totals: a window reads the newest, not a difference.
+GAUGES = re.compile(r"(\.ejections_active|\.active|\.pressure|\.scale_percent|\.concurrency_limit"
+                    r"|\.min_rtt_msecs|\.sample_rtt_msecs|\.burst_queue_size)$")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def resilience_of(name: str) -> tuple[str, str] | None:
+    """``(group, reason)`` of a reported stat the resilience policies count, else None.
+    A route's stats (``vhost.``) repeat its cluster's, by method class: a breakdown,
+    never added to a shard's totals (a route's own counters, read by suffix, still are)."""
+    if name.startswith("vhost."):
+        return None
+    for suffix, what in RESILIENCE.items():
+        if name == suffix or name.endswith("." + suffix):
+            return what
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def is_gauge(name: str) -> bool:
+    return GAUGES.search(name) is not None

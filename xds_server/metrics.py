@@ -75,6 +75,21 @@ HTTP_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+RESILIENCE = Counter(
+    "dgw_resilience_events",
+    "What a shard's Envoys counted of their resilience policies, from their reported stats: "
+    "group shed (requests refused at once), retried (retries, hedges, refusals by the budget) "
+    "or ejected (outlier ejections), and the reason (envoy_proxy.stats.RESILIENCE)",
+    ["shard", "group", "reason"],
+    registry=REGISTRY,
+)
+EJECTED_HOSTS = Gauge(
+    "dgw_ejected_hosts",
+    "Hosts outlier detection holds ejected now, summed over a shard's nodes' latest stats",
+    ["shard"],
+    registry=REGISTRY,
+)
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

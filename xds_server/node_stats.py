@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dgw_api.v1 import gateway_pb2
-from envoy_proxy.stats import Histogram
+from envoy_proxy.stats import RESILIENCE_REASONS, SHED_REQUESTS, Histogram, is_gauge, resilience_of
+from xds_server import metrics
 from xds_server.settings import Limits
 
 
@@ -125,13 +126,14 @@ class Delta:
 
 
 def delta(newer: StatsSample, older: StatsSample) -> Delta:
-    """``newer - older``; another epoch (Envoy restarted) counts from zero."""
+    """``newer - older``; another epoch (Envoy restarted) counts from zero. A gauge
+    (``envoy_proxy.stats.GAUGES``: hosts ejected now, overload pressure) is its newest value."""
     if newer.epoch != older.epoch:
         return Delta(newer.at - older.at, newer.counters, dict(newer.histograms))
     before = older.counters
     return Delta(
         newer.at - older.at,
-        {k: max(0, v - before.get(k, 0)) for k, v in newer.counters.items()},
+        {k: v if is_gauge(k) else max(0, v - before.get(k, 0)) for k, v in newer.counters.items()},
         {k: _minus(h, older.histograms.get(k)) for k, h in newer.histograms.items()},
     )
 
@@ -207,9 +209,34 @@ def listener_summary(window: Delta, stat_prefix: str) -> TrafficSummary:
                      errors="downstream_rq_5xx", latency="downstream_rq_time")  # fmt: skip
 
 
+def resilience(counters: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """What the resilience policies did in a window, from its counters (full names or
+    a cluster's or listener's suffixes): ``{shed: {reason: n, ..., requests: n},
+    retried: {...}, ejected: {...}}``, every reason present (0 when nothing happened).
+    ``shed.requests`` sums the requests refused (not connections)."""
+    out = {group: dict.fromkeys(reasons, 0) for group, reasons in RESILIENCE_REASONS.items()}
+    for name, value in counters.items():
+        what = resilience_of(name)
+        if what is not None:
+            out[what[0]][what[1]] += value
+    out["shed"]["requests"] = sum(out["shed"][r] for r in SHED_REQUESTS)
+    return out
+
+
+def route_summaries(window: Delta, listener: str) -> dict[str, TrafficSummary]:
+    """Each route of an HTTP listener (its virtual host is named after it), by route
+    name: what it answered (``upstream_rq_completed``; shed by a breaker counts as a 503)."""
+    prefix = f"vhost.{listener}.route."
+    names = {k[len(prefix):].split(".", 1)[0] for k in (*window.counters, *window.histograms) if k.startswith(prefix)}
+    return {name: summarize(window, f"{prefix}{name}.", total="upstream_rq_completed",
+                            errors="upstream_rq_5xx", latency="upstream_rq_time")
+            for name in sorted(names)}  # fmt: skip
+
+
 @dataclass
 class _Node:
     samples: deque[StatsSample]
+    ejected: int = 0  # hosts its Envoy holds ejected, in its newest sample
 
 
 class StatsBook:
@@ -219,6 +246,7 @@ class StatsBook:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._nodes: dict[tuple[str, str], _Node] = {}
+        self._ejected: dict[str, int] = {}  # by shard
 
     def add(self, stats: gateway_pb2.EnvoyStats, at: float) -> None:
         """Keep a checked sample (``check_stats`` first). Kept samples are at least
@@ -229,15 +257,34 @@ class StatsBook:
         if node is None:
             node = self._nodes[key] = _Node(deque(maxlen=self.limits.stats_samples))
         sample = sample_of(stats, at, node.samples[-1].names if node.samples else ())
+        if node.samples:
+            self._count(stats.shard, delta(sample, node.samples[-1]))
+        self._set_ejected(key, node, sum(v for k, v in stats.counters.items() if k.endswith(".ejections_active")))
         kept = node.samples
         if len(kept) >= 2 and kept[-1].at - kept[-2].at < self.limits.stats_min_interval_s:
             kept[-1] = sample  # the newest moves on until it is far enough from the one before
         else:
             node.samples.append(sample)
 
+    def _count(self, shard: str, change: Delta) -> None:
+        """Add what a node's new sample says the resilience policies did to the server's
+        Prometheus counters (a node's first sample counts nothing: its history is not news)."""
+        for name, value in change.counters.items():
+            what = resilience_of(name)
+            if what is not None and value > 0 and not is_gauge(name):
+                metrics.RESILIENCE.labels(shard, *what).inc(value)
+
+    def _set_ejected(self, key: tuple[str, str], node: _Node, ejected: int) -> None:
+        """Hosts ejected now on the shard: its nodes' newest values, summed as they change."""
+        if ejected != node.ejected:
+            self._ejected[key[0]] = self._ejected.get(key[0], 0) + ejected - node.ejected
+            node.ejected = ejected
+            metrics.EJECTED_HOSTS.labels(key[0]).set(self._ejected[key[0]])
+
     def expire(self, now: float, ttl_s: float) -> None:
         """Forget nodes whose newest sample is older than ``ttl_s``."""
         for key in [k for k, n in self._nodes.items() if not n.samples or n.samples[-1].at < now - ttl_s]:
+            self._set_ejected(key, self._nodes[key], 0)
             del self._nodes[key]
 
     def nodes(self, shard: str) -> dict[str, tuple[StatsSample, ...]]:

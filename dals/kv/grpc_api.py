@@ -54,29 +54,38 @@ def _deadline(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def unary(service: KvService, key: str, call: Callable[[bytes, Context], Awaitable[bytes]], *,
+          faults: bool = True) -> Any:  # fmt: skip
+    """A unary method on raw bytes: counted under ``key`` (received, then how it ended),
+    a KvError answered with its status; with ``faults``, refused while the test fault
+    switch says so (``faults.py``)."""
+
+    async def run(request: bytes, context: Context) -> bytes:
+        service.counters[key] += 1
+        outcome = UNKNOWN
+        try:
+            if faults:
+                service.faults.check()
+            answer = await call(request, context)
+            outcome = OK
+            return answer
+        except KvError as e:
+            outcome = e.code.value
+            service.counters[f"error.{outcome}"] += 1
+            await context.abort(STATUS[e.code], e.message)
+            raise  # abort raises; this keeps the type checker sure of it
+        except asyncio.CancelledError:
+            outcome = CANCELLED
+            raise
+        finally:
+            service.call_ended(key, outcome)
+
+    return grpc.unary_unary_rpc_method_handler(run, request_deserializer=None, response_serializer=None)
+
+
 def handler(service: KvService) -> grpc.GenericRpcHandler[bytes, bytes]:
-    def unary(name: str, call: Callable[[bytes, Context], Awaitable[bytes]]) -> Any:
-        key = f"grpc.{name}"
-
-        async def run(request: bytes, context: Context) -> bytes:
-            service.counters[key] += 1
-            outcome = UNKNOWN
-            try:
-                answer = await call(request, context)
-                outcome = OK
-                return answer
-            except KvError as e:
-                outcome = e.code.value
-                service.counters[f"error.{outcome}"] += 1
-                await context.abort(STATUS[e.code], e.message)
-                raise  # abort raises; this keeps the type checker sure of it
-            except asyncio.CancelledError:
-                outcome = CANCELLED
-                raise
-            finally:
-                service.call_ended(key, outcome)
-
-        return grpc.unary_unary_rpc_method_handler(run, request_deserializer=None, response_serializer=None)
+    def method(name: str, call: Callable[[bytes, Context], Awaitable[bytes]]) -> Any:
+        return unary(service, f"grpc.{name}", call)
 
     async def put(data: bytes, _: Context) -> bytes:
         return (await service.put_items(parse(kv_pb2.PutItemsRequest, data), len(data))).SerializeToString()
@@ -95,11 +104,11 @@ def handler(service: KvService) -> grpc.GenericRpcHandler[bytes, bytes]:
         return response.SerializeToString()
 
     return grpc.method_handlers_generic_handler(SERVICE, {
-        "PutItems": unary("PutItems", put),
-        "GetItems": unary("GetItems", get),
-        "DeleteItems": unary("DeleteItems", delete),
-        "MutateItems": unary("MutateItems", mutate),
-        "ScanItems": unary("ScanItems", scan),
+        "PutItems": method("PutItems", put),
+        "GetItems": method("GetItems", get),
+        "DeleteItems": method("DeleteItems", delete),
+        "MutateItems": method("MutateItems", mutate),
+        "ScanItems": method("ScanItems", scan),
     })  # fmt: skip
 
 

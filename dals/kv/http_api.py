@@ -107,6 +107,7 @@ def app(service: KvService, dal: str, listener: str) -> web.Application:
             service.counters[key] += 1
             outcome = UNKNOWN
             try:
+                service.faults.check()
                 answer = await fn(request)
                 outcome = OK
                 return answer

@@ -2,7 +2,8 @@
 
 Every listener in ``DGW_LISTENER_<NAME>_PORT`` is served on ``DGW_BIND_ADDRESS``
 (127.0.0.1 unless the agent says otherwise): names containing ``grpc`` speak gRPC
-(``dgw.kv.v1.KeyValue`` and ``grpc.health.v1.Health``), all others HTTP/JSON
+(``dgw.kv.v1.KeyValue``, ``grpc.health.v1.Health`` and the platform's migration
+contract ``dgw.migration.v1.DalMigration``, ``migration_api.py``), all others HTTP/JSON
 (``http_api.py``). The configuration comes from ``KV_CONFIG`` (``config.py``); a bad
 one stops the process with the message, before any port is opened. SIGTERM or SIGINT
 stops it: listeners first, then the engines.
@@ -20,8 +21,9 @@ import grpc
 from aiohttp import web
 
 from . import config as kv_config
-from . import grpc_api, http_api
+from . import grpc_api, http_api, migration_api
 from .engines import EngineError
+from .faults import Faults
 from .service import KvService
 
 log = logging.getLogger("dals.kv")
@@ -52,7 +54,8 @@ class Listeners:
             if "grpc" in name:
                 server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                   ("grpc.so_reuseport", 0)])  # fmt: skip
-                server.add_generic_rpc_handlers((grpc_api.handler(service), grpc_api.health_handler()))
+                server.add_generic_rpc_handlers((grpc_api.handler(service), grpc_api.health_handler(),
+                                                 migration_api.handler(service)))
                 bound = server.add_insecure_port(f"{host}:{port}")
                 if bound == 0:
                     raise ServeError(f"listener {name}: cannot bind {host}:{port}")
@@ -91,6 +94,7 @@ async def serve(env: dict[str, str], stop: asyncio.Event | None = None) -> None:
         service = await KvService.start(config)
     except EngineError as e:
         raise ServeError(str(e)) from None
+    service.faults = Faults.from_env(env)
     running = Listeners()
     purge = asyncio.create_task(service.purge_forever(), name="kv-purge")
     try:

@@ -32,6 +32,7 @@ from .engines import (
 )
 from .engines.base import CommitOutcome, normalize
 from .errors import Code, KvError, invalid, precondition
+from .faults import Faults
 from .v1 import kv_pb2
 
 log = logging.getLogger("dals.kv")
@@ -81,6 +82,8 @@ class KvService:
         }
         self._now_us = now_us
         self._monotonic = monotonic
+        self.faults = Faults(None)
+        """The test fault switch (``faults.py``); the server sets it from KV_FAULTS_FILE."""
         self.counters: Counter[str] = Counter()
         """What ``GET /stats`` shows. Per call (``grpc.PutItems``, ``http.GetItems``...): the
         calls received under its name, and under ``NAME.OUTCOME`` how the answered ones

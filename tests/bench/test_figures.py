@@ -167,3 +167,29 @@ def test_rollout_reports_each_waves_time_beyond_the_bake_and_cpu() -> None:
     assert all(w["shards"] == 2 and w["beyond_bake_s"] >= 0 and w["cpu_s"] >= 0 for w in result["waves"])
     assert result["beyond_bake_max_s"] == max(w["beyond_bake_s"] for w in result["waves"])
     assert code in (0, 1)
+
+
+@pytest.mark.envoy
+def test_data_path_overload_reports_shedding_priorities_hedging_and_writes() -> None:
+    code, result = dgw_bench("data-path", "--overload", "--overload-rounds", "1", "--seconds", "0.5",
+                             "--hedge-seconds", "1", "--hedge-rate", "30", timeout=240)  # fmt: skip
+    assert {r["case"] for r in result["rows"]} == {"envoy-defaults", "tier-0", "tier-0-sized"}
+    assert {r["load"] for r in result["rows"]} == {1.0, 2.0, 4.0}
+    sized_4x = next(r for r in result["rows"] if r["case"] == "tier-0-sized" and r["load"] == 4.0)
+    assert sized_4x["shed_pct"] > 30 and sized_4x["shed_with_retry_after_pct"] == 100
+    assert {r["class"] for r in result["priority"]} == {"high", "low"}
+    assert {r["case"] for r in result["hedging"]} == {"no-hedging", "retry", "hedging"}
+    assert all(w["counted_at_dal"] == w["sent"] for w in result["writes"].values()), result["writes"]
+    assert 0 < result["measured_capacity_rps"] <= result["capacity_rps"] * 1.05
+    assert code in (0, 1)  # half a second per load is too short to judge the targets by
+
+
+@pytest.mark.postgres
+def test_migrate_reports_backfill_rates_and_a_verify_that_names_every_planted_difference() -> None:
+    code, result = dgw_bench("migrate", "--items", "2000", "--rounds", "1", "--verify-items", "3000",
+                             "--verify-rounds", "1", timeout=300)  # fmt: skip
+    [backfill] = result["backfill"]
+    assert backfill["items"] == 2000 and backfill["items_per_s"] > 0 and backfill["target_cpu_s_per_10k"] > 0
+    [verify] = result["verify"]
+    assert verify["planted"] == verify["named"] == verify["reported"] == 10 and len(result["planted"]) == 10
+    assert code == 0

@@ -14,7 +14,7 @@ CASES = {
     "dgw u": "up",
     "dgw up --run": "--runtime",
     "dgw up --runtime ": "auto docker process",
-    "dgw bench ": "xds-fleet translate-scale data-path sidecar-recovery kv kv-cpu rollout plan store etcd-client",
+    "dgw bench ": "xds-fleet translate-scale data-path sidecar-recovery kv migrate kv-cpu rollout plan store etcd-client",
     "dgw --log-level WA": "WARNING",
     "dgw validate some": "",  # file names: bash's default completion
 }

@@ -59,6 +59,20 @@ def http_get(port: int, path: str = "/", conn: http.client.HTTPConnection | None
     return r.status, (json.loads(body) if body.startswith(b"{") else {"raw": body.decode()})
 
 
+def answered_by(port: int, path: str = "/") -> str | None:
+    """The DAL that answered a GET through the gateway (None: no 200 answer)."""
+    try:
+        status, body = http_get(port, path)
+    except OSError:
+        return None
+    return body.get("dal") if status == 200 else None
+
+
+def healthy(dal: str, listener: str, port: int) -> dict:
+    """An endpoint as a sidecar reports a healthy one."""
+    return {"dal": dal, "listener": listener, "address": "127.0.0.1", "port": port, "health": "HEALTHY"}
+
+
 def grpc_echo(port: int, payload: bytes = b"hi") -> bytes:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         return channel.unary_unary("/dgw.sample.v1.Echo/Echo")(payload, timeout=5)
@@ -68,4 +82,4 @@ def dal_requests(port: int) -> int:
     return http_get(port, "/stats")[1]["requests"]
 
 
-__all__ = ["Stack", "dal_requests", "free_port", "grpc_echo", "http_get"]
+__all__ = ["Stack", "answered_by", "dal_requests", "free_port", "grpc_echo", "healthy", "http_get"]

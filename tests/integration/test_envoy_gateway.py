@@ -16,21 +16,9 @@ import pytest
 from testkit.ports import free_port, port_open
 from testkit.wait import wait_until
 
-from .conftest import dal_requests, grpc_echo, http_get
+from .conftest import answered_by, dal_requests, grpc_echo, healthy, http_get
 
 pytestmark = pytest.mark.envoy
-
-
-def healthy(dal: str, listener: str, port: int) -> dict:
-    return {"dal": dal, "listener": listener, "address": "127.0.0.1", "port": port, "health": "HEALTHY"}
-
-
-def answered_by(port: int, path: str = "/") -> str | None:
-    try:
-        status, body = http_get(port, path)
-    except OSError:
-        return None
-    return body.get("dal") if status == 200 else None
 
 
 def test_http_and_grpc_requests_reach_the_dal(stack):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import pytest
 
@@ -19,6 +21,15 @@ async def require_postgres() -> None:
         pytest.fail(f"PostgreSQL is not answering at {POSTGRES_DSN} ({e}); start it "
                     "(pg_ctlcluster 15 main start) or deselect with -m 'not postgres'")  # fmt: skip
     await conn.close()
+
+
+async def engine_config(kind: str, tmp: Path, schema: str) -> dict[str, object]:
+    """A KV DAL's engine config for a test: a SQLite file in ``tmp``, or PostgreSQL in
+    ``schema`` (checked to answer; drop it after with ``drop_schema``)."""
+    if kind == "postgres":
+        await require_postgres()
+        return {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}
+    return {"kind": "sqlite", "path": str(tmp / "kv.sqlite3"), "synchronous": "NORMAL"}
 
 
 async def drop_schema(schema: str) -> None:

@@ -25,7 +25,7 @@ from dals.kv.tokens import new_token
 from dals.kv.v1 import kv_pb2
 from testkit.ports import free_port, port_open
 from testkit.wait import eventually
-from tests.kv.support import POSTGRES_DSN, drop_schema, every_call, require_postgres
+from tests.kv.support import POSTGRES_DSN, drop_schema, engine_config, every_call, require_postgres
 
 MIB = 1024 * 1024
 
@@ -64,11 +64,7 @@ async def running(env: dict[str, str]) -> AsyncIterator[None]:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def dal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Dal]:
     schema = f"kv_api_{secrets.token_hex(4)}"
-    if request.param == "postgres":
-        await require_postgres()
-        engine: dict[str, object] = {"kind": "postgres", "dsn": POSTGRES_DSN, "schema": schema}
-    else:
-        engine = {"kind": "sqlite", "path": str(tmp_path / "kv.sqlite3"), "synchronous": "NORMAL"}
+    engine = await engine_config(request.param, tmp_path, schema)
     grpc_port, http_port = free_port(), free_port()
     try:
         async with running(kv_env(engine, grpc_port, http_port)):

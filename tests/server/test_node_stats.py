@@ -9,7 +9,15 @@ import pytest
 
 from dgw_api.v1 import gateway_pb2
 from envoy_proxy.stats import REPORTED, Histogram, parse_sample
-from xds_server.node_stats import StatsBook, check_stats, cluster_summary, quantile
+from xds_server import metrics
+from xds_server.node_stats import (
+    StatsBook,
+    check_stats,
+    cluster_summary,
+    quantile,
+    resilience,
+    route_summaries,
+)
 from xds_server.settings import Limits
 
 BOUNDS = (1.0, 2.0, 5.0, 10.0)
@@ -124,3 +132,75 @@ def test_the_sidecar_reports_clusters_listeners_and_shedding_not_envoys_own() ->
     }
     assert sample.histograms == {"cluster.dal.kv.grpc.upstream_rq_time": Histogram((1.0, 5.0), (2, 3), 3)}
     assert REPORTED.match("overload.envoy.resource_monitors.fixed_heap.pressure")
+
+
+R = "cluster.dal.kv.grpc."
+
+
+def policy_stats(at_retry: int, shed: int, ejected_now: int, node: str = "n1") -> gateway_pb2.EnvoyStats:
+    return gateway_pb2.EnvoyStats(shard="res", node_id=node, envoy_epoch="e", counters={
+        R + "upstream_rq_retry": at_retry, R + "upstream_rq_retry_success": at_retry // 2,
+        R + "upstream_rq_retry_overflow": shed, R + "upstream_rq_pending_overflow": shed,
+        R + "outlier_detection.ejections_enforced_total": ejected_now * 3,
+        R + "outlier_detection.ejections_active": ejected_now,
+        "secure_grpc.http_local_rate_limit.enforced": shed * 10,
+        "http.secure_grpc.adaptive_concurrency.gradient_controller.rq_blocked": shed,
+        "http.secure_grpc.downstream_rq_overload_close": 1,
+    })  # fmt: skip
+
+
+def test_what_the_policies_did_is_read_by_reason_and_a_gauge_is_its_newest_value() -> None:
+    b = book()
+    b.add(policy_stats(at_retry=10, shed=1, ejected_now=2), at=0)
+    b.add(policy_stats(at_retry=30, shed=5, ejected_now=1), at=10)
+    window, _ = b.window("res", 10, now=10)
+    r = resilience(window.counters)
+    assert r["retried"] == {"retries": 20, "succeeded": 10, "per_try_timeouts": 0, "refused_by_budget": 4,
+                            "attempts_exhausted": 0, "backoff_ratelimited": 0}  # fmt: skip
+    assert r["ejected"]["ejections"] == 0  # 6 → 3 (made up): a counter never reads as negative
+    assert r["ejected"]["ejected_now"] == 1, "a gauge is the newest value, not a difference"
+    assert r["shed"] == {"rate_limit": 40, "circuit_breaker": 4, "adaptive_concurrency": 4,
+                         "admission_control": 0, "overload_manager": 0, "connection_limit": 0,
+                         "requests": 48}  # fmt: skip
+    per_cluster = resilience(cluster_summary(window, "dal.kv.grpc").counters)
+    assert per_cluster["shed"]["requests"] == 4 and per_cluster["retried"]["retries"] == 20
+
+
+def _metric(name: str, **labels: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def test_the_policies_counts_reach_prometheus_per_shard_and_reason() -> None:
+    b = book(min_interval=0)
+    labels = {"shard": "res", "group": "shed", "reason": "rate_limit"}
+    before = _metric("dgw_resilience_events_total", **labels)
+    b.add(policy_stats(at_retry=0, shed=100, ejected_now=1, node="p1"), at=0)  # history: not counted
+    b.add(policy_stats(at_retry=0, shed=103, ejected_now=1, node="p1"), at=1)
+    b.add(policy_stats(at_retry=0, shed=0, ejected_now=2, node="p2"), at=1)
+    assert _metric("dgw_resilience_events_total", **labels) - before == 30
+    assert _metric("dgw_ejected_hosts", shard="res") == 3
+    b.expire(now=1000, ttl_s=10)
+    assert _metric("dgw_ejected_hosts", shard="res") == 0
+
+
+def test_routes_are_reported_and_summed_by_method_class_and_priority() -> None:
+    data = {"stats": [
+        {"name": "vhost.api.route.reads_low_asked.upstream_rq_completed", "value": 21},
+        {"name": "vhost.api.route.reads_low_asked.upstream_rq_5xx", "value": 19},
+        {"name": "vhost.api.route.reads.upstream_rq_retry", "value": 2},
+        {"name": "vhost.api.vcluster.other.upstream_rq_total", "value": 5},
+    ]}  # fmt: skip
+    sample = parse_sample(data)
+    assert set(sample.counters) == {"vhost.api.route.reads_low_asked.upstream_rq_completed",
+                                    "vhost.api.route.reads_low_asked.upstream_rq_5xx",
+                                    "vhost.api.route.reads.upstream_rq_retry"}  # fmt: skip
+    b = book()
+    b.add(gateway_pb2.EnvoyStats(shard="r", node_id="n", envoy_epoch="e"), at=0)
+    b.add(gateway_pb2.EnvoyStats(shard="r", node_id="n", envoy_epoch="e", counters=sample.counters), at=10)
+    window, _ = b.window("r", 10, now=10)
+    routes = route_summaries(window, "api")
+    assert set(routes) == {"reads", "reads_low_asked"}
+    low = routes["reads_low_asked"]
+    assert (low.requests, low.errors) == (21, 19)
+    assert resilience(routes["reads"].counters)["retried"]["retries"] == 2

@@ -8,8 +8,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import yaml
 
+from dgw_api.v1 import gateway_pb2_grpc
+from envoy_proxy import BlockingEnvoy
+from envoy_proxy.stats import ENVOY_FILTER, parse_sample
+from sidecar.stats_sender import stats_message
 from testkit.ports import free_port
 from testkit.wait import wait_until
 
@@ -88,6 +93,15 @@ class XdsServerProcess:
 
     def report(self, shard: str, node_id: str, endpoints: list[dict]) -> None:
         self.post("/v1/reports", {"shard": shard, "node_id": node_id, "endpoints": endpoints})
+
+    def send_stats(self, envoy: BlockingEnvoy) -> None:
+        """Send ``envoy``'s selected stats the way a sidecar does (``ReportStats``): two
+        calls make a window of ``GET /v1/stats``."""
+        data = json.loads(envoy.admin_text("/stats", {"format": "json", "filter": ENVOY_FILTER,
+                                                      "histogram_buckets": "cumulative"}))  # fmt: skip
+        message = stats_message(envoy.shard, envoy.node_id, f"pid-{envoy.pid}", parse_sample(data))
+        with grpc.insecure_channel(f"127.0.0.1:{self.xds_port}") as channel:
+            gateway_pb2_grpc.GatewayStub(channel).ReportStats(message, timeout=5)  # type: ignore[no-untyped-call]
 
     def shard(self, shard: str) -> dict:
         return self.get(f"/v1/shards/{shard}")

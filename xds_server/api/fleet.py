@@ -15,7 +15,7 @@ from dgw_api.v1 import gateway_pb2
 from xds_server import metrics
 from xds_server.config.model import parse_duration
 from xds_server.deploy.rollout.observe import location_text
-from xds_server.node_stats import cluster_summary, listener_summary
+from xds_server.node_stats import cluster_summary, listener_summary, resilience, route_summaries
 from xds_server.resources import ENDPOINT
 from xds_server.shards import ShardRegistry
 from xds_server.status import STATUS_TYPES, dal_health, node_row
@@ -109,20 +109,31 @@ def stats(registry: ShardRegistry, shard: str, window_s: float, now: float,
     if state is None:
         return None
     window, nodes = registry.stats.window(shard, window_s, now, None if node is None else [node])
-    clusters = {
-        u.name: {"dal": u.dal, "listener": u.listener, **asdict(cluster_summary(window, u.name))}
-        for u in state.ir.upstreams
-    }
-    listeners = {
-        lst.listener: asdict(listener_summary(window, lst.listener))
-        for lst in state.ir.listeners if lst.protocol != "tcp"
-    }
+    clusters = {}
+    for u in state.ir.upstreams:
+        summary = cluster_summary(window, u.name)
+        clusters[u.name] = {"dal": u.dal, "listener": u.listener, **asdict(summary),
+                            "resilience": resilience(summary.counters)}  # fmt: skip
+    listeners = {}
+    routes: dict[str, dict[str, Any]] = {}
+    for lst in state.ir.listeners:
+        if lst.protocol == "tcp":
+            continue
+        summary = listener_summary(window, lst.listener)
+        # the listener's own filters (local rate limit) count under its name
+        own = {k: v for k, v in window.counters.items() if k.startswith(f"{lst.listener}.")}
+        listeners[lst.listener] = {**asdict(summary), "resilience": resilience({**summary.counters, **own})}
+        for route, traffic in route_summaries(window, lst.listener).items():
+            routes[f"{lst.listener}/{route}"] = {"listener": lst.listener, "route": route, **asdict(traffic),
+                                                 "resilience": resilience(traffic.counters)}  # fmt: skip
     known = tuple(f"cluster.{u.name}." for u in state.ir.upstreams) + tuple(
-        f"http.{lst.listener}." for lst in state.ir.listeners
-    )
+        prefix for lst in state.ir.listeners
+        for prefix in (f"http.{lst.listener}.", f"vhost.{lst.listener}.", f"{lst.listener}.")
+    )  # fmt: skip
     other = {k: v for k, v in sorted(window.counters.items()) if not k.startswith(known)}
     return {"shard": shard, "window_s": window_s, "measured_s": round(window.seconds, 3), "nodes": nodes,
-            "clusters": clusters, "listeners": listeners, "other": other}  # fmt: skip
+            "resilience": resilience(window.counters),
+            "clusters": clusters, "listeners": listeners, "routes": routes, "other": other}  # fmt: skip
 
 
 async def get_stats(request: web.Request) -> web.Response:

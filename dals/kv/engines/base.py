@@ -33,6 +33,13 @@ suite against each):
   bytes of the id, i.e. code point order): the same order on every engine, so a scan
   is resumable anywhere and two engines can be compared record by record.
 - **Durability.** A write that returned is on disk (or in the database's WAL).
+- **Migration** (the DAL migration contract, ``dals/kv/migration.py``). ``export``
+  reads live items over a span of (record id, key) positions; ``import_items`` applies
+  copied items by last writer wins on their ORIGINAL versions, many records in one
+  transaction (so a copy never overwrites a newer write, tombstones included, and a
+  copy applied twice changes nothing); ``digest``, ``split`` and ``entries`` let two
+  engines be compared without copying: the same items give the same ``item_hash`` and
+  the same order-independent digest on every engine.
 - **Errors.** An engine that cannot do an operation raises ``EngineError`` with a
   message for the operator (the service answers ``UNAVAILABLE``); nothing else.
 
@@ -43,6 +50,7 @@ class in ``dals/kv/config.py``.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -106,6 +114,71 @@ class StoredItem:
     @property
     def chunks(self) -> int:
         return 0 if self.value is not None else -(-self.size // self.chunk_size)
+
+
+Place = tuple[str, bytes]
+"""A position in a namespace: (record id, item key)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Positions from ``start`` (inclusive; None: the first) to ``end`` (exclusive; None:
+    past the last)."""
+
+    start: Place | None = None
+    end: Place | None = None
+
+
+@dataclass(frozen=True)
+class Copied:
+    """An item copied from another engine: its value (None: a tombstone) and the version
+    of the write that set it there."""
+
+    record_id: str
+    key: bytes
+    value: bytes | None
+    version: Version
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A live item as a comparison sees it."""
+
+    record_id: str
+    key: bytes
+    version: Version
+    size: int
+    hash: bytes
+
+
+def item_hash(record_id: str, key: bytes, version: Version, value: bytes) -> bytes:
+    """What every engine hashes per item (md5 of the id, a NUL, the key's length (4 bytes)
+    and the key, the write time (8 bytes, signed), the writer and the value)."""
+    return hashlib.md5(
+        record_id.encode() + b"\0" + len(key).to_bytes(4, "big") + key
+        + version.write_time_us.to_bytes(8, "big", signed=True) + version.writer + value,
+        usedforsecurity=False,
+    ).digest()  # fmt: skip
+
+
+class Digest:
+    """Count and order-independent hash of items: the XOR of their ``item_hash`` (an
+    item appears once in a namespace and its hash covers its position, so no two
+    cancel but by a collision of md5)."""
+
+    def __init__(self, count: int = 0, xor: int = 0) -> None:
+        self.count, self.xor = count, xor
+
+    def add(self, h: bytes) -> None:
+        self.count += 1
+        self.xor ^= int.from_bytes(h, "big")
+
+    def merge(self, count: int, xor: int) -> None:
+        self.count += count
+        self.xor ^= xor
+
+    def value(self) -> tuple[int, bytes]:
+        return self.count, self.xor.to_bytes(16, "big")
 
 
 class CommitOutcome(enum.Enum):
@@ -180,6 +253,33 @@ class Engine(Protocol):
     ) -> list[tuple[str, StoredItem]]:
         """Up to ``limit`` live items of the namespace after position (record id, key)
         (None: from the first), in (id, key) order, each with its record id."""
+        ...
+
+    async def export(
+        self, namespace: str, after: Place | None, span: Span, limit: int
+    ) -> list[tuple[str, StoredItem]]:
+        """Up to ``limit`` live items inside ``span`` and after ``after`` (None: from the
+        span's start), in (id, key) order. Reads need not wait for writes."""
+        ...
+
+    async def import_items(self, namespace: str, items: Sequence[Copied], repair: bool) -> int:
+        """Apply copied items (one per position), each as a write of its own version would,
+        all in one transaction; with ``repair`` an item also replaces one of the same
+        version. How many applied."""
+        ...
+
+    async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
+        """Per span: the count of live items and their ``Digest`` hash (b"" with
+        ``count_only``)."""
+        ...
+
+    async def split(self, namespace: str, span: Span, parts: int) -> list[Place]:
+        """Up to ``parts``-1 ascending positions inside ``span`` cutting it into parts of
+        about equal item counts."""
+        ...
+
+    async def entries(self, namespace: str, span: Span, limit: int) -> list[Entry]:
+        """Up to ``limit`` live items of ``span`` in order, with their ``item_hash``."""
         ...
 
     async def purge(self, tombstones_before_us: int, staged_before_us: int) -> int:

@@ -22,10 +22,26 @@ from typing import Any
 
 import asyncpg
 
-from .base import Batch, CommitOutcome, EngineError, Keys, Selection, StoredItem, Version
+from .base import (
+    Batch,
+    CommitOutcome,
+    Copied,
+    Digest,
+    EngineError,
+    Entry,
+    Keys,
+    Place,
+    Selection,
+    Span,
+    StoredItem,
+    Version,
+)
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ITEM = "key, value, size, chunk_size, write_time, writer"
+BULK_TIMEOUT_S = 600.0
+"""The migration contract's digests and splits read a whole namespace: past the
+connections' 30 s command timeout on a large one."""
 _LIVE = "(value IS NOT NULL OR chunk_size > 0)"
 
 # {s} is the schema. Each step takes it from the version before to its own number.
@@ -142,6 +158,43 @@ BEGIN
         applied := applied + n;
     END IF;
     RETURN applied;
+END
+$$;
+
+-- Copied items (the migration contract's Import), many records in one transaction:
+-- each record's lock first (in id order), then last writer wins per item as kv_write.
+CREATE OR REPLACE FUNCTION {s}.kv_import(
+    p_ns text, p_ids text[], p_keys bytea[], p_values bytea[], p_wts bigint[], p_wrs bytea[], p_repair boolean
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM {s}.kv_lock(p_ns, d.id) FROM (SELECT DISTINCT u.id FROM unnest(p_ids) AS u(id) ORDER BY 1) d;
+    WITH input AS (
+        SELECT u.id, u.k, u.v, u.wt, u.wr FROM unnest(p_ids, p_keys, p_values, p_wts, p_wrs) AS u(id, k, v, wt, wr)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {s}.ranges r WHERE r.namespace = p_ns AND r.id = u.id
+              AND r.start_key <= u.k AND (r.end_key IS NULL OR u.k < r.end_key)
+              AND (r.write_time, r.writer) > (u.wt, u.wr))
+    ), replaced AS (
+        SELECT i.id, i.key, i.write_time, i.writer FROM {s}.items i JOIN input ON i.id = input.id AND i.key = input.k
+        WHERE i.namespace = p_ns AND i.chunk_size > 0
+          AND ((i.write_time, i.writer) < (input.wt, input.wr) OR (p_repair AND (i.write_time, i.writer) = (input.wt, input.wr)))
+    ), dropped AS (
+        DELETE FROM {s}.chunks c USING replaced o
+        WHERE c.namespace = p_ns AND c.id = o.id AND c.key = o.key AND c.write_time = o.write_time AND c.writer = o.writer
+    ), up AS (
+        INSERT INTO {s}.items AS i (namespace, id, key, value, size, chunk_size, write_time, writer)
+            SELECT p_ns, id, k, v, coalesce(length(v), 0), 0, wt, wr FROM input
+        ON CONFLICT (namespace, id, key) DO UPDATE SET
+            value = EXCLUDED.value, size = EXCLUDED.size, chunk_size = 0,
+            write_time = EXCLUDED.write_time, writer = EXCLUDED.writer
+        WHERE (i.write_time, i.writer) < (EXCLUDED.write_time, EXCLUDED.writer)
+           OR (p_repair AND (i.write_time, i.writer) = (EXCLUDED.write_time, EXCLUDED.writer))
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM up;
+    RETURN n;
 END
 $$;
 
@@ -352,6 +405,78 @@ class PostgresEngine:
                 rows = await c.fetch(self._sql["scan"], namespace, after[0], after[1], limit)
         return [(r[0], _item(r[1:])) for r in rows]
 
+    # --- migration ----------------------------------------------------------------
+
+    async def export(self, namespace: str, after: Place | None, span: Span, limit: int) -> list[tuple[str, StoredItem]]:
+        where, args = _where(span, after, 2)
+        async with self._conn() as c:
+            rows = await c.fetch(f"SELECT id, {_ITEM} FROM {self.schema}.items WHERE namespace = $1{where} "
+                                 f"ORDER BY id, key LIMIT {int(limit)}", namespace, *args)  # fmt: skip
+        return [(r[0], _item(r[1:])) for r in rows]
+
+    async def import_items(self, namespace: str, items: Sequence[Copied], repair: bool) -> int:
+        if not items:
+            return 0
+        async with self._conn() as c:
+            applied: int = await c.fetchval(
+                f"SELECT {self.schema}.kv_import($1, $2, $3, $4, $5, $6, $7)", namespace,
+                [i.record_id for i in items], [i.key for i in items], [i.value for i in items],
+                [i.version.write_time_us for i in items], [i.version.writer for i in items], repair)  # fmt: skip
+        return applied
+
+    def _hashed(self, where: str) -> str:
+        """Each live item's ``item_hash`` (hex) in the items ``where`` selects."""
+        s = self.schema
+        return (f"SELECT id, key, write_time, writer, size, md5(convert_to(id, 'UTF8') || '\\x00'::bytea "
+                f"|| int4send(length(key)) || key || int8send(write_time) || writer || coalesce(value, "
+                f"(SELECT string_agg(h.data, ''::bytea ORDER BY h.idx) FROM {s}.chunks h WHERE h.namespace = "
+                f"i.namespace AND h.id = i.id AND h.key = i.key AND h.write_time = i.write_time AND "
+                f"h.writer = i.writer))) AS h FROM {s}.items i WHERE namespace = $1{where}")  # fmt: skip
+
+    async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
+        # Inline values and values in chunks apart: the first query has no subquery per
+        # row, so PostgreSQL may run it in parallel workers.
+        s = self.schema
+        out = []
+        async with self._conn() as c:
+            for span in spans:
+                where, args = _where(span, None, 2)
+                if count_only:
+                    n = await c.fetchval(f"SELECT count(*) FROM {s}.items WHERE namespace = $1{where}",
+                                         namespace, *args, timeout=BULK_TIMEOUT_S)  # fmt: skip
+                    out.append((int(n), b""))
+                    continue
+                total = Digest()
+                for part in (" AND value IS NOT NULL", " AND value IS NULL"):
+                    row = await c.fetchrow(
+                        "SELECT count(*), coalesce(bit_xor(('x' || h)::bit(128))::text, '0') FROM ("
+                        + self._hashed(where + part) + ") t", namespace, *args, timeout=BULK_TIMEOUT_S)  # fmt: skip
+                    total.merge(int(row[0]), int(row[1], 2))
+                out.append(total.value())
+        return out
+
+    async def split(self, namespace: str, span: Span, parts: int) -> list[Place]:
+        s = self.schema
+        where, args = _where(span, None, 2)
+        async with self._conn() as c:
+            count = await c.fetchval(f"SELECT count(*) FROM {s}.items WHERE namespace = $1{where}", namespace, *args,
+                                     timeout=BULK_TIMEOUT_S)  # fmt: skip
+            if parts < 2 or count < 2:
+                return []
+            step = -(-count // parts)
+            rows = await c.fetch(
+                f"SELECT id, key FROM (SELECT id, key, row_number() OVER (ORDER BY id, key) AS n FROM {s}.items "
+                f"WHERE namespace = $1{where}) t WHERE n > 1 AND (n - 1) % {int(step)} = 0 ORDER BY n "
+                f"LIMIT {int(parts) - 1}", namespace, *args, timeout=BULK_TIMEOUT_S)  # fmt: skip
+        return [(r[0], r[1]) for r in rows]
+
+    async def entries(self, namespace: str, span: Span, limit: int) -> list[Entry]:
+        where, args = _where(span, None, 2)
+        async with self._conn() as c:
+            rows = await c.fetch(self._hashed(where) + f" ORDER BY id, key LIMIT {int(limit)}", namespace, *args,
+                                 timeout=BULK_TIMEOUT_S)  # fmt: skip
+        return [Entry(r[0], r[1], Version(r[2], r[3]), r[4], bytes.fromhex(r[5])) for r in rows]
+
     async def purge(self, tombstones_before_us: int, staged_before_us: int) -> int:
         s = self.schema
         async with self._conn() as c, c.transaction():
@@ -460,7 +585,7 @@ class _Connections:
     async def _connect(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
             self._dsn, timeout=self._timeout_s, command_timeout=30,
-            server_settings={"application_name": "dals.kv"})  # fmt: skip
+            server_settings={"application_name": "dals.kv", "jit": "off"})  # fmt: skip
         return conn
 
 
@@ -484,6 +609,31 @@ class _Connection:
         if isinstance(error, _DATABASE_ERRORS):
             raise EngineError(f"postgres: {error}") from None
         return False
+
+
+def _where(span: Span, after: Place | None, first: int) -> tuple[str, list[Any]]:
+    """The SQL condition (after ``namespace = $1``) and arguments, numbered from
+    ``$first``, for live items in ``span`` and after ``after``. Each bound on (id, key)
+    comes with the same bound on id alone: the planner estimates a row comparison's
+    selectivity badly (a third of the table) and would scan the whole table for a small
+    range; on id it reads the histogram, and the index scan follows."""
+    sql, args = f" AND {_LIVE}", list[Any]()
+    n = first
+
+    def place(op: str, p: Place) -> None:
+        nonlocal sql, n
+        sql += (f' AND id {op[0]}= ${n}::text COLLATE "C"'
+                f' AND (id, key) {op} (${n}::text COLLATE "C", ${n + 1}::bytea)')  # fmt: skip
+        args.extend(p)
+        n += 2
+
+    if after is not None and (span.start is None or after >= span.start):
+        place(">", after)
+    elif span.start is not None:
+        place(">=", span.start)
+    if span.end is not None:
+        place("<", span.end)
+    return sql, args
 
 
 def _count(status: str) -> int:

@@ -1,7 +1,10 @@
 """The embedded engine: one SQLite database file.
 
 One connection, used by one thread: every query runs there, off the event loop, one at
-a time, so each write's read-compare-write cannot interleave with another's (the
+a time (but the migration contract's bulk reads, ``export``, ``digest``, ``split`` and
+``entries``, which run on a second, read-only connection in a thread of its own: WAL
+lets them read a snapshot while writes go on, so a backfill or a verify does not queue
+the DAL's own calls behind it), so each write's read-compare-write cannot interleave with another's (the
 contract's "one record, one transaction", for every record at once). WAL journal;
 ``synchronous`` FULL by default (a returned write is fsynced). Rows are clustered by
 (namespace, id, key) (``WITHOUT ROWID``): a record's items are one range of the table.
@@ -10,6 +13,7 @@ contract's "one record, one transaction", for every record at once). WAL journal
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +24,17 @@ from typing import Any, TypeVar
 from .base import (
     Batch,
     CommitOutcome,
+    Copied,
     EngineError,
+    Entry,
     KeyRange,
     Keys,
+    Place,
     Selection,
+    Span,
     StoredItem,
     Version,
+    item_hash,
 )
 
 T = TypeVar("T")
@@ -102,6 +111,8 @@ class SqliteEngine:
         self._synchronous = synchronous
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._bulk_pool: ThreadPoolExecutor | None = None
+        self._bulk: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: Path, synchronous: str = "FULL") -> SqliteEngine:
@@ -121,6 +132,25 @@ class SqliteEngine:
             return await loop.run_in_executor(self._pool, fn, *args)
         except sqlite3.Error as e:
             raise EngineError(f"sqlite {self.path}: {e}") from None
+
+    async def _run_bulk(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on the read-only connection, in its own thread."""
+        if self._bulk_pool is None:
+            self._bulk_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-sqlite-bulk")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._bulk_pool, self._in_bulk, fn, args)
+        except sqlite3.Error as e:
+            raise EngineError(f"sqlite {self.path}: {e}") from None
+
+    def _in_bulk(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._bulk is None:
+            self._bulk = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        self._bulk.execute("BEGIN")  # one snapshot for the whole call
+        try:
+            return fn(self._bulk, *args)
+        finally:
+            self._bulk.execute("COMMIT")
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +359,61 @@ class SqliteEngine:
             rows = self._db.execute(f"{query} AND (id, key) > (?, ?) ORDER BY id, key LIMIT ?", (ns, *after, limit))
         return [(r[0], _item(r[1:])) for r in rows]
 
+    # --- migration ----------------------------------------------------------------
+
+    async def export(self, namespace: str, after: Place | None, span: Span, limit: int) -> list[tuple[str, StoredItem]]:
+        return await self._run_bulk(_export, namespace, after, span, limit)
+
+    async def import_items(self, namespace: str, items: Sequence[Copied], repair: bool) -> int:
+        return await self._run(self._import, namespace, items, repair) if items else 0
+
+    def _import(self, ns: str, items: Sequence[Copied], repair: bool) -> int:
+        """Per record, its range tombstones and its chunked items first (few); then every
+        item in one upsert that applies only over an older version."""
+        rows = []
+        with self._tx() as c:
+            newer: dict[str, list[tuple[KeyRange, Version]]] = {}
+            chunked: dict[tuple[str, bytes], Version] = {}
+            for rid in {i.record_id for i in items}:
+                newer[rid] = [(KeyRange(s, e), Version(t, w)) for s, e, t, w in c.execute(
+                    "SELECT start_key, end_key, write_time, writer FROM ranges WHERE namespace = ? AND id = ?",
+                    (ns, rid))]  # fmt: skip
+                for key, wt, wr in c.execute(
+                    "SELECT key, write_time, writer FROM items WHERE namespace = ? AND id = ? AND chunk_size > 0",
+                    (ns, rid),
+                ):
+                    chunked[(rid, key)] = Version(wt, wr)
+            for item in items:
+                v = item.version
+                if newer[item.record_id] and any(item.key in r and rv > v for r, rv in newer[item.record_id]):
+                    continue
+                current = chunked.get((item.record_id, item.key))
+                if current is not None:
+                    if current > v or (current == v and not repair):
+                        continue
+                    self._drop_chunks(c, ns, item.record_id, item.key, current)
+                value = item.value
+                rows.append((ns, item.record_id, item.key, value, len(value) if value is not None else 0,
+                             v.write_time_us, v.writer))  # fmt: skip
+            before = c.total_changes
+            c.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (namespace, id, key) DO UPDATE SET "
+                "value = excluded.value, size = excluded.size, chunk_size = 0, write_time = excluded.write_time, "
+                "writer = excluded.writer WHERE (items.write_time, items.writer) < (excluded.write_time, "
+                f"excluded.writer){' OR (items.write_time, items.writer) = (excluded.write_time, excluded.writer)' if repair else ''}",
+                rows)  # fmt: skip
+            applied = c.total_changes - before
+        return applied
+
+    async def digest(self, namespace: str, spans: Sequence[Span], count_only: bool = False) -> list[tuple[int, bytes]]:
+        return await self._run_bulk(_digest, namespace, spans, count_only)
+
+    async def split(self, namespace: str, span: Span, parts: int) -> list[Place]:
+        return await self._run_bulk(_split, namespace, span, parts)
+
+    async def entries(self, namespace: str, span: Span, limit: int) -> list[Entry]:
+        return await self._run_bulk(_entries, namespace, span, limit)
+
     # --- upkeep --------------------------------------------------------------------
 
     async def purge(self, tombstones_before_us: int, staged_before_us: int) -> int:
@@ -355,6 +440,11 @@ class SqliteEngine:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
         self._pool.shutdown(wait=True)
+        if self._bulk_pool is not None:
+            if self._bulk is not None:
+                bulk, self._bulk = self._bulk, None
+                await asyncio.get_running_loop().run_in_executor(self._bulk_pool, bulk.close)
+            self._bulk_pool.shutdown(wait=True)
 
 
 def _complete(sizes: list[tuple[int, int]], count: int, total: int) -> bool:
@@ -364,3 +454,99 @@ def _complete(sizes: list[tuple[int, int]], count: int, total: int) -> bool:
         return False
     first = sizes[0][1]
     return all(n == first for _, n in sizes[:-1]) and sizes[-1][1] <= first
+
+
+# --- the migration contract's reads, on the read-only connection ------------------------
+
+def _where(span: Span, after: Place | None = None) -> tuple[str, list[Any]]:
+    """The SQL condition (after ``namespace = ?``) and arguments for live items in
+    ``span`` and after ``after``."""
+    sql, args = f" AND {_LIVE}", []
+    if after is not None and (span.start is None or after >= span.start):
+        sql += " AND (id, key) > (?, ?)"
+        args += list(after)
+    elif span.start is not None:
+        sql += " AND (id, key) >= (?, ?)"
+        args += list(span.start)
+    if span.end is not None:
+        sql += " AND (id, key) < (?, ?)"
+        args += list(span.end)
+    return sql, args
+
+
+def _export(db: sqlite3.Connection, ns: str, after: Place | None, span: Span, limit: int) -> list[tuple[str, StoredItem]]:
+    where, args = _where(span, after)
+    rows = db.execute(f"SELECT id, {_ITEM} FROM items WHERE namespace = ?{where} ORDER BY id, key LIMIT ?",
+                      (ns, *args, limit))  # fmt: skip
+    return [(r[0], _item(r[1:])) for r in rows]
+
+
+def _hashed(db: sqlite3.Connection, ns: str, span: Span, limit: int | None) -> Iterator[Entry]:
+    where, args = _where(span)
+    sql = f"SELECT id, key, value, size, write_time, writer FROM items WHERE namespace = ?{where} ORDER BY id, key"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    for rid, key, value, size, wt, wr in db.execute(sql, (ns, *args)):
+        v = Version(wt, wr)
+        if value is None:  # in chunks
+            value = _chunked(db, ns, rid, key, wt, wr)
+        yield Entry(rid, key, v, size, item_hash(rid, key, v, value))
+
+
+def _digest(db: sqlite3.Connection, ns: str, spans: Sequence[Span], count_only: bool) -> list[tuple[int, bytes]]:
+    """Streamed: each row hashed as it is read (a lean loop; the same ``item_hash``)."""
+    out = []
+    md5, from_bytes = hashlib.md5, int.from_bytes
+    for span in spans:
+        where, args = _where(span)
+        if count_only:
+            n = db.execute(f"SELECT count(*) FROM items WHERE namespace = ?{where}", (ns, *args)).fetchone()[0]
+            out.append((n, b""))
+            continue
+        n = xor = 0
+        rows = db.execute(f"SELECT id, key, value, write_time, writer FROM items WHERE namespace = ?{where}", (ns, *args))
+        for rid, key, value, wt, wr in rows:
+            if value is None:  # in chunks
+                value = _chunked(db, ns, rid, key, wt, wr)
+            xor ^= from_bytes(md5(rid.encode() + b"\0" + len(key).to_bytes(4, "big") + key
+                                  + wt.to_bytes(8, "big", signed=True) + wr + value, usedforsecurity=False).digest(),
+                              "big")  # fmt: skip
+            n += 1
+        out.append((n, xor.to_bytes(16, "big")))
+    return out
+
+
+def _chunked(db: sqlite3.Connection, ns: str, rid: str, key: bytes, wt: int, wr: bytes) -> bytes:
+    return b"".join(r[0] for r in db.execute(
+        "SELECT data FROM chunks WHERE namespace = ? AND id = ? AND key = ? AND write_time = ? AND writer = ? "
+        "ORDER BY idx", (ns, rid, key, wt, wr)))  # fmt: skip
+
+
+def _entries(db: sqlite3.Connection, ns: str, span: Span, limit: int) -> list[Entry]:
+    return list(_hashed(db, ns, span, limit))
+
+
+def _split(db: sqlite3.Connection, ns: str, span: Span, parts: int) -> list[Place]:
+    """One pass over the positions in order (keys only: no value is read), keeping every
+    k-th, k doubling whenever more than 4 × ``parts`` (at least 4096) are kept; the
+    boundaries are picked from those, so parts differ by at most k items (none for a
+    range of up to 4096)."""
+    if parts < 2:
+        return []
+    where, args = _where(span)
+    rows = db.execute(f"SELECT id, key FROM items WHERE namespace = ?{where} ORDER BY id, key", (ns, *args))
+    kept: list[Place] = []
+    every, count = 1, 0
+    for rid, key in rows:
+        if count % every == 0:
+            kept.append((rid, key))
+            if len(kept) == max(4 * parts, 4096):
+                kept, every = kept[::2], every * 2
+        count += 1
+    out: list[Place] = []
+    step = -(-count // parts)
+    for i in range(1, parts):
+        at = i * step // every
+        if 0 < at < len(kept) and i * step < count and (not out or kept[at] > out[-1]):
+            out.append(kept[at])
+    return out
