@@ -1,8 +1,9 @@
 """Runtime config → gateway IR: the first, pure stage of translation.
 
 Who serves a listener is decided once, by ``listener_topology``; this stage only
-names what follows from it (listeners, upstreams, traffic shares, mirrors) and
-refuses what the proxy cannot do yet, reporting every reason at once.
+names what follows from it (listeners, upstreams, traffic shares, mirrors, and the
+effective resilience policies: routes by method class, breakers, ejection, shedding,
+priorities) and refuses what the proxy cannot do yet, reporting every reason at once.
 """
 
 from __future__ import annotations
@@ -326,14 +327,7 @@ def _tls(public: PublicListener) -> Tls:
 def _authz(cfg: RuntimeConfig, topo: ListenerTopology, consumers: _Consumers) -> Authz:
     """The DALs serving a listener declare which gRPC methods are reads (the union of
     what they declare; the default when none does)."""
-    declared: set[str] = set()
-    serving = [topo.primary, *(t for t, _ in topo.splits)]
-    for dal in serving:
-        if dal is None:
-            continue
-        spec = cfg.container_dals.get(dal) or cfg.network_dals.get(dal)
-        if spec is not None and spec.read_methods:
-            declared.update(spec.read_methods)
+    declared = _declared_by_any(cfg, _serving(topo), "read_methods")
     patterns = sorted(declared) if declared else DEFAULT_GRPC_READ_METHODS
     read_write, read_only, _, _ = consumers
     return Authz(read_write, read_only, tuple(method_pattern_regex(p) for p in patterns))
