@@ -137,9 +137,8 @@ def shard_text(wiring: str, http_port: int, grpc_port: int) -> str:
 
 def expected_versions(text: str, file: str = "bench.yaml") -> dict[str, str]:
     """The per-type versions the server will serve for ``text``: same translator, same
-    content hashes (nodes request every EDS/RDS resource, so by-name versions match).
-    The whole file is translated, as the server does: deploy desires (tier, consumers)
-    shape the resources too."""
+    content hashes (nodes request every EDS/RDS resource, so by-name versions match). The
+    whole shard file is translated, as the server does: its tier sets resilience defaults."""
     config = load_shard_text(text, file, env={})
     snapshot = build_snapshot(translate(config, TranslateOptions(public_address="127.0.0.1", file=file)))
     return {t: snapshot[t].version for t in SUBSCRIBED}

@@ -117,12 +117,12 @@ def run_rollout(o: RolloutOptions) -> dict[str, Any]:
         for start in range(0, len(shards), 100):
             server.put_batch({s: (texts[s], 0) for s in shards[start:start + 100]})
         note(f"{len(shards)} shards stored; {o.nodes} nodes connecting")
-        # The tier shapes the resilience policies, so each text has versions of its own.
-        by_text = {text: expected_versions(text) for text in set(texts.values())}
+        # A shard's tier sets its resilience defaults, so its resources: one translation a tier.
+        by_tier = {t: expected_versions(shard_text(t, REGIONS[0], http, grpc)) for t in {t for t, _ in place.values()}}
         nodes = [(f"node-{i:05d}", shards[i % len(shards)]) for i in range(o.nodes)]
         per = (len(nodes) + o.workers - 1) // o.workers
         ads = _Workers([WorkerSpec(server.xds, nodes[k:k + per]) for k in range(0, len(nodes), per)])
-        answers = ads.ask("connect", {"targets": {s: by_text[texts[s]] for s in shards}, "timeout": min(300, left())}, left())
+        answers = ads.ask("connect", {"targets": {s: by_tier[place[s][0]] for s in shards}, "timeout": min(300, left())}, left())
         if sum(a["failed_count"] for a in answers):
             raise BenchError(f"nodes did not sync: {answers[0]['failed'][:5]}")
         reporters = _Workers([ReportSpec(server.xds, nodes[k:k + per]) for k in range(0, len(nodes), per)],

@@ -26,6 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "schema" / "shard.schema.json"
 REFERENCE_FILE = ROOT / "docs" / "config-reference.md"
 
+# What container and network DALs both declare: their methods' kinds and their policy.
+_DAL_METHODS_AND_POLICY = {
+    "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
+                    "all a read-only consumer may call on an `authz` listener. Default: Get*, "
+                    "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
+    "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
+                          "because they carry an idempotency token: the gateway retries them. Other "
+                          "writes are retried only when they never reached the DAL.",
+    "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
+                      "but the caller's own deadline, retried only when they never reached the DAL.",
+    "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
+                  "for this DAL; keys not set here come from the shard's `resilience`, then the "
+                  "service tier's defaults (docs/resilience.md).",
+}
+
 MEANINGS: dict[str, dict[str, str]] = {
     "ShardFile": {
         "proxy_config": "What the gateway's Envoy exposes on the host.",
@@ -57,16 +72,7 @@ MEANINGS: dict[str, dict[str, str]] = {
                  "read methods (`read_methods`). Needs `tls_creds` (the caller's identity).",
     },
     "ContainerDal": {
-        "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
-                        "all a read-only consumer may call on an `authz` listener. Default: Get*, "
-                        "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
-        "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
-                              "because they carry an idempotency token: the gateway retries them. Other "
-                              "writes are retried only when they never reached the DAL.",
-        "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
-                          "but the caller's own deadline, retried only when they never reached the DAL.",
-        "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
-                      "for this DAL; keys not set here come from the shard's `resilience`, then the service tier's defaults (docs/resilience.md).",
+        **_DAL_METHODS_AND_POLICY,
         "image": "The container image (Docker runtime); the process runtime runs container_cmd on the host.",
         "container_cmd": "The command: a string is split into words like docker-compose's `command` "
                          "(no shell); a list is used as is.",
@@ -86,16 +92,7 @@ MEANINGS: dict[str, dict[str, str]] = {
         "disable": "Turn the check off.",
     },
     "NetworkDal": {
-        "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
-                        "all a read-only consumer may call on an `authz` listener. Default: Get*, "
-                        "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
-        "idempotent_methods": "gRPC writes (methods not in `read_methods`) that are safe to send twice, e.g. "
-                              "because they carry an idempotency token: the gateway retries them. Other "
-                              "writes are retried only when they never reached the DAL.",
-        "stream_methods": "gRPC streaming methods (and always /grpc.health.v1.Health/Watch): no time limit "
-                          "but the caller's own deadline, retried only when they never reached the DAL.",
-        "resilience": "Timeouts, retries, hedging, circuit breakers, outlier detection and load shedding "
-                      "for this DAL; keys not set here come from the shard's `resilience`, then the service tier's defaults (docs/resilience.md).",
+        **_DAL_METHODS_AND_POLICY,
         "listeners": "Listener name → URL (postgresql://, mysql://, tcp:// for tcp listeners; http://, "
                      "grpc:// for http and grpc ones).",
         "mode": "How Envoy resolves the URL's host: logical_dns, strict_dns, or static (an IP address).",
