@@ -28,6 +28,8 @@ REFERENCE_FILE = ROOT / "docs" / "config-reference.md"
 
 # What container and network DALs both declare: their methods' kinds and their policy.
 _DAL_METHODS_AND_POLICY = {
+    "api": "The API the DAL serves (e.g. `dgw.kv.v1`): a migration moves data only between DALs of one "
+           "API. Default: the gRPC services its `read_methods` name, else its image's name.",
     "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
                     "all a read-only consumer may call on an `authz` listener. Default: Get*, "
                     "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
@@ -80,8 +82,6 @@ MEANINGS: dict[str, dict[str, str]] = {
                                "the agent assigns a free port and passes it as `DGW_LISTENER_<NAME>_PORT`.",
         "env": "Environment variables for the DAL (strings, numbers or booleans).",
         "healthcheck": "docker-compose's healthcheck: an unhealthy DAL gets no traffic and is restarted.",
-        "api": "The API the DAL serves (e.g. `dgw.kv.v1`): a migration moves data only between DALs of one "
-               "API. Default: the gRPC services its `read_methods` name, else its image's name.",
     },
     "Healthcheck": {
         "test": "[CMD, ...], [CMD-SHELL, \"...\"], [NONE], or a string run by the shell.",
@@ -96,8 +96,6 @@ MEANINGS: dict[str, dict[str, str]] = {
         "listeners": "Listener name → URL (postgresql://, mysql://, tcp:// for tcp listeners; http://, "
                      "grpc:// for http and grpc ones).",
         "mode": "How Envoy resolves the URL's host: logical_dns, strict_dns, or static (an IP address).",
-        "api": "The API the DAL serves (e.g. `dgw.kv.v1`): a migration moves data only between DALs of one "
-               "API. Default: the gRPC services its `read_methods` name, else its image's name.",
     },
     "Wiring": {
         "mode": "shadow: the target gets a copy of every request, the client sees only the source's answers; "
