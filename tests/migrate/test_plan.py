@@ -237,7 +237,9 @@ def test_a_step_is_judged_by_error_rate_and_p99_against_the_old_dal() -> None:
         "step 1 (1%) failed: cql's error rate 100.0% (40 of 40) is over the allowed 1.0%"
     )
     assert "by 99.0%" in bad.line
-    slow = plan.judge(p, summary(100, 0, 2.0), summary(40, 0, 30.0), "thrift", "cql")
+    few = plan.judge(p, summary(100, 0, 2.0), summary(40, 0, 30.0), "thrift", "cql")
+    assert few is not None and few.passed and "not judged (fewer than 100 requests)" in few.line
+    slow = plan.judge(p, summary(100, 0, 2.0), summary(400, 0, 30.0), "thrift", "cql")
     assert (
         slow is not None
         and "cql's p99 30.0 ms is over the allowed 8.0 ms" in slow.line

@@ -37,7 +37,7 @@ ENGINE = web.AppKey("migrations", MigrationEngine)
 LIMITS = web.AppKey("migrations_limits", Limits)
 _IF_MATCH = re.compile(r'(?:W/)?"?(\d{1,18})"?')
 _JUDGEMENT = {"max_error_rate_increase": (0.0, 1.0), "max_p99_ratio": (1.0, 100.0), "p99_slack_ms": (0.0, 60000.0),
-              "min_requests": (0, 10**9)}  # fmt: skip
+              "min_requests": (0, 10**9), "min_p99_requests": (1, 10**9)}  # fmt: skip
 
 
 def _actor(request: web.Request) -> str:
@@ -217,7 +217,7 @@ def _judgement(body: Mapping[str, Any]) -> Judgement:
             or not low <= value <= high
         ):
             raise Refused(400, f"{name} must be a number from {low:g} to {high:g}")
-        values[name] = int(value) if name == "min_requests" else float(value)
+        values[name] = int(value) if name.startswith("min_") else float(value)
     return Judgement(**values)
 
 

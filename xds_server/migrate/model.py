@@ -33,6 +33,7 @@ class Judgement:
     max_p99_ratio: float = 1.5  # the new DAL's p99 over the old one's, at most ...
     p99_slack_ms: float = 5.0  # ... plus this (a p99 of 1 ms against 0.5 ms is no regression)
     min_requests: int = 1  # fewer requests to the new DAL in a step: not judged yet
+    min_p99_requests: int = 100  # a p99 of fewer samples is their maximum: not judged
 
 
 @dataclass(frozen=True)

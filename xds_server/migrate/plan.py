@@ -321,17 +321,19 @@ def judge(
         return Verdict(False, f"{step} failed: {target}'s error rate {new.error_rate:.1%} ({new.errors} of "
                               f"{new.requests}) is over the allowed {allowed:.1%} ({source}'s {old.error_rate:.1%} "
                               f"+ {j.max_error_rate_increase:.1%}) by {new.error_rate - allowed:.1%}")  # fmt: skip
-    if new.p99_ms is not None and old.p99_ms is not None:
+    judged = min(new.requests, old.requests) >= j.min_p99_requests
+    if judged and new.p99_ms is not None and old.p99_ms is not None:
         limit = old.p99_ms * j.max_p99_ratio + j.p99_slack_ms
         if new.p99_ms > limit:
             return Verdict(False, f"{step} failed: {target}'s p99 {new.p99_ms:.1f} ms is over the allowed "
                                   f"{limit:.1f} ms ({source}'s {old.p99_ms:.1f} ms x {j.max_p99_ratio:g} + "
                                   f"{j.p99_slack_ms:g} ms) by {new.p99_ms - limit:.1f} ms")  # fmt: skip
-    p99 = (
-        f"p99 {new.p99_ms:.1f} ms vs {old.p99_ms:.1f} ms"
-        if new.p99_ms is not None and old.p99_ms is not None
-        else "p99 not measured"
-    )
+    if new.p99_ms is None or old.p99_ms is None:
+        p99 = "p99 not measured"
+    elif not judged:
+        p99 = f"p99 {new.p99_ms:.1f} ms vs {old.p99_ms:.1f} ms, not judged (fewer than {j.min_p99_requests} requests)"
+    else:
+        p99 = f"p99 {new.p99_ms:.1f} ms vs {old.p99_ms:.1f} ms"
     return Verdict(True, f"{step} passed: {target} {new.requests} requests, error rate {new.error_rate:.1%} "
                          f"(allowed {allowed:.1%}), {p99}")  # fmt: skip
 
