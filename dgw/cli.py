@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bootstrap)
 
     from bench import cli as bench_cli
+    from dgw.migrate import cli as migrate_cli
     from sidecar import cli as sidecar_cli
 
     from . import (
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     artifact_cli.add_command(sub)
     plan_cli.add_command(sub)
     rollout_cli.add_command(sub)
+    migrate_cli.add_command(sub)
     schema.add_command(sub)
     ca_cli.add_command(sub)
     node_cli.add_command(sub)

@@ -28,6 +28,8 @@ REFERENCE_FILE = ROOT / "docs" / "config-reference.md"
 
 # What container and network DALs both declare: their methods' kinds and their policy.
 _DAL_METHODS_AND_POLICY = {
+    "api": "The API the DAL serves (e.g. `dgw.kv.v1`): a migration moves data only between DALs of one "
+           "API. Default: the gRPC services its `read_methods` name, else its image's name.",
     "read_methods": "gRPC methods that are reads (`/package.Service/Method`, `*` within a part): "
                     "all a read-only consumer may call on an `authz` listener. Default: Get*, "
                     "List*, Read*, Scan*, Search*, Describe*, Watch* and the gRPC health service.",
@@ -100,6 +102,10 @@ MEANINGS: dict[str, dict[str, str]] = {
                 "split: the target gets `percent` of the traffic instead of the source.",
         "target": "The DAL that receives the shadow copy or the split share.",
         "percent": "Share of traffic, 0-100: required for split; for shadow the sampled share (default 100).",
+        "traffic": "Which requests on gRPC listeners: all, or writes (the methods not in the DALs' `read_methods`): "
+                   "a data migration copies only what changes data.",
+        "read_percent": "With shadow and `traffic: writes`: the share of reads (0-100) served by the target "
+                        "instead (a migration's promotion steps).",
     },
     "Registration": {
         "address": "One or more discovery names, comma-separated.",

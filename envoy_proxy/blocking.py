@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from .admin import EnvoyAdmin, Stats
 from .process import DEFAULT_STOP_TIMEOUT_S, EnvoyProcess
+from .stats import Sample
 
 T = TypeVar("T")
 
@@ -72,6 +73,10 @@ class BlockingEnvoy:
 
     def stats(self, pattern: str | None = None) -> Stats:
         return _run(self.process.admin.stats(pattern))
+
+    def sample(self) -> Sample:
+        """The stats a gateway host reports (``envoy_proxy.stats``)."""
+        return _run(self.process.admin.sample())
 
     def stat(self, name: str) -> int:
         """One counter or gauge by its exact name (0 while Envoy has not made it)."""

@@ -37,6 +37,7 @@ _CLUSTER = (
     r"|upstream_cx_(overflow|connect_fail)|upstream_rq_time"
     r"|outlier_detection\.ejections_(active|enforced_total|enforced_consecutive_5xx"
     r"|enforced_consecutive_gateway_failure|overflow)"
+    r"|grpc\.(success|failure|total)"  # gRPC calls by outcome (their HTTP status is 200)
 )
 _LISTENER = r"downstream_rq_(total|[2345]xx|time|overload_close)|downstream_cx_overflow"
 # Each route (a method class and priority: ``reads``, ``writes_low``, ...; its name is its

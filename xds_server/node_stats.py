@@ -19,7 +19,7 @@ import math
 from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dgw_api.v1 import gateway_pb2
 from envoy_proxy.stats import RESILIENCE_REASONS, SHED_REQUESTS, Histogram, is_gauge, resilience_of
@@ -198,9 +198,17 @@ def summarize(window: Delta, prefix: str, *, total: str, errors: str, latency: s
 
 
 def cluster_summary(window: Delta, cluster: str) -> TrafficSummary:
-    """An Envoy cluster (``dal.DAL.LISTENER``, ``net.DAL.LISTENER``): what it sent upstream."""
-    return summarize(window, f"cluster.{cluster}.", total="upstream_rq_total",
-                     errors="upstream_rq_5xx", latency="upstream_rq_time")  # fmt: skip
+    """An Envoy cluster (``dal.DAL.LISTENER``, ``net.DAL.LISTENER``): what it sent upstream.
+    A gRPC cluster's errors are its failed calls (``grpc.failure``: any status but OK,
+    the gateway's own answers included), as a gRPC error is an HTTP 200; its 5xx when
+    that is more (a copy of a request, a shadow's, is not counted by call)."""
+    summary = summarize(window, f"cluster.{cluster}.", total="upstream_rq_total",
+                        errors="upstream_rq_5xx", latency="upstream_rq_time")  # fmt: skip
+    failed = summary.counters.get("grpc.failure", 0)
+    if failed <= summary.errors:
+        return summary
+    requests = max(summary.requests, summary.counters.get("grpc.total", 0))
+    return replace(summary, requests=requests, errors=failed, error_rate=failed / requests if requests else 0.0)
 
 
 def listener_summary(window: Delta, stat_prefix: str) -> TrafficSummary:

@@ -35,7 +35,16 @@ from common.hostport import split_host_port
 from xds_server import report_file
 from xds_server.ads import SERVER_OPTIONS, AdsServer
 from xds_server.ads.pacing import StartPacer
-from xds_server.api import admin, auth, deploy_api, fleet, gateway, replicas_api, revocations_api
+from xds_server.api import (
+    admin,
+    auth,
+    deploy_api,
+    fleet,
+    gateway,
+    migrations_api,
+    replicas_api,
+    revocations_api,
+)
 from xds_server.api.admin_http import (
     TRUSTED,
     LimitedSite,
@@ -53,6 +62,7 @@ from xds_server.deploy.rollout.engine import RolloutEngine
 from xds_server.ha.owner import Owner
 from xds_server.ha.replica import Replica, default_replica_id
 from xds_server.ha.tokens import EtcdTokenStore
+from xds_server.migrate.engine import MigrationEngine
 from xds_server.redact import LogMasking
 from xds_server.security.authz import ControlAuthz
 from xds_server.security.ca import CaError, CertificateAuthority
@@ -148,6 +158,7 @@ class XdsServer:
         # Deploy desires: capacity plans (a worker process) and the rollouts' loop.
         self.plans: PlanService | None = None
         self.rollouts: RolloutEngine | None = None
+        self.migrations: MigrationEngine | None = None  # data migrations: steps, the promotions' loop
         self._planning: set[asyncio.Future[Any]] = set()
         self.config_dir = ConfigDir(settings.config_dir, self.registry, self.policy, self.limits)
         self.grpc_server: grpc.aio.Server | None = None
@@ -215,6 +226,7 @@ class XdsServer:
         await self.config_dir.rescan()  # then files changed meanwhile become versions
         self.plans = PlanService(self.store)
         self.rollouts = RolloutEngine(self.store, self.changes)
+        self.migrations = MigrationEngine(self.store, self.changes)
         self.changes.on_served.append(self._plan_ahead)
         for state in list(self.registry.shards.values()):
             self._plan_ahead(state.name)
@@ -222,6 +234,8 @@ class XdsServer:
             # Of several replicas, the one that owns the job runs the rollouts' loop.
             self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
                                              self.replica.session, "rollouts", self._own_rollouts))  # fmt: skip
+            self.replica.owners.append(Owner(self.replica.store.client, self.replica.store.prefix,
+                                             self.replica.session, "migrations", self._own_migrations))  # fmt: skip
             self._tasks.append(asyncio.create_task(self.changes.follow(revision), name="follow-store"))
             self._tasks += [asyncio.create_task(task) for task in self.replica.tasks()]
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS + KEEPALIVE_OPTIONS + EXCLUSIVE_PORT
@@ -251,8 +265,9 @@ class XdsServer:
         self.admin_port = site.port
         await self._admin_socket()
 
-        if self.replica is None:  # else the replica that owns "rollouts" runs them
+        if self.replica is None:  # else the replicas that own "rollouts" and "migrations" run them
             await self.rollouts.start()
+            await self.migrations.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.settings.insecure:
             self._tasks.append(asyncio.create_task(self._warn_insecure(), name="insecure-warning"))
@@ -310,6 +325,8 @@ class XdsServer:
         revocations_api.register(app, self.revocations, self.store, self.limits)
         assert self.plans is not None and self.rollouts is not None and changes is not None
         deploy_api.register(app, changes, self.plans, self.rollouts)
+        assert self.migrations is not None
+        migrations_api.register(app, self.migrations, self.limits)
         replicas_api.register(app, self.replica)
         auth.install(app, auth.Access(
             self.tokens, self.store, metrics_public=self.settings.metrics_public,
@@ -402,6 +419,15 @@ class XdsServer:
         finally:
             await self.rollouts.stop()
 
+    async def _own_migrations(self) -> None:
+        """The migrations' loop (promotion steps), for as long as this replica owns it."""
+        assert self.migrations is not None
+        await self.migrations.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.migrations.stop()
+
     def _plan_ahead(self, shard: str) -> None:
         """A served shard with capacity desires gets its plan computed in the background."""
         state = self.registry.shards.get(shard)
@@ -463,6 +489,8 @@ class XdsServer:
     async def stop(self) -> None:
         if self.rollouts is not None:
             await self.rollouts.stop()
+        if self.migrations is not None:
+            await self.migrations.stop()
         if self.plans is not None:
             await self.plans.close()
         for task in self._tasks:

@@ -7,12 +7,21 @@ from pathlib import Path
 
 import yaml
 
-from xds_server.api import admin, auth, deploy_api, fleet, replicas_api, revocations_api
+from xds_server.api import (
+    admin,
+    auth,
+    deploy_api,
+    fleet,
+    migrations_api,
+    replicas_api,
+    revocations_api,
+)
 from xds_server.api.guard import PARAMETERS
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
 from xds_server.deploy.plan_worker import PlanService
 from xds_server.deploy.rollout.engine import RolloutEngine
+from xds_server.migrate.engine import MigrationEngine
 from xds_server.security.revocations import Revocations
 from xds_server.security.tokens import MemoryTokenStore
 from xds_server.settings import Limits
@@ -42,6 +51,7 @@ def routes() -> set[tuple[str, str]]:
     revocations_api.register(app, Revocations(NoStore(), print), NoAudit(), Limits())  # type: ignore[arg-type]
     replicas_api.register(app, None)
     deploy_api.register(app, changes, PlanService(NoStore()), RolloutEngine(NoStore(), changes))  # type: ignore[arg-type]
+    migrations_api.register(app, MigrationEngine(NoStore(), changes), Limits())  # type: ignore[arg-type]
     auth.install(app, auth.Access(MemoryTokenStore(), NoAudit()))  # type: ignore[arg-type]
     return {
         (r.method, r.resource.canonical)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import yaml
 from openapi_spec_validator import validate
 
-from xds_server.api import admin, revocations_api
+from xds_server.api import admin, migrations_api, revocations_api
 from xds_server.api.shards_api import OPENAPI_PATH
 from xds_server.cache import SnapshotCache
 from xds_server.changes import Changes
+from xds_server.migrate.engine import MigrationEngine
 from xds_server.security.revocations import Revocations
 from xds_server.settings import Limits
 from xds_server.shards import ShardRegistry
@@ -27,6 +28,7 @@ def app_routes() -> set[tuple[str, str]]:
     registry = ShardRegistry(SnapshotCache())
     app = admin.make_app(registry, changes=Changes(None, registry))  # type: ignore[arg-type]
     revocations_api.register(app, Revocations(None, print), None, Limits())  # type: ignore[arg-type]
+    migrations_api.register(app, MigrationEngine(None, None), Limits())  # type: ignore[arg-type]
     routes = set()
     for route in app.router.routes():
         if route.method == "HEAD":

@@ -163,9 +163,10 @@ def test_the_owner_of_a_once_only_job_hands_it_over_when_it_dies(cluster: Cluste
         owners = cluster.api(survivors[0], "GET", "/v1/replicas")[1]["owners"]
         new = owners["tidy-tokens"]
         assert "tidy-tokens" in cluster.api(new, "GET", "/v1/replicas")[1]["this"]["owns"]
-        # Every job (rollouts too) has a living owner, never the dead one.
+        # Every job (rollouts and migrations too) has a living owner, never the dead one.
         wait_until(lambda: set(cluster.api(survivors[0], "GET", "/v1/replicas")[1]["owners"].values())
                    <= set(survivors), LEASE_TTL_S + 15, what="every job owned by a survivor")  # fmt: skip
+        assert {"tidy-tokens", "rollouts", "migrations"} <= set(cluster.api(survivors[0], "GET", "/v1/replicas")[1]["owners"])
     finally:
         _restart(cluster, owner)
 

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from dals.kv.client import Delete, ItemRead, KvClient, Put, ScanBatch
+from testkit.wait import wait_until
+from tests.support.procs import Child
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def kv_dal(name: str, engine: dict[str, object], ports: dict[str, int], log: Path,
+           namespaces: Sequence[str] = ("gw",), **env: str) -> Child:  # fmt: skip
+    """A KV DAL process serving ``namespaces`` on ``engine``, its listeners on ``ports``."""
+    config = {"engines": {"main": engine}, "namespaces": {ns: {"engine": "main"} for ns in namespaces}}
+    env = {"KV_CONFIG": json.dumps(config), "DGW_DAL_NAME": name, "KV_LOG_LEVEL": "WARNING",
+           **{f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()}, **env}  # fmt: skip
+    child = Child([sys.executable, "-m", "dals.kv", "serve"], env, log=log)
+    try:
+        for port in ports.values():
+            wait_until(lambda p=port: child.serving(p, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}")
+    except BaseException:
+        child.stop()
+        raise
+    return child
 
 
 async def require_postgres() -> None:

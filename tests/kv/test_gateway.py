@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from dals.kv.tokens import new_token
 from dals.kv.v1 import kv_pb2
 from testkit.ports import free_port
 from testkit.wait import wait_until
-from tests.kv.support import POSTGRES_DSN, drop_schema, every_call, require_postgres
+from tests.kv.support import POSTGRES_DSN, drop_schema, every_call, kv_dal, require_postgres
 from tests.security.datapath import SecureStack, healthy
 from tests.support.procs import Child
 
@@ -100,16 +99,6 @@ class Gateway:
 
     def direct(self, dal: str) -> KvClient:
         return KvClient.connect(f"127.0.0.1:{self.ports[dal]['secure_grpc']}")
-
-
-def kv_dal(name: str, engine: dict[str, object], ports: dict[str, int], log: Path) -> Child:
-    config = {"engines": {"main": engine}, "namespaces": {"gw": {"engine": "main"}}}
-    env = {"KV_CONFIG": json.dumps(config), "DGW_DAL_NAME": name, "KV_LOG_LEVEL": "WARNING",
-           **{f"DGW_LISTENER_{k.upper()}_PORT": str(v) for k, v in ports.items()}}  # fmt: skip
-    child = Child([sys.executable, "-m", "dals.kv", "serve"], env, log=log)
-    for port in ports.values():
-        wait_until(lambda p=port: child.serving(p, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}")
-    return child
 
 
 @pytest.fixture

@@ -1,13 +1,12 @@
 """Two real KV DAL processes for the runner's tests: the source on SQLite, the target on
 PostgreSQL (a schema of its own, dropped afterwards), each serving namespaces ``ns``
-and ``other`` and the migration contract on its gRPC port."""
+and ``other`` and the migration contract on its gRPC port. And, for the migrations'
+routes, the in-process server and admin API client of tests/api (``server``, ``api``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ import pytest
 
 from testkit.ports import free_port
 from testkit.procs import Child
-from testkit.wait import wait_until
-from tests.kv.support import POSTGRES_DSN, drop_schema, require_postgres
+from tests.api.conftest import api, server
+from tests.kv.support import POSTGRES_DSN, drop_schema, kv_dal, require_postgres
+
+__all__ = ["api", "server"]
 
 NAMESPACES = ("ns", "other")
 
@@ -49,20 +50,7 @@ def start_dal(
     name: str, engine: dict[str, object], tmp: Path, extra: dict[str, str] | None = None
 ) -> KvDal:
     port = free_port()
-    config = {
-        "engines": {"main": engine},
-        "namespaces": {ns: {"engine": "main"} for ns in NAMESPACES},
-    }
-    env = {"KV_CONFIG": json.dumps(config), "DGW_DAL_NAME": name, "KV_LOG_LEVEL": "WARNING",
-           "DGW_LISTENER_RPC_GRPC_PORT": str(port), **(extra or {})}  # fmt: skip
-    child = Child([sys.executable, "-m", "dals.kv", "serve"], tmp / f"{name}.log", env)
-    try:
-        wait_until(
-            lambda: child.serving(port, f"KV DAL {name}"), 30, what=f"KV DAL {name} on {port}"
-        )
-    except BaseException:
-        child.stop()
-        raise
+    child = kv_dal(name, engine, {"rpc_grpc": port}, tmp / f"{name}.log", NAMESPACES, **(extra or {}))
     return KvDal(name, port, child, engine)
 
 

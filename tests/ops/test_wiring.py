@@ -11,7 +11,16 @@ import yaml
 
 from testkit.procs import ROOT
 from xds_server.config import load_shard_text
-from xds_server.ops.wiring import Clear, Promote, Shadow, Split, WiringError, apply, parse_op
+from xds_server.ops.wiring import (
+    Clear,
+    Promote,
+    Retire,
+    Shadow,
+    Split,
+    WiringError,
+    apply,
+    parse_op,
+)
 
 BASE = """\
 # yaml-language-server: $schema=../schema/shard.schema.json
@@ -134,3 +143,13 @@ def test_the_demo_shard_changes_on_its_wiring_line_only() -> None:
     demo = (ROOT / "deploy" / "demo" / "shards" / "demo.yaml").read_text()
     out = apply(demo, Split("thrift", "cql", 25))
     assert out == demo.replace("thrift: {mode: shadow, target: cql}", "thrift: {mode: split, target: cql, percent: 25}")
+
+
+def test_retire_removes_the_dal_and_every_wiring_naming_it() -> None:
+    promoted = apply(BASE.replace("  spare: {container_listeners: {api: 8083}}\n", ""), Promote("cql", "writes"))
+    assert wiring_of(promoted)["cql"] == {"mode": "shadow", "target": "thrift", "traffic": "writes"}
+    retired = apply(promoted, Retire("thrift"))
+    config = load_shard_text(retired, "kv.yaml", env={})
+    assert "thrift" not in config.container_dals and config.wiring == {}
+    assert wiring_of(apply(BASE, Shadow("thrift", "cql", None, "writes", 10)))["thrift"] == {
+        "mode": "shadow", "target": "cql", "traffic": "writes", "read_percent": 10}

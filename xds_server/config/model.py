@@ -197,6 +197,20 @@ def _grpc_method_pattern(value: str) -> str:
     return value
 
 
+_DAL_API = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+
+
+def _dal_api(value: str) -> str:
+    if not _DAL_API.fullmatch(value):
+        raise ValueError(f"{value[:80]!r} is not an API name: write a word like dgw.kv.v1 (letters, digits, "
+                         "_ . : / -, at most 128 characters)")  # fmt: skip
+    return value
+
+
+# The API a DAL serves (e.g. ``dgw.kv.v1``): a migration moves data only between DALs
+# of one API. Without it, the gRPC services its ``read_methods`` name, then its image.
+DalApi = Annotated[str, AfterValidator(_dal_api)]
+
 # gRPC methods a read-only consumer may call (``authz``); the default is in
 # ``xds_server.security.providers.DEFAULT_GRPC_READ_METHODS``.
 GrpcMethodPattern = Annotated[str, AfterValidator(_grpc_method_pattern)]
@@ -278,6 +292,7 @@ class ContainerDal(_Strict):
     idempotent_methods: list[GrpcMethodPattern] | None = None
     stream_methods: list[GrpcMethodPattern] | None = None
     resilience: ResilienceSpec | None = None
+    api: DalApi | None = None
 
     @field_validator("container_listeners")
     @classmethod
@@ -322,6 +337,7 @@ class NetworkDal(_Strict):
     idempotent_methods: list[GrpcMethodPattern] | None = None
     stream_methods: list[GrpcMethodPattern] | None = None
     resilience: ResilienceSpec | None = None
+    api: DalApi | None = None
 
 
 class Wiring(_Strict):
@@ -335,11 +351,21 @@ class Wiring(_Strict):
     mode: Literal["shadow", "split"]
     target: str
     percent: float | None = Field(default=None, ge=0, le=100)
+    # Which requests the wiring takes on gRPC listeners: all, or only writes (the
+    # methods not in the serving DALs' ``read_methods``): a data migration mirrors
+    # only what changes data.
+    traffic: Literal["all", "writes"] = "all"
+    # With ``mode: shadow`` and ``traffic: writes``: this share of READ requests is
+    # served by the target instead (a migration's promotion steps).
+    read_percent: float | None = Field(default=None, ge=0, le=100)
 
     @model_validator(mode="after")
     def _split_needs_percent(self) -> Wiring:
         if self.mode == "split" and self.percent is None:
             raise ValueError("split wiring needs percent (0-100): the share sent to the target")
+        if self.read_percent is not None and (self.mode != "shadow" or self.traffic != "writes"):
+            raise ValueError("read_percent moves reads of a shadow of writes: it needs mode: shadow "
+                             "and traffic: writes")  # fmt: skip
         return self
 
     @property

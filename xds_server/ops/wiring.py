@@ -16,7 +16,12 @@ server left is. So:
   ``wiring.X`` goes and ``wiring.Y = {mode: shadow, target: X}``: Y becomes the
   primary of X's listeners and X keeps receiving every request as Y's shadow, so a
   rollback to the previous version loses nothing X should have seen;
-- ``clear X``: ``wiring.X`` goes.
+- ``clear X``: ``wiring.X`` goes;
+- ``retire X`` (a migration's finish): the DAL X goes, with every wiring that names it.
+
+``traffic: writes`` (shadow, promote) makes the copy one of writes only, and
+``read_percent`` (shadow of writes) moves that share of reads to the target: the
+settings a data migration's phases use (``xds_server.migrate``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class Shadow:
     source: str
     target: str
     percent: float | None = None
+    traffic: str | None = None  # "writes": a copy of writes only
+    read_percent: float | None = None  # with traffic writes: reads moved to the target
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Split:
 @dataclass(frozen=True)
 class Promote:
     target: str
+    traffic: str | None = None  # "writes": the old primary keeps a copy of writes only
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,12 @@ class Clear:
     source: str
 
 
-WiringOp = Shadow | Split | Promote | Clear
+@dataclass(frozen=True)
+class Retire:
+    dal: str
+
+
+WiringOp = Shadow | Split | Promote | Clear | Retire
 OPS = ("shadow", "split", "promote", "clear")
 
 
@@ -80,15 +93,16 @@ def apply(text: str, op: WiringOp) -> str:
     elif not isinstance(wiring, dict):
         raise WiringError("wiring", "wiring must be a mapping of source DAL → {mode, target}")
     match op:
-        case Shadow(source, target, percent):
+        case Shadow(source, target, percent, traffic, read_percent):
             _check_pair(dals, source, target)
             _check_percent(percent)
-            wiring[source] = _entry("shadow", target, percent)
+            _check_percent(read_percent)
+            wiring[source] = _entry("shadow", target, percent, traffic, read_percent)
         case Split(source, target, percent):
             _check_pair(dals, source, target)
             _check_percent(percent)
             wiring[source] = _entry("split", target, percent)
-        case Promote(target):
+        case Promote(target, traffic):
             _check_dal(dals, target, "target")
             source = _wired_to(wiring, target)
             if target in wiring:
@@ -98,7 +112,17 @@ def apply(text: str, op: WiringOp) -> str:
                     f"{_target_of(wiring[target])!r}; clear {target!r} first",
                 )
             del wiring[source]
-            wiring[target] = _entry("shadow", source, None)
+            wiring[target] = _entry("shadow", source, None, traffic)
+        case Retire(dal):
+            _check_dal(dals, dal, "source")
+            for source in [s for s, w in wiring.items() if str(s) == dal or _target_of(w) == dal]:
+                del wiring[source]
+            for key in ("container_dals", "network_dals"):
+                section = doc.data.get(key)
+                if isinstance(section, dict) and dal in section:
+                    del section[dal]
+                    if not section:
+                        del doc.data[key]
         case Clear(source):
             if source not in wiring:
                 raise WiringError(
@@ -220,14 +244,23 @@ def _wired_to(wiring: Mapping[Any, Any], target: str) -> str:
     return sources[0]
 
 
-def _entry(mode: str, target: str, percent: float | None) -> CommentedMap:
+def _entry(mode: str, target: str, percent: float | None, traffic: str | None = None,
+           read_percent: float | None = None) -> CommentedMap:  # fmt: skip
     entry = CommentedMap()
     entry["mode"] = mode
     entry["target"] = target
     if percent is not None:
-        entry["percent"] = int(percent) if float(percent).is_integer() else percent
+        entry["percent"] = _number(percent)
+    if traffic is not None:
+        entry["traffic"] = traffic
+    if read_percent is not None:
+        entry["read_percent"] = _number(read_percent)
     entry.fa.set_flow_style()
     return entry
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
 
 
 def parse_op(body: Mapping[str, Any]) -> WiringOp:
@@ -261,12 +294,16 @@ def parse_op(body: Mapping[str, Any]) -> WiringOp:
 def describe(op: WiringOp) -> str:
     """One line for a version's default message and the audit log."""
     match op:
-        case Shadow(source, target, percent):
-            return f"shadow {source} → {target}" + (f" {percent}%" if percent is not None else "")
+        case Shadow(source, target, percent, traffic, read_percent):
+            return (f"shadow {source} → {target}" + (f" {percent}%" if percent is not None else "")
+                    + (f" ({traffic} only)" if traffic else "")
+                    + (f", {read_percent:g}% of reads to {target}" if read_percent else ""))  # fmt: skip
         case Split(source, target, percent):
             return f"split {percent}% of {source} → {target}"
-        case Promote(target):
+        case Promote(target, _):
             return f"promote {target}"
         case Clear(source):
             return f"clear {source}"
+        case Retire(dal):
+            return f"retire {dal}"
 

@@ -37,6 +37,8 @@ from xds_server.security.providers import (
 
 from .ir import (
     FULL_SHARE,
+    METHOD_CLASSES,
+    WRITE_CLASSES,
     Authz,
     Backend,
     GatewayIR,
@@ -309,7 +311,8 @@ def _listener(
         protocol=public.mode,
         bind=_public_bind(public, options),
         backends=_backends(topo, primary, names),
-        mirrors=_mirrors(topo, primary, names) if http else (),
+        mirrors=_mirrors(cfg, topo, primary, names) if http else (),
+        read_backends=_read_backends(cfg, topo, primary, names) if http else None,
         route=f"route.{topo.name}" if http else None,
         tls=_tls(public) if public.tls_creds else None,
         authz=_authz(cfg, topo, consumers) if public.authz else None,
@@ -443,10 +446,28 @@ def _backends(topo: ListenerTopology, primary: str, names: _Names) -> tuple[Back
     return tuple(b for b in backends if b.share > 0)
 
 
-def _mirrors(topo: ListenerTopology, primary: str, names: _Names) -> tuple[Mirror, ...]:
+def _mirrors(cfg: RuntimeConfig, topo: ListenerTopology, primary: str, names: _Names) -> tuple[Mirror, ...]:
+    """A shadow of ``traffic: writes`` copies only the write routes (idempotent or not)."""
+    writes_only = {w.target for s, w in cfg.wiring.items()
+                   if s in topo.servers and w.mode == "shadow" and w.traffic == "writes"}  # fmt: skip
     mirrors = []
     for target, percent in topo.shadows:
         share = _share(percent)
         runtime_key = None if share == FULL_SHARE else f"dgw.shadow.{primary}.{target}"
-        mirrors.append(Mirror(names[(target, topo.name)], share, runtime_key))
+        classes = tuple(c for c in METHOD_CLASSES if c in WRITE_CLASSES) if target in writes_only else METHOD_CLASSES
+        mirrors.append(Mirror(names[(target, topo.name)], share, runtime_key, classes))
     return tuple(mirrors)
+
+
+def _read_backends(cfg: RuntimeConfig, topo: ListenerTopology, primary: str,
+                   names: _Names) -> tuple[Backend, ...] | None:  # fmt: skip
+    """A shadow of writes with ``read_percent``: that share of the reads route goes to
+    its target instead (the other backends keep theirs, the primary the rest)."""
+    moved = [(w.target, w.read_percent) for s, w in sorted(cfg.wiring.items())
+             if s in topo.servers and w.target in topo.servers and w.read_percent]  # fmt: skip
+    if not moved:
+        return None
+    splits = [Backend(names[(target, topo.name)], _share(p)) for target, p in [*topo.splits, *moved]]
+    rest = max(0, FULL_SHARE - sum(b.share for b in splits))
+    backends = [Backend(names[(primary, topo.name)], rest), *splits]
+    return tuple(b for b in backends if b.share > 0)

@@ -14,6 +14,7 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -48,6 +49,10 @@ _ADS = config_source_pb2.ConfigSource(
     resource_api_version=config_source_pb2.ApiVersion.V3,
 )
 _ROUTER = hcm_pb2.HttpFilter(name=ROUTER, typed_config=packed(router_pb2.Router()))
+# gRPC answers are HTTP 200 whatever their status: this counts each cluster's calls by
+# outcome (``cluster.X.grpc.success|failure|total``), which judgements read as errors.
+_GRPC_STATS = hcm_pb2.HttpFilter(name="envoy.filters.http.grpc_stats", typed_config=packed(
+    grpc_stats_pb2.FilterConfig(stats_for_all_methods=wrappers_pb2.BoolValue(value=False))))
 # gRPC needs HTTP/2 to the DAL; plain http DALs are served HTTP/1.1, which every
 # HTTP server speaks, whatever the client used to reach Envoy.
 _UPSTREAM_HTTP: dict[ir.Protocol, any_pb2.Any] = {
@@ -199,6 +204,8 @@ def _http_connection_manager(lst: ir.Listener) -> hcm_pb2.HttpConnectionManager:
     filters = [security.http_rbac_filter()] if lst.authz else []
     if lst.shedding is not None:
         filters.extend(shedding.http_filters(lst, lst.shedding))
+    if lst.protocol == "grpc":
+        filters.append(_GRPC_STATS)
     hcm = hcm_pb2.HttpConnectionManager(
         # AUTO accepts HTTP/1.1 and HTTP/2 (with prior knowledge, as gRPC clients use).
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -315,14 +322,15 @@ def _caller_is(uris: tuple[str, ...]) -> route_components_pb2.HeaderMatcher:
 
 def _route_action(lst: ir.Listener, route_class: ir.RouteClass, priority: int) -> route_components_pb2.RouteAction:
     action = route_components_pb2.RouteAction(priority=priority)
-    if len(lst.backends) == 1:
-        action.cluster = lst.backends[0].upstream
+    backends = lst.read_backends if route_class.method_class == "reads" and lst.read_backends else lst.backends
+    if len(backends) == 1:
+        action.cluster = backends[0].upstream
     else:
         action.weighted_clusters.clusters.extend(
             route_components_pb2.WeightedCluster.ClusterWeight(
                 name=b.upstream, weight=wrappers_pb2.UInt32Value(value=b.share)
             )
-            for b in lst.backends
+            for b in backends
         )
     # Zero turns the limit off (streams may last for hours).
     action.timeout.CopyFrom(duration(route_class.timeout_s))

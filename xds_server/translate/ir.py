@@ -201,6 +201,8 @@ class Listener:
 
     ``backends`` share the traffic (primary first; their shares add up to
     ``FULL_SHARE``). ``route`` names the HTTP route table of grpc and http listeners.
+    ``read_backends``: who serves the reads route instead, when reads are shared
+    otherwise (a migration's promotion steps move reads first).
     """
 
     name: str
@@ -216,6 +218,7 @@ class Listener:
     route_classes: tuple[RouteClass, ...] = ()
     low_priority: LowPriority | None = None
     shedding: Shedding | None = None
+    read_backends: tuple[Backend, ...] | None = None
 
 
 @dataclass(frozen=True)

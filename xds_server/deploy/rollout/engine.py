@@ -20,7 +20,6 @@ shard with its versions, ``rollout.start``, ``rollout.wave.passed``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from xds_server.changes import (
 )
 from xds_server.deploy.artifacts import Pin, config_version, pins_from_json, pins_json, resolve
 from xds_server.deploy.pins import recorded
+from xds_server.loop import Loop
 from xds_server.store import ConfigStore, RecordConflict, StoreError
 
 from .model import (
@@ -92,8 +92,7 @@ class RolloutEngine:
         self.changes = changes
         self.clock = clock
         self._parsed: dict[str, Rollout] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("rollouts", self.tick, log)
         self._lock = asyncio.Lock()  # one actor on the records at a time
         # A wave's per-shard audit entries are written while its nodes take it and it
         # bakes (they are not on its critical path), and are done before the next step.
@@ -103,34 +102,19 @@ class RolloutEngine:
 
     async def start(self) -> None:
         """Run the loop (again) from what the store holds."""
-        if self._task is not None:
+        if self._loop.running:
             return
-        self._task = asyncio.create_task(self._run(), name="rollouts")
+        self._loop.start()
         log.info("event=rollouts_started active=%d", len(await self._active()))
 
     async def stop(self) -> None:
         if self._auditing is not None:
             await self._auditing
             self._auditing = None
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                delay = await self.tick()
-            except StoreError as e:
-                log.error("event=rollouts_store_failed error=%s retry_s=1", e)
-                delay = 1.0
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+        self._loop.wake()
 
     # --- one pass -----------------------------------------------------------------
 
