@@ -158,12 +158,21 @@ def _endpoints(args: argparse.Namespace, m: dict[str, Any]) -> tuple[str, str]:
     return source, target
 
 
+def _may_run(m: dict[str, Any], step: str) -> None:
+    """Refused before anything is copied or compared, as the server would refuse the
+    step's first checkpoint or report (out of order)."""
+    refusal = (m.get("runner_refusals") or {}).get(step)
+    if refusal:
+        raise ClientError(refusal)
+
+
 def cmd_backfill(args: argparse.Namespace, client: Client) -> int:
     from .backfill import BackfillOptions, BackfillRefused, run_backfill
     from .dal_client import DalError
 
     state = ApiState(client, args.shard)
     m = asyncio.run(state.load())
+    _may_run(m, "backfill")
     rate = {k: v for k, v in (("items_per_s", args.items_per_s), ("bytes_per_s", args.bytes_per_s)) if v is not None}
     if rate:
         client.request("POST", _path(args, "throttle"), rate)
@@ -190,6 +199,7 @@ def cmd_verify(args: argparse.Namespace, client: Client) -> int:
 
     state = ApiState(client, args.shard)
     m = asyncio.run(state.load())
+    _may_run(m, "verify")
     source, target = _endpoints(args, m)
     try:
         report = asyncio.run(run_verify(source, target, state, VerifyOptions(namespaces=args.namespace, fix=args.fix)))

@@ -125,6 +125,12 @@ async def test_careless_steps_get_one_line_and_change_nothing(api: Api) -> None:
         )
         assert got == 409 and words in answer["error"], answer
     assert await version(api) == before
+    # The runner (dgw migrate kv verify) is told before it compares anything.
+    got, answer, _ = await api.call("GET", M, None)
+    assert got == 200 and answer["runner_refusals"] == {
+        "backfill": None,
+        "verify": "cannot verify: the migration of shard kv is shadowing; next: copy the data: dgw migrate kv backfill",
+    }
     refused = [e for e in await api.server.store.audit_log(limit=50) if e.action.startswith("migration.")
                and not e.accepted]  # fmt: skip
     assert len(refused) >= 7

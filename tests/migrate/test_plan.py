@@ -266,3 +266,17 @@ def test_a_failed_step_rolls_back_to_verified_and_says_why() -> None:
 def test_the_record_round_trips() -> None:
     m = promoting()
     assert Migration.from_json(m.to_json(), 0) == m
+
+
+def test_the_runner_is_told_before_it_runs_out_of_order() -> None:
+    m = started()
+    assert plan.runner_refusal(m, "backfill") is None
+    assert plan.runner_refusal(m, "verify") == (
+        "cannot verify: the migration of shard kv is shadowing; next: copy the data: dgw migrate kv backfill")
+    m = through(m, "backfilling", "backfilled")
+    assert plan.runner_refusal(m, "verify") is None
+    assert (plan.runner_refusal(m, "backfill") or "").startswith("cannot backfill: the migration of shard kv is backfilled")
+    m = through(m, "verified", "promoted")
+    assert (plan.runner_refusal(m, "verify") or "").startswith("cannot verify: the migration of shard kv is promoted")
+    assert plan.runner_refusal(through(m, "finished"), "backfill") == (
+        "the migration of shard kv (thrift → cql) is finished; start a new one: dgw migrate kv start --from A --to B")

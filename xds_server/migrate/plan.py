@@ -191,6 +191,22 @@ def verify(
     return m.moved("backfilled", now, by, f"verify found {left} differences", verify=data)
 
 
+RUNNER_STEPS = ("backfill", "verify")
+
+
+def runner_refusal(m: Migration, step: str) -> str | None:
+    """Why the runner's ``backfill`` or ``verify`` may not run now (None: it may): the
+    refusal its first checkpoint or report would get, said before it copies or compares
+    anything (a verify out of order would otherwise compare, or with ``--fix`` repair,
+    every namespace only to have its report refused)."""
+    record = backfill if step == "backfill" else verify
+    try:
+        record(m, m.shard, {"done": False}, by="", now=m.updated_at)
+    except Refused as e:
+        return str(e)
+    return None
+
+
 def differences_left(report: Mapping[str, Any]) -> int:
     diffs = report.get("differences")
     found = (
