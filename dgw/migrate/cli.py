@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import signal
 import sys
 import time
 from typing import Any
@@ -167,7 +168,7 @@ def _may_run(m: dict[str, Any], step: str) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, client: Client) -> int:
-    from .backfill import BackfillOptions, BackfillRefused, run_backfill
+    from .backfill import BackfillOptions, BackfillRefused, BackfillResult, run_backfill
     from .dal_client import DalError
 
     state = ApiState(client, args.shard)
@@ -182,8 +183,24 @@ def cmd_backfill(args: argparse.Namespace, client: Client) -> int:
     async def live_p99() -> float | None:
         return await state.live_p99(args.shard)
 
+    async def until_interrupted() -> BackfillResult:
+        # Ctrl-C: checkpoint and give the lease up, so that `backfill` again resumes at
+        # once; a second Ctrl-C quits at once (the lease then stands until it expires).
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+
+        def interrupted() -> None:
+            print("dgw migrate: stopping at the next page (Ctrl-C again to quit at once)", file=sys.stderr)
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            return await run_backfill(source, target, state, options, live_p99=live_p99, stop=stop)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
     try:
-        result = asyncio.run(run_backfill(source, target, state, options, live_p99=live_p99))
+        result = asyncio.run(until_interrupted())
     except (BackfillRefused, StateLost, DalError) as e:
         raise ClientError(f"backfill: {e}") from None
     print(f"backfill of shard {args.shard}: {result.items} items ({result.skipped} already there), "
