@@ -114,15 +114,18 @@ def cmd_throttle(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_promote(args: argparse.Namespace, client: Client) -> int:
     body: dict[str, Any] = {}
-    if args.steps:
+    if args.steps is not None:  # --steps "" is a mistake, not a promotion at once
         try:
             body["steps"] = [float(s) for s in args.steps.split(",")]
         except ValueError:
-            raise ClientError(f"--steps {args.steps}: percents separated by commas, e.g. 1,10,50,100") from None
+            given = args.steps or "''"
+            raise ClientError(f"--steps {given}: percents separated by commas, e.g. 1,10,50,100") from None
         body["interval_s"] = args.interval
     elif args.interval is not None:
         raise ClientError("--interval goes with --steps (a progressive promotion)")
     if args.max_error_increase is not None:
+        if not 0 <= args.max_error_increase <= 100:
+            raise ClientError(f"--max-error-increase {args.max_error_increase:g}: percentage points from 0 to 100")
         body["max_error_rate_increase"] = args.max_error_increase / 100
     if args.max_p99_ratio is not None:
         body["max_p99_ratio"] = args.max_p99_ratio

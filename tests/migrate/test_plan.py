@@ -280,3 +280,16 @@ def test_the_runner_is_told_before_it_runs_out_of_order() -> None:
     assert (plan.runner_refusal(m, "verify") or "").startswith("cannot verify: the migration of shard kv is promoted")
     assert plan.runner_refusal(through(m, "finished"), "backfill") == (
         "the migration of shard kv (thrift → cql) is finished; start a new one: dgw migrate kv start --from A --to B")
+
+
+def test_health_and_reflection_are_not_a_dals_api() -> None:
+    text = TEMPLATE.replace("READS", str([*READS, "/grpc.health.v1.Health/*", "/grpc.reflection.v1.ServerReflection/X"]))
+    assert plan.dal_api(config(text), "thrift") == "dgw.kv.v1.KeyValue"
+
+
+@pytest.mark.parametrize(("steps", "words"), [([0, 100], "not 0"), ([200.0], "not 200"), (["x", 100], "not 'x'"),
+                                              ([float("nan"), 100], "not nan")])  # fmt: skip
+def test_a_step_out_of_range_is_named_as_given(steps: list, words: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(Refused) as e:
+        plan.check_steps(steps, 5)
+    assert str(e.value).endswith(words)

@@ -87,7 +87,7 @@ def _rate(body: Mapping[str, Any], key: str) -> float | None:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise Refused(400, f"{key} must be a number above 0")
+        raise Refused(400, f"{key} must be a finite number above 0")
     return float(value)
 
 

@@ -28,12 +28,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from xds_server.config import quote
 from xds_server.config.model import RuntimeConfig, Wiring
 from xds_server.node_stats import TrafficSummary
 from xds_server.ops import wiring
 
 from .model import FINAL, Judgement, Migration, Phase, Promotion
 
+# Services every gRPC server may have besides its API (health, reflection): a DAL that
+# lists them in read_methods does not serve another API for it.
+_EVERY_SERVERS = ("/grpc.health.", "/grpc.reflection.")
 STEPS_MAX = 20
 INTERVAL_S = (0.5, 86400.0)
 
@@ -56,7 +60,8 @@ def dal_api(config: RuntimeConfig, dal: str) -> str | None:
         return None
     if spec.api:
         return spec.api
-    services = sorted({m.split("/")[1] for m in spec.read_methods or () if m.count("/") == 2})
+    services = sorted({m.split("/")[1] for m in spec.read_methods or ()
+                       if m.count("/") == 2 and not m.startswith(_EVERY_SERVERS)})  # fmt: skip
     if services:
         return ",".join(services)
     image = getattr(spec, "image", None)
@@ -268,7 +273,7 @@ def check_steps(steps: Sequence[float], interval_s: float | None) -> None:
             or not 0 < s <= 100
         ):
             raise Refused(
-                400, f"steps are percents of reads above 0 and at most 100, not {str(s)[:20]}"
+                400, f"steps are percents of reads above 0 and at most 100, not {_step_text(s)}"
             )
     if list(steps) != sorted(set(steps)):
         raise Refused(400, f"steps must rise: {_steps_text(steps)}")
@@ -445,6 +450,10 @@ def _phase_text(m: Migration) -> str:
         p = m.promotion
         return f"promoting (step {p.index + 1} of {len(p.steps)}: {p.percent:g}% of reads)"
     return m.phase.replace("_", " ")
+
+
+def _step_text(step: object) -> str:
+    return f"{step:g}" if isinstance(step, int | float) and not isinstance(step, bool) else quote(step, 30)
 
 
 def _steps_text(steps: Sequence[float]) -> str:
