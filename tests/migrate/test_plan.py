@@ -293,3 +293,14 @@ def test_a_step_out_of_range_is_named_as_given(steps: list, words: str) -> None:
     with pytest.raises(Refused) as e:
         plan.check_steps(steps, 5)
     assert str(e.value).endswith(words)
+
+
+def test_a_new_copy_drops_the_report_of_the_old_one() -> None:
+    # verify found differences; rolled back, the data is copied again: the old report's
+    # "N differences found: verify --fix" must not be offered for the new copy.
+    m = through(started(), "backfilling", "backfilled")
+    m = plan.verify(m, "kv", {"differences": [{"key": "a"}]}, by="r", now=5)
+    again = plan.rollback(m, "kv", by="ops", now=6)
+    assert again.phase == "shadowing" and again.verify == {} and again.backfill == {}
+    copied = through(plan.backfill(again, "kv", {"cursors": {}}, by="r", now=7), "backfilled")
+    assert copied.verify == {} and plan.next_step(copied) == "next: compare both sides: dgw migrate kv verify"

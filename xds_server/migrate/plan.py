@@ -170,8 +170,8 @@ def backfill(
     if m.phase not in ("shadowing", "backfilling"):
         raise _out_of_order(m, "backfill")
     data = dict(checkpoint)
-    if data.get("done"):
-        return m.moved("backfilled", now, by, f"backfill done: {_totals(data)}", backfill=data)
+    if data.get("done"):  # a report from before this copy no longer says what differs
+        return m.moved("backfilled", now, by, f"backfill done: {_totals(data)}", backfill=data, verify={})
     if m.phase == "shadowing":
         return m.moved("backfilling", now, by, "backfill began", backfill=data)
     return replace(m, backfill=data, updated_at=now)
@@ -299,7 +299,7 @@ def rollback(
     phase = back[m.phase]
     changes: dict[str, Any] = {"promotion": None}
     if phase == "shadowing":
-        changes["backfill"] = {}
+        changes["backfill"], changes["verify"] = {}, {}
     if phase == "backfilled":
         changes["verify"] = {}
     what = f"rolled back from {_phase_text(m)} to {phase}"
