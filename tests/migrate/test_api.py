@@ -98,6 +98,8 @@ async def test_careless_steps_get_one_line_and_change_nothing(api: Api) -> None:
             "DAL 'thrift' is already wired (shadow to cql)",
         ),
         ("POST", f"{M}/start", {"from": "thrift"}, 400, '"to" must name a DAL'),
+        ("POST", f"{M}/promote", {"steps": [10, 100], "interval_s": "5s"}, 400, "interval must be from 0.5s"),
+        ("POST", f"{M}/promote", {"min_requests": 1.5}, 400, "min_requests must be a whole number from 0"),
         (
             "POST",
             "/v1/migrations/nope/start",

@@ -195,6 +195,7 @@ REFUSALS = [
     (lambda: plan.check_steps([10, 1, 100], 1), 400, "steps must rise: 10,1,100"),
     (lambda: plan.check_steps([1, 50], 1), 400, "the last step must be 100"),
     (lambda: plan.check_steps([1, 100], 0), 400, "interval must be from"),
+    (lambda: plan.check_steps([1, 100], "5s"), 400, "interval must be from 0.5s to 86400s"),  # was a 500
 ]
 
 

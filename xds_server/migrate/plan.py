@@ -282,7 +282,7 @@ def check_steps(steps: Sequence[float], interval_s: float | None) -> None:
             400, f"the last step must be 100 (the new DAL serves everything), not {steps[-1]:g}"
         )
     low, high = INTERVAL_S
-    if interval_s is None or isinstance(interval_s, bool) or not low <= interval_s <= high:
+    if not isinstance(interval_s, int | float) or isinstance(interval_s, bool) or not low <= interval_s <= high:
         raise Refused(400, f"interval must be from {low:g}s to {high:g}s")
 
 
