@@ -266,7 +266,8 @@ class _Run:
                     pending = asyncio.create_task(
                         self.src.export(namespace, page.next_cursor, page_bytes)
                     )
-                await self.pace.take(page.items, page.size_bytes)
+                if not await self._paced(page.items, page.size_bytes):
+                    return False  # stopped while waiting its turn: the page is left for the next run
                 imported = await self.dst.import_page(namespace, page.page)
                 skipped = int(imported.skipped_as_older)
                 ns["cursor"] = base64.b64encode(page.next_cursor).decode()
@@ -287,6 +288,18 @@ class _Run:
                     await pending
                 except (asyncio.CancelledError, DalError):
                     pass
+
+    async def _paced(self, items: int, size: int) -> bool:
+        """Wait for a page's turn under the rate limit: True, or False if ``stop`` was
+        set meanwhile (at a low rate a turn may be many seconds away)."""
+        turn = asyncio.ensure_future(self.pace.take(items, size))
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({turn, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (turn, stopped):
+                task.cancel()
+        return not self.stop.is_set()
 
     async def count_source(self, namespaces: list[str]) -> None:
         try:
@@ -348,7 +361,7 @@ async def run_backfill(
             if not counting.done():
                 counting.cancel()
         run.section["done"] = done
-        await run.checkpoint(final=done)
+        await run.checkpoint(final=True)  # done or stopped, this runner ends: its lease goes
         seconds = time.monotonic() - run.started
         if view is not None:
             view.update(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import signal
 import sys
 import time
 from typing import Any
@@ -113,15 +114,18 @@ def cmd_throttle(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_promote(args: argparse.Namespace, client: Client) -> int:
     body: dict[str, Any] = {}
-    if args.steps:
+    if args.steps is not None:  # --steps "" is a mistake, not a promotion at once
         try:
             body["steps"] = [float(s) for s in args.steps.split(",")]
         except ValueError:
-            raise ClientError(f"--steps {args.steps}: percents separated by commas, e.g. 1,10,50,100") from None
+            given = args.steps or "''"
+            raise ClientError(f"--steps {given}: percents separated by commas, e.g. 1,10,50,100") from None
         body["interval_s"] = args.interval
     elif args.interval is not None:
         raise ClientError("--interval goes with --steps (a progressive promotion)")
     if args.max_error_increase is not None:
+        if not 0 <= args.max_error_increase <= 100:
+            raise ClientError(f"--max-error-increase {args.max_error_increase:g}: percentage points from 0 to 100")
         body["max_error_rate_increase"] = args.max_error_increase / 100
     if args.max_p99_ratio is not None:
         body["max_p99_ratio"] = args.max_p99_ratio
@@ -158,12 +162,21 @@ def _endpoints(args: argparse.Namespace, m: dict[str, Any]) -> tuple[str, str]:
     return source, target
 
 
+def _may_run(m: dict[str, Any], step: str) -> None:
+    """Refused before anything is copied or compared, as the server would refuse the
+    step's first checkpoint or report (out of order)."""
+    refusal = (m.get("runner_refusals") or {}).get(step)
+    if refusal:
+        raise ClientError(refusal)
+
+
 def cmd_backfill(args: argparse.Namespace, client: Client) -> int:
-    from .backfill import BackfillOptions, BackfillRefused, run_backfill
+    from .backfill import BackfillOptions, BackfillRefused, BackfillResult, run_backfill
     from .dal_client import DalError
 
     state = ApiState(client, args.shard)
     m = asyncio.run(state.load())
+    _may_run(m, "backfill")
     rate = {k: v for k, v in (("items_per_s", args.items_per_s), ("bytes_per_s", args.bytes_per_s)) if v is not None}
     if rate:
         client.request("POST", _path(args, "throttle"), rate)
@@ -173,8 +186,24 @@ def cmd_backfill(args: argparse.Namespace, client: Client) -> int:
     async def live_p99() -> float | None:
         return await state.live_p99(args.shard)
 
+    async def until_interrupted() -> BackfillResult:
+        # Ctrl-C: checkpoint and give the lease up, so that `backfill` again resumes at
+        # once; a second Ctrl-C quits at once (the lease then stands until it expires).
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+
+        def interrupted() -> None:
+            print("dgw migrate: stopping at the next page (Ctrl-C again to quit at once)", file=sys.stderr)
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            return await run_backfill(source, target, state, options, live_p99=live_p99, stop=stop)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
     try:
-        result = asyncio.run(run_backfill(source, target, state, options, live_p99=live_p99))
+        result = asyncio.run(until_interrupted())
     except (BackfillRefused, StateLost, DalError) as e:
         raise ClientError(f"backfill: {e}") from None
     print(f"backfill of shard {args.shard}: {result.items} items ({result.skipped} already there), "
@@ -190,6 +219,7 @@ def cmd_verify(args: argparse.Namespace, client: Client) -> int:
 
     state = ApiState(client, args.shard)
     m = asyncio.run(state.load())
+    _may_run(m, "verify")
     source, target = _endpoints(args, m)
     try:
         report = asyncio.run(run_verify(source, target, state, VerifyOptions(namespaces=args.namespace, fix=args.fix)))

@@ -98,6 +98,8 @@ async def test_careless_steps_get_one_line_and_change_nothing(api: Api) -> None:
             "DAL 'thrift' is already wired (shadow to cql)",
         ),
         ("POST", f"{M}/start", {"from": "thrift"}, 400, '"to" must name a DAL'),
+        ("POST", f"{M}/promote", {"steps": [10, 100], "interval_s": "5s"}, 400, "interval must be from 0.5s"),
+        ("POST", f"{M}/promote", {"min_requests": 1.5}, 400, "min_requests must be a whole number from 0"),
         (
             "POST",
             "/v1/migrations/nope/start",
@@ -125,6 +127,12 @@ async def test_careless_steps_get_one_line_and_change_nothing(api: Api) -> None:
         )
         assert got == 409 and words in answer["error"], answer
     assert await version(api) == before
+    # The runner (dgw migrate kv verify) is told before it compares anything.
+    got, answer, _ = await api.call("GET", M, None)
+    assert got == 200 and answer["runner_refusals"] == {
+        "backfill": None,
+        "verify": "cannot verify: the migration of shard kv is shadowing; next: copy the data: dgw migrate kv backfill",
+    }
     refused = [e for e in await api.server.store.audit_log(limit=50) if e.action.startswith("migration.")
                and not e.accepted]  # fmt: skip
     assert len(refused) >= 7

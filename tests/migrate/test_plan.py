@@ -195,6 +195,7 @@ REFUSALS = [
     (lambda: plan.check_steps([10, 1, 100], 1), 400, "steps must rise: 10,1,100"),
     (lambda: plan.check_steps([1, 50], 1), 400, "the last step must be 100"),
     (lambda: plan.check_steps([1, 100], 0), 400, "interval must be from"),
+    (lambda: plan.check_steps([1, 100], "5s"), 400, "interval must be from 0.5s to 86400s"),  # was a 500
 ]
 
 
@@ -266,3 +267,41 @@ def test_a_failed_step_rolls_back_to_verified_and_says_why() -> None:
 def test_the_record_round_trips() -> None:
     m = promoting()
     assert Migration.from_json(m.to_json(), 0) == m
+
+
+def test_the_runner_is_told_before_it_runs_out_of_order() -> None:
+    m = started()
+    assert plan.runner_refusal(m, "backfill") is None
+    assert plan.runner_refusal(m, "verify") == (
+        "cannot verify: the migration of shard kv is shadowing; next: copy the data: dgw migrate kv backfill")
+    m = through(m, "backfilling", "backfilled")
+    assert plan.runner_refusal(m, "verify") is None
+    assert (plan.runner_refusal(m, "backfill") or "").startswith("cannot backfill: the migration of shard kv is backfilled")
+    m = through(m, "verified", "promoted")
+    assert (plan.runner_refusal(m, "verify") or "").startswith("cannot verify: the migration of shard kv is promoted")
+    assert plan.runner_refusal(through(m, "finished"), "backfill") == (
+        "the migration of shard kv (thrift → cql) is finished; start a new one: dgw migrate kv start --from A --to B")
+
+
+def test_health_and_reflection_are_not_a_dals_api() -> None:
+    text = TEMPLATE.replace("READS", str([*READS, "/grpc.health.v1.Health/*", "/grpc.reflection.v1.ServerReflection/X"]))
+    assert plan.dal_api(config(text), "thrift") == "dgw.kv.v1.KeyValue"
+
+
+@pytest.mark.parametrize(("steps", "words"), [([0, 100], "not 0"), ([200.0], "not 200"), (["x", 100], "not 'x'"),
+                                              ([float("nan"), 100], "not nan")])  # fmt: skip
+def test_a_step_out_of_range_is_named_as_given(steps: list, words: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(Refused) as e:
+        plan.check_steps(steps, 5)
+    assert str(e.value).endswith(words)
+
+
+def test_a_new_copy_drops_the_report_of_the_old_one() -> None:
+    # verify found differences; rolled back, the data is copied again: the old report's
+    # "N differences found: verify --fix" must not be offered for the new copy.
+    m = through(started(), "backfilling", "backfilled")
+    m = plan.verify(m, "kv", {"differences": [{"key": "a"}]}, by="r", now=5)
+    again = plan.rollback(m, "kv", by="ops", now=6)
+    assert again.phase == "shadowing" and again.verify == {} and again.backfill == {}
+    copied = through(plan.backfill(again, "kv", {"cursors": {}}, by="r", now=7), "backfilled")
+    assert copied.verify == {} and plan.next_step(copied) == "next: compare both sides: dgw migrate kv verify"

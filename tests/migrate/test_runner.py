@@ -173,6 +173,28 @@ async def test_a_backfill_killed_with_minus_9_resumes_from_its_checkpoint(pair: 
         assert target[("ns", "user-00140", b"k00")][0] == b"newer than the copy"
 
 
+async def test_a_stopped_backfill_gives_its_lease_up_at_once_even_while_throttled(pair: Pair) -> None:
+    # What Ctrl-C of `dgw migrate SHARD backfill` does: at 2 items/s the first page's
+    # turn is seconds away; a stop meanwhile ends the run at once, imports nothing more,
+    # and gives the lease up, so the next run needs no --take-over.
+    async with KvClient.connect(pair.source.target) as src:
+        await seed(src, 20)
+    state = MemoryState({"throttle": {"items_per_s": 2}})
+    stop = asyncio.Event()
+    options = BackfillOptions(page_size_bytes=16 * 1024, checkpoint_s=0.05)
+    first = asyncio.create_task(
+        run_backfill(pair.source.target, pair.target.target, state, options, progress=False, stop=stop))
+    await eventually(lambda: first.done() or (state.data.get("backfill") or {}).get("lease") is not None, 30,
+                     what="the runner's lease")  # fmt: skip
+    stop.set()
+    stopped = await asyncio.wait_for(first, 5)  # not the page's turn, seconds later
+    saved = state.data["backfill"]
+    assert not stopped.done and stopped.items == 0 and not saved["done"] and saved["lease"] is None
+    state.update(throttle={})
+    again = await run_backfill(pair.source.target, pair.target.target, state, options, progress=False)
+    assert again.done and again.items == 200
+
+
 async def test_verify_names_a_missing_item_a_changed_value_and_an_extra_record_and_fix_repairs_them(
     pair: Pair,
 ) -> None:

@@ -87,7 +87,7 @@ def _rate(body: Mapping[str, Any], key: str) -> float | None:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise Refused(400, f"{key} must be a number above 0")
+        raise Refused(400, f"{key} must be a finite number above 0")
     return float(value)
 
 
@@ -217,6 +217,8 @@ def _judgement(body: Mapping[str, Any]) -> Judgement:
             or not low <= value <= high
         ):
             raise Refused(400, f"{name} must be a number from {low:g} to {high:g}")
+        if name.startswith("min_") and value != int(value):
+            raise Refused(400, f"{name} must be a whole number from {low:g} to {high:g}")
         values[name] = int(value) if name.startswith("min_") else float(value)
     return Judgement(**values)
 

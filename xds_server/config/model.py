@@ -216,8 +216,14 @@ DalApi = Annotated[str, AfterValidator(_dal_api)]
 GrpcMethodPattern = Annotated[str, AfterValidator(_grpc_method_pattern)]
 
 
+# Envoy's own limits: its counts and limits are uint32, its durations at most 10,000 years.
+UINT32_MAX = 2**32 - 1
+ENVOY_DURATION_MAX_S = 315_576_000_000
+
+
 def _duration_text(value: str) -> str:
-    parse_duration(value)
+    if parse_duration(value) > ENVOY_DURATION_MAX_S:
+        raise ValueError(f"{quote(value)} is too long: at most {ENVOY_DURATION_MAX_S}s (Envoy's limit)")
     return value
 
 
@@ -230,23 +236,23 @@ class RetriesSpec(_Strict):
     attempts: int | None = Field(default=None, ge=0, le=10)
     per_try_timeout: Duration | None = None
     budget_percent: float | None = Field(default=None, ge=0, le=100)
-    min_retry_concurrency: int | None = Field(default=None, ge=0)
+    min_retry_concurrency: int | None = Field(default=None, ge=0, le=UINT32_MAX)
 
 
 class CircuitBreakersSpec(_Strict):
     """Envoy's circuit breakers of each DAL cluster (unset keys inherit)."""
 
-    max_connections: int | None = Field(default=None, ge=1)
-    max_pending_requests: int | None = Field(default=None, ge=1)
-    max_requests: int | None = Field(default=None, ge=1)
-    max_retries: int | None = Field(default=None, ge=1)
+    max_connections: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    max_pending_requests: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    max_requests: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    max_retries: int | None = Field(default=None, ge=1, le=UINT32_MAX)
 
 
 class OutlierDetectionSpec(_Strict):
     """When an endpoint of a DAL is ejected from its load balancing (unset keys inherit)."""
 
-    consecutive_5xx: int | None = Field(default=None, ge=1)
-    consecutive_gateway_failure: int | None = Field(default=None, ge=1)
+    consecutive_5xx: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    consecutive_gateway_failure: int | None = Field(default=None, ge=1, le=UINT32_MAX)
     interval: Duration | None = None
     base_ejection_time: Duration | None = None
     max_ejection_percent: float | None = Field(default=None, ge=0, le=100)
@@ -255,8 +261,8 @@ class OutlierDetectionSpec(_Strict):
 class RateLimitSpec(_Strict):
     """A token bucket per listener: ``requests_per_second`` sustained, ``burst`` at once."""
 
-    requests_per_second: int = Field(ge=1)
-    burst: int | None = Field(default=None, ge=1)
+    requests_per_second: int = Field(ge=1, le=UINT32_MAX)
+    burst: int | None = Field(default=None, ge=1, le=UINT32_MAX)
 
 
 class LoadSheddingSpec(_Strict):

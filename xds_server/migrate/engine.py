@@ -298,6 +298,7 @@ class MigrationEngine:
         data["endpoints"] = self.endpoints(m)
         data["progress"] = progress(m, self.clock())
         data["differences"] = plan.differences_left(m.verify) if m.verify else None
+        data["runner_refusals"] = {step: plan.runner_refusal(m, step) for step in plan.RUNNER_STEPS}
         return data
 
 

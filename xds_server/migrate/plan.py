@@ -28,12 +28,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from xds_server.config import quote
 from xds_server.config.model import RuntimeConfig, Wiring
 from xds_server.node_stats import TrafficSummary
 from xds_server.ops import wiring
 
 from .model import FINAL, Judgement, Migration, Phase, Promotion
 
+# Services every gRPC server may have besides its API (health, reflection): a DAL that
+# lists them in read_methods does not serve another API for it.
+_EVERY_SERVERS = ("/grpc.health.", "/grpc.reflection.")
 STEPS_MAX = 20
 INTERVAL_S = (0.5, 86400.0)
 
@@ -56,7 +60,8 @@ def dal_api(config: RuntimeConfig, dal: str) -> str | None:
         return None
     if spec.api:
         return spec.api
-    services = sorted({m.split("/")[1] for m in spec.read_methods or () if m.count("/") == 2})
+    services = sorted({m.split("/")[1] for m in spec.read_methods or ()
+                       if m.count("/") == 2 and not m.startswith(_EVERY_SERVERS)})  # fmt: skip
     if services:
         return ",".join(services)
     image = getattr(spec, "image", None)
@@ -165,8 +170,8 @@ def backfill(
     if m.phase not in ("shadowing", "backfilling"):
         raise _out_of_order(m, "backfill")
     data = dict(checkpoint)
-    if data.get("done"):
-        return m.moved("backfilled", now, by, f"backfill done: {_totals(data)}", backfill=data)
+    if data.get("done"):  # a report from before this copy no longer says what differs
+        return m.moved("backfilled", now, by, f"backfill done: {_totals(data)}", backfill=data, verify={})
     if m.phase == "shadowing":
         return m.moved("backfilling", now, by, "backfill began", backfill=data)
     return replace(m, backfill=data, updated_at=now)
@@ -189,6 +194,22 @@ def verify(
             "verified", now, by, f"verified: {_counted(data)}, no difference", verify=data
         )
     return m.moved("backfilled", now, by, f"verify found {left} differences", verify=data)
+
+
+RUNNER_STEPS = ("backfill", "verify")
+
+
+def runner_refusal(m: Migration, step: str) -> str | None:
+    """Why the runner's ``backfill`` or ``verify`` may not run now (None: it may): the
+    refusal its first checkpoint or report would get, said before it copies or compares
+    anything (a verify out of order would otherwise compare, or with ``--fix`` repair,
+    every namespace only to have its report refused)."""
+    record = backfill if step == "backfill" else verify
+    try:
+        record(m, m.shard, {"done": False}, by="", now=m.updated_at)
+    except Refused as e:
+        return str(e)
+    return None
 
 
 def differences_left(report: Mapping[str, Any]) -> int:
@@ -252,7 +273,7 @@ def check_steps(steps: Sequence[float], interval_s: float | None) -> None:
             or not 0 < s <= 100
         ):
             raise Refused(
-                400, f"steps are percents of reads above 0 and at most 100, not {str(s)[:20]}"
+                400, f"steps are percents of reads above 0 and at most 100, not {_step_text(s)}"
             )
     if list(steps) != sorted(set(steps)):
         raise Refused(400, f"steps must rise: {_steps_text(steps)}")
@@ -261,7 +282,7 @@ def check_steps(steps: Sequence[float], interval_s: float | None) -> None:
             400, f"the last step must be 100 (the new DAL serves everything), not {steps[-1]:g}"
         )
     low, high = INTERVAL_S
-    if interval_s is None or isinstance(interval_s, bool) or not low <= interval_s <= high:
+    if not isinstance(interval_s, int | float) or isinstance(interval_s, bool) or not low <= interval_s <= high:
         raise Refused(400, f"interval must be from {low:g}s to {high:g}s")
 
 
@@ -278,7 +299,7 @@ def rollback(
     phase = back[m.phase]
     changes: dict[str, Any] = {"promotion": None}
     if phase == "shadowing":
-        changes["backfill"] = {}
+        changes["backfill"], changes["verify"] = {}, {}
     if phase == "backfilled":
         changes["verify"] = {}
     what = f"rolled back from {_phase_text(m)} to {phase}"
@@ -429,6 +450,10 @@ def _phase_text(m: Migration) -> str:
         p = m.promotion
         return f"promoting (step {p.index + 1} of {len(p.steps)}: {p.percent:g}% of reads)"
     return m.phase.replace("_", " ")
+
+
+def _step_text(step: object) -> str:
+    return f"{step:g}" if isinstance(step, int | float) and not isinstance(step, bool) else quote(step, 30)
 
 
 def _steps_text(steps: Sequence[float]) -> str:
