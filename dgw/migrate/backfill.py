@@ -116,13 +116,28 @@ class Pace:
             size = min(size, full_bytes) * self.factor
         return items, size
 
-    async def take(self, items: int, size: int) -> None:
+    def _turn(self, items: int, size: int) -> tuple[float, float]:
+        """(when this page's turn ends under the limits as they are now, now)."""
         items_limit, bytes_limit = self.limits()
         cost = max(items / items_limit, size / bytes_limit)
         now = self._clock()
-        self._free_at = max(self._free_at, now - 1.0) + cost  # at most 1 s of credit
-        if self._free_at > now:
-            await self._sleep(self._free_at - now)
+        return max(self._free_at, now - 1.0) + cost, now  # at most 1 s of credit
+
+    def delay(self, items: int, size: int) -> float:
+        """Seconds until a page of ``items`` and ``size`` bytes may go, under the limits as
+        they are now (a throttle changed meanwhile changes the answer); 0: at once."""
+        free_at, now = self._turn(items, size)
+        return max(0.0, free_at - now)
+
+    def commit(self, items: int, size: int) -> None:
+        """The page went: its cost is spent."""
+        self._free_at = self._turn(items, size)[0]
+
+    async def take(self, items: int, size: int) -> None:
+        wait = self.delay(items, size)
+        self.commit(items, size)
+        if wait > 0:
+            await self._sleep(wait)
 
     def judge(self, p99: float | None, tolerance: float, floor: float) -> str:
         """One AIMD step from a p99 reading: "" (nothing), "back off" or "recover"."""
@@ -291,15 +306,21 @@ class _Run:
 
     async def _paced(self, items: int, size: int) -> bool:
         """Wait for a page's turn under the rate limit: True, or False if ``stop`` was
-        set meanwhile (at a low rate a turn may be many seconds away)."""
-        turn = asyncio.ensure_future(self.pace.take(items, size))
-        stopped = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait({turn, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (turn, stopped):
-                task.cancel()
-        return not self.stop.is_set()
+        set meanwhile. At a low rate a turn may be many seconds away: the wait wakes
+        at every checkpoint interval to checkpoint (the lease stays this runner's) and
+        to read the throttle again, so raising a throttle acts at once."""
+        while True:
+            wait = self.pace.delay(items, size)
+            if wait <= 0:
+                self.pace.commit(items, size)
+                return True
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=min(wait, self.options.checkpoint_s))
+            except TimeoutError:
+                pass
+            if self.stop.is_set():
+                return False
+            await self.maybe_checkpoint()
 
     async def count_source(self, namespaces: list[str]) -> None:
         try:

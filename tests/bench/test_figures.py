@@ -84,10 +84,11 @@ def test_translate_scale_measures_each_size() -> None:
 
 @pytest.mark.envoy
 def test_data_path_measures_every_case_and_protocol() -> None:
-    code, result = dgw_bench("data-path", "--service-ms", "0,1", "--rate", "100", "--block", "10", "--rounds", "2",
+    # One service time (the figure's own default runs 0 and 1 ms): the suite's time is dear.
+    code, result = dgw_bench("data-path", "--service-ms", "1", "--rate", "100", "--block", "10", "--rounds", "2",
                              "--concurrency", "4", "--slow-ms", "50", timeout=300)  # fmt: skip
     cases = {(r["service_ms"], r["protocol"], r["case"]) for r in result["rows"]}
-    assert cases == {(s, p, c) for s in (0.0, 1.0) for p in ("http", "grpc")
+    assert cases == {(1.0, p, c) for p in ("http", "grpc")
                      for c in ("direct", "envoy", "shadow", "shadow-slow")}  # fmt: skip
     assert all(r["errors"] == 0 and r["requests"] == 20 and r["rps"] > 0 for r in result["rows"])
     for row in result["rows"]:
@@ -103,7 +104,7 @@ def test_data_path_measures_every_case_and_protocol() -> None:
     for mirrored in result["mirrored_to_target"].values():
         assert mirrored == {"shadow": 2 * (20 + 2 * 15), "shadow-slow": 2 * (20 + 2 * 15)}
     judged = [c["target"] for c in result["targets"] if "primary p99" in c["target"]]
-    assert len(judged) == 8  # both shadow cases, both protocols, both service times
+    assert len(judged) == 4  # both shadow cases, both protocols
     assert code in (0, 1)  # two rounds are too few to judge a 5 % target
 
 

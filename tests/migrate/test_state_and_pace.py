@@ -89,6 +89,19 @@ async def test_pages_are_spaced_to_the_tighter_of_the_two_limits() -> None:
     assert slept == [pytest.approx(0.5), pytest.approx(2.5)]
 
 
+def test_a_page_waiting_its_turn_sees_a_throttle_raised_meanwhile() -> None:
+    # The runner asks again at every checkpoint while a page waits: the wait is the
+    # throttle's as it is then, not as it was when the page came (2 items/s and a page
+    # of 1,000 items was 500 s, whatever the operator did meanwhile).
+    pace = Pace(clock=lambda: 100.0)
+    pace.items_per_s = 2.0
+    assert pace.delay(1000, 0) == pytest.approx(500.0)
+    pace.items_per_s = 10_000.0
+    assert pace.delay(1000, 0) == pytest.approx(0.1)
+    pace.commit(1000, 0)
+    assert pace.delay(1000, 0) == pytest.approx(0.2)  # the page that went is paid for
+
+
 def test_without_a_terminal_progress_is_a_line_every_few_seconds() -> None:
     out = io.StringIO()
     view = ProgressView("backfill", tty=False, every_s=3600, out=out)
