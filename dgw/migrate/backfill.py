@@ -116,22 +116,25 @@ class Pace:
             size = min(size, full_bytes) * self.factor
         return items, size
 
-    def _turn(self, items: int, size: int) -> tuple[float, float]:
-        """(when this page's turn ends under the limits as they are now, now)."""
-        items_limit, bytes_limit = self.limits()
-        cost = max(items / items_limit, size / bytes_limit)
-        now = self._clock()
-        return max(self._free_at, now - 1.0) + cost, now  # at most 1 s of credit
+    def anchor(self) -> float:
+        """Where the next page's turn starts: after the last page's, with at most 1 s
+        of credit. A page that waits keeps its anchor, so its wait ends."""
+        return max(self._free_at, self._clock() - 1.0)
 
-    def delay(self, items: int, size: int) -> float:
+    def _cost(self, items: int, size: int) -> float:
+        items_limit, bytes_limit = self.limits()
+        return max(items / items_limit, size / bytes_limit)
+
+    def delay(self, items: int, size: int, anchor: float | None = None) -> float:
         """Seconds until a page of ``items`` and ``size`` bytes may go, under the limits as
         they are now (a throttle changed meanwhile changes the answer); 0: at once."""
-        free_at, now = self._turn(items, size)
-        return max(0.0, free_at - now)
+        start = self.anchor() if anchor is None else anchor
+        return max(0.0, start + self._cost(items, size) - self._clock())
 
-    def commit(self, items: int, size: int) -> None:
+    def commit(self, items: int, size: int, anchor: float | None = None) -> None:
         """The page went: its cost is spent."""
-        self._free_at = self._turn(items, size)[0]
+        start = self.anchor() if anchor is None else anchor
+        self._free_at = start + self._cost(items, size)
 
     async def take(self, items: int, size: int) -> None:
         wait = self.delay(items, size)
@@ -309,10 +312,11 @@ class _Run:
         set meanwhile. At a low rate a turn may be many seconds away: the wait wakes
         at every checkpoint interval to checkpoint (the lease stays this runner's) and
         to read the throttle again, so raising a throttle acts at once."""
+        anchor = self.pace.anchor()
         while True:
-            wait = self.pace.delay(items, size)
+            wait = self.pace.delay(items, size, anchor)
             if wait <= 0:
-                self.pace.commit(items, size)
+                self.pace.commit(items, size, anchor)
                 return True
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=min(wait, self.options.checkpoint_s))

@@ -102,6 +102,18 @@ def test_a_page_waiting_its_turn_sees_a_throttle_raised_meanwhile() -> None:
     assert pace.delay(1000, 0) == pytest.approx(0.2)  # the page that went is paid for
 
 
+def test_a_page_that_waits_keeps_its_place_so_its_wait_ends() -> None:
+    now = [100.0]
+    pace = Pace(clock=lambda: now[0])
+    pace.items_per_s = 150.0
+    place = pace.anchor()
+    assert pace.delay(1000, 0, place) == pytest.approx(1000 / 150)
+    now[0] += 5.0  # woke at checkpoints meanwhile
+    assert pace.delay(1000, 0, place) == pytest.approx(1000 / 150 - 5)
+    now[0] += 2.0
+    assert pace.delay(1000, 0, place) == 0.0
+
+
 def test_without_a_terminal_progress_is_a_line_every_few_seconds() -> None:
     out = io.StringIO()
     view = ProgressView("backfill", tty=False, every_s=3600, out=out)
